@@ -1,0 +1,61 @@
+"""The Python entry points: `optimize_package` (path to path) and `optimize` (MLModel to MLModel)."""
+
+import os
+
+from .errors import BadInputError
+from .optimize import compute_units_name, optimize_spec, skip_reason
+from .package import read_package, write_package
+from .report import Report
+
+
+def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False):
+    """Optimize the package at `in_path` into `out_path` and return a Report.
+
+    The input is never modified (in-place, `out_path == in_path`, needs `force` and is still atomic). With
+    `dry_run` nothing is written and `out_path` may be None.
+    """
+    units = compute_units_name(compute_units)
+    package = read_package(in_path)
+    if out_path is None and not dry_run:
+        raise BadInputError(in_path, "no output path given")
+    report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units)
+    report.note = skip_reason(units)
+    if out_path is not None and not dry_run:
+        _check_output(package, os.fspath(out_path), force)
+    report.functions = optimize_spec(package.spec, units, dry_run=dry_run)
+    if not dry_run:
+        # An unchanged model file is copied as bytes, not re-serialised.
+        write_package(package, package.spec if report.rewrites else None, out_path, force=force)
+        report.written = True
+    return report
+
+
+def _check_output(package, out_path, force):
+    """Refuse an existing output before doing any work (write_package checks again when it writes)."""
+    if os.path.lexists(out_path) and not force:
+        same = os.path.exists(out_path) and os.path.samefile(out_path, package.path)
+        raise BadInputError(out_path, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
+
+
+def optimize(mlmodel, compute_units=None):
+    """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten.
+
+    `compute_units` defaults to the model's own (`mlmodel.compute_unit`); only `CPU_AND_NE` rewrites. Works on
+    Linux, where the returned model is spec-only (`skip_model_load`) like the input.
+    """
+    import coremltools as ct
+
+    from .package.proto import Model_pb2
+
+    units = compute_units_name(compute_units if compute_units is not None else mlmodel.compute_unit)
+    if mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
+        raise BadInputError(getattr(mlmodel, "package_path", "<model>"), "not an ML program; nothing to do")
+    spec = Model_pb2.Model()
+    spec.CopyFrom(mlmodel.get_spec())
+    optimize_spec(spec, units)
+    return ct.models.MLModel(
+        spec,
+        weights_dir=mlmodel.weights_dir,
+        compute_units=ct.ComputeUnit[units],
+        skip_model_load=getattr(mlmodel, "__proxy__", None) is None,
+    )

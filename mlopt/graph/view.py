@@ -1,0 +1,128 @@
+"""A read-only view over one MIL function: who produces each value, who uses it, its type, its literal value.
+
+Built once per function by walking every block, nested `cond`/`while_loop` blocks included. A use is an op input
+(in any block; a nested op reading an outer value counts), a block output, or - for the main block - a function
+output. Patterns ask this view questions; they never walk the protobuf themselves.
+"""
+
+from dataclasses import dataclass
+
+from .dtypes import FLOATS
+from .values import decode_value, tensor_shape
+
+
+@dataclass(frozen=True)
+class Use:
+    """One use of a value: input `param` of `op`, or (op None) an output of `block`."""
+
+    op: object
+    param: str
+    block: object
+
+
+def op_name(op):
+    attr = op.attributes.get("name")
+    if attr is not None and attr.immediateValue.tensor.strings.values:
+        return attr.immediateValue.tensor.strings.values[0]
+    return op.outputs[0].name if op.outputs else op.type
+
+
+class FunctionView:
+    def __init__(self, name, function):
+        self.name = name
+        self.function = function
+        self.opset = function.opset
+        self.main = function.block_specializations[function.opset]
+        self.producer = {}  # value name -> producing Operation
+        self.block_of = {}  # id(Operation) -> Block that holds it
+        self.types = {}  # value name -> ValueType
+        self.uses = {}  # value name -> [Use]
+        self.op_by_name = {}  # op name -> Operation
+        self.blocks = []
+        for inp in function.inputs:
+            self.types[inp.name] = inp.type
+        self._index_block(self.main)
+
+    def _index_block(self, block):
+        self.blocks.append(block)
+        for inp in block.inputs:
+            self.types[inp.name] = inp.type
+        for op in block.operations:
+            self.block_of[id(op)] = block
+            self.op_by_name[op_name(op)] = op
+            for param, argument in op.inputs.items():
+                for binding in argument.arguments:
+                    if binding.WhichOneof("binding") == "name":
+                        self.uses.setdefault(binding.name, []).append(Use(op, param, block))
+            for out in op.outputs:
+                self.producer[out.name] = op
+                self.types[out.name] = out.type
+            for nested in op.blocks:
+                self._index_block(nested)
+        for out in block.outputs:
+            self.uses.setdefault(out, []).append(Use(None, "output", block))
+
+    # -- questions patterns ask ------------------------------------------------------------------------------
+    def ops(self):
+        for block in self.blocks:
+            yield from block.operations
+
+    def names_in_use(self):
+        """Every value name and op name of the function: new names must avoid all of them."""
+        return set(self.types) | set(self.op_by_name)
+
+    def consumers(self, value):
+        return self.uses.get(value, [])
+
+    def arg(self, op, param):
+        """Name of the value bound to `param` of `op` (first binding), or None if absent or an inline literal."""
+        argument = op.inputs.get(param)
+        if argument is None or not argument.arguments:
+            return None
+        binding = argument.arguments[0]
+        return binding.name if binding.WhichOneof("binding") == "name" else None
+
+    def const(self, op, param):
+        """numpy value of `param` of `op` if it is an immediate literal (inline or via a `const` op), else None."""
+        argument = op.inputs.get(param)
+        if argument is None or len(argument.arguments) != 1:
+            return None
+        binding = argument.arguments[0]
+        if binding.WhichOneof("binding") == "value":
+            return decode_value(binding.value)
+        return self.const_value(binding.name)
+
+    def const_value(self, value):
+        producer = self.producer.get(value)
+        if producer is None or producer.type != "const":
+            return None
+        return decode_value(producer.attributes["val"])
+
+    def is_const(self, value):
+        """True for the output of a `const` op (immediate or blob file)."""
+        producer = self.producer.get(value)
+        return producer is not None and producer.type == "const"
+
+    def dtype(self, value):
+        return self.types[value].tensorType.dataType
+
+    def rank(self, value):
+        return self.types[value].tensorType.rank
+
+    def shape(self, value):
+        return tensor_shape(self.types[value])
+
+    def dim(self, value, axis):
+        """Static size of `value` along `axis`, or None if unknown."""
+        d = self.types[value].tensorType.dimensions[axis]
+        return int(d.constant.size) if d.WhichOneof("dimension") == "constant" else None
+
+    def is_float_tensor(self, value):
+        t = self.types.get(value)
+        return t is not None and t.WhichOneof("type") == "tensorType" and t.tensorType.dataType in FLOATS
+
+
+def program_views(spec):
+    """One FunctionView per function of an ML program spec, in name order."""
+    functions = spec.mlProgram.functions
+    return [FunctionView(name, functions[name]) for name in sorted(functions)]

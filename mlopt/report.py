@@ -1,0 +1,78 @@
+"""What `optimize` did, for people (`render`) and machines (`to_dict`, printed by `--json`).
+
+Per function: every RMSNorm-like chain found, rewritten or left alone with the reason, and the op counts.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ChainReport:
+    anchor: str  # the reduce op the chain was found at
+    form: str  # the ops walked, e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
+    status: str  # "rewritten", "would rewrite" (dry run, other compute units) or "left alone"
+    reason: str = None  # why it was left alone
+    output: str = None  # the value the chain defines (kept by the rewrite)
+    axis: int = None
+    epsilon: float = None
+    dtype: str = None
+
+
+@dataclass
+class FunctionReport:
+    name: str
+    opset: str
+    chains: list = field(default_factory=list)
+    ops_removed: int = 0
+    ops_added: int = 0
+
+    def count(self, status):
+        return sum(c.status == status for c in self.chains)
+
+
+@dataclass
+class Report:
+    input: str
+    output: str
+    compute_units: str
+    written: bool = False
+    note: str = None  # why nothing was rewritten, when the settings say so
+    functions: list = field(default_factory=list)
+
+    @property
+    def rewrites(self):
+        return sum(f.count("rewritten") for f in self.functions)
+
+    @property
+    def left_alone(self):
+        return sum(f.count("left alone") for f in self.functions)
+
+    def to_dict(self):
+        d = asdict(self)
+        d["rewrites"] = self.rewrites
+        d["left_alone"] = self.left_alone
+        return d
+
+    def render(self):
+        lines = [f"mlopt optimize {self.input} (compute units {self.compute_units})"]
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        for f in self.functions:
+            found = len(f.chains)
+            lines.append(
+                f"  function {f.name} ({f.opset}): {found} RMSNorm chain{'s' * (found != 1)} found, "
+                f"{f.count('rewritten')} rewritten, {f.count('would rewrite')} would rewrite, "
+                f"{f.count('left alone')} left alone; ops removed {f.ops_removed}, added {f.ops_added}"
+            )
+            for c in f.chains:
+                if c.status == "left alone":
+                    lines.append(f"    left alone     {c.anchor}: {c.form}: {c.reason}")
+                else:
+                    lines.append(
+                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axis {c.axis}, eps {c.epsilon:.3g}, {c.dtype})"
+                    )
+        if self.written:
+            lines.append(f"  wrote {self.output} (weights and other files copied byte for byte)")
+        elif self.output:
+            lines.append(f"  dry run: {self.output} not written")
+        return "\n".join(lines)

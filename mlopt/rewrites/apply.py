@@ -1,0 +1,78 @@
+"""Splice replacements into a function and remove the old chain ops nothing uses any more.
+
+Each match's replacement is inserted where the chain's output op stood: everything it reads (x, gamma) is defined
+before that point, and everything reading the output comes after it. Then a dead-op sweep, limited to the chain's
+own ops and the literals feeding them, removes what died; an intermediate still used elsewhere (a variance that
+also feeds another op, a block output) keeps its ops, so the model stays correct.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..graph.view import FunctionView, op_name
+from .emitter import OpEmitter
+from .layer_norm_trick import lower_rms_norm
+
+
+@dataclass
+class RewriteStats:
+    ops_removed: int = 0
+    ops_added: int = 0
+
+
+def rewrite_function(view, matches):
+    """Rewrite every match in the function `view` describes, in place; return op counts. `view` is stale after."""
+    if not matches:
+        return RewriteStats()
+    emitter = OpEmitter(view.names_in_use())
+    replacement = {}  # id(output op) -> the ops replacing it
+    candidates = set()  # names of the ops the sweep may remove
+    for match in matches:
+        replacement[id(match.output_op)] = lower_rms_norm(match, view, emitter)
+        for name in match.ops:
+            candidates.add(name)
+            candidates.update(_const_feeders(view, view.op_by_name[name]))
+    _rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
+
+    new_names = {op_name(op) for ops in replacement.values() for op in ops}
+    dead = _dead_ops(FunctionView(view.name, view.function), candidates - new_names)
+    _rebuild_blocks(FunctionView(view.name, view.function).blocks, lambda op: [] if op_name(op) in dead else [op])
+    added = sum(len(ops) for ops in replacement.values())
+    return RewriteStats(ops_removed=len(matches) + len(dead), ops_added=added)
+
+
+def _rebuild_blocks(blocks, substitute):
+    """Replace each op by `substitute(op)` (a list). Innermost blocks first: rebuilding a block copies its ops,
+    so a nested block must be final before the op that holds it is copied."""
+    for block in reversed(blocks):
+        new_ops = [new for op in block.operations for new in substitute(op)]
+        if len(new_ops) == len(block.operations) and all(a is b for a, b in zip(new_ops, block.operations)):
+            continue
+        del block.operations[:]
+        block.operations.extend(new_ops)
+
+
+def _const_feeders(view, op):
+    names = (view.arg(op, param) for param in op.inputs)
+    return [op_name(view.producer[v]) for v in names if v is not None and view.is_const(v)]
+
+
+def _dead_ops(view, candidates):
+    """Names of candidate ops whose outputs end up unused once dead candidates are gone (a worklist on use counts)."""
+    uses = Counter({value: len(u) for value, u in view.uses.items()})
+    dead = set()
+    work = [view.op_by_name[n] for n in candidates if n in view.op_by_name]
+    while work:
+        op = work.pop()
+        name = op_name(op)
+        if name in dead or any(uses[out.name] for out in op.outputs):
+            continue
+        dead.add(name)
+        for param in op.inputs:
+            for binding in op.inputs[param].arguments:
+                if binding.WhichOneof("binding") == "name":
+                    uses[binding.name] -= 1
+                    producer = view.producer.get(binding.name)
+                    if producer is not None and op_name(producer) in candidates:
+                        work.append(producer)
+    return dead
