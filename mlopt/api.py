@@ -8,11 +8,11 @@ from .package import read_package, write_package
 from .report import Report
 
 
-def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False):
+def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False, verify=True):
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
     The input is never modified (in-place, `out_path == in_path`, needs `force` and is still atomic). With
-    `dry_run` nothing is written and `out_path` may be None.
+    `dry_run` nothing is written and `out_path` may be None. `verify=False` skips the numerical self-check.
     """
     units = compute_units_name(compute_units)
     package = read_package(in_path)
@@ -22,7 +22,9 @@ def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=F
     report.note = skip_reason(units)
     if out_path is not None and not dry_run:
         _check_output(package, os.fspath(out_path), force)
-    report.functions = optimize_spec(package.spec, units, dry_run=dry_run)
+    report.functions = optimize_spec(
+        package.spec, units, dry_run=dry_run, model_dir=os.path.dirname(package.model_path), verify=verify
+    )
     if not dry_run:
         # An unchanged model file is copied as bytes, not re-serialised.
         write_package(package, package.spec if report.rewrites else None, out_path, force=force)
@@ -37,7 +39,7 @@ def _check_output(package, out_path, force):
         raise BadInputError(out_path, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
 
 
-def optimize(mlmodel, compute_units=None):
+def optimize(mlmodel, compute_units=None, verify=True):
     """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten.
 
     `compute_units` defaults to the model's own (`mlmodel.compute_unit`); only `CPU_AND_NE` rewrites. Works on
@@ -52,7 +54,7 @@ def optimize(mlmodel, compute_units=None):
         raise BadInputError(getattr(mlmodel, "package_path", "<model>"), "not an ML program; nothing to do")
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
-    optimize_spec(spec, units)
+    optimize_spec(spec, units, model_dir=os.path.dirname(mlmodel.weights_dir), verify=verify)
     return ct.models.MLModel(
         spec,
         weights_dir=mlmodel.weights_dir,

@@ -1,15 +1,20 @@
-"""The optimize pipeline on a parsed spec: find chains in every function, rewrite them, record provenance.
+"""The optimize pipeline on a parsed spec: find chains in every function, lower them, self-check each
+replacement numerically, splice in the ones that pass, record provenance.
 
 Kept free of file I/O so the CLI, the Python API and batch processing share it, and free of `import coremltools`
 so the command line starts fast.
 """
 
+import math
+
 from ._version import __version__
 from .graph import FunctionView
 from .graph.dtypes import name as dtype_name
+from .numerics.selfcheck import self_check
+from .numerics.weights import BlobReader
 from .patterns import find_rms_norms
 from .report import ChainReport, FunctionReport
-from .rewrites import rewrite_function
+from .rewrites import apply_rewrites, plan_rewrites
 
 COMPUTE_UNITS = ("CPU_AND_NE", "ALL", "CPU_ONLY", "CPU_AND_GPU")
 REWRITING_UNITS = ("CPU_AND_NE",)
@@ -34,37 +39,60 @@ def skip_reason(compute_units):
     )
 
 
-def optimize_spec(spec, compute_units="CPU_AND_NE", dry_run=False):
-    """Rewrite every RMSNorm chain of `spec` in place (unless `dry_run` or the compute units say not to).
+def optimize_spec(spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True):
+    """Rewrite every RMSNorm chain of `spec` in place and return one FunctionReport per function.
 
-    Returns the FunctionReports; the spec is changed only if some chain was rewritten.
+    Nothing changes with `dry_run` or compute units other than CPU_AND_NE. With `verify`, each replacement is
+    self-checked (numerics/selfcheck.py) and rolled back if it disagrees; `model_dir` (the folder holding the
+    model file, "@model_path") lets the check read weights such as gamma from weight.bin.
     """
-    rewrite = compute_units in REWRITING_UNITS and not dry_run
+    rewrite = compute_units in REWRITING_UNITS
+    blobs = BlobReader(model_dir) if model_dir else None
     reports = []
     functions = spec.mlProgram.functions
     for name in sorted(functions):
         view = FunctionView(name, functions[name])
-        candidates = find_rms_norms(view)
         report = FunctionReport(name=name, opset=view.opset)
+        candidates = find_rms_norms(view)
+        matches = [c.match for c in candidates if c.match is not None]
+        planned = plan_rewrites(view, matches) if rewrite else []
+        checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}
+        keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
+        status = "would rewrite" if dry_run or not rewrite else "rewritten"
         for c in candidates:
-            report.chains.append(_chain_report(c, view, "rewritten" if rewrite else "would rewrite"))
-        if rewrite:
-            stats = rewrite_function(view, [c.match for c in candidates if c.match is not None])
+            report.chains.append(_chain_report(c, status, checks.get(id(c.match))))
+        if not dry_run:
+            stats = apply_rewrites(view, keep)
             report.ops_removed, report.ops_added = stats.ops_removed, stats.ops_added
         reports.append(report)
+    if blobs is not None:
+        blobs.close()
     rewrites = sum(f.count("rewritten") for f in reports)
     if rewrites:
         _record_provenance(spec, rewrites)
     return reports
 
 
-def _chain_report(candidate, view, status):
+def _chain_report(candidate, status, check):
     m = candidate.match
     if m is None:
         return ChainReport(candidate.anchor, candidate.form, "left alone", reason=candidate.reason)
-    return ChainReport(
+    chain = ChainReport(
         candidate.anchor, candidate.form, status, output=m.output, axis=m.axis, epsilon=m.epsilon, dtype=dtype_name(m.dtype)
     )
+    if check is not None:
+        chain.error, chain.original_error = check.error, check.original_error
+        if not check.passed:
+            chain.status = "left alone"
+            chain.reason = (
+                f"self-check failed: the rewrite differs from the chain by {_fmt(check.error)} (relative) at input "
+                f"magnitude {check.magnitude:g}; rolled back"
+            )
+    return chain
+
+
+def _fmt(x):
+    return f"{x:.2g}" if math.isfinite(x) else str(x)
 
 
 def _record_provenance(spec, rewrites):

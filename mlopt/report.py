@@ -3,6 +3,7 @@
 Per function: every RMSNorm-like chain found, rewritten or left alone with the reason, and the op counts.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -16,6 +17,8 @@ class ChainReport:
     axis: int = None
     epsilon: float = None
     dtype: str = None
+    error: float = None  # self-check: worst relative error of the rewrite against the chain's float64 meaning
+    original_error: float = None  # the same measure for the original chain (inf where fp16 x^2 overflowed)
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Report:
         return sum(f.count("left alone") for f in self.functions)
 
     def to_dict(self):
-        d = asdict(self)
+        d = _json_safe(asdict(self))
         d["rewrites"] = self.rewrites
         d["left_alone"] = self.left_alone
         return d
@@ -68,11 +71,23 @@ class Report:
                 if c.status == "left alone":
                     lines.append(f"    left alone     {c.anchor}: {c.form}: {c.reason}")
                 else:
+                    checked = "" if c.error is None else f"; checked: error {c.error:.1e}, original chain {c.original_error:.1e}"
                     lines.append(
-                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axis {c.axis}, eps {c.epsilon:.3g}, {c.dtype})"
+                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axis {c.axis}, eps {c.epsilon:.3g}, {c.dtype}{checked})"
                     )
         if self.written:
             lines.append(f"  wrote {self.output} (weights and other files copied byte for byte)")
         elif self.output:
             lines.append(f"  dry run: {self.output} not written")
         return "\n".join(lines)
+
+
+def _json_safe(obj):
+    """JSON has no inf/nan: write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

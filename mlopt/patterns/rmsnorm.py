@@ -157,6 +157,8 @@ def _match_rest(view, trace, reduce_op, square_op, base, exponent):
     if scaled is None or not _same_tensor(view, base, scaled):
         trace.fail("squares one tensor and scales another")
     x = _unwrap_lossless(view, scaled)
+    above_x = set(cast_ancestry(view, x))
+    trace.take(*_casts_up_to(view, base, above_x), *_casts_up_to(view, scaled, above_x))
     _check_not_mean_centred(view, trace, x)
     dtype = view.dtype(x)
     if dtype not in FLOATS:
@@ -266,6 +268,18 @@ def _same_tensor(view, a, b):
         return False
     path = up_a[: up_a.index(common) + 1] + up_b[: up_b.index(common) + 1]
     return all(view.is_float_tensor(v) for v in path)
+
+
+def _casts_up_to(view, value, stop):
+    """The casts from `value` up to the first value in `stop` (casts wrapping x on the way into the chain)."""
+    casts = []
+    while value not in stop:
+        op = view.producer.get(value)
+        if op is None or op.type != "cast":
+            return casts
+        casts.append(op)
+        value = view.arg(op, "x")
+    return casts
 
 
 def _unwrap_lossless(view, value):

@@ -1,5 +1,5 @@
 """Rewrites (the "lower" stage): replace matched chains in the spec, opset-aware, and clean up what died."""
 
-from .apply import rewrite_function
+from .apply import PlannedRewrite, apply_rewrites, plan_rewrites
 
-__all__ = ["rewrite_function"]
+__all__ = ["PlannedRewrite", "apply_rewrites", "plan_rewrites"]

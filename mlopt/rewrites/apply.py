@@ -1,9 +1,10 @@
-"""Splice replacements into a function and remove the old chain ops nothing uses any more.
+"""Plan and apply rewrites: lower each match to its replacement ops, then splice them into the function.
 
-Each match's replacement is inserted where the chain's output op stood: everything it reads (x, gamma) is defined
-before that point, and everything reading the output comes after it. Then a dead-op sweep, limited to the chain's
-own ops and the literals feeding them, removes what died; an intermediate still used elsewhere (a variance that
-also feeds another op, a block output) keeps its ops, so the model stays correct.
+Planning is separate so a caller (the self-check) can drop a replacement before anything changes. Applying
+inserts each replacement where the chain's output op stood: everything it reads (x, gamma) is defined before
+that point, and everything reading the output comes after it. Then a dead-op sweep, limited to the chain's own
+ops and the literals feeding them, removes what died; an intermediate still used elsewhere (a variance that also
+feeds another op, a block output) keeps its ops, so the model stays correct.
 """
 
 from collections import Counter
@@ -15,30 +16,39 @@ from .layer_norm_trick import lower_rms_norm
 
 
 @dataclass
+class PlannedRewrite:
+    match: object  # RMSNormMatch
+    ops: list  # the replacement ops; the last defines match.output
+
+
+@dataclass
 class RewriteStats:
     ops_removed: int = 0
     ops_added: int = 0
 
 
-def rewrite_function(view, matches):
-    """Rewrite every match in the function `view` describes, in place; return op counts. `view` is stale after."""
-    if not matches:
-        return RewriteStats()
+def plan_rewrites(view, matches):
+    """The replacement of every match, with names unique across all of them."""
     emitter = OpEmitter(view.names_in_use())
-    replacement = {}  # id(output op) -> the ops replacing it
+    return [PlannedRewrite(m, lower_rms_norm(m, view, emitter)) for m in matches]
+
+
+def apply_rewrites(view, planned):
+    """Splice `planned` into the function `view` describes, in place; return op counts. `view` is stale after."""
+    if not planned:
+        return RewriteStats()
+    replacement = {id(p.match.output_op): p.ops for p in planned}
     candidates = set()  # names of the ops the sweep may remove
-    for match in matches:
-        replacement[id(match.output_op)] = lower_rms_norm(match, view, emitter)
-        for name in match.ops:
+    for p in planned:
+        for name in p.match.ops:
             candidates.add(name)
             candidates.update(_const_feeders(view, view.op_by_name[name]))
     _rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
 
-    new_names = {op_name(op) for ops in replacement.values() for op in ops}
+    new_names = {op_name(op) for p in planned for op in p.ops}
     dead = _dead_ops(FunctionView(view.name, view.function), candidates - new_names)
     _rebuild_blocks(FunctionView(view.name, view.function).blocks, lambda op: [] if op_name(op) in dead else [op])
-    added = sum(len(ops) for ops in replacement.values())
-    return RewriteStats(ops_removed=len(matches) + len(dead), ops_added=added)
+    return RewriteStats(ops_removed=len(planned) + len(dead), ops_added=sum(len(p.ops) for p in planned))
 
 
 def _rebuild_blocks(blocks, substitute):

@@ -1,0 +1,26 @@
+"""`mlopt verify A B`: run both packages in mlopt's interpreter and compare every output (no Core ML needed)."""
+
+from ..numerics.verify import verify_packages
+
+
+def add_parser(commands):
+    p = commands.add_parser(
+        "verify",
+        help="compare two packages' outputs on the same inputs in mlopt's numpy interpreter",
+        description="Run A (the reference) and B on the same inputs, for every function, and compare each output.",
+    )
+    p.add_argument("reference", metavar="A", help="the reference .mlpackage (e.g. the original)")
+    p.add_argument("candidate", metavar="B", help="the .mlpackage to check (e.g. the optimized one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help="standard deviation of the random inputs (default: 1)")
+    p.add_argument("--inputs", metavar="NPZ", help="inputs from an .npz (keys: input names, or function/input)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default: by the models' precision)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default: by the models' precision)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def run(args):
+    report = verify_packages(
+        args.reference, args.candidate, seed=args.seed, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol, scale=args.scale
+    )
+    return report, 0 if report.passed else 1

@@ -1,0 +1,1 @@
+"""Numerics: a numpy MIL interpreter, input generation, comparison, the rewrite self-check and model verification."""

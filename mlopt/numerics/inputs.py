@@ -1,0 +1,45 @@
+"""Random inputs for a MIL function, shaped and typed from its declared inputs.
+
+Unknown dimensions (flexible shapes) take the model description's default shape where it names one, else 2.
+"""
+
+import numpy as np
+
+from ..graph.dtypes import BOOL, FLOATS, NUMPY
+
+UNKNOWN_DIM = 2
+
+
+def input_shapes(spec, function):
+    """{input name: concrete shape} for `function`, from its declared types and the description's defaults."""
+    defaults = {}
+    for feature in spec.description.input:
+        if feature.type.WhichOneof("Type") == "multiArrayType":
+            defaults[feature.name] = list(feature.type.multiArrayType.shape)
+    shapes = {}
+    for inp in function.inputs:
+        dims = inp.type.tensorType.dimensions
+        default = defaults.get(inp.name, [])
+        shape = []
+        for i, d in enumerate(dims):
+            if d.WhichOneof("dimension") == "constant":
+                shape.append(int(d.constant.size))
+            else:
+                shape.append(int(default[i]) if i < len(default) and default[i] > 0 else UNKNOWN_DIM)
+        shapes[inp.name] = shape
+    return shapes
+
+
+def random_inputs(spec, function, rng, scale=1.0):
+    """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, ints in [0, 4), bools at random."""
+    feeds = {}
+    for inp in function.inputs:
+        shape = input_shapes(spec, function)[inp.name]
+        dtype = inp.type.tensorType.dataType
+        if dtype in FLOATS:
+            feeds[inp.name] = (rng.standard_normal(shape) * scale).astype(NUMPY[dtype])
+        elif dtype == BOOL:
+            feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[inp.name] = rng.integers(0, 4, shape).astype(NUMPY.get(dtype, np.int32))
+    return feeds

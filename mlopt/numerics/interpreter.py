@@ -1,0 +1,222 @@
+"""A numpy interpreter for MIL functions read from the spec: the project's way to prove rewrites without Core ML.
+
+Semantics:
+- Every value is computed in its declared dtype: fp16 stays fp16 and elementwise fp16 ops round after each op.
+  Reductions, norms, softmax and matrix products accumulate fp16 operands in fp32 (as hardware accumulators do)
+  and round the result to the declared dtype.
+- `float_dtype=np.float64` instead computes every float value in float64, casts included: the chain's
+  mathematical meaning, which the self-check compares rewrites against.
+- Every computed value's shape is checked against its declared type (rank and known dims): a rewrite that
+  declares a wrong type fails here, not silently on a device.
+- Constants come from immediate values or lazily from weight.bin (BlobReader); an op without an
+  implementation raises `UnsupportedOp` naming it. The interpreter never guesses.
+
+Values are evaluated on demand from the requested targets (an explicit stack, no recursion), so a caller can
+evaluate one chain of a large model, and substitute producers (`overlay`) to evaluate a rewrite before it is
+spliced in.
+"""
+
+import numpy as np
+
+from ..graph.dtypes import FLOATS, NUMPY
+from ..graph.values import decode_value
+from ..graph.view import op_name
+from .ops import IMPLEMENTATIONS
+
+VARIADIC = {("concat", "values"), ("einsum", "values"), ("while_loop", "loop_vars")}
+
+
+class InterpreterError(Exception):
+    pass
+
+
+class UnsupportedOp(InterpreterError):
+    pass
+
+
+class MissingValue(InterpreterError):
+    pass
+
+
+class Evaluator:
+    def __init__(self, view, blobs, float_dtype=None, overlay=None):
+        self.view = view
+        self.blobs = blobs
+        self.float_dtype = float_dtype
+        self.overlay = overlay or {}  # value name -> Operation producing it instead of the function's own
+        self._free = {}
+
+    # -- public ---------------------------------------------------------------------------------------------
+    def evaluate(self, targets, feeds):
+        """Values of `targets` given `feeds` (value name -> array); only what they depend on is computed."""
+        env = {name: self._typed(name, np.asarray(v)) for name, v in feeds.items()}
+        stack = list(targets)
+        while stack:
+            name = stack[-1]
+            if name in env:
+                stack.pop()
+                continue
+            op = self.producer(name)
+            if op is None:
+                raise MissingValue(f"value '{name}' has no producer and was not fed")
+            missing = [d for d in self._dependencies(op) if d not in env]
+            if missing:
+                stack.extend(missing)
+                continue
+            self._run_op(op, env)
+            stack.pop()
+        return {t: env[t] for t in targets}
+
+    def producer(self, name):
+        return self.overlay.get(name) or self.view.producer.get(name)
+
+    # -- ops ------------------------------------------------------------------------------------------------
+    def _dependencies(self, op):
+        deps = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
+        if op.blocks:
+            deps += self._free_values(op)
+        return deps
+
+    def _free_values(self, op):
+        """Values nested blocks of `op` read from outside them."""
+        key = id(op)
+        if key not in self._free:
+            defined, used = set(), []
+
+            def walk(block):
+                defined.update(i.name for i in block.inputs)
+                for inner in block.operations:
+                    used.extend(b.name for a in inner.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "name")
+                    defined.update(o.name for o in inner.outputs)
+                    for nested in inner.blocks:
+                        walk(nested)
+                used.extend(block.outputs)
+
+            for block in op.blocks:
+                walk(block)
+            self._free[key] = list(dict.fromkeys(u for u in used if u not in defined))
+        return self._free[key]
+
+    def _run_op(self, op, env):
+        if op.type == "const":
+            result = self._const(op)
+        elif op.type == "cond":
+            result = self._cond(op, env)
+        elif op.type == "while_loop":
+            result = self._while_loop(op, env)
+        elif op.type == "cast" and self.float_dtype is not None and self._float_cast(op):
+            result = self._argument(op, "x", env)  # exact arithmetic: a float cast changes nothing
+        else:
+            impl = IMPLEMENTATIONS.get(op.type)
+            if impl is None:
+                raise UnsupportedOp(f"no implementation of MIL op '{op.type}' (op '{op_name(op)}')")
+            kwargs = {param: self._argument(op, param, env) for param in op.inputs}
+            with np.errstate(all="ignore"):
+                result = impl(**kwargs)
+        results = result if isinstance(result, tuple) else (result,)
+        if len(results) != len(op.outputs):
+            raise InterpreterError(f"op '{op_name(op)}' ({op.type}) gave {len(results)} outputs, declares {len(op.outputs)}")
+        for out, value in zip(op.outputs, results):
+            env[out.name] = self._checked(op, out, np.asarray(value))
+
+    def _float_cast(self, op):
+        source = op.inputs["x"].arguments[0]
+        source_type = self.view.types.get(source.name) if source.WhichOneof("binding") == "name" else source.value.type
+        return (
+            source_type is not None
+            and source_type.tensorType.dataType in FLOATS
+            and op.outputs[0].type.tensorType.dataType in FLOATS
+        )
+
+    def _argument(self, op, param, env):
+        values = []
+        for binding in op.inputs[param].arguments:
+            if binding.WhichOneof("binding") == "name":
+                values.append(env[binding.name])
+            else:
+                values.append(self._literal(binding.value))
+        if (op.type, param) in VARIADIC:
+            return values
+        return values[0]
+
+    def _literal(self, value):
+        array = decode_value(value)
+        if array is None:
+            raise InterpreterError("an inline literal that is not an immediate tensor")
+        return self._as_compute(array, value.type.tensorType.dataType)
+
+    def _const(self, op):
+        value = op.attributes["val"]
+        kind = value.WhichOneof("value")
+        if kind == "blobFileValue":
+            dtype = value.type.tensorType.dataType
+            shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
+            blob = value.blobFileValue
+            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape), dtype)
+        array = decode_value(value)
+        if array is None:
+            raise UnsupportedOp(f"const '{op_name(op)}' holds a value kind the interpreter does not read")
+        return self._as_compute(array, value.type.tensorType.dataType)
+
+    def _as_compute(self, array, dtype):
+        if dtype in FLOATS and self.float_dtype is not None:
+            return array.astype(self.float_dtype)
+        return array
+
+    def _typed(self, name, array):
+        vt = self.view.types.get(name)
+        if vt is None or vt.WhichOneof("type") != "tensorType":
+            return array
+        dtype = vt.tensorType.dataType
+        if dtype in FLOATS and self.float_dtype is not None:
+            return array.astype(self.float_dtype)
+        return array.astype(NUMPY[dtype]) if dtype in NUMPY else array
+
+    def _checked(self, op, out, value):
+        tt = out.type.tensorType if out.type.WhichOneof("type") == "tensorType" else None
+        if tt is None:
+            return value
+        dtype = tt.dataType
+        if dtype in FLOATS and self.float_dtype is not None:
+            value = value.astype(self.float_dtype)
+        elif dtype in NUMPY:
+            value = value.astype(NUMPY[dtype])
+        dims = tt.dimensions
+        if len(dims) != value.ndim or any(
+            d.WhichOneof("dimension") == "constant" and d.constant.size != n for d, n in zip(dims, value.shape)
+        ):
+            declared = [d.constant.size if d.WhichOneof("dimension") == "constant" else "?" for d in dims]
+            raise InterpreterError(
+                f"op '{op_name(op)}' ({op.type}) computed shape {list(value.shape)} for '{out.name}', declared {declared}"
+            )
+        return value
+
+    # -- control flow ----------------------------------------------------------------------------------------
+    def _run_block(self, block, env, inputs=()):
+        local = dict(env)
+        for spec_input, value in zip(block.inputs, inputs):
+            local[spec_input.name] = value
+        for op in block.operations:
+            self._run_op(op, local)
+        return tuple(local[o] for o in block.outputs)
+
+    def _cond(self, op, env):
+        pred = bool(np.asarray(self._argument(op, "pred", env)).reshape(-1)[0])
+        outs = self._run_block(op.blocks[0] if pred else op.blocks[1], env)
+        return outs if len(outs) != 1 else outs[0]
+
+    def _while_loop(self, op, env, max_iterations=1_000_000):
+        state = tuple(self._argument(op, "loop_vars", env))
+        cond_block, body = op.blocks[0], op.blocks[1]
+        for _ in range(max_iterations):
+            if not bool(np.asarray(self._run_block(cond_block, env, state)[0]).reshape(-1)[0]):
+                return state if len(state) != 1 else state[0]
+            state = self._run_block(body, env, state)
+        raise InterpreterError(f"while_loop '{op_name(op)}' ran {max_iterations} iterations")
+
+
+def run_function(view, blobs, inputs, float_dtype=None, keep=()):
+    """Run a whole function: {output name: value} (plus any `keep` intermediates) for the given inputs."""
+    evaluator = Evaluator(view, blobs, float_dtype=float_dtype)
+    targets = list(view.main.outputs) + [k for k in keep if k not in view.main.outputs]
+    return evaluator.evaluate(targets, inputs)

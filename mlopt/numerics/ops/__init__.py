@@ -1,0 +1,11 @@
+"""numpy implementations of MIL ops, registered by op type.
+
+Each implementation takes the op's inputs as keyword arguments (numpy arrays; a variadic input is a list;
+absent optional inputs are missing, so the defaults written in the signatures are MIL's defaults) and returns
+one array or a tuple for multi-output ops. The evaluator casts results to the output's declared dtype.
+"""
+
+from .registry import IMPLEMENTATIONS, implementation
+from . import elementwise, reduction, tensor, nn  # noqa: F401  (registration)
+
+__all__ = ["IMPLEMENTATIONS", "implementation"]

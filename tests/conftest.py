@@ -1,0 +1,80 @@
+"""Shared helpers: fixture paths, op listings, running packages in mlopt's interpreter."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from mlopt.graph import FunctionView
+from mlopt.numerics.inputs import random_inputs
+from mlopt.numerics.interpreter import run_function
+from mlopt.numerics.weights import BlobReader
+from mlopt.package import read_package
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "fixtures")
+
+
+def fixture_path(name):
+    return os.path.join(FIXTURES, f"{name}.mlpackage")
+
+
+def all_fixtures():
+    return sorted(f[: -len(".mlpackage")] for f in os.listdir(FIXTURES) if f.endswith(".mlpackage"))
+
+
+def main_view(path, function="main"):
+    package = read_package(path)
+    return FunctionView(function, package.spec.mlProgram.functions[function])
+
+
+def op_types(path, function="main", consts=False):
+    """Op types of the function's main block, in order (const ops left out unless asked)."""
+    return [op.type for op in main_view(path, function).main.operations if consts or op.type != "const"]
+
+
+def run_package(path, feeds, function="main", float_dtype=None):
+    package = read_package(path)
+    view = FunctionView(function, package.spec.mlProgram.functions[function])
+    blobs = BlobReader(os.path.dirname(package.model_path))
+    try:
+        return {k: np.array(v) for k, v in run_function(view, blobs, feeds, float_dtype=float_dtype).items()}
+    finally:
+        blobs.close()
+
+
+def inputs_for(path, seed=0, scale=1.0, function="main"):
+    package = read_package(path)
+    return random_inputs(package.spec, package.spec.mlProgram.functions[function], np.random.default_rng(seed), scale)
+
+
+def tree_digest(path):
+    """sha256 over every file's relative path and bytes: equal digests mean byte-identical folders."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            h.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def optimized(tmp_path):
+    """optimized(name, **kwargs) -> (output path, Report), optimizing fixture `name` into tmp_path."""
+    from mlopt import optimize_package
+
+    def run(name, **kwargs):
+        out = tmp_path / f"{name}.opt.mlpackage"
+        report = optimize_package(fixture_path(name), out, **kwargs)
+        return str(out), report
+
+    return run

@@ -1,0 +1,115 @@
+"""The `mlopt optimize` command: reports (human, JSON), dry run, compute units, the README's first command."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, fixture_path, op_types, tree_digest
+from mlopt.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_human_report(capsys, tmp_path):
+    out = tmp_path / "o.mlpackage"
+    code, text, err = run(capsys, "optimize", fixture_path("decoder_fp16_ios17"), out)
+    assert code == 0 and err == ""
+    lines = text.splitlines()
+    assert lines[0] == f"mlopt optimize {fixture_path('decoder_fp16_ios17')} (compute units CPU_AND_NE)"
+    assert lines[1] == (
+        "  function main (CoreML7): 5 RMSNorm chains found, 5 rewritten, 0 would rewrite, 0 left alone; "
+        "ops removed 55, added 65"
+    )  # per chain: pow, reduce_mean, add, rsqrt, 2 mul + 5 literal consts go (gamma stays); 5 ops + 8 consts come
+    assert sum(line.startswith("    rewritten") for line in lines) == 5
+    assert re.search(r"rewritten +reduce_mean_0 -> mul_1: pow -> reduce_mean -> add -> rsqrt -> mul -> mul\(gamma\) "
+                     r"\(axis 2, eps 1\.01e-06, fp16; checked: error \d\.\de-0\d, original chain 1\.0e\+00\)", text)
+    assert lines[-1] == f"  wrote {out} (weights and other files copied byte for byte)"
+
+
+def test_human_report_names_near_miss_reasons(capsys, tmp_path):
+    code, text, _ = run(capsys, "optimize", fixture_path("near_misses_fp16_ios17"), tmp_path / "o.mlpackage")
+    assert code == 0
+    assert "    left alone     reduce_mean_3: pow -> reduce_mean: power is 3, not 2" in text.splitlines()
+
+
+def test_json_report(capsys, tmp_path):
+    code, text, _ = run(capsys, "optimize", fixture_path("escape_variance_fp32_ios17"), tmp_path / "o.mlpackage", "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert report["rewrites"] == 1 and report["left_alone"] == 0 and report["written"] is True
+    (function,) = report["functions"]
+    assert function["name"] == "main" and function["opset"] == "CoreML7"
+    (chain,) = function["chains"]
+    assert chain["status"] == "rewritten"
+    assert chain["output"] == "mul_1" and chain["axis"] == 2 and chain["dtype"] == "fp32"
+    assert chain["epsilon"] == pytest.approx(1e-6 + 1e-12, rel=1e-6)
+    assert 0 <= chain["error"] < 1e-5
+    # add, rsqrt, both muls and their literals go; pow and reduce_mean stay, their value is a model output
+    assert function["ops_added"] == 13 and function["ops_removed"] == 6
+
+
+def test_json_is_strict_json_even_with_infinite_errors(capsys):
+    code, text, _ = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--json")
+    assert code == 0
+    chain = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))["functions"][0]["chains"][0]
+    assert chain["status"] == "would rewrite"
+
+
+def test_dry_run_writes_nothing(capsys, tmp_path):
+    out = tmp_path / "o.mlpackage"
+    code, text, _ = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--dry-run")
+    assert code == 0
+    assert not out.exists()
+    assert "1 would rewrite" in text and text.splitlines()[-1] == f"  dry run: {out} not written"
+
+
+@pytest.mark.parametrize("units", ["ALL", "CPU_ONLY", "CPU_AND_GPU"])
+def test_other_compute_units_copy_unchanged(capsys, tmp_path, units):
+    out = tmp_path / "o.mlpackage"
+    code, text, _ = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--compute-units", units)
+    assert code == 0
+    assert tree_digest(out) == tree_digest(fixture_path("hf_fp16_ios17"))
+    assert f"note: compute units {units}: the LayerNorm trick only pays where the Neural Engine is targeted explicitly" in text
+    assert "1 would rewrite" in text
+
+
+def test_cpu_and_ne_rewrites(capsys, tmp_path):
+    out = tmp_path / "o.mlpackage"
+    assert run(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--compute-units", "CPU_AND_NE")[0] == 0
+    assert "layer_norm" in op_types(str(out))
+
+
+def test_unknown_compute_units_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--compute-units", "NPU"])
+    assert exc.value.code == 2
+
+
+def readme_commands():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    return re.findall(r"^```(?:sh|bash)?\n(.*?)\n```", text, flags=re.S | re.M)
+
+
+def test_readme_first_command_runs(tmp_path):
+    """The README's first command, minus its install step, run as written (output redirected into tmp)."""
+    first = readme_commands()[0]
+    steps = [s.strip() for s in first.split("&&")]
+    assert steps[0].startswith("pip install")
+    (command,) = [s for s in steps if s.startswith("mlopt optimize")]
+    argv = shlex.split(command)
+    out = tmp_path / "out.mlpackage"
+    argv[3] = str(out)  # mlopt optimize IN OUT ...
+    result = subprocess.run([sys.executable, "-m", "mlopt", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "5 rewritten" in result.stdout
+    assert op_types(str(out)).count("layer_norm") == 5
