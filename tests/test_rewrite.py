@@ -38,8 +38,14 @@ EXPECTED = {
         5,
         "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)",
     ),
-    # the mean square is also a model output: pow and reduce_mean stay, add/rsqrt/mul go
-    "escape_variance_fp32_ios17": (["pow", "reduce_mean"] + TRICK + ["mul", "mul"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
+    # Llama as written: fp32 statistics and x * rsqrt, cast to fp16, then weight *: all fp16 now, no casts
+    "llama_cast_before_gamma_fp16_ios17": (TRICK + ["mul"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
+    # the mean square feeds another op and rsqrt is a model output: pow..rsqrt stay, the two muls go
+    "escape_variance_fp32_ios17": (
+        ["pow", "reduce_mean", "add", "rsqrt"] + TRICK + ["mul", "mul"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
+    ),
+    # the norm is inside the true branch (see test_rewrite_inside_cond_branch)
+    "cond_branch_fp32_ios17": (["reduce_sum", "greater", "cond"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
 }
 
 
@@ -187,3 +193,18 @@ def test_provenance_metadata(optimized):
     assert meta["com.github.mlopt.version"] == __version__
     assert meta["com.github.mlopt.rms_norm_rewrites"] == "5"
     assert meta["com.github.apple.coremltools.version"]  # the converter's own entries survive
+
+
+def test_rewrite_inside_cond_branch(optimized):
+    out, _ = optimized("cond_branch_fp32_ios17")
+    (cond,) = [op for op in main_view(out).main.operations if op.type == "cond"]
+    true_branch, false_branch = cond.blocks
+    assert [op.type for op in true_branch.operations if op.type != "const"] == TRICK + ["mul"]
+    assert list(true_branch.outputs) == ["mul_1"]
+    assert [op.type for op in false_branch.operations if op.type != "const"] == ["mul"]
+    for sign in (1.0, -1.0):  # both branches
+        feeds = {"x": sign * np.abs(inputs_for(fixture_path("cond_branch_fp32_ios17"))["x"])}
+        before = run_package(fixture_path("cond_branch_fp32_ios17"), feeds)
+        after = run_package(out, feeds)
+        (value,) = before
+        assert compare(after[value], before[value], rtol=1e-5, atol=1e-6).passed
