@@ -109,3 +109,27 @@ def test_failure_mid_replace_keeps_the_old_output(tmp_path, monkeypatch):
         optimize_package(fixture_path("hf_fp16_ios17"), out, force=True)
     assert tree_digest(out) == before
     assert sorted(os.listdir(tmp_path)) == ["out.mlpackage"]
+
+
+def test_description_and_unknown_fields_survive(tmp_path):
+    """Fields this protobuf schema does not know (a newer Core ML's) and the whole description come through."""
+    import shutil
+
+    from mlopt.package import read_package
+
+    pkg = tmp_path / "in.mlpackage"
+    shutil.copytree(fixture_path("hf_fp16_ios17"), pkg)
+    unknown = bytes([0xC0, 0x3E, 0x2A])  # field 1000, varint 42: not in Model.proto
+    with open(pkg / MODEL, "ab") as f:
+        f.write(unknown)
+    out = tmp_path / "out.mlpackage"
+    assert optimize_package(pkg, out).rewrites == 1
+    data = (out / MODEL).read_bytes()
+    assert data.endswith(unknown)
+    before, after = read_package(pkg).spec, read_package(out).spec
+    for field in ("input", "output", "predictedFeatureName", "predictedProbabilitiesName"):
+        assert getattr(after.description, field) == getattr(before.description, field)
+    assert after.description.metadata.shortDescription == before.description.metadata.shortDescription
+    for key, value in before.description.metadata.userDefined.items():
+        assert after.description.metadata.userDefined[key] == value
+    assert after.specificationVersion == before.specificationVersion

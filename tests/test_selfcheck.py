@@ -1,0 +1,57 @@
+"""The self-check rolls back a rewrite that is structurally valid but numerically wrong."""
+
+import pytest
+
+from conftest import file_digest, fixture_path, op_types
+from mlopt import optimize_package
+from mlopt.rewrites import apply as apply_module
+from mlopt.rewrites.layer_norm_trick import lower_rms_norm
+
+MODEL = "Data/com.apple.CoreML/model.mlmodel"
+
+
+def concat_without_negation(match, view, emitter):
+    """A plausible bug: concat([x, x]) instead of concat([x, -x]). Types and shapes stay valid; layer_norm then
+    subtracts the mean, so the result is a LayerNorm, not an RMSNorm."""
+    ops = lower_rms_norm(match, view, emitter)
+    (concat,) = [op for op in ops if op.type == "concat"]
+    concat.inputs["values"].arguments[1].name = match.x
+    return ops
+
+
+def wrong_epsilon(match, view, emitter):
+    match.epsilon = 1.0  # an eps that swamps mean(x^2) for small inputs
+    return lower_rms_norm(match, view, emitter)
+
+
+@pytest.mark.parametrize("bug", [concat_without_negation, wrong_epsilon])
+@pytest.mark.parametrize("name", ["hf_fp16_ios17", "hf_fp32_ios15", "decoder_fp16_ios17"])
+def test_wrong_rewrite_is_rolled_back(monkeypatch, tmp_path, bug, name):
+    monkeypatch.setattr(apply_module, "lower_rms_norm", bug)
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(fixture_path(name), out)
+    assert report.rewrites == 0
+    chains = [c for f in report.functions for c in f.chains]
+    assert chains and all(c.status == "left alone" for c in chains)
+    for c in chains:
+        assert c.reason.startswith("self-check failed: the rewrite differs from the chain by ")
+        assert c.reason.endswith("; rolled back")
+        assert c.error > 1e-2
+    assert file_digest(out / MODEL) == file_digest(f"{fixture_path(name)}/{MODEL}")
+
+
+def test_without_verify_the_wrong_rewrite_lands(monkeypatch, tmp_path):
+    """The check is what stops it: with --no-verify the same bug goes through (and mlopt verify catches it)."""
+    monkeypatch.setattr(apply_module, "lower_rms_norm", concat_without_negation)
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(fixture_path("hf_fp32_ios15"), out, verify=False)
+    assert report.rewrites == 1
+    assert "layer_norm" in op_types(str(out))
+
+
+def test_right_rewrites_pass_with_small_errors(tmp_path):
+    report = optimize_package(fixture_path("decoder_fp16_ios17"), tmp_path / "o.mlpackage")
+    chains = report.functions[0].chains
+    assert [c.status for c in chains] == ["rewritten"] * 5
+    assert all(c.error < 1e-3 for c in chains)  # fp16: about one ulp
+    assert all(c.original_error == 1.0 for c in chains)  # the original fp16 chain collapses to 0 at |x| ~ 300

@@ -1,0 +1,52 @@
+"""weight.bin blobs as the interpreter reads them equal what coremltools' own blob reader returns."""
+
+import os
+
+import numpy as np
+import pytest
+
+from coremltools import libmilstoragepython
+
+from conftest import fixture_path, main_view
+from mlopt.graph.dtypes import FLOAT16, FLOAT32
+from mlopt.numerics.weights import BlobError, BlobReader
+
+
+def blob_consts(name):
+    view = main_view(fixture_path(name))
+    for op in view.ops():
+        if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue":
+            yield op.attributes["val"]
+
+
+@pytest.mark.parametrize("name", ["decoder_fp16_ios17", "hf_fp32_ios15", "gemma_casts_fp16_ios17"])
+def test_blobs_match_coremltools_reader(name):
+    model_dir = os.path.join(fixture_path(name), "Data", "com.apple.CoreML")
+    ours = BlobReader(model_dir)
+    theirs = libmilstoragepython._BlobStorageReader(os.path.join(model_dir, "weights", "weight.bin"))
+    values = list(blob_consts(name))
+    assert values
+    for value in values:
+        dtype = value.type.tensorType.dataType
+        shape = [d.constant.size for d in value.type.tensorType.dimensions]
+        offset = value.blobFileValue.offset
+        if dtype == FLOAT16:
+            expected = theirs.read_fp16_data(offset).view(np.float16)
+            got = ours.read(value.blobFileValue.fileName, offset, np.float16, shape)
+        else:
+            assert dtype == FLOAT32
+            expected = theirs.read_float_data(offset)
+            got = ours.read(value.blobFileValue.fileName, offset, np.float32, shape)
+        assert got.shape == tuple(shape)
+        np.testing.assert_array_equal(got.reshape(-1), expected)
+        assert not got.flags.owndata  # a view into the memory map, not a copy
+    ours.close()
+
+
+def test_bad_offset_is_reported():
+    model_dir = os.path.join(fixture_path("hf_fp16_ios17"), "Data", "com.apple.CoreML")
+    reader = BlobReader(model_dir)
+    with pytest.raises(BlobError, match="no blob at offset 8"):
+        reader.read("@model_path/weights/weight.bin", 8, np.float16, [16])
+    with pytest.raises(BlobError, match="past the end of the file"):
+        reader.read("@model_path/weights/weight.bin", 10**9, np.float16, [16])
