@@ -62,16 +62,16 @@ class Report:
             lines.append(f"  note: {self.note}")
         for f in self.functions:
             found = len(f.chains)
+            done = f"{f.count('would rewrite')} would rewrite" if f.count("would rewrite") else f"{f.count('rewritten')} rewritten"
             lines.append(
-                f"  function {f.name} ({f.opset}): {found} RMSNorm chain{'s' * (found != 1)} found, "
-                f"{f.count('rewritten')} rewritten, {f.count('would rewrite')} would rewrite, "
+                f"  function {f.name} ({f.opset}): {found} RMSNorm chain{'s' * (found != 1)} found: {done}, "
                 f"{f.count('left alone')} left alone; ops removed {f.ops_removed}, added {f.ops_added}"
             )
             for c in f.chains:
                 if c.status == "left alone":
                     lines.append(f"    left alone     {c.anchor}: {c.form}: {c.reason}")
                 else:
-                    checked = "" if c.error is None else f"; checked: error {c.error:.1e}, original chain {c.original_error:.1e}"
+                    checked = "" if c.error is None else f"; self-check vs float64: rewrite {c.error:.1e}, original {c.original_error:.1e}"
                     lines.append(
                         f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axis {c.axis}, eps {c.epsilon:.3g}, {c.dtype}{checked})"
                     )

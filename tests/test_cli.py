@@ -26,12 +26,12 @@ def test_human_report(capsys, tmp_path):
     lines = text.splitlines()
     assert lines[0] == f"mlopt optimize {fixture_path('decoder_fp16_ios17')} (compute units CPU_AND_NE)"
     assert lines[1] == (
-        "  function main (CoreML7): 5 RMSNorm chains found, 5 rewritten, 0 would rewrite, 0 left alone; "
+        "  function main (CoreML7): 5 RMSNorm chains found: 5 rewritten, 0 left alone; "
         "ops removed 55, added 65"
     )  # per chain: pow, reduce_mean, add, rsqrt, 2 mul + 5 literal consts go (gamma stays); 5 ops + 8 consts come
     assert sum(line.startswith("    rewritten") for line in lines) == 5
     assert re.search(r"rewritten +reduce_mean_0 -> mul_1: pow -> reduce_mean -> add -> rsqrt -> mul -> mul\(gamma\) "
-                     r"\(axis 2, eps 1\.01e-06, fp16; checked: error \d\.\de-0\d, original chain 1\.0e\+00\)", text)
+                     r"\(axis 2, eps 1\.01e-06, fp16; self-check vs float64: rewrite \d\.\de-0\d, original 1\.0e\+00\)", text)
     assert lines[-1] == f"  wrote {out} (weights and other files copied byte for byte)"
 
 
