@@ -46,6 +46,8 @@ EXPECTED = {
     ),
     # the norm is inside the true branch (see test_rewrite_inside_cond_branch)
     "cond_branch_fp32_ios17": (["reduce_sum", "greater", "cond"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
+    # the norm is inside the loop body (see test_rewrite_inside_while_body)
+    "while_body_fp32_ios17": (["while_loop"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
 }
 
 
@@ -208,3 +210,19 @@ def test_rewrite_inside_cond_branch(optimized):
         after = run_package(out, feeds)
         (value,) = before
         assert compare(after[value], before[value], rtol=1e-5, atol=1e-6).passed
+
+
+def test_rewrite_inside_while_body(optimized):
+    out, _ = optimized("while_body_fp32_ios17")
+    (loop,) = [op for op in main_view(out).main.operations if op.type == "while_loop"]
+    cond_block, body = loop.blocks
+    assert [op.type for op in body.operations if op.type != "const"] == ["add"] + TRICK + ["mul", "add"]
+    # the interpreter runs the loop: three residual RMSNorm steps, checked against numpy in float64
+    feeds = inputs_for(fixture_path("while_body_fp32_ios17"))
+    h = feeds["x"].astype(np.float64)
+    w = np.random.default_rng(21).uniform(0.5, 1.5, 16).astype(np.float32).astype(np.float64)
+    for _ in range(3):
+        h = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + 1e-6) * w + h
+    for path in (fixture_path("while_body_fp32_ios17"), out):
+        (value,) = run_package(path, feeds).values()
+        np.testing.assert_allclose(value, h, rtol=1e-5, atol=1e-5)
