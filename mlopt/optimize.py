@@ -5,8 +5,6 @@ Kept free of file I/O so the CLI, the Python API and batch processing share it, 
 so the command line starts fast.
 """
 
-import math
-
 from ._version import __version__
 from .graph import FunctionView
 from .graph.dtypes import name as dtype_name
@@ -78,21 +76,20 @@ def _chain_report(candidate, status, check):
     if m is None:
         return ChainReport(candidate.anchor, candidate.form, "left alone", reason=candidate.reason)
     chain = ChainReport(
-        candidate.anchor, candidate.form, status, output=m.output, axis=m.axis, epsilon=m.epsilon, dtype=dtype_name(m.dtype)
+        candidate.anchor,
+        candidate.form,
+        status,
+        output=m.output,
+        axes=list(m.axes),
+        epsilon=m.epsilon,
+        dtype=dtype_name(m.dtype),
+        note=m.note,
     )
     if check is not None:
         chain.error, chain.original_error = check.error, check.original_error
         if not check.passed:
-            chain.status = "left alone"
-            chain.reason = (
-                f"self-check failed: the rewrite differs from the chain by {_fmt(check.error)} (relative) at input "
-                f"magnitude {check.magnitude:g}; rolled back"
-            )
+            chain.status, chain.reason = "left alone", check.reason
     return chain
-
-
-def _fmt(x):
-    return f"{x:.2g}" if math.isfinite(x) else str(x)
 
 
 def _record_provenance(spec, rewrites):

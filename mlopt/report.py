@@ -14,11 +14,12 @@ class ChainReport:
     status: str  # "rewritten", "would rewrite" (dry run, other compute units) or "left alone"
     reason: str = None  # why it was left alone
     output: str = None  # the value the chain defines (kept by the rewrite)
-    axis: int = None
+    axes: list = None
     epsilon: float = None
     dtype: str = None
     error: float = None  # self-check: worst relative error of the rewrite against the chain's float64 meaning
     original_error: float = None  # the same measure for the original chain (inf where fp16 x^2 overflowed)
+    note: str = None  # what the rewrite changes beyond the arithmetic (e.g. an inflated eps made true)
 
 
 @dataclass
@@ -72,9 +73,12 @@ class Report:
                     lines.append(f"    left alone     {c.anchor}: {c.form}: {c.reason}")
                 else:
                     checked = "" if c.error is None else f"; self-check vs float64: rewrite {c.error:.1e}, original {c.original_error:.1e}"
+                    axes = ",".join(map(str, c.axes))
                     lines.append(
-                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axis {c.axis}, eps {c.epsilon:.3g}, {c.dtype}{checked})"
+                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axes {axes}, eps {c.epsilon:.3g}, {c.dtype}{checked})"
                     )
+                    if c.note:
+                        lines.append(f"                   note: {c.note}")
         if self.written:
             lines.append(f"  wrote {self.output} (weights and other files copied byte for byte)")
         elif self.output:

@@ -31,7 +31,7 @@ def test_human_report(capsys, tmp_path):
     )  # per chain: pow, reduce_mean, add, rsqrt, 2 mul + 5 literal consts go (gamma stays); 5 ops + 8 consts come
     assert sum(line.startswith("    rewritten") for line in lines) == 5
     assert re.search(r"rewritten +reduce_mean_0 -> mul_1: pow -> reduce_mean -> add -> rsqrt -> mul -> mul\(gamma\) "
-                     r"\(axis 2, eps 1\.01e-06, fp16; self-check vs float64: rewrite \d\.\de-0\d, original 1\.0e\+00\)", text)
+                     r"\(axes 2, eps 1\.01e-06, fp16; self-check vs float64: rewrite \d\.\de-0\d, original 1\.0e\+00\)", text)
     assert lines[-1] == f"  wrote {out} (weights and other files copied byte for byte)"
 
 
@@ -50,7 +50,7 @@ def test_json_report(capsys, tmp_path):
     assert function["name"] == "main" and function["opset"] == "CoreML7"
     (chain,) = function["chains"]
     assert chain["status"] == "rewritten"
-    assert chain["output"] == "mul_1" and chain["axis"] == 2 and chain["dtype"] == "fp32"
+    assert chain["output"] == "mul_1" and chain["axes"] == [2] and chain["dtype"] == "fp32"
     assert chain["epsilon"] == pytest.approx(1e-6 + 1e-12, rel=1e-6)
     assert 0 <= chain["error"] < 1e-5
     # only the two muls go: the mean square feeds another op and rsqrt's value is a model output

@@ -1,4 +1,7 @@
-"""The self-check rolls back a rewrite that is structurally valid but numerically wrong."""
+"""The self-check rolls back a rewrite that is structurally valid but numerically wrong, and leaves alone a chain
+the matcher misread."""
+
+import dataclasses
 
 import pytest
 
@@ -20,8 +23,8 @@ def concat_without_negation(match, view, emitter):
 
 
 def wrong_epsilon(match, view, emitter):
-    match.epsilon = 1.0  # an eps that swamps mean(x^2) for small inputs
-    return lower_rms_norm(match, view, emitter)
+    """A lowering bug: an eps that swamps mean(x^2) for small inputs (the match itself is right)."""
+    return lower_rms_norm(dataclasses.replace(match, epsilon=1.0), view, emitter)
 
 
 @pytest.mark.parametrize("bug", [concat_without_negation, wrong_epsilon])
@@ -34,7 +37,7 @@ def test_wrong_rewrite_is_rolled_back(monkeypatch, tmp_path, bug, name):
     chains = [c for f in report.functions for c in f.chains]
     assert chains and all(c.status == "left alone" for c in chains)
     for c in chains:
-        assert c.reason.startswith("self-check failed: the rewrite differs from the chain by ")
+        assert c.reason.startswith("self-check failed: the rewrite differs from RMSNorm by ")
         assert c.reason.endswith("; rolled back")
         assert c.error > 1e-2
     assert file_digest(out / MODEL) == file_digest(f"{fixture_path(name)}/{MODEL}")
@@ -55,3 +58,18 @@ def test_right_rewrites_pass_with_small_errors(tmp_path):
     assert [c.status for c in chains] == ["rewritten"] * 5
     assert all(c.error < 1e-3 for c in chains)  # fp16: about one ulp
     assert all(c.original_error == 1.0 for c in chains)  # the original fp16 chain collapses to 0 at |x| ~ 300
+
+
+def test_misread_chain_is_left_alone(monkeypatch, tmp_path):
+    """A matcher bug (rsqrt's epsilon read as 0.5): the original chain in float64 no longer equals what the match
+    says it computes, so the chain is left alone even though the rewrite would agree with the misread formula."""
+    from mlopt.patterns import rmsnorm
+
+    monkeypatch.setattr(rmsnorm, "_root_epsilon", lambda view, trace, root: 0.5)
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(fixture_path("hf_fp32_ios15"), out)
+    (chain,) = report.functions[0].chains
+    assert chain.status == "left alone"
+    assert chain.reason.startswith("mlopt misread this chain: in float64 it differs from the matched RMSNorm by ")
+    assert chain.reason.endswith("; not rewritten")
+    assert file_digest(out / MODEL) == file_digest(f"{fixture_path('hf_fp32_ios15')}/{MODEL}")

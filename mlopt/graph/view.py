@@ -39,6 +39,7 @@ class FunctionView:
         self.uses = {}  # value name -> [Use]
         self.op_by_name = {}  # op name -> Operation
         self.blocks = []
+        self._constant_memo = {}
         for inp in function.inputs:
             self.types[inp.name] = inp.type
         self._index_block(self.main)
@@ -102,6 +103,29 @@ class FunctionView:
         """True for the output of a `const` op (immediate or blob file)."""
         producer = self.producer.get(value)
         return producer is not None and producer.type == "const"
+
+    def is_constant_expr(self, value):
+        """True if `value` depends on no function input or state: a const, or ops on consts only (constant per call)."""
+        memo = self._constant_memo
+        stack = [value]
+        while stack:
+            v = stack[-1]
+            if v in memo:
+                stack.pop()
+                continue
+            op = self.producer.get(v)
+            if op is None or op.type == "read_state" or op.blocks:
+                memo[v] = op is not None and op.type == "const"
+                stack.pop()
+                continue
+            inputs = [b.name for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "name"]
+            pending = [i for i in inputs if i not in memo]
+            if pending:
+                stack.extend(pending)
+                continue
+            memo[v] = all(memo[i] for i in inputs)
+            stack.pop()
+        return memo[value]
 
     def dtype(self, value):
         return self.types[value].tensorType.dataType

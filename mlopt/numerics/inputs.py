@@ -10,6 +10,13 @@ from ..graph.dtypes import BOOL, FLOATS, NUMPY
 UNKNOWN_DIM = 2
 
 
+def tensor_type(value_type):
+    """The tensor type of a function input (a state input's wrapped tensor)."""
+    if value_type.WhichOneof("type") == "stateType":
+        value_type = value_type.stateType.wrappedType
+    return value_type.tensorType
+
+
 def input_shapes(spec, function):
     """{input name: concrete shape} for `function`, from its declared types and the description's defaults."""
     defaults = {}
@@ -18,7 +25,7 @@ def input_shapes(spec, function):
             defaults[feature.name] = list(feature.type.multiArrayType.shape)
     shapes = {}
     for inp in function.inputs:
-        dims = inp.type.tensorType.dimensions
+        dims = tensor_type(inp.type).dimensions
         default = defaults.get(inp.name, [])
         shape = []
         for i, d in enumerate(dims):
@@ -33,9 +40,10 @@ def input_shapes(spec, function):
 def random_inputs(spec, function, rng, scale=1.0):
     """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, ints in [0, 4), bools at random."""
     feeds = {}
+    shapes = input_shapes(spec, function)
     for inp in function.inputs:
-        shape = input_shapes(spec, function)[inp.name]
-        dtype = inp.type.tensorType.dataType
+        shape = shapes[inp.name]
+        dtype = tensor_type(inp.type).dataType
         if dtype in FLOATS:
             feeds[inp.name] = (rng.standard_normal(shape) * scale).astype(NUMPY[dtype])
         elif dtype == BOOL:

@@ -10,10 +10,12 @@ Semantics:
   declares a wrong type fails here, not silently on a device.
 - Constants come from immediate values or lazily from weight.bin (BlobReader); an op without an
   implementation raises `UnsupportedOp` naming it. The interpreter never guesses.
+- State (iOS18 `read_state`/`write_state`) lives in the evaluator; a state input's feed is its initial value.
 
-Values are evaluated on demand from the requested targets (an explicit stack, no recursion), so a caller can
-evaluate one chain of a large model, and substitute producers (`overlay`) to evaluate a rewrite before it is
-spliced in.
+Two ways to run: `run` executes a whole function in program order (needed for state: a read after a write has
+no data edge to it); `evaluate` computes only what the requested targets depend on (an explicit stack, no
+recursion), so a caller can evaluate one chain of a large model and substitute producers (`overlay`) to
+evaluate a rewrite before it is spliced in.
 """
 
 import numpy as np
@@ -44,12 +46,13 @@ class Evaluator:
         self.blobs = blobs
         self.float_dtype = float_dtype
         self.overlay = overlay or {}  # value name -> Operation producing it instead of the function's own
+        self.states = {}  # state input name -> current value
         self._free = {}
 
     # -- public ---------------------------------------------------------------------------------------------
     def evaluate(self, targets, feeds):
         """Values of `targets` given `feeds` (value name -> array); only what they depend on is computed."""
-        env = {name: self._typed(name, np.asarray(v)) for name, v in feeds.items()}
+        env = self._fed(feeds)
         stack = list(targets)
         while stack:
             name = stack[-1]
@@ -66,6 +69,24 @@ class Evaluator:
             self._run_op(op, env)
             stack.pop()
         return {t: env[t] for t in targets}
+
+    def run(self, feeds, targets):
+        """Execute the whole function in program order; return `targets` (outputs, or any value)."""
+        env = self._fed(feeds)
+        self._run_block(self.view.main, env, into=env)
+        return {t: env[t] for t in targets}
+
+    def _fed(self, feeds):
+        env = {}
+        for name, value in feeds.items():
+            env[name] = self._typed(name, np.asarray(value))
+            if self._is_state(name):
+                self.states[name] = env[name]
+        return env
+
+    def _is_state(self, name):
+        vt = self.view.types.get(name)
+        return vt is not None and vt.WhichOneof("type") == "stateType"
 
     def producer(self, name):
         return self.overlay.get(name) or self.view.producer.get(name)
@@ -104,6 +125,12 @@ class Evaluator:
             result = self._cond(op, env)
         elif op.type == "while_loop":
             result = self._while_loop(op, env)
+        elif op.type == "read_state":
+            result = self.states[self.view.arg(op, "input")]
+        elif op.type == "write_state":
+            state = self.view.arg(op, "input")
+            self.states[state] = self._typed(state, np.asarray(self._argument(op, "data", env)))
+            result = ()
         elif op.type == "cast" and self.float_dtype is not None and self._float_cast(op):
             result = self._argument(op, "x", env)  # exact arithmetic: a float cast changes nothing
         else:
@@ -165,6 +192,8 @@ class Evaluator:
 
     def _typed(self, name, array):
         vt = self.view.types.get(name)
+        if vt is not None and vt.WhichOneof("type") == "stateType":
+            vt = vt.stateType.wrappedType
         if vt is None or vt.WhichOneof("type") != "tensorType":
             return array
         dtype = vt.tensorType.dataType
@@ -192,8 +221,8 @@ class Evaluator:
         return value
 
     # -- control flow ----------------------------------------------------------------------------------------
-    def _run_block(self, block, env, inputs=()):
-        local = dict(env)
+    def _run_block(self, block, env, inputs=(), into=None):
+        local = dict(env) if into is None else into
         for spec_input, value in zip(block.inputs, inputs):
             local[spec_input.name] = value
         for op in block.operations:
@@ -219,4 +248,4 @@ def run_function(view, blobs, inputs, float_dtype=None, keep=()):
     """Run a whole function: {output name: value} (plus any `keep` intermediates) for the given inputs."""
     evaluator = Evaluator(view, blobs, float_dtype=float_dtype)
     targets = list(view.main.outputs) + [k for k in keep if k not in view.main.outputs]
-    return evaluator.evaluate(targets, inputs)
+    return evaluator.run(inputs, targets)

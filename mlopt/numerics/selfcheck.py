@@ -1,13 +1,18 @@
 """The self-check `optimize` runs on every rewrite before keeping it.
 
-Each chain is evaluated three ways on inputs of several magnitudes, small (1e-2), typical (1) and large enough to
-overflow x^2 in fp16 (300): the original chain in float64 (its mathematical meaning, the reference), the original
-chain in its declared dtypes, and the replacement in its declared dtypes. The replacement must agree with the
-reference within its dtype's tolerance, or the rewrite is rolled back. The original's own error is reported
-beside it: at large magnitudes an fp16 chain overflows and the rewrite is the one that is right.
+Each chain is evaluated on inputs of several magnitudes - small (1e-2), typical (1) and large enough to overflow
+x^2 in fp16 (300) - each batch holding one all-zero row. Two things must hold:
 
-Only the chain is evaluated: the input fed is the tensor the chain reads (above its casts), and the evaluator
-computes nothing else of the model.
+1. The match is read right: the original chain evaluated in float64 equals, to 1e-6, the formula the matcher
+   read from it (axes, epsilon, gamma, and for coremltools' max-scaled lowering its max|x| pre-scale). A chain
+   mlopt misunderstood is left alone, whatever the rewrite would do.
+2. The rewrite is right: the replacement, evaluated in its declared dtypes, equals RMSNorm(x; axes, eps) * gamma
+   computed in float64 within its dtype's tolerance. For ordinary chains that formula is also what the chain
+   computes; for the max-scaled lowering it is what the model author wrote (the lowering inflated eps).
+
+The original chain's own error against the same formula is reported beside the rewrite's: at large magnitudes an
+fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor the chain reads (above its
+casts), and nothing else of the model is computed.
 """
 
 from dataclasses import dataclass
@@ -21,40 +26,75 @@ from .interpreter import Evaluator
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
 UNKNOWN_DIM = 2
+READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
 
 
 @dataclass
 class CheckResult:
     passed: bool
-    error: float  # worst relative error of the rewrite against the float64 reference
-    original_error: float  # the original chain's worst relative error, for comparison
-    magnitude: float  # the input magnitude of the worst rewrite error
+    error: float = 0.0  # worst relative error of the rewrite against float64 RMSNorm
+    original_error: float = 0.0  # the original chain's worst relative error against it
+    magnitude: float = MAGNITUDES[0]  # the input magnitude of the worst rewrite error
+    reason: str = None  # why the check failed
+
+
+def rms_norm_reference(x, axes, eps, gamma=None, max_scaled=False, mean_scale=1.0):
+    """RMSNorm in float64. With `max_scaled`/`mean_scale` it is exactly what a chain of that form computes:
+    x / (sqrt(mean((x/m)^2) * s + eps) * m) with m = max|x|, s = mean_scale."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        ms = np.mean(x * x, axis=axes, keepdims=True) * mean_scale
+        if max_scaled:
+            m = np.max(np.abs(x), axis=axes, keepdims=True)
+            y = x / (np.sqrt(ms / (m * m) + eps) * m)
+        else:
+            y = x / np.sqrt(ms + eps)
+    return y if gamma is None else y * np.asarray(gamma, np.float64)
 
 
 def self_check(view, blobs, match, new_ops, seed=0):
     rng = np.random.default_rng(seed)
     source = cast_ancestry(view, match.x)[-1]
-    shape = [d if d is not None else UNKNOWN_DIM for d in _dims(view, source)]
-    dtype = NUMPY[view.dtype(source)]
+    shape = [d if d is not None else UNKNOWN_DIM for d in (view.dim(source, i) for i in range(view.rank(source)))]
+    zero_row = tuple(slice(None) if i in match.axes else 0 for i in range(len(shape)))
     rtol, atol = tolerance_for(NUMPY[match.dtype])
-    overlay = {out.name: op for op in new_ops for out in op.outputs}
-    reference = Evaluator(view, blobs, float_dtype=np.float64)
+    exact = Evaluator(view, blobs, float_dtype=np.float64)
     original = Evaluator(view, blobs)
-    rewritten = Evaluator(view, blobs, overlay=overlay)
-    worst = CheckResult(True, 0.0, 0.0, MAGNITUDES[0])
+    rewritten = Evaluator(view, blobs, overlay={out.name: op for op in new_ops for out in op.outputs})
+    wanted = [match.output, match.x] + ([match.gamma] if match.gamma else [])
+    result = CheckResult(True)
     for magnitude in MAGNITUDES:
-        feeds = {source: (rng.standard_normal(shape) * magnitude).astype(dtype)}
-        ref = reference.evaluate([match.output], feeds)[match.output]
-        new = compare(rewritten.evaluate([match.output], feeds)[match.output], ref, rtol=rtol, atol=atol)
-        old = compare(original.evaluate([match.output], feeds)[match.output], ref, rtol=rtol, atol=atol)
-        error = new.max_rel if new.mismatched_nonfinite == 0 else float("inf")
-        original_error = old.max_rel if old.mismatched_nonfinite == 0 else float("inf")
-        worst.original_error = max(worst.original_error, original_error)
-        if error >= worst.error:
-            worst.error, worst.magnitude = error, magnitude
-        worst.passed = worst.passed and new.passed
-    return worst
+        x = rng.standard_normal(shape) * magnitude
+        x[zero_row] = 0.0
+        feeds = {source: x.astype(NUMPY[view.dtype(source)])}
+        values = exact.evaluate(wanted, feeds)
+        gamma = values.get(match.gamma) if match.gamma else None
+        as_read = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma, match.max_scaled, match.mean_scale)
+        read = compare(values[match.output], as_read, rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read))
+        if not read.passed:
+            return CheckResult(
+                False, reason=f"mlopt misread this chain: in float64 it differs from the matched RMSNorm by "
+                f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"
+            )
+        truth = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma)
+        new = compare(rewritten.evaluate([match.output], feeds)[match.output], truth, rtol=rtol, atol=atol)
+        old = compare(original.evaluate([match.output], feeds)[match.output], truth, rtol=rtol, atol=atol)
+        result.original_error = max(result.original_error, _worst(old))
+        if _worst(new) >= result.error:
+            result.error, result.magnitude = _worst(new), magnitude
+        if not new.passed and result.passed:
+            result.passed = False
+            result.reason = (
+                f"self-check failed: the rewrite differs from RMSNorm by {_worst(new):.2g} (relative) at input "
+                f"magnitude {magnitude:g}; rolled back"
+            )
+    return result
 
 
-def _dims(view, value):
-    return [view.dim(value, i) for i in range(view.rank(value))]
+def _worst(difference):
+    return difference.max_rel if difference.mismatched_nonfinite == 0 else float("inf")
+
+
+def _scale(values):
+    finite = np.isfinite(values)
+    return float(np.abs(values[finite]).max()) if finite.any() else 1.0

@@ -1,45 +1,70 @@
-"""The RMSNorm pattern: `x * rsqrt(mean(x^2, axis) + eps) [* gamma]` in every spelling converters emit.
+"""The RMSNorm pattern: `x * rsqrt(mean(x^2, axes) + eps) [* gamma]` in every spelling converters emit.
 
 Target pattern (each arrow may cross `cast` ops):
 
-    square(x) | pow(x, 2) | mul(x, x)
-      -> reduce_mean(axes=[a], keep_dims=True)
+    [abs -> reduce_max = m;  real_div(x, m)]          coremltools 9's max-scaled torch.nn.RMSNorm lowering
+    square(.) | pow(., 2) | mul(., .)
+      -> reduce_mean(axes, keep_dims=True) | reduce_sum(axes, keep_dims=True) -> mul(1/N) | real_div(N)
       -> [add(eps) (either side)]
       -> rsqrt(epsilon) | pow(-0.5) | sqrt
-      -> mul(x, .) (either side)   for rsqrt/pow, or for real_div(1, sqrt)
-         real_div(x, .)            for sqrt
-      -> [mul(gamma) (either side), gamma a constant]
+      -> mul(x, .) (either side)                     after rsqrt/pow, or after real_div(1, sqrt)
+         real_div(x, .)                               after sqrt  [after mul(sqrt, m) when max-scaled]
+      -> [mul(gamma) (either side), gamma constant per call]
       -> [cast back to x's dtype]
 
-Conditions: the squared and the scaled tensor are one tensor (up to float casts); the power is exactly 2 and
-the root exactly -0.5 or a square root with nothing added after it; one constant axis; the input is not
-mean-centred (that is a LayerNorm). Matching is anchored at every `reduce_mean`/`reduce_sum` of a squared value; a
-candidate that fails a condition is reported as a near-miss with the reason.
+Conditions: the squared and the scaled tensor are one tensor (up to float casts); the power is exactly 2 and the
+root exactly -0.5 or a square root with nothing added after it; constant axes; keep_dims; a reduce_sum's scale
+is 1/N for the reduced size N; the input is not mean-centred (that is a LayerNorm). Matching is anchored at every
+`reduce_mean`/`reduce_sum` of a squared value; a candidate that fails a condition is reported with the reason.
 """
 
 from dataclasses import dataclass
 
+import numpy as np
 
-from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
+from ..graph.dtypes import FLOAT16, FLOATS, NUMPY, name as dtype_name
 from ..graph.view import op_name
 from .trace import NoMatch, Trace
-from .walk import cast_ancestry, casts_between, follow, is_widening, other_param, sole_consumer
+from .walk import (
+    cast_ancestry,
+    casts_between,
+    casts_up_to,
+    follow,
+    other_param,
+    producer_through_casts,
+    same_tensor,
+    scalar_const,
+    sole_consumer,
+    unwrap_lossless,
+)
 
 RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
+MAX_SCALED_NOTE = (
+    "coremltools' max-scaled torch.nn.RMSNorm lowering: it computed x / sqrt(mean(x^2) + eps * max|x|^2) and gave "
+    "NaN on an all-zero row; rewritten with the true eps"
+)
 
 
 @dataclass
 class RMSNormMatch:
-    """What the rewrite needs to know about one matched chain."""
+    """What the rewrite needs to know about one matched chain, and what the original chain computes."""
 
     x: str  # the normalised tensor, outside any cast wrapper
-    axis: int  # non-negative
+    axes: tuple  # non-negative reduction axes, in the chain's order
     epsilon: float  # the chain's total: add(eps) + rsqrt's epsilon, as stored
     gamma: str  # value multiplied in after normalising, or None
     output: str  # the value the chain defines; the rewrite keeps its name and type
     output_op: object  # the Operation producing `output`
     ops: tuple  # names of the ops the chain covers (removed if nothing else uses them)
     dtype: int  # compute dtype: x's dtype
+    max_scaled: bool = False  # the chain divides x by max|x| before squaring (eps inflated by max|x|^2)
+    mean_scale: float = 1.0  # reduce_sum's scale times N: the chain's mean is mean(x^2) * mean_scale
+    note: str = None  # what the rewrite changes beyond the arithmetic, for the report
+
+    @property
+    def axis(self):
+        """The axis the rewrite concatenates along: the first reduced axis."""
+        return self.axes[0]
 
 
 @dataclass
@@ -49,6 +74,7 @@ class Candidate:
     function: str
     anchor: str  # the reduce op's name
     form: str  # e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
+    ops: tuple = ()  # names of the ops walked
     match: RMSNormMatch = None
     reason: str = None
 
@@ -72,61 +98,98 @@ def match_at(view, reduce_op):
     square_op, base, exponent = square
     trace = Trace()
     try:
-        trace.take(*casts_between(view, view.arg(reduce_op, "x"), square_op.outputs[0].name))
+        prescale = _max_prescale(view, trace, base)
         trace.take(square_op)
+        trace.take(*casts_between(view, view.arg(reduce_op, "x"), square_op.outputs[0].name))
         trace.take(reduce_op)
-        match = _match_rest(view, trace, reduce_op, square_op, base, exponent)
-        return Candidate(view.name, op_name(reduce_op), trace.form, match=match)
+        match = _match_rest(view, trace, reduce_op, base, exponent, prescale)
+        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(), match=match)
     except NoMatch as e:
-        return Candidate(view.name, op_name(reduce_op), trace.form, reason=e.reason)
+        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(), reason=e.reason)
 
 
 def _square_of(view, reduce_op):
     """(square op, squared value, exponent) if the reduced value is a power of something, else None."""
-    source = view.arg(reduce_op, "x")
-    if source is None:
-        return None
-    op = view.producer.get(cast_ancestry(view, source)[-1])
+    op = producer_through_casts(view, view.arg(reduce_op, "x"))
     if op is None:
         return None
     if op.type == "square":
         return op, view.arg(op, "x"), 2.0
     if op.type == "pow":
-        y = view.const(op, "y")
-        if y is None or y.size != 1 or view.arg(op, "x") is None:
+        y = scalar_const(view, op, "y")
+        if y is None or view.arg(op, "x") is None:
             return None
-        return op, view.arg(op, "x"), float(y.reshape(()))
+        return op, view.arg(op, "x"), y
     if op.type == "mul":
         a, b = view.arg(op, "x"), view.arg(op, "y")
-        if a is not None and b is not None and _same_tensor(view, a, b):
+        if a is not None and b is not None and same_tensor(view, a, b):
             return op, a, 2.0
     return None
 
 
-def _match_rest(view, trace, reduce_op, square_op, base, exponent):
+@dataclass
+class _Prescale:
+    x: str  # the unscaled tensor
+    m: str  # max|x| over the axes
+    axes: np.ndarray  # reduce_max's axes
+
+
+def _max_prescale(view, trace, base):
+    """real_div(x, reduce_max(abs(x))) as the squared value: coremltools' torch.nn.RMSNorm lowering."""
+    div = producer_through_casts(view, base)
+    if div is None or div.type != "real_div":
+        return None
+    x, m = view.arg(div, "x"), view.arg(div, "y")
+    red = producer_through_casts(view, m)
+    if x is None or red is None or red.type != "reduce_max":
+        return None
+    abs_op = producer_through_casts(view, view.arg(red, "x"))
+    if abs_op is None or abs_op.type != "abs" or not same_tensor(view, view.arg(abs_op, "x"), x):
+        return None
+    trace.take(abs_op, red, div)
+    keep = view.const(red, "keep_dims")
+    if keep is None or not bool(keep.reshape(())):
+        trace.fail("max|x| pre-scale has keep_dims false")
+    axes = view.const(red, "axes")
+    if axes is None:
+        trace.fail("max|x| pre-scale axes are not constant")
+    return _Prescale(x=x, m=m, axes=axes.reshape(-1))
+
+
+def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     if exponent != 2.0:
         trace.fail(f"power is {exponent:g}, not 2")
-    if reduce_op.type != "reduce_mean":
-        trace.fail("reduce_sum, not reduce_mean: no 1/N scale")
     axes = view.const(reduce_op, "axes")
     if axes is None:
         trace.fail("reduction axes are not constant")
-    if axes.size != 1:
-        trace.fail(f"reduces over {axes.size} axes, not one")
     keep_dims = view.const(reduce_op, "keep_dims")
     if keep_dims is None or not bool(keep_dims.reshape(())):
         trace.fail("keep_dims is false")
+    squared = prescale.x if prescale else base
+    rank = view.rank(squared)
+    axes = axes.reshape(-1).astype(int)
+    if any(not -rank <= a < rank for a in axes):
+        trace.fail(f"axes {list(axes)} out of range for rank {rank}")
+    axes = tuple(int(a) % rank for a in axes)
+    if len(set(axes)) != len(axes):
+        trace.fail(f"axes {list(axes)} repeat")
+    if prescale and sorted(int(a) % rank for a in prescale.axes) != sorted(axes):
+        trace.fail("max|x| pre-scale reduces over other axes than the mean")
 
     value = reduce_op.outputs[0].name
+    mean_scale = 1.0
+    if reduce_op.type == "reduce_sum":
+        value, mean_scale = _mean_from_sum(view, trace, value, squared, axes)
+
     eps_add = 0.0
     step = follow(view, value, ("add", "rsqrt", "sqrt", "pow"))
     if step is None:
         trace.fail(f"mean square feeds {_consumer_types(view, value)}, not add/rsqrt/sqrt/pow")
     if step.op.type == "add":
-        eps = view.const(step.op, other_param(step.op, step.param))
-        if eps is None or eps.size != 1:
+        eps = scalar_const(view, step.op, other_param(step.op, step.param))
+        if eps is None:
             trace.fail("adds a non-constant to the mean square")
-        eps_add = float(eps.reshape(()))
+        eps_add = eps
         trace.take(*step.casts, step.op)
         value = step.op.outputs[0].name
         step = follow(view, value, ("rsqrt", "sqrt", "pow", "add", "real_div", "mul"))
@@ -134,56 +197,78 @@ def _match_rest(view, trace, reduce_op, square_op, base, exponent):
             trace.fail(f"mean square + eps feeds {_consumer_types(view, value)}, not a square root")
     trace.take(*step.casts, step.op)
     root = step.op
+    eps_root = _root_epsilon(view, trace, root)
 
-    if root.type == "pow":
-        y = view.const(root, "y")
-        if y is None or y.size != 1 or float(y.reshape(())) != -0.5:
-            trace.fail(f"root is pow({'?' if y is None else float(y.reshape(-1)[0]):g}), not pow(-0.5)")
-    eps_root = 0.0
-    if root.type == "rsqrt":
-        eps = view.const(root, "epsilon")
-        if eps is None:
-            eps_root = float(NUMPY[view.dtype(view.arg(root, "x"))](RSQRT_DEFAULT_EPSILON))
-        elif eps.size != 1:
-            trace.fail("rsqrt epsilon is not a scalar")
-        else:
-            eps_root = float(eps.reshape(()))
-
-    if root.type == "sqrt":
+    if prescale:
+        if root.type != "sqrt":
+            trace.fail("max|x| pre-scaled chain without sqrt")
+        norm_op, scaled = _divide_by_rescaled_root(view, trace, root, prescale)
+    elif root.type == "sqrt":
         norm_op, scaled = _divide_by_root(view, trace, root, base)
     else:
         norm_op, scaled = _scale_by_inverse(view, trace, root.outputs[0].name, base)
 
-    if scaled is None or not _same_tensor(view, base, scaled):
+    if scaled is None or not same_tensor(view, squared, scaled):
         trace.fail("squares one tensor and scales another")
-    x = _unwrap_lossless(view, scaled)
+    x = unwrap_lossless(view, scaled)
     above_x = set(cast_ancestry(view, x))
-    trace.take(*_casts_up_to(view, base, above_x), *_casts_up_to(view, scaled, above_x))
+    trace.take(*casts_up_to(view, squared, above_x), *casts_up_to(view, scaled, above_x))
     _check_not_mean_centred(view, trace, x)
     dtype = view.dtype(x)
     if dtype not in FLOATS:
         trace.fail(f"unsupported dtype {dtype_name(dtype)}")
-
     output_op, gamma = _gamma(view, trace, norm_op, dtype)
-    axis = int(axes.reshape(-1)[0])
-    rank = view.rank(x)
-    if not -rank <= axis < rank:
-        trace.fail(f"axis {axis} out of range for rank {rank}")
-    axis %= rank
-    if view.dim(x, axis) is None:
-        trace.fail(f"normalised axis {axis} has unknown size")
+    if view.dim(x, axes[0]) is None:
+        trace.fail(f"normalised axis {axes[0]} has unknown size")
     if len({id(view.block_of[id(op)]) for op in trace.ops}) != 1:
         trace.fail("chain spans several blocks")
     return RMSNormMatch(
         x=x,
-        axis=axis,
+        axes=axes,
         epsilon=eps_add + eps_root,
         gamma=gamma,
         output=output_op.outputs[0].name,
         output_op=output_op,
         ops=trace.op_names(),
         dtype=dtype,
+        max_scaled=prescale is not None,
+        mean_scale=mean_scale,
+        note=MAX_SCALED_NOTE if prescale else None,
     )
+
+
+def _mean_from_sum(view, trace, value, squared, axes):
+    """reduce_sum followed by mul(1/N) or real_div(N), N the reduced size: a mean. Returns (mean, scale * N)."""
+    dims = [view.dim(squared, a) for a in axes]
+    step = follow(view, value, ("mul", "real_div"), accept=lambda st: scalar_const(view, st.op, other_param(st.op, st.param)) is not None)
+    if step is None or (step.op.type == "real_div" and step.param != "x"):
+        trace.fail("reduce_sum, not reduce_mean: no 1/N scale")
+    if any(d is None for d in dims):
+        trace.fail("reduce_sum over an axis of unknown size: cannot check its 1/N scale")
+    n = float(np.prod(dims))
+    c = scalar_const(view, step.op, other_param(step.op, step.param))
+    scale = c * n if step.op.type == "mul" else n / c
+    const_dtype = view.dtype(view.arg(step.op, other_param(step.op, step.param)) or step.via)
+    tolerance = 2.0**-10 if const_dtype == FLOAT16 else 1e-6  # 1/N as the constant's dtype rounds it
+    if abs(scale - 1.0) > tolerance:
+        trace.fail(f"reduce_sum scaled by {c:g}, not 1/{n:g}")
+    trace.take(*step.casts, step.op)
+    return step.op.outputs[0].name, scale
+
+
+def _root_epsilon(view, trace, root):
+    if root.type == "pow":
+        y = scalar_const(view, root, "y")
+        if y != -0.5:
+            trace.fail(f"root is pow({'?' if y is None else f'{y:g}'}), not pow(-0.5)")
+    if root.type != "rsqrt":
+        return 0.0
+    if view.const(root, "epsilon") is None and "epsilon" not in root.inputs:
+        return float(NUMPY[view.dtype(view.arg(root, "x"))](RSQRT_DEFAULT_EPSILON))
+    eps = scalar_const(view, root, "epsilon")
+    if eps is None:
+        trace.fail("rsqrt epsilon is not a constant scalar")
+    return eps
 
 
 def _scale_by_inverse(view, trace, inv, base):
@@ -197,7 +282,7 @@ def _scale_by_inverse(view, trace, inv, base):
 
 def _scales(view, step, base):
     other = view.arg(step.op, other_param(step.op, step.param))
-    return other is not None and _same_tensor(view, base, other)
+    return other is not None and same_tensor(view, base, other)
 
 
 def _divide_by_root(view, trace, sqrt_op, base):
@@ -210,89 +295,50 @@ def _divide_by_root(view, trace, sqrt_op, base):
     if step is None:
         trace.fail(f"square root feeds {_consumer_types(view, s)}, not real_div(x, sqrt)")
     trace.take(*step.casts, step.op)
-    numerator = view.const(step.op, "x")
-    if numerator is None:
+    if view.const(step.op, "x") is None:
         return step.op, view.arg(step.op, "x")
-    if numerator.size != 1 or float(numerator.reshape(())) != 1.0:
+    if not _is_one(view, step.op):
         trace.fail("divides a constant other than 1 by the square root")
     return _scale_by_inverse(view, trace, step.op.outputs[0].name, base)
 
 
+def _divide_by_rescaled_root(view, trace, sqrt_op, prescale):
+    """Max-scaled form: mul(sqrt, m) (either order), then real_div(x, .)."""
+    s = sqrt_op.outputs[0].name
+    step = follow(view, s, ("mul",), accept=lambda st: same_tensor(view, view.arg(st.op, other_param(st.op, st.param)) or "", prescale.m))
+    if step is None:
+        trace.fail(f"max|x| pre-scaled root feeds {_consumer_types(view, s)}, not mul(., max|x|)")
+    trace.take(*step.casts, step.op)
+    rms = step.op.outputs[0].name
+    step = follow(view, rms, ("real_div",), accept=lambda st: st.param == "y")
+    if step is None:
+        trace.fail(f"rescaled root feeds {_consumer_types(view, rms)}, not real_div(x, .)")
+    trace.take(*step.casts, step.op)
+    return step.op, view.arg(step.op, "x")
+
+
 def _is_one(view, div_op):
-    numerator = view.const(div_op, "x")
-    return numerator is not None and numerator.size == 1 and float(numerator.reshape(())) == 1.0
+    return scalar_const(view, div_op, "x") == 1.0
 
 
 def _gamma(view, trace, norm_op, dtype):
-    """Absorb a following `mul(gamma)` (gamma constant) and a cast back to x's dtype; return (output op, gamma)."""
+    """Absorb a following `mul(gamma)` (gamma constant per call) and a cast back to x's dtype."""
     output_op, gamma = norm_op, None
-    use = _sole_use_through_casts(view, norm_op.outputs[0].name)
+    casts, use = [], sole_consumer(view, norm_op.outputs[0].name)
+    while use is not None and use.op.type == "cast":
+        casts.append(use.op)
+        use = sole_consumer(view, use.op.outputs[0].name)
     if use is not None and use.op.type == "mul" and use.param in ("x", "y"):
-        mul, casts = use.op, use.casts
-        weight = view.arg(mul, other_param(mul, use.param))
-        if weight is not None and view.is_const(cast_ancestry(view, weight)[-1]):
+        weight = view.arg(use.op, other_param(use.op, use.param))
+        if weight is not None and view.is_constant_expr(weight):
             trace.take(*casts)
-            trace.take(mul, label="mul(gamma)")
-            output_op, gamma = mul, weight
+            trace.take(use.op, label="mul(gamma)")
+            output_op, gamma = use.op, weight
     use = sole_consumer(view, output_op.outputs[0].name)
     if use is not None and use.op.type == "cast" and view.dtype(use.op.outputs[0].name) == dtype:
         trace.take(use.op)
         output_op = use.op
     return output_op, gamma
-
-
-@dataclass
-class _UseThroughCasts:
-    op: object
-    param: str
-    casts: list
-
-
-def _sole_use_through_casts(view, value):
-    casts = []
-    while True:
-        use = sole_consumer(view, value)
-        if use is None:
-            return None
-        if use.op.type != "cast":
-            return _UseThroughCasts(use.op, use.param, casts)
-        casts.append(use.op)
-        value = use.op.outputs[0].name
-
-
-def _same_tensor(view, a, b):
-    """True if `a` and `b` are one tensor, possibly at two float precisions (float casts of a common value)."""
-    up_a, up_b = cast_ancestry(view, a), cast_ancestry(view, b)
-    common = next((v for v in up_a if v in up_b), None)
-    if common is None:
-        return False
-    path = up_a[: up_a.index(common) + 1] + up_b[: up_b.index(common) + 1]
-    return all(view.is_float_tensor(v) for v in path)
-
-
-def _casts_up_to(view, value, stop):
-    """The casts from `value` up to the first value in `stop` (casts wrapping x on the way into the chain)."""
-    casts = []
-    while value not in stop:
-        op = view.producer.get(value)
-        if op is None or op.type != "cast":
-            return casts
-        casts.append(op)
-        value = view.arg(op, "x")
-    return casts
-
-
-def _unwrap_lossless(view, value):
-    """`value`, or the narrower tensor it is a lossless widening of: `cast(x16, fp32)` gives `x16`.
-
-    The scaled tensor, unwrapped like this, is the rewrite's input: a fp16 model with fp32 islands computes the
-    whole norm in fp16, and a chain scaling a rounded copy (`cast(x32, fp16)`) keeps that copy's precision.
-    """
-    while True:
-        op = view.producer.get(value)
-        if op is None or op.type != "cast" or not is_widening(view, op):
-            return value
-        value = view.arg(op, "x")
 
 
 def _check_not_mean_centred(view, trace, x):
@@ -301,10 +347,9 @@ def _check_not_mean_centred(view, trace, x):
         op = view.producer.get(value)
         if op is None or op.type != "sub":
             continue
-        y, mean = view.arg(op, "x"), view.arg(op, "y")
-        mean_op = view.producer.get(cast_ancestry(view, mean)[-1]) if mean else None
+        y, mean_op = view.arg(op, "x"), producer_through_casts(view, view.arg(op, "y"))
         if mean_op is not None and mean_op.type == "reduce_mean" and y is not None:
-            if _same_tensor(view, view.arg(mean_op, "x"), y):
+            if same_tensor(view, view.arg(mean_op, "x"), y):
                 trace.fail("input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm")
 
 

@@ -76,3 +76,47 @@ def sole_consumer(view, value):
 def other_param(op, param):
     """For a binary op (x, y), the parameter that is not `param`."""
     return "y" if param == "x" else "x"
+
+
+def same_tensor(view, a, b):
+    """True if `a` and `b` are one tensor, possibly at two float precisions (float casts of a common value)."""
+    up_a, up_b = cast_ancestry(view, a), cast_ancestry(view, b)
+    common = next((v for v in up_a if v in up_b), None)
+    if common is None:
+        return False
+    path = up_a[: up_a.index(common) + 1] + up_b[: up_b.index(common) + 1]
+    return all(view.is_float_tensor(v) for v in path)
+
+
+def casts_up_to(view, value, stop):
+    """The casts from `value` up to the first value in `stop` (casts wrapping x on the way into a chain)."""
+    casts = []
+    while value not in stop:
+        op = view.producer.get(value)
+        if op is None or op.type != "cast":
+            return casts
+        casts.append(op)
+        value = view.arg(op, "x")
+    return casts
+
+
+def unwrap_lossless(view, value):
+    """`value`, or the narrower tensor it is a lossless widening of: `cast(x16, fp32)` gives `x16`."""
+    while True:
+        op = view.producer.get(value)
+        if op is None or op.type != "cast" or not is_widening(view, op):
+            return value
+        value = view.arg(op, "x")
+
+
+def producer_through_casts(view, value):
+    """The op producing `value` once casts are looked through (None for inputs)."""
+    return view.producer.get(cast_ancestry(view, value)[-1]) if value is not None else None
+
+
+def scalar_const(view, op, param):
+    """A literal input that is a single number, as a float; None otherwise."""
+    value = view.const(op, param)
+    if value is None or value.size != 1 or value.dtype.kind not in "fiub":
+        return None
+    return float(value.reshape(()))

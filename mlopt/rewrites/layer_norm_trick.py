@@ -1,8 +1,8 @@
 """Lower one RMSNorm match to the LayerNorm trick (first shown by the ANEMLL project).
 
     neg  = mul(x, -1)
-    both = concat([x, neg], axis)               # mean 0 along axis, variance = mean(x^2)
-    ln   = layer_norm(both, axes=[axis], eps)   # = [x, -x] / sqrt(mean(x^2) + eps)
+    both = concat([x, neg], axis)               # axis = the first reduced axis; mean 0, variance = mean(x^2)
+    ln   = layer_norm(both, axes, eps)          # = [x, -x] / sqrt(mean(x^2) + eps), over all reduced axes
     y    = slice_by_index(ln, first half along axis)
     out  = mul(y, gamma)                        # when the chain had a gamma
     [cast(out, original dtype)]                 # only if the chain's output had another dtype
@@ -52,7 +52,7 @@ def lower_rms_norm(match, view, emitter):
         "layer_norm",
         {
             "x": both,
-            "axes": const("axes", np.array([axis], np.int32), INT32),
+            "axes": const("axes", np.array(match.axes, np.int32), INT32),
             "epsilon": const("epsilon", match.epsilon, eps_dtype),
         },
         both_type,

@@ -1,0 +1,103 @@
+"""RMSNorm implementations from real model code, converted from PyTorch by coremltools (fixtures/real/).
+
+For every package: exactly as many chains rewritten as the model code holds RMSNorms (expected.json, written by
+the generator from the code, not from mlopt), every function's outputs equal before and after in the interpreter,
+near-misses untouched to the bit, and a second run finds nothing to do.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, file_digest, main_view, run_package
+from mlopt import optimize_package
+from mlopt.numerics.verify import verify_packages
+
+REAL = os.path.join(FIXTURES, "real")
+with open(os.path.join(REAL, "expected.json")) as f:
+    EXPECTED = json.load(f)
+MODEL = os.path.join("Data", "com.apple.CoreML", "model.mlmodel")
+
+
+def path(name):
+    return os.path.join(REAL, f"{name}.mlpackage")
+
+
+def test_fixture_set_is_complete():
+    on_disk = sorted(f[: -len(".mlpackage")] for f in os.listdir(REAL) if f.endswith(".mlpackage"))
+    assert on_disk == sorted(EXPECTED)
+    implementations = {e["implementation"] for e in EXPECTED.values() if not e["negative"]}
+    assert len(implementations - {"decoder_llama", "decoder_qwen3", "stateful", "multifunction"}) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_rewrites_every_norm_and_agrees(name, tmp_path):
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(path(name), out)
+    expected = EXPECTED[name]["norms"]
+    assert report.rewrites == expected, report.render()
+    if EXPECTED[name]["negative"]:
+        assert file_digest(out / MODEL) == file_digest(os.path.join(path(name), MODEL))
+        return
+    assert report.left_alone == 0, report.render()
+    result = verify_packages(path(name), out)
+    assert result.passed, result.render()
+    again = optimize_package(out, tmp_path / "again.mlpackage")
+    assert again.rewrites == 0
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXPECTED if n.startswith("cohere")))
+def test_cohere_layernorm_reason(name):
+    report = optimize_package(path(name), dry_run=True)
+    (chain,) = report.functions[0].chains
+    assert chain.reason == "input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm"
+
+
+@pytest.mark.parametrize("name", ["torch_rmsnorm_fp32_ios17", "torch_rmsnorm_fp16_ios15", "functional_2d_fp32_ios17"])
+def test_max_scaled_lowering_fixed_for_all_zero_rows(name, tmp_path):
+    """coremltools' torch.nn.RMSNorm lowering divides by max|x|: an all-zero row is 0/0 = NaN. With the true eps
+    the rewrite gives 0 there, and elsewhere equals x / sqrt(mean(x^2) + eps) * w."""
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(path(name), out)
+    (chain,) = report.functions[0].chains
+    assert chain.note.startswith("coremltools' max-scaled torch.nn.RMSNorm lowering")
+    view = main_view(path(name))
+    (inp,) = view.function.inputs
+    shape = [d.constant.size for d in inp.type.tensorType.dimensions]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    zero = tuple(slice(None) if i in chain.axes else 0 for i in range(len(shape)))  # one row over the normalised axes
+    x[zero] = 0.0
+    before, after = run_package(path(name), {inp.name: x}), run_package(str(out), {inp.name: x})
+    (value,) = before
+    assert np.isnan(before[value][zero]).all()
+    assert np.all(after[value][zero] == 0)
+    assert np.isfinite(after[value]).all()
+    rest = np.ones(shape, bool)
+    rest[zero] = False
+    np.testing.assert_allclose(after[value][rest], before[value][rest], rtol=1e-2 if "fp16" in name else 1e-4, atol=1e-3)
+
+
+def test_multifunction_both_functions_rewritten(tmp_path):
+    out = tmp_path / "o.mlpackage"
+    report = optimize_package(path("multifunction_fp16_ios18"), out)
+    assert {f.name: f.count("rewritten") for f in report.functions} == {"decode": 5, "prefill": 5}
+    for fn in ("prefill", "decode"):
+        before, after = main_view(path("multifunction_fp16_ios18"), fn), main_view(str(out), fn)
+        assert [i.name for i in after.function.inputs] == [i.name for i in before.function.inputs]
+        assert list(after.main.outputs) == list(before.main.outputs)
+        assert sum(op.type == "layer_norm" for op in after.main.operations) == 5
+    from mlopt.package import read_package
+
+    spec_before, spec_after = read_package(path("multifunction_fp16_ios18")).spec, read_package(out).spec
+    assert spec_after.description.defaultFunctionName == spec_before.description.defaultFunctionName == "prefill"
+    assert [f.name for f in spec_after.description.functions] == [f.name for f in spec_before.description.functions]
+
+
+def test_stateful_model_keeps_its_state_ops(tmp_path):
+    out = tmp_path / "o.mlpackage"
+    assert optimize_package(path("stateful_fp16_ios18"), out).rewrites == 2
+    state_ops = lambda p: [(op.type, [o.name for o in op.outputs]) for op in main_view(p).main.operations if "state" in op.type]  # noqa: E731
+    assert state_ops(str(out)) == state_ops(path("stateful_fp16_ios18"))
+    assert [i.name for i in main_view(str(out)).function.inputs] == ["x0", "acc"]
