@@ -73,12 +73,16 @@ def optimize_spec(spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=Non
 
 def _chain_report(candidate, status, check):
     m = candidate.match
+    ops = list(candidate.ops)
     if m is None:
-        return ChainReport(candidate.anchor, candidate.form, "left alone", reason=candidate.reason)
+        return ChainReport(candidate.anchor, candidate.form, "left alone", reason=candidate.reason, ops=ops)
     chain = ChainReport(
         candidate.anchor,
         candidate.form,
         status,
+        ops=ops,
+        x=m.x,
+        gamma=m.gamma,
         output=m.output,
         axes=list(m.axes),
         epsilon=m.epsilon,

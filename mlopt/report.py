@@ -13,6 +13,9 @@ class ChainReport:
     form: str  # the ops walked, e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
     status: str  # "rewritten", "would rewrite" (dry run, other compute units) or "left alone"
     reason: str = None  # why it was left alone
+    ops: list = None  # names of the ops the chain walked through
+    x: str = None  # the normalised tensor
+    gamma: str = None  # the weight multiplied in, if any
     output: str = None  # the value the chain defines (kept by the rewrite)
     axes: list = None
     epsilon: float = None
@@ -79,10 +82,37 @@ class Report:
                     )
                     if c.note:
                         lines.append(f"                   note: {c.note}")
+        return "\n".join(lines + self._footer())
+
+    def _footer(self):
         if self.written:
-            lines.append(f"  wrote {self.output} (weights and other files copied byte for byte)")
-        elif self.output:
-            lines.append(f"  dry run: {self.output} not written")
+            return [f"  wrote {self.output} (weights and other files copied byte for byte)"]
+        if self.output:
+            return [f"  dry run: {self.output} not written"]
+        return []
+
+    def render_details(self):
+        """`mlopt inspect`: every RMSNorm-like chain, where it is, what it was read as, or why it is left alone."""
+        lines = [f"mlopt inspect {self.input}"]
+        for f in self.functions:
+            lines.append(f"function {f.name} ({f.opset}): {len(f.chains)} RMSNorm-like chain{'s' * (len(f.chains) != 1)}")
+            for k, c in enumerate(f.chains, 1):
+                verdict = "RMSNorm" if c.status != "left alone" else "left alone"
+                lines.append(f"  [{k}] {verdict}: {c.form}")
+                lines.append(f"      ops: {', '.join(c.ops or [])}")
+                if c.status == "left alone":
+                    lines.append(f"      reason: {c.reason}")
+                else:
+                    lines.append(
+                        f"      reads {c.x}, axes {c.axes}, eps {c.epsilon:.6g}, gamma {c.gamma or '-'}, {c.dtype}; "
+                        f"defines {c.output}"
+                    )
+                    if c.error is not None:
+                        lines.append(f"      self-check vs float64 RMSNorm: rewrite {c.error:.1e}, original {c.original_error:.1e}")
+                if c.note:
+                    lines.append(f"      note: {c.note}")
+        if self.note:
+            lines.append(f"note: {self.note}")
         return "\n".join(lines)
 
 

@@ -113,3 +113,41 @@ def test_readme_first_command_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "5 rewritten" in result.stdout
     assert op_types(str(out)).count("layer_norm") == 5
+
+
+def test_inspect_lists_candidates_with_reasons(capsys):
+    code, text, _ = run(capsys, "inspect", fixture_path("near_misses_fp16_ios17"))
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[:5] == [
+        f"mlopt inspect {fixture_path('near_misses_fp16_ios17')}",
+        "function main (CoreML7): 7 RMSNorm-like chains",
+        "  [1] left alone: mul -> reduce_mean -> add -> rsqrt -> mul",
+        "      ops: mul_8, reduce_mean_1, add_0, rsqrt_0, mul_9",
+        "      reason: input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm",
+    ]
+    assert "      reason: keep_dims is false" in lines
+
+
+def test_inspect_shows_what_a_match_reads(capsys):
+    code, text, _ = run(capsys, "inspect", fixture_path("gemma_casts_fp16_ios17"))
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[2] == "  [1] RMSNorm: pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
+    assert lines[3] == "      ops: cast_3, pow_0, reduce_mean_0, add_0, rsqrt_0, mul_0, mul_1, cast_2"  # op names, not value names
+    assert lines[4] == "      reads x, axes [2], eps 1e-06, gamma mul_1_y_0, fp16; defines cast_1"
+    assert lines[5].startswith("      self-check vs float64 RMSNorm: rewrite ")
+
+
+def test_inspect_json(capsys, tmp_path):
+    code, text, _ = run(capsys, "inspect", fixture_path("decoder_fp16_ios17"), "--json")
+    assert code == 0
+    chains = json.loads(text)["functions"][0]["chains"]
+    assert len(chains) == 5
+    assert all(c["status"] == "would rewrite" and c["x"] and c["gamma"] and c["ops"] for c in chains)
+    assert not os.listdir(tmp_path)  # inspect writes nothing
+
+
+def test_inspect_bad_input(capsys, tmp_path):
+    code, out, err = run(capsys, "inspect", tmp_path / "missing.mlpackage")
+    assert code == 2 and out == "" and err == f"mlopt: error: {tmp_path / 'missing.mlpackage'}: no such file or directory\n"

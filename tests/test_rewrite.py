@@ -46,6 +46,11 @@ EXPECTED = {
     ),
     # the norm is inside the true branch (see test_rewrite_inside_cond_branch)
     "cond_branch_fp32_ios17": (["reduce_sum", "greater", "cond"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
+    # reduce_sum(x^2) * (1/N): a mean spelled with a sum
+    "sum_scaled_fp16_ios17": (TRICK + ["mul"], 1, "square -> reduce_sum -> mul -> add -> rsqrt -> mul -> mul(gamma)"),
+    # per-head norm on (B, heads, S, head_dim), axis 3
+    "qk_heads_fp16_ios17": (["reshape", "transpose"] + TRICK + ["mul"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
+    "enumerated_shapes_fp16_ios17": (TRICK + ["mul"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
     # the norm is inside the loop body (see test_rewrite_inside_while_body)
     "while_body_fp32_ios17": (["while_loop"], 1, "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"),
 }
@@ -181,6 +186,8 @@ def test_near_misses_untouched_to_the_bit(optimized):
         "reduce_sum, not reduce_mean: no 1/N scale",
         "power is 3, not 2",
         "squares one tensor and scales another",
+        "keep_dims is false",
+        "reduce_sum scaled by 0.5, not 1/16",
     ]
     model = os.path.join("Data", "com.apple.CoreML", "model.mlmodel")
     assert file_digest(os.path.join(out, model)) == file_digest(os.path.join(fixture_path("near_misses_fp16_ios17"), model))
@@ -226,3 +233,38 @@ def test_rewrite_inside_while_body(optimized):
     for path in (fixture_path("while_body_fp32_ios17"), out):
         (value,) = run_package(path, feeds).values()
         np.testing.assert_allclose(value, h, rtol=1e-5, atol=1e-5)
+
+
+def test_gamma_as_a_constant_expression(tmp_path):
+    """A weight computed from constants inside the program (here 1 + w, left unfolded) is constant per call: it is
+    multiplied in after the trick like a const."""
+    import shutil
+
+    from mlopt.package import read_package
+    from mlopt.package.writer import write_package
+    from mlopt.rewrites.emitter import OpEmitter
+
+    src = tmp_path / "in.mlpackage"
+    shutil.copytree(fixture_path("hf_fp32_ios17"), src)
+    package = read_package(src)
+    function = package.spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+    ops = list(block.operations)
+    (index,) = [i for i, op in enumerate(ops) if op.outputs[0].name == "mul_1"]
+    gamma = ops[index].inputs["y"].arguments[0].name
+    emit = OpEmitter([o.name for op in ops for o in op.outputs])
+    one, one_name = emit.const("one", np.float32(1.0), FLOAT32)
+    plus, plus_name = emit.op("add", {"x": gamma, "y": one_name}, main_view(str(src)).types[gamma], base="one_plus_w")
+    ops[index].inputs["y"].arguments[0].name = plus_name
+    del block.operations[:]
+    block.operations.extend(ops[:index] + [one, plus] + ops[index:])
+    write_package(package, package.spec, tmp_path / "edited.mlpackage")
+
+    out = tmp_path / "out.mlpackage"
+    report = optimize_package(tmp_path / "edited.mlpackage", out)
+    (chain,) = report.functions[0].chains
+    assert chain.form.endswith("mul(gamma)") and chain.status == "rewritten"
+    assert op_types(str(out)) == ["add"] + TRICK + ["mul"]  # 1 + w stays, feeding the new gamma multiply
+    feeds = inputs_for(str(tmp_path / "edited.mlpackage"))
+    before, after = run_package(str(tmp_path / "edited.mlpackage"), feeds), run_package(str(out), feeds)
+    assert compare(after["mul_1"], before["mul_1"], rtol=1e-5, atol=1e-6).passed

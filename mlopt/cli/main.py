@@ -1,4 +1,4 @@
-"""The `mlopt` command line: `optimize` and `verify`, over the Python API.
+"""The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
 
 Exit codes: 0 success, 2 bad input (one line naming the file and the problem, no traceback), 1 an internal error
 or failed verification (one line; MLOPT_DEBUG=1 shows the traceback), 130 interrupted. Never imports
@@ -13,9 +13,9 @@ import traceback
 
 from .._version import __version__
 from ..errors import BadInputError
-from . import optimize_cmd, verify_cmd
+from . import inspect_cmd, optimize_cmd, verify_cmd
 
-COMMANDS = {"optimize": optimize_cmd, "verify": verify_cmd}
+COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
 
 
 def build_parser():

@@ -38,6 +38,7 @@ class FunctionView:
         self.types = {}  # value name -> ValueType
         self.uses = {}  # value name -> [Use]
         self.op_by_name = {}  # op name -> Operation
+        self.order = {}  # id(Operation) -> position in a walk of all blocks (program order within a block)
         self.blocks = []
         self._constant_memo = {}
         for inp in function.inputs:
@@ -50,6 +51,7 @@ class FunctionView:
             self.types[inp.name] = inp.type
         for op in block.operations:
             self.block_of[id(op)] = block
+            self.order[id(op)] = len(self.order)
             self.op_by_name[op_name(op)] = op
             for param, argument in op.inputs.items():
                 for binding in argument.arguments:

@@ -103,9 +103,9 @@ def match_at(view, reduce_op):
         trace.take(*casts_between(view, view.arg(reduce_op, "x"), square_op.outputs[0].name))
         trace.take(reduce_op)
         match = _match_rest(view, trace, reduce_op, base, exponent, prescale)
-        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(), match=match)
+        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(view), match=match)
     except NoMatch as e:
-        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(), reason=e.reason)
+        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(view), reason=e.reason)
 
 
 def _square_of(view, reduce_op):
@@ -229,7 +229,7 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
         gamma=gamma,
         output=output_op.outputs[0].name,
         output_op=output_op,
-        ops=trace.op_names(),
+        ops=trace.op_names(view),
         dtype=dtype,
         max_scaled=prescale is not None,
         mean_scale=mean_scale,

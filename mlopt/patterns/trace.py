@@ -32,5 +32,7 @@ class Trace:
     def form(self):
         return " -> ".join(self.labels)
 
-    def op_names(self):
-        return tuple(dict.fromkeys(op_name(op) for op in self.ops))
+    def op_names(self, view):
+        """Names of the ops walked, once each, in program order."""
+        ops = {id(op): op for op in self.ops}.values()
+        return tuple(op_name(op) for op in sorted(ops, key=lambda op: view.order[id(op)]))
