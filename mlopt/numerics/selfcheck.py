@@ -57,7 +57,7 @@ def self_check(view, blobs, match, new_ops, seed=0):
     source = cast_ancestry(view, match.x)[-1]
     shape = [d if d is not None else UNKNOWN_DIM for d in (view.dim(source, i) for i in range(view.rank(source)))]
     zero_row = tuple(slice(None) if i in match.axes else 0 for i in range(len(shape)))
-    rtol, atol = tolerance_for(NUMPY[match.dtype])
+    rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY[view.dtype(match.output)])  # the coarser of the two
     exact = Evaluator(view, blobs, float_dtype=np.float64)
     original = Evaluator(view, blobs)
     rewritten = Evaluator(view, blobs, overlay={out.name: op for op in new_ops for out in op.outputs})
