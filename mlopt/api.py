@@ -8,11 +8,12 @@ from .package import read_package, write_package
 from .report import Report
 
 
-def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False, verify=True):
+def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False, verify=True, link=False):
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
     The input is never modified (in-place, `out_path == in_path`, needs `force` and is still atomic). With
     `dry_run` nothing is written and `out_path` may be None. `verify=False` skips the numerical self-check.
+    `link` hard-links the output's files (weights) to the input's instead of copying them.
     """
     units = compute_units_name(compute_units)
     package = read_package(in_path)
@@ -27,8 +28,9 @@ def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=F
     )
     if not dry_run:
         # An unchanged model file is copied as bytes, not re-serialised.
-        write_package(package, package.spec if report.rewrites else None, out_path, force=force)
+        methods = write_package(package, package.spec if report.rewrites else None, out_path, force=force, link=link)
         report.written = True
+        report.copy_method = ", ".join(sorted(methods))
     return report
 
 

@@ -43,6 +43,7 @@ class Report:
     output: str
     compute_units: str
     written: bool = False
+    copy_method: str = None  # how the unchanged files were copied: clonefile, copy_file_range, streamed copy, hard link
     note: str = None  # why nothing was rewritten, when the settings say so
     functions: list = field(default_factory=list)
 
@@ -86,7 +87,7 @@ class Report:
 
     def _footer(self):
         if self.written:
-            return [f"  wrote {self.output} (weights and other files copied byte for byte)"]
+            return [f"  wrote {self.output} (weights and other files copied byte for byte: {self.copy_method})"]
         if self.output:
             return [f"  dry run: {self.output} not written"]
         return []

@@ -75,7 +75,7 @@ def test_creates_missing_output_parents(tmp_path):
 @pytest.mark.parametrize("error, code", [(OSError("disk full"), 1), (KeyboardInterrupt(), 130)])
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, capsys, error, code):
     """A copy that dies half way (disk full, Ctrl-C) leaves no output and no temporary folder."""
-    real_copy = writer.shutil.copyfile
+    real_copy = writer.copy_file
     copied = []
 
     def failing_copy(src, dst, *a, **k):
@@ -84,7 +84,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, capsys, error, 
         copied.append(dst)
         return real_copy(src, dst, *a, **k)
 
-    monkeypatch.setattr(writer.shutil, "copyfile", failing_copy)
+    monkeypatch.setattr(writer, "copy_file", failing_copy)
     out = tmp_path / "out.mlpackage"
     assert main(["optimize", fixture_path("decoder_fp16_ios17"), str(out)]) == code
     assert copied  # the copy really started

@@ -1,5 +1,6 @@
-"""`mlopt optimize IN [OUT]`: rewrite RMSNorm chains and save a new package."""
+"""`mlopt optimize IN OUT`, or `mlopt optimize IN... --out-dir DIR` for many models: rewrite RMSNorm chains."""
 
+from .. import batch
 from ..api import optimize_package
 from ..errors import BadInputError
 from ..optimize import COMPUTE_UNITS
@@ -11,8 +12,15 @@ def add_parser(commands):
         help="rewrite RMSNorm chains to the ANE-friendly LayerNorm trick",
         description="Rewrite every RMSNorm chain of IN to layer_norm(concat([x, -x])) and save OUT.",
     )
-    p.add_argument("input", metavar="IN", help="the .mlpackage to optimize (never modified)")
-    p.add_argument("output", metavar="OUT", nargs="?", help="where to write the optimized .mlpackage")
+    p.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="IN OUT: the .mlpackage to optimize (never modified) and where to write the result; with --out-dir, "
+        "any number of packages and folders (searched recursively) to optimize",
+    )
+    p.add_argument("--out-dir", metavar="DIR", help="batch mode: write every optimized model under DIR, mirroring folders")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="batch mode: worker processes (default: 1)")
     p.add_argument(
         "--compute-units",
         choices=COMPUTE_UNITS,
@@ -22,18 +30,28 @@ def add_parser(commands):
     p.add_argument("--force", action="store_true", help="replace an existing OUT (OUT may then be IN)")
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical self-check of each rewrite")
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link the weights (and other unchanged files) instead of copying them; safe because packages are "
+        "never edited in place, but an in-place edit of one would change both",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def run(args):
-    if args.output is None and not args.dry_run:
-        raise BadInputError(args.input, "no output path given (mlopt optimize IN OUT, or --dry-run)")
-    report = optimize_package(
-        args.input,
-        args.output,
-        compute_units=args.compute_units,
-        force=args.force,
-        dry_run=args.dry_run,
-        verify=not args.no_verify,
-    )
-    return report, 0
+    options = dict(compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify, link=args.link)
+    if args.out_dir is not None:
+        items = batch.plan(args.paths, args.out_dir)
+        progress = batch.progress_reporter(len(items))
+        try:
+            result = batch.run(items, jobs=args.jobs, progress=progress, **options)
+        finally:
+            progress.close()
+        return result, result.exit_code
+    if len(args.paths) > 2:
+        raise BadInputError(args.paths[0], f"{len(args.paths)} paths given: several inputs need --out-dir DIR")
+    input_path, output_path = args.paths[0], (args.paths[1] if len(args.paths) == 2 else None)
+    if output_path is None and not args.dry_run:
+        raise BadInputError(input_path, "no output path given (mlopt optimize IN OUT, or --dry-run)")
+    return optimize_package(input_path, output_path, **options), 0

@@ -1,8 +1,8 @@
 """Write the optimized package: every file copied byte for byte except the root model, written from the new spec.
 
 The output is assembled in a hidden temporary folder next to the destination and renamed into place only when
-complete, so an error or Ctrl-C never leaves a partial package. The weight file is streamed by the kernel
-(`shutil.copyfile` uses sendfile/copy_file_range on Linux, fcopyfile on macOS): it is never read into Python memory.
+complete, so an error or Ctrl-C never leaves a partial package. Files are copied by the file system (copy.py:
+clone, copy_file_range, or a streamed copy; hard links with `link`): the weight file is never read into memory.
 """
 
 import os
@@ -10,10 +10,14 @@ import shutil
 import tempfile
 
 from ..errors import BadInputError
+from .copy import copy_file
 
 
-def write_package(package, spec, out_path, force=False):
-    """Write `package` to `out_path` atomically, its root model replaced by `spec` (None: copied unchanged)."""
+def write_package(package, spec, out_path, force=False, link=False):
+    """Write `package` to `out_path` atomically, its root model replaced by `spec` (None: copied unchanged).
+
+    Returns the copy methods used, e.g. {"copy_file_range"}. With `link`, files are hard-linked to the input's:
+    safe because neither mlopt nor Core ML edits a package's files in place, but editing one then edits both."""
     out_path = os.path.abspath(os.fspath(out_path))
     in_place = os.path.exists(out_path) and os.path.samefile(out_path, package.path)
     if os.path.lexists(out_path) and not force:
@@ -26,15 +30,17 @@ def write_package(package, spec, out_path, force=False):
 
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.mlopt-tmp-", dir=parent)
     try:
-        _copy_package(package, spec, staging)
+        methods = _copy_package(package, spec, staging, link)
         _replace(staging, out_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return methods
 
 
-def _copy_package(package, spec, dest):
+def _copy_package(package, spec, dest, link):
     model_rel = package.model_relpath
+    methods = set()
     for root, dirs, files in os.walk(package.path):
         rel_root = os.path.relpath(root, package.path)
         for d in dirs:
@@ -46,8 +52,9 @@ def _copy_package(package, spec, dest):
                 with open(target, "wb") as f:
                     f.write(spec.SerializeToString())
             else:
-                shutil.copyfile(os.path.join(root, name), target)
+                methods.add(copy_file(os.path.join(root, name), target, link=link))
     os.chmod(dest, 0o755)  # mkdtemp creates 0700
+    return methods
 
 
 def _replace(staging, out_path):
