@@ -73,3 +73,24 @@ def test_misread_chain_is_left_alone(monkeypatch, tmp_path):
     assert chain.reason.startswith("mlopt misread this chain: in float64 it differs from the matched RMSNorm by ")
     assert chain.reason.endswith("; not rewritten")
     assert file_digest(out / MODEL) == file_digest(f"{fixture_path('hf_fp32_ios15')}/{MODEL}")
+
+
+@pytest.mark.parametrize(
+    "name, shape", [("decoder_fp16_ios17", (1, 4, 16)), ("channels_first_fp16_ios17", (1, 16, 1, 4)), ("qk_heads_fp16_ios17", (1, 4, 4, 16))]
+)
+def test_check_runs_on_a_few_rows(monkeypatch, tmp_path, name, shape):
+    """Rows are independent: the check feeds at most 4 along each axis that is not normalised, whatever the
+    model's sequence length, so its cost does not grow with the activation size."""
+    from mlopt.numerics import selfcheck
+
+    fed = []
+    real = selfcheck.Evaluator.evaluate
+
+    def recording(self, targets, feeds):
+        fed.extend(v.shape for v in feeds.values())
+        return real(self, targets, feeds)
+
+    monkeypatch.setattr(selfcheck.Evaluator, "evaluate", recording)
+    report = optimize_package(fixture_path(name), tmp_path / "o.mlpackage")
+    assert report.rewrites >= 1 and report.left_alone == 0
+    assert set(fed) == {shape}

@@ -41,8 +41,9 @@ class MissingValue(InterpreterError):
 
 
 class Evaluator:
-    def __init__(self, view, blobs, float_dtype=None, overlay=None):
+    def __init__(self, view, blobs, float_dtype=None, overlay=None, strict_shapes=True):
         self.view = view
+        self.strict_shapes = strict_shapes  # False: check ranks only (inputs fed smaller than declared)
         self.blobs = blobs
         self.float_dtype = float_dtype
         self.overlay = overlay or {}  # value name -> Operation producing it instead of the function's own
@@ -211,7 +212,7 @@ class Evaluator:
         elif dtype in NUMPY:
             value = value.astype(NUMPY[dtype])
         dims = tt.dimensions
-        if len(dims) != value.ndim or any(
+        if len(dims) != value.ndim or self.strict_shapes and any(
             d.WhichOneof("dimension") == "constant" and d.constant.size != n for d, n in zip(dims, value.shape)
         ):
             declared = [d.constant.size if d.WhichOneof("dimension") == "constant" else "?" for d in dims]
