@@ -2,9 +2,9 @@
 
 import os
 
+from .compute_units import compute_units_name, skip_reason
 from .errors import BadInputError
-from .optimize import compute_units_name, optimize_spec, skip_reason
-from .package import read_package, write_package
+from .package import PackageWriter, load_spec, locate_package
 from .report import Report
 
 
@@ -16,29 +16,33 @@ def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=F
     `link` hard-links the output's files (weights) to the input's instead of copying them.
     """
     units = compute_units_name(compute_units)
-    package = read_package(in_path)
+    package = locate_package(in_path)
     if out_path is None and not dry_run:
         raise BadInputError(in_path, "no output path given")
     report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units)
     report.note = skip_reason(units)
-    if out_path is not None and not dry_run:
-        _check_output(package, os.fspath(out_path), force)
-    report.functions = optimize_spec(
-        package.spec, units, dry_run=dry_run, model_dir=os.path.dirname(package.model_path), verify=verify
-    )
-    if not dry_run:
-        # An unchanged model file is copied as bytes, not re-serialised.
-        methods = write_package(package, package.spec if report.rewrites else None, out_path, force=force, link=link)
-        report.written = True
-        report.copy_method = ", ".join(sorted(methods))
+    model_dir = os.path.dirname(package.model_path)
+    if dry_run:
+        load_spec(package)
+        report.functions = _optimize_spec()(package.spec, units, dry_run=True, model_dir=model_dir, verify=verify)
+        return report
+    # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
+    # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
+    with PackageWriter(package, out_path, force=force, link=link) as writer:
+        load_spec(package)
+        report.functions = _optimize_spec()(package.spec, units, model_dir=model_dir, verify=verify)
+        # an unchanged model file is copied as bytes, not re-serialised
+        methods = writer.commit(package.spec if report.rewrites else None)
+    report.written = True
+    report.copy_method = ", ".join(sorted(methods))
     return report
 
 
-def _check_output(package, out_path, force):
-    """Refuse an existing output before doing any work (write_package checks again when it writes)."""
-    if os.path.lexists(out_path) and not force:
-        same = os.path.exists(out_path) and os.path.samefile(out_path, package.path)
-        raise BadInputError(out_path, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
+def _optimize_spec():
+    """The analysis pipeline, imported when first needed (numpy, the interpreter): after the copy has started."""
+    from .optimize import optimize_spec
+
+    return optimize_spec
 
 
 def optimize(mlmodel, compute_units=None, verify=True):
@@ -56,7 +60,7 @@ def optimize(mlmodel, compute_units=None, verify=True):
         raise BadInputError(getattr(mlmodel, "package_path", "<model>"), "not an ML program; nothing to do")
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
-    optimize_spec(spec, units, model_dir=os.path.dirname(mlmodel.weights_dir), verify=verify)
+    _optimize_spec()(spec, units, model_dir=os.path.dirname(mlmodel.weights_dir), verify=verify)
     return ct.models.MLModel(
         spec,
         weights_dir=mlmodel.weights_dir,

@@ -6,6 +6,7 @@ so the command line starts fast.
 """
 
 from ._version import __version__
+from .compute_units import REWRITING_UNITS
 from .graph import FunctionView
 from .graph.dtypes import name as dtype_name
 from .numerics.selfcheck import self_check
@@ -14,27 +15,8 @@ from .patterns import find_rms_norms
 from .report import ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
 
-COMPUTE_UNITS = ("CPU_AND_NE", "ALL", "CPU_ONLY", "CPU_AND_GPU")
-REWRITING_UNITS = ("CPU_AND_NE",)
 PROVENANCE_VERSION = "com.github.mlopt.version"
 PROVENANCE_REWRITES = "com.github.mlopt.rms_norm_rewrites"
-
-
-def compute_units_name(compute_units):
-    """'CPU_AND_NE' etc. from a string or a `coremltools.ComputeUnit` (anything with that `.name`)."""
-    name = getattr(compute_units, "name", compute_units)
-    if name not in COMPUTE_UNITS:
-        raise ValueError(f"unknown compute units {compute_units!r}; expected one of {', '.join(COMPUTE_UNITS)}")
-    return name
-
-
-def skip_reason(compute_units):
-    if compute_units in REWRITING_UNITS:
-        return None
-    return (
-        f"compute units {compute_units}: the LayerNorm trick only pays where the Neural Engine is targeted "
-        "explicitly (CPU_AND_NE); the model is copied unchanged"
-    )
 
 
 def optimize_spec(spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True):

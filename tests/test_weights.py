@@ -1,5 +1,6 @@
 """weight.bin blobs as the interpreter reads them equal what coremltools' own blob reader returns."""
 
+import mmap
 import os
 
 import numpy as np
@@ -20,9 +21,10 @@ def blob_consts(name):
 
 
 @pytest.mark.parametrize("name", ["decoder_fp16_ios17", "hf_fp32_ios15", "gemma_casts_fp16_ios17"])
-def test_blobs_match_coremltools_reader(name):
+@pytest.mark.parametrize("small", [BlobReader(".").small, 0])  # read with pread, and as views into the memory map
+def test_blobs_match_coremltools_reader(name, small):
     model_dir = os.path.join(fixture_path(name), "Data", "com.apple.CoreML")
-    ours = BlobReader(model_dir)
+    ours = BlobReader(model_dir, small=small)
     theirs = libmilstoragepython._BlobStorageReader(os.path.join(model_dir, "weights", "weight.bin"))
     values = list(blob_consts(name))
     assert values
@@ -39,8 +41,17 @@ def test_blobs_match_coremltools_reader(name):
             got = ours.read(value.blobFileValue.fileName, offset, np.float32, shape)
         assert got.shape == tuple(shape)
         np.testing.assert_array_equal(got.reshape(-1), expected)
-        assert not got.flags.owndata  # a view into the memory map, not a copy
+        # small blobs are read (bytes); large ones are read-only views into the memory map, not copies
+        assert isinstance(backing(got), mmap.mmap if small == 0 else bytes)
+        assert not got.flags.writeable
     ours.close()
+
+
+def backing(array):
+    """The object an array's memory finally belongs to."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
 
 
 def test_bad_offset_is_reported():

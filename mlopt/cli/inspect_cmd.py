@@ -4,9 +4,6 @@ The answer to "why did my model not get faster?". It runs what `optimize --dry-r
 what it lists as RMSNorm is exactly what `optimize` would rewrite.
 """
 
-from ..api import optimize_package
-
-
 def add_parser(commands):
     p = commands.add_parser(
         "inspect",
@@ -29,4 +26,6 @@ class _Details:
 
 
 def run(args):
+    from ..api import optimize_package
+
     return _Details(optimize_package(args.input, dry_run=True)), 0

@@ -1,9 +1,7 @@
 """`mlopt optimize IN OUT`, or `mlopt optimize IN... --out-dir DIR` for many models: rewrite RMSNorm chains."""
 
-from .. import batch
-from ..api import optimize_package
+from ..compute_units import COMPUTE_UNITS
 from ..errors import BadInputError
-from ..optimize import COMPUTE_UNITS
 
 
 def add_parser(commands):
@@ -40,6 +38,9 @@ def add_parser(commands):
 
 
 def run(args):
+    from .. import batch  # imported here, not at start-up: see mlopt/__init__.py
+    from ..api import optimize_package
+
     options = dict(compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify, link=args.link)
     if args.out_dir is not None:
         items = batch.plan(args.paths, args.out_dir)

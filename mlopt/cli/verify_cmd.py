@@ -1,8 +1,5 @@
 """`mlopt verify A B`: run both packages in mlopt's interpreter and compare every output (no Core ML needed)."""
 
-from ..numerics.verify import verify_packages
-
-
 def add_parser(commands):
     p = commands.add_parser(
         "verify",
@@ -20,6 +17,8 @@ def add_parser(commands):
 
 
 def run(args):
+    from ..numerics.verify import verify_packages
+
     report = verify_packages(
         args.reference, args.candidate, seed=args.seed, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol, scale=args.scale
     )

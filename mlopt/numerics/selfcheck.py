@@ -12,9 +12,9 @@ x^2 in fp16 (300) - each batch holding one all-zero row. Two things must hold:
 
 The original chain's own error against the same formula is reported beside the rewrite's: at large magnitudes an
 fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor the chain reads (above its
-casts), and nothing else of the model is computed. Rows are independent, so the input has at most ROWS entries
-along every axis that is not normalised (unless gamma varies along one): a (1, 512, 2048) activation is checked
-as (1, 4, 2048), and the check costs the same for any sequence length.
+casts), and nothing else of the model is computed. Rows are independent, so all magnitudes share one input of a
+few rows (unless gamma varies along an axis that is not normalised): a (1, 512, 2048) activation is checked as
+(1, 7, 2048), and the check costs the same for any sequence length.
 """
 
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ from .interpreter import Evaluator
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
 UNKNOWN_DIM = 2
-ROWS = 4  # entries kept along each axis that is not normalised
+ROWS_PER_MAGNITUDE = 2
 READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
 
 
@@ -55,58 +55,90 @@ def rms_norm_reference(x, axes, eps, gamma=None, max_scaled=False, mean_scale=1.
     return y if gamma is None else y * np.asarray(gamma, np.float64)
 
 
+@dataclass
+class _Batch:
+    """One input to evaluate, and which part of it holds which magnitude."""
+
+    x: np.ndarray
+    parts: list  # [(magnitude, index into the output)]
+
+
 def self_check(view, blobs, match, new_ops, seed=0):
-    rng = np.random.default_rng(seed)
     source = cast_ancestry(view, match.x)[-1]
-    shape, shrunk = _check_shape(view, source, match)
-    zero_row = tuple(slice(None) if i in match.axes else 0 for i in range(len(shape)))
+    batches, strict = _batches(view, source, match, np.random.default_rng(seed))
     rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY[view.dtype(match.output)])  # the coarser of the two
-    strict = not shrunk
     exact = Evaluator(view, blobs, float_dtype=np.float64, strict_shapes=strict)
     original = Evaluator(view, blobs, strict_shapes=strict)
     rewritten = Evaluator(view, blobs, overlay={out.name: op for op in new_ops for out in op.outputs}, strict_shapes=strict)
     wanted = [match.output, match.x] + ([match.gamma] if match.gamma else [])
     result = CheckResult(True)
-    for magnitude in MAGNITUDES:
-        x = rng.standard_normal(shape) * magnitude
-        x[zero_row] = 0.0
-        feeds = {source: x.astype(NUMPY[view.dtype(source)])}
+    for batch in batches:
+        feeds = {source: batch.x.astype(NUMPY[view.dtype(source)])}
         values = exact.evaluate(wanted, feeds)
         gamma = values.get(match.gamma) if match.gamma else None
         as_read = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma, match.max_scaled, match.mean_scale)
-        read = compare(values[match.output], as_read, rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read))
-        if not read.passed:
-            return CheckResult(
-                False, reason=f"mlopt misread this chain: in float64 it differs from the matched RMSNorm by "
-                f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"
-            )
         truth = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma)
-        new = compare(rewritten.evaluate([match.output], feeds)[match.output], truth, rtol=rtol, atol=atol)
-        old = compare(original.evaluate([match.output], feeds)[match.output], truth, rtol=rtol, atol=atol)
-        result.original_error = max(result.original_error, _worst(old))
-        if _worst(new) >= result.error:
-            result.error, result.magnitude = _worst(new), magnitude
-        if not new.passed and result.passed:
-            result.passed = False
-            result.reason = (
-                f"self-check failed: the rewrite differs from RMSNorm by {_worst(new):.2g} (relative) at input "
-                f"magnitude {magnitude:g}; rolled back"
-            )
+        new = rewritten.evaluate([match.output], feeds)[match.output]
+        old = original.evaluate([match.output], feeds)[match.output]
+        for magnitude, part in batch.parts:
+            read = compare(values[match.output][part], as_read[part], rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read[part]))
+            if not read.passed:
+                return CheckResult(
+                    False, reason=f"mlopt misread this chain: in float64 it differs from the matched RMSNorm by "
+                    f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"
+                )
+            new_diff = compare(new[part], truth[part], rtol=rtol, atol=atol)
+            result.original_error = max(result.original_error, _worst(compare(old[part], truth[part], rtol=rtol, atol=atol)))
+            if _worst(new_diff) >= result.error:
+                result.error, result.magnitude = _worst(new_diff), magnitude
+            if not new_diff.passed and result.passed:
+                result.passed = False
+                result.reason = (
+                    f"self-check failed: the rewrite differs from RMSNorm by {_worst(new_diff):.2g} (relative) at "
+                    f"input magnitude {magnitude:g}; rolled back"
+                )
     return result
 
 
-def _check_shape(view, source, match):
-    """The input shape to check with, and whether it is smaller than declared."""
+def _batches(view, source, match, rng):
+    """The inputs to check with, and whether their shapes are the declared ones (strict).
+
+    Rows are independent, so normally one batch does: every axis that is not normalised has size 1 except one row
+    axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude. If gamma varies along an axis that is
+    not normalised (or there is none), each magnitude gets the declared shape instead."""
     declared = [view.dim(source, i) for i in range(view.rank(source))]
     full = [d if d is not None else UNKNOWN_DIM for d in declared]
-    if match.gamma is not None:
-        gamma = view.types[match.gamma].tensorType
-        dims = [d.constant.size if d.WhichOneof("dimension") == "constant" else None for d in gamma.dimensions]
-        offset = len(full) - len(dims)  # broadcasting aligns trailing axes
-        if any(d != 1 and (i + offset) not in match.axes for i, d in enumerate(dims)):
-            return full, False
-    shape = [d if i in match.axes else min(d, ROWS) for i, d in enumerate(full)]
-    return shape, shape != full
+    free = [i for i in range(len(full)) if i not in match.axes]
+    if free and not _gamma_varies_off_axes(view, match, len(full)):
+        row_axis = free[-1]
+        shape = [d if i in match.axes else 1 for i, d in enumerate(full)]
+        shape[row_axis] = 1 + ROWS_PER_MAGNITUDE * len(MAGNITUDES)
+        x = np.zeros(shape)
+        parts = []
+        for k, magnitude in enumerate(MAGNITUDES):
+            rows = slice(1 + k * ROWS_PER_MAGNITUDE, 1 + (k + 1) * ROWS_PER_MAGNITUDE)
+            index = tuple(rows if i == row_axis else slice(None) for i in range(len(shape)))
+            x[index] = rng.standard_normal(x[index].shape) * magnitude
+            parts.append((magnitude, index if k else tuple(slice(0, rows.stop) if i == row_axis else slice(None) for i in range(len(shape)))))
+        return [_Batch(x, parts)], shape == full
+    batches = []
+    for magnitude in MAGNITUDES:
+        x = rng.standard_normal(full) * magnitude
+        if free:
+            x[tuple(slice(None) if i in match.axes else 0 for i in range(len(full)))] = 0.0
+        batches.append(_Batch(x, [(magnitude, ...)]))
+    return batches, True
+
+
+def _gamma_varies_off_axes(view, match, rank):
+    if match.gamma is None:
+        return False
+    dims = view.types[match.gamma].tensorType.dimensions
+    offset = rank - len(dims)  # broadcasting aligns trailing axes
+    return any(
+        not (d.WhichOneof("dimension") == "constant" and d.constant.size == 1) and (i + offset) not in match.axes
+        for i, d in enumerate(dims)
+    )
 
 
 def _worst(difference):

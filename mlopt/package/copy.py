@@ -18,14 +18,21 @@ _FALLBACK_ERRORS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, e
 _clonefile = None
 
 
-def copy_file(src, dst, link=False):
-    """Copy `src` to the new file `dst`; return the method used."""
+CHUNK = 256 << 20  # copy_file_range calls are this large, so a cancelled copy stops within one chunk
+
+
+class Cancelled(Exception):
+    pass
+
+
+def copy_file(src, dst, link=False, cancelled=lambda: False):
+    """Copy `src` to the new file `dst`; return the method used. `cancelled()` is polled between chunks."""
     if link:
         os.link(src, dst)
         return HARD_LINK
     if sys.platform == "darwin" and _clone(src, dst):
         return CLONE
-    if hasattr(os, "copy_file_range") and _copy_file_range(src, dst):
+    if hasattr(os, "copy_file_range") and _copy_file_range(src, dst, cancelled):
         return COPY_FILE_RANGE
     shutil.copyfile(src, dst)
     return STREAMED
@@ -39,12 +46,14 @@ def _clone(src, dst):
     return bool(_clonefile) and _clonefile(os.fsencode(src), os.fsencode(dst), 0) == 0
 
 
-def _copy_file_range(src, dst):
+def _copy_file_range(src, dst, cancelled):
     with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
         remaining = os.fstat(fsrc.fileno()).st_size
         try:
             while remaining > 0:
-                copied = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(remaining, 1 << 30))
+                if cancelled():
+                    raise Cancelled(src)
+                copied = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(remaining, CHUNK))
                 if copied == 0:
                     break
                 remaining -= copied

@@ -7,11 +7,8 @@ ML program with known opsets. Nothing is written and the weight file is never op
 import os
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from ..errors import BadInputError
 from .manifest import root_model_path
-from .proto import Model_pb2
 
 # Function.opset -> the deployment target whose dtype rules apply (coreml-facts.md, "Opsets and spec versions").
 KNOWN_OPSETS = {"CoreML5": "iOS15", "CoreML6": "iOS16", "CoreML7": "iOS17", "CoreML8": "iOS18", "CoreML9": "iOS26"}
@@ -21,7 +18,7 @@ KNOWN_OPSETS = {"CoreML5": "iOS15", "CoreML6": "iOS16", "CoreML7": "iOS17", "Cor
 class ModelPackage:
     path: str  # the .mlpackage folder
     model_path: str  # the root model file inside it
-    spec: object  # CoreML.Specification.Model
+    spec: object  # CoreML.Specification.Model (None until load_spec)
 
     @property
     def model_relpath(self):
@@ -30,6 +27,12 @@ class ModelPackage:
 
 def read_package(path):
     """Parse the package at `path`, check that it holds an ML program mlopt can work on, and return it."""
+    return load_spec(locate_package(path))
+
+
+def locate_package(path):
+    """The package at `path` with its root model file found through the Manifest, spec not yet parsed: enough to
+    start copying the weights while the spec is read."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise BadInputError(path, "no such file or directory")
@@ -37,13 +40,22 @@ def read_package(path):
         if path.endswith(".mlmodel"):
             raise BadInputError(path, "is a single .mlmodel file; mlopt works on .mlpackage folders (ML programs)")
         raise BadInputError(path, "not an .mlpackage (a file, not a folder)")
-    model_path = root_model_path(path)
-    spec = parse_spec(model_path)
-    check_ml_program(spec, model_path)
-    return ModelPackage(path=path, model_path=model_path, spec=spec)
+    return ModelPackage(path=path, model_path=root_model_path(path), spec=None)
+
+
+def load_spec(package):
+    """Parse and check the package's root model; returns the package with `spec` set."""
+    package.spec = parse_spec(package.model_path)
+    check_ml_program(package.spec, package.model_path)
+    return package
 
 
 def parse_spec(model_path):
+    # protobuf is imported here, not at start-up: the copy of the weights starts before (see mlopt/api.py)
+    from google.protobuf.message import DecodeError
+
+    from .proto import Model_pb2
+
     if not os.path.isfile(model_path):
         raise BadInputError(model_path, "root model file named in Manifest.json is missing")
     spec = Model_pb2.Model()

@@ -1,0 +1,172 @@
+"""mlopt on large packages: wall time against `cp -r` and against the coremltools round trip, and peak memory.
+
+    python bench/bench_large.py                 # ~2.1 GB: 16 layers, hidden 2048, MLP 8192, 33 RMSNorms
+    python bench/bench_large.py --size 0.4gb    # ~0.4 GB: 16 layers, hidden 896, MLP 3584
+    python bench/bench_large.py --size small    # a few MB, for a quick smoke run
+
+Generates a Llama-shaped fp16 package with the coremltools MIL builder (random weights; kept in --work-dir and
+reused if present), then times, side by side on the warm page cache:
+  - `cp -r` of the package;
+  - `mlopt optimize` (a fresh process, as a user runs it);
+  - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
+Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
+start-up cost of `mlopt optimize` on a small fixture.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SIZES = {
+    "small": dict(layers=2, hidden=256, mlp=1024),
+    "0.4gb": dict(layers=16, hidden=896, mlp=3584),
+    "2gb": dict(layers=16, hidden=2048, mlp=8192),
+}
+SEQ = 8
+
+# Runs a module (`-m`) or a script in this process, then prints the process's own peak RSS: VmHWM belongs to
+# this process image only (a wait4 rusage would also count the benchmark process it was forked from).
+PEAK = """import os, runpy, sys
+kind, target, sys.argv = sys.argv[1], sys.argv[2], sys.argv[2:]
+code = 0
+try:
+    runpy.run_module(target, run_name="__main__", alter_sys=True) if kind == "-m" else runpy.run_path(target, run_name="__main__")
+except SystemExit as e:
+    code = e.code or 0
+status = "/proc/self/status"
+hwm = [l.split()[1] for l in open(status) if l.startswith("VmHWM")] if os.path.exists(status) else []
+if hwm:
+    print("PEAK_KB", hwm[0], file=sys.stderr)
+sys.exit(code)
+"""
+ROUND_TRIP = """
+import sys, coremltools as ct
+from coremltools.converters.mil.frontend.milproto.load import load
+src, dst = sys.argv[1], sys.argv[2]
+model = ct.models.MLModel(src, skip_model_load=True)
+spec = model.get_spec()
+program = load(spec, spec.specificationVersion, model.weights_dir)
+out = ct.convert(program, convert_to="mlprogram", pass_pipeline=ct.PassPipeline.EMPTY,
+                 minimum_deployment_target=ct.target.iOS17, skip_model_load=True)
+out.save(dst)
+"""
+
+
+def build(path, layers, hidden, mlp):
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+
+    def rms_norm(x):
+        ms = mb.reduce_mean(x=mb.pow(x=x, y=np.float16(2)), axes=[-1], keep_dims=True)
+        n = mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ms, y=np.float16(1e-5))))
+        return mb.mul(x=n, y=(1 + 0.1 * rng.standard_normal(hidden)).astype(np.float16))
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, SEQ, hidden), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(x):
+        h = x
+        for _ in range(layers):
+            a = rms_norm(h)
+            q, k, v = (mb.linear(x=a, weight=w(hidden, hidden)) for _ in range(3))
+            scores = mb.mul(x=mb.matmul(x=q, y=k, transpose_y=True), y=np.float16(hidden**-0.5))
+            att = mb.matmul(x=mb.softmax(x=scores, axis=-1), y=v)
+            h = mb.add(x=h, y=mb.linear(x=att, weight=w(hidden, hidden)))
+            m = rms_norm(h)
+            gate, up = mb.linear(x=m, weight=w(mlp, hidden)), mb.linear(x=m, weight=w(mlp, hidden))
+            h = mb.add(x=h, y=mb.linear(x=mb.mul(x=mb.silu(x=gate), y=up), weight=w(hidden, mlp)))
+        return rms_norm(h)
+
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                       compute_precision=ct.precision.FLOAT16, pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True)
+    model.save(path)
+
+
+def package_size(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def timed(argv, dst, peak=False):
+    """Wall seconds and peak RSS (MB, or None) of one run writing `dst` (removed before and after). With `peak`,
+    argv is ["-m", module, args...] or ["-s", script, args...], run through the PEAK wrapper. Dirty pages are
+    flushed first (`sync`), so every run starts from the same state of the page cache."""
+    shutil.rmtree(dst, ignore_errors=True)
+    os.sync()
+    if peak:
+        argv = [sys.executable, "-c", PEAK, *argv]
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{result.stderr[-2000:]}")
+    kb = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("PEAK_KB")]
+    shutil.rmtree(dst, ignore_errors=True)
+    return seconds, (int(kb[-1]) / 1024 if kb else None)
+
+
+def bench(src, work, runs, round_trip_runs):
+    dst = os.path.join(work, "out.mlpackage")
+    timed(["cp", "-r", src, dst], dst)  # warm the page cache
+    results = {"cp -r": [], "mlopt optimize": []}
+    for _ in range(runs):  # interleaved, so both see the same machine state
+        results["cp -r"].append(timed(["cp", "-r", src, dst], dst))
+        results["mlopt optimize"].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True))
+    script = os.path.join(work, "round_trip.py")
+    with open(script, "w") as f:
+        f.write(ROUND_TRIP)
+    results["coremltools round trip"] = [timed(["-s", script, src, dst], dst, peak=True) for _ in range(round_trip_runs)]
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=SIZES, default="2gb")
+    parser.add_argument("--runs", type=int, default=5, help="runs of cp and mlopt (median reported)")
+    parser.add_argument("--round-trip-runs", type=int, default=2, help="runs of the coremltools round trip")
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
+    args = parser.parse_args()
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    src = os.path.join(args.work_dir, f"llama_{args.size}.mlpackage")
+    if not os.path.isdir(src):
+        start = time.perf_counter()
+        build(src, **SIZES[args.size])
+        print(f"built {src} in {time.perf_counter() - start:.0f} s")
+    shape = SIZES[args.size]
+    print(f"package: {package_size(src) / 1e6:,.0f} MB, {shape['layers']} layers, hidden {shape['hidden']}, "
+          f"MLP {shape['mlp']}, {2 * shape['layers'] + 1} RMSNorms; median of {args.runs} runs "
+          f"({args.round_trip_runs} for the round trip)")
+
+    results = bench(src, args.work_dir, args.runs, args.round_trip_runs)
+    medians = {k: statistics.median(s for s, _ in v) for k, v in results.items()}
+    peaks = {k: max((p for _, p in v if p is not None), default=None) for k, v in results.items()}
+    print("| step | median wall s | peak RSS MB | vs cp -r |")
+    print("|---|---|---|---|")
+    for name, seconds in medians.items():
+        peak = "-" if peaks[name] is None else f"{peaks[name]:.0f}"
+        print(f"| {name} | {seconds:.2f} | {peak} | {seconds / medians['cp -r']:.2f}x |")
+    print(f"\nmlopt optimize: {medians['mlopt optimize'] / medians['cp -r']:.2f}x cp -r; "
+          f"coremltools round trip / mlopt: {medians['coremltools round trip'] / medians['mlopt optimize']:.1f}x")
+
+    fixture = os.path.join(ROOT, "fixtures", "hf_fp16_ios17.mlpackage")
+    out = os.path.join(args.work_dir, "small.mlpackage")
+    small = [timed(["-m", "mlopt", "optimize", fixture, out], out, peak=True) for _ in range(5)]
+    print(f"start-up, mlopt optimize on fixtures/hf_fp16_ios17: median {statistics.median(s for s, _ in small):.2f} s, "
+          f"peak RSS {max(p or 0 for _, p in small):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
