@@ -56,7 +56,7 @@ class Report:
         return sum(f.count("left alone") for f in self.functions)
 
     def to_dict(self):
-        d = _json_safe(asdict(self))
+        d = json_safe(asdict(self))
         d["rewrites"] = self.rewrites
         d["left_alone"] = self.left_alone
         return d
@@ -117,12 +117,12 @@ class Report:
         return "\n".join(lines)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """JSON has no inf/nan: write them as strings."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj

@@ -22,7 +22,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="mlopt", description="Post-hoc optimizer for Core ML ML programs.")
     parser.add_argument("--version", action="version", version=f"mlopt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         module.add_parser(commands)
     return parser
 

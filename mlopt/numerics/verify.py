@@ -52,9 +52,9 @@ class VerifyReport:
         return "\n".join(lines)
 
     def to_dict(self):
-        from ..report import _json_safe
+        from ..report import json_safe
 
-        return _json_safe(
+        return json_safe(
             dict(reference=self.reference, candidate=self.candidate, seed=self.seed, passed=self.passed,
                  checks=[c.__dict__ for c in self.checks])
         )
