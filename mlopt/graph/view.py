@@ -1,8 +1,9 @@
-"""A read-only view over one MIL function: who produces each value, who uses it, its type, its literal value.
+"""A read-only view over one MIL function of a saved spec: the spec adapter of the graph interface.
 
 Built once per function by walking every block, nested `cond`/`while_loop` blocks included. A use is an op input
 (in any block; a nested op reading an outer value counts), a block output, or - for the main block - a function
-output. Patterns ask this view questions; they never walk the protobuf themselves.
+output. Patterns ask it the questions of graph/interface.py; they never walk the protobuf themselves. The spec-only
+parts (types, op_by_name, blocks) serve the rewriter and the interpreter.
 """
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class FunctionView:
         self.function = function
         self.opset = function.opset
         self.main = function.block_specializations[function.opset]
-        self.producer = {}  # value name -> producing Operation
+        self.producers = {}  # value name -> producing Operation
         self.block_of = {}  # id(Operation) -> Block that holds it
         self.types = {}  # value name -> ValueType
         self.uses = {}  # value name -> [Use]
@@ -58,17 +59,38 @@ class FunctionView:
                     if binding.WhichOneof("binding") == "name":
                         self.uses.setdefault(binding.name, []).append(Use(op, param, block))
             for out in op.outputs:
-                self.producer[out.name] = op
+                self.producers[out.name] = op
                 self.types[out.name] = out.type
             for nested in op.blocks:
                 self._index_block(nested)
         for out in block.outputs:
             self.uses.setdefault(out, []).append(Use(None, "output", block))
 
-    # -- questions patterns ask ------------------------------------------------------------------------------
+    # -- the graph interface (graph/interface.py) -------------------------------------------------------------
     def ops(self):
         for block in self.blocks:
             yield from block.operations
+
+    def op_type(self, op):
+        return op.type
+
+    def op_name(self, op):
+        return op_name(op)
+
+    def output(self, op):
+        return op.outputs[0].name
+
+    def has_input(self, op, param):
+        return param in op.inputs
+
+    def producer(self, value):
+        return self.producers.get(value)
+
+    def block(self, op):
+        return self.block_of[id(op)]
+
+    def position(self, op):
+        return self.order[id(op)]
 
     def names_in_use(self):
         """Every value name and op name of the function: new names must avoid all of them."""
@@ -96,14 +118,14 @@ class FunctionView:
         return self.const_value(binding.name)
 
     def const_value(self, value):
-        producer = self.producer.get(value)
+        producer = self.producers.get(value)
         if producer is None or producer.type != "const":
             return None
         return decode_value(producer.attributes["val"])
 
     def is_const(self, value):
         """True for the output of a `const` op (immediate or blob file)."""
-        producer = self.producer.get(value)
+        producer = self.producers.get(value)
         return producer is not None and producer.type == "const"
 
     def is_constant_expr(self, value):
@@ -115,7 +137,7 @@ class FunctionView:
             if v in memo:
                 stack.pop()
                 continue
-            op = self.producer.get(v)
+            op = self.producers.get(v)
             if op is None or op.type == "read_state" or op.blocks:
                 memo[v] = op is not None and op.type == "const"
                 stack.pop()

@@ -90,7 +90,7 @@ class Evaluator:
         return vt is not None and vt.WhichOneof("type") == "stateType"
 
     def producer(self, name):
-        return self.overlay.get(name) or self.view.producer.get(name)
+        return self.overlay.get(name) or self.view.producer(name)
 
     # -- ops ------------------------------------------------------------------------------------------------
     def _dependencies(self, op):

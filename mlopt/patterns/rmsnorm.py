@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.dtypes import FLOAT16, FLOATS, NUMPY, name as dtype_name
-from ..graph.view import op_name
 from .trace import NoMatch, Trace
 from .walk import (
     cast_ancestry,
@@ -80,10 +79,10 @@ class Candidate:
 
 
 def find_rms_norms(view):
-    """Every RMSNorm-like candidate in the function, in program order."""
+    """Every RMSNorm-like candidate in the function `view` (any graph/interface.py adapter), in program order."""
     found = []
     for op in list(view.ops()):
-        if op.type in ("reduce_mean", "reduce_sum"):
+        if view.op_type(op) in ("reduce_mean", "reduce_sum"):
             candidate = match_at(view, op)
             if candidate is not None:
                 found.append(candidate)
@@ -96,16 +95,16 @@ def match_at(view, reduce_op):
     if square is None:
         return None
     square_op, base, exponent = square
-    trace = Trace()
+    trace = Trace(view)
     try:
         prescale = _max_prescale(view, trace, base)
         trace.take(square_op)
-        trace.take(*casts_between(view, view.arg(reduce_op, "x"), square_op.outputs[0].name))
+        trace.take(*casts_between(view, view.arg(reduce_op, "x"), view.output(square_op)))
         trace.take(reduce_op)
         match = _match_rest(view, trace, reduce_op, base, exponent, prescale)
-        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(view), match=match)
+        return Candidate(view.name, view.op_name(reduce_op), trace.form, trace.op_names(), match=match)
     except NoMatch as e:
-        return Candidate(view.name, op_name(reduce_op), trace.form, trace.op_names(view), reason=e.reason)
+        return Candidate(view.name, view.op_name(reduce_op), trace.form, trace.op_names(), reason=e.reason)
 
 
 def _square_of(view, reduce_op):
@@ -113,14 +112,14 @@ def _square_of(view, reduce_op):
     op = producer_through_casts(view, view.arg(reduce_op, "x"))
     if op is None:
         return None
-    if op.type == "square":
+    if view.op_type(op) == "square":
         return op, view.arg(op, "x"), 2.0
-    if op.type == "pow":
+    if view.op_type(op) == "pow":
         y = scalar_const(view, op, "y")
         if y is None or view.arg(op, "x") is None:
             return None
         return op, view.arg(op, "x"), y
-    if op.type == "mul":
+    if view.op_type(op) == "mul":
         a, b = view.arg(op, "x"), view.arg(op, "y")
         if a is not None and b is not None and same_tensor(view, a, b):
             return op, a, 2.0
@@ -137,14 +136,14 @@ class _Prescale:
 def _max_prescale(view, trace, base):
     """real_div(x, reduce_max(abs(x))) as the squared value: coremltools' torch.nn.RMSNorm lowering."""
     div = producer_through_casts(view, base)
-    if div is None or div.type != "real_div":
+    if div is None or view.op_type(div) != "real_div":
         return None
     x, m = view.arg(div, "x"), view.arg(div, "y")
     red = producer_through_casts(view, m)
-    if x is None or red is None or red.type != "reduce_max":
+    if x is None or red is None or view.op_type(red) != "reduce_max":
         return None
     abs_op = producer_through_casts(view, view.arg(red, "x"))
-    if abs_op is None or abs_op.type != "abs" or not same_tensor(view, view.arg(abs_op, "x"), x):
+    if abs_op is None or view.op_type(abs_op) != "abs" or not same_tensor(view, view.arg(abs_op, "x"), x):
         return None
     trace.take(abs_op, red, div)
     keep = view.const(red, "keep_dims")
@@ -176,37 +175,37 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     if prescale and sorted(int(a) % rank for a in prescale.axes) != sorted(axes):
         trace.fail("max|x| pre-scale reduces over other axes than the mean")
 
-    value = reduce_op.outputs[0].name
+    value = view.output(reduce_op)
     mean_scale = 1.0
-    if reduce_op.type == "reduce_sum":
+    if view.op_type(reduce_op) == "reduce_sum":
         value, mean_scale = _mean_from_sum(view, trace, value, squared, axes)
 
     eps_add = 0.0
     step = follow(view, value, ("add", "rsqrt", "sqrt", "pow"))
     if step is None:
         trace.fail(f"mean square feeds {_consumer_types(view, value)}, not add/rsqrt/sqrt/pow")
-    if step.op.type == "add":
+    if view.op_type(step.op) == "add":
         eps = scalar_const(view, step.op, other_param(step.op, step.param))
         if eps is None:
             trace.fail("adds a non-constant to the mean square")
         eps_add = eps
         trace.take(*step.casts, step.op)
-        value = step.op.outputs[0].name
+        value = view.output(step.op)
         step = follow(view, value, ("rsqrt", "sqrt", "pow", "add", "real_div", "mul"))
-        if step is None or step.op.type not in ("rsqrt", "sqrt", "pow"):
+        if step is None or view.op_type(step.op) not in ("rsqrt", "sqrt", "pow"):
             trace.fail(f"mean square + eps feeds {_consumer_types(view, value)}, not a square root")
     trace.take(*step.casts, step.op)
     root = step.op
     eps_root = _root_epsilon(view, trace, root)
 
     if prescale:
-        if root.type != "sqrt":
+        if view.op_type(root) != "sqrt":
             trace.fail("max|x| pre-scaled chain without sqrt")
         norm_op, scaled = _divide_by_rescaled_root(view, trace, root, prescale)
-    elif root.type == "sqrt":
+    elif view.op_type(root) == "sqrt":
         norm_op, scaled = _divide_by_root(view, trace, root, base)
     else:
-        norm_op, scaled = _scale_by_inverse(view, trace, root.outputs[0].name, base)
+        norm_op, scaled = _scale_by_inverse(view, trace, view.output(root), base)
 
     if scaled is None or not same_tensor(view, squared, scaled):
         trace.fail("squares one tensor and scales another")
@@ -220,16 +219,16 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     output_op, gamma = _gamma(view, trace, norm_op, dtype)
     if view.dim(x, axes[0]) is None:
         trace.fail(f"normalised axis {axes[0]} has unknown size")
-    if len({id(view.block_of[id(op)]) for op in trace.ops}) != 1:
+    if len({id(view.block(op)) for op in trace.ops}) != 1:
         trace.fail("chain spans several blocks")
     return RMSNormMatch(
         x=x,
         axes=axes,
         epsilon=eps_add + eps_root,
         gamma=gamma,
-        output=output_op.outputs[0].name,
+        output=view.output(output_op),
         output_op=output_op,
-        ops=trace.op_names(view),
+        ops=trace.op_names(),
         dtype=dtype,
         max_scaled=prescale is not None,
         mean_scale=mean_scale,
@@ -241,29 +240,29 @@ def _mean_from_sum(view, trace, value, squared, axes):
     """reduce_sum followed by mul(1/N) or real_div(N), N the reduced size: a mean. Returns (mean, scale * N)."""
     dims = [view.dim(squared, a) for a in axes]
     step = follow(view, value, ("mul", "real_div"), accept=lambda st: scalar_const(view, st.op, other_param(st.op, st.param)) is not None)
-    if step is None or (step.op.type == "real_div" and step.param != "x"):
+    if step is None or (view.op_type(step.op) == "real_div" and step.param != "x"):
         trace.fail("reduce_sum, not reduce_mean: no 1/N scale")
     if any(d is None for d in dims):
         trace.fail("reduce_sum over an axis of unknown size: cannot check its 1/N scale")
     n = float(np.prod(dims))
     c = scalar_const(view, step.op, other_param(step.op, step.param))
-    scale = c * n if step.op.type == "mul" else n / c
+    scale = c * n if view.op_type(step.op) == "mul" else n / c
     const_dtype = view.dtype(view.arg(step.op, other_param(step.op, step.param)) or step.via)
     tolerance = 2.0**-10 if const_dtype == FLOAT16 else 1e-6  # 1/N as the constant's dtype rounds it
     if abs(scale - 1.0) > tolerance:
         trace.fail(f"reduce_sum scaled by {c:g}, not 1/{n:g}")
     trace.take(*step.casts, step.op)
-    return step.op.outputs[0].name, scale
+    return view.output(step.op), scale
 
 
 def _root_epsilon(view, trace, root):
-    if root.type == "pow":
+    if view.op_type(root) == "pow":
         y = scalar_const(view, root, "y")
         if y != -0.5:
             trace.fail(f"root is pow({'?' if y is None else f'{y:g}'}), not pow(-0.5)")
-    if root.type != "rsqrt":
+    if view.op_type(root) != "rsqrt":
         return 0.0
-    if view.const(root, "epsilon") is None and "epsilon" not in root.inputs:
+    if view.const(root, "epsilon") is None and not view.has_input(root, "epsilon"):
         return float(NUMPY[view.dtype(view.arg(root, "x"))](RSQRT_DEFAULT_EPSILON))
     eps = scalar_const(view, root, "epsilon")
     if eps is None:
@@ -287,7 +286,7 @@ def _scales(view, step, base):
 
 def _divide_by_root(view, trace, sqrt_op, base):
     """After `sqrt`: real_div(x, s) normalises directly; real_div(1, s) is an inverse root for a later mul."""
-    s = sqrt_op.outputs[0].name
+    s = view.output(sqrt_op)
     step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (_scales(view, st, base) or _is_one(view, st.op)))
     step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
     if step is None and follow(view, s, ("add", "inverse")) is not None:
@@ -299,17 +298,17 @@ def _divide_by_root(view, trace, sqrt_op, base):
         return step.op, view.arg(step.op, "x")
     if not _is_one(view, step.op):
         trace.fail("divides a constant other than 1 by the square root")
-    return _scale_by_inverse(view, trace, step.op.outputs[0].name, base)
+    return _scale_by_inverse(view, trace, view.output(step.op), base)
 
 
 def _divide_by_rescaled_root(view, trace, sqrt_op, prescale):
     """Max-scaled form: mul(sqrt, m) (either order), then real_div(x, .)."""
-    s = sqrt_op.outputs[0].name
+    s = view.output(sqrt_op)
     step = follow(view, s, ("mul",), accept=lambda st: same_tensor(view, view.arg(st.op, other_param(st.op, st.param)) or "", prescale.m))
     if step is None:
         trace.fail(f"max|x| pre-scaled root feeds {_consumer_types(view, s)}, not mul(., max|x|)")
     trace.take(*step.casts, step.op)
-    rms = step.op.outputs[0].name
+    rms = view.output(step.op)
     step = follow(view, rms, ("real_div",), accept=lambda st: st.param == "y")
     if step is None:
         trace.fail(f"rescaled root feeds {_consumer_types(view, rms)}, not real_div(x, .)")
@@ -324,18 +323,18 @@ def _is_one(view, div_op):
 def _gamma(view, trace, norm_op, dtype):
     """Absorb a following `mul(gamma)` (gamma constant per call) and a cast back to x's dtype."""
     output_op, gamma = norm_op, None
-    casts, use = [], sole_consumer(view, norm_op.outputs[0].name)
-    while use is not None and use.op.type == "cast":
+    casts, use = [], sole_consumer(view, view.output(norm_op))
+    while use is not None and view.op_type(use.op) == "cast":
         casts.append(use.op)
-        use = sole_consumer(view, use.op.outputs[0].name)
-    if use is not None and use.op.type == "mul" and use.param in ("x", "y"):
+        use = sole_consumer(view, view.output(use.op))
+    if use is not None and view.op_type(use.op) == "mul" and use.param in ("x", "y"):
         weight = view.arg(use.op, other_param(use.op, use.param))
         if weight is not None and view.is_constant_expr(weight):
             trace.take(*casts)
             trace.take(use.op, label="mul(gamma)")
             output_op, gamma = use.op, weight
-    use = sole_consumer(view, output_op.outputs[0].name)
-    if use is not None and use.op.type == "cast" and view.dtype(use.op.outputs[0].name) == dtype:
+    use = sole_consumer(view, view.output(output_op))
+    if use is not None and view.op_type(use.op) == "cast" and view.dtype(view.output(use.op)) == dtype:
         trace.take(use.op)
         output_op = use.op
     return output_op, gamma
@@ -344,15 +343,15 @@ def _gamma(view, trace, norm_op, dtype):
 def _check_not_mean_centred(view, trace, x):
     """x = sub(y, reduce_mean(y)) makes the chain a LayerNorm: a different op, not ours to rewrite."""
     for value in cast_ancestry(view, x):
-        op = view.producer.get(value)
-        if op is None or op.type != "sub":
+        op = view.producer(value)
+        if op is None or view.op_type(op) != "sub":
             continue
         y, mean_op = view.arg(op, "x"), producer_through_casts(view, view.arg(op, "y"))
-        if mean_op is not None and mean_op.type == "reduce_mean" and y is not None:
+        if mean_op is not None and view.op_type(mean_op) == "reduce_mean" and y is not None:
             if same_tensor(view, view.arg(mean_op, "x"), y):
                 trace.fail("input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm")
 
 
 def _consumer_types(view, value):
-    types = sorted({u.op.type if u.op is not None else "a block output" for u in view.consumers(value)})
+    types = sorted({view.op_type(u.op) if u.op is not None else "a block output" for u in view.consumers(value)})
     return "/".join(types) or "nothing"

@@ -5,8 +5,6 @@ act on ("power is 3, not 2"). The recorded op types become the chain's printed f
 near-misses alike, like onnxscript's rewriter tracer explains failed matches.
 """
 
-from ..graph.view import op_name
-
 
 class NoMatch(Exception):
     def __init__(self, reason):
@@ -15,15 +13,16 @@ class NoMatch(Exception):
 
 
 class Trace:
-    def __init__(self):
-        self.ops = []  # Operations accepted so far, in walk order
+    def __init__(self, view):
+        self.view = view  # the graph interface the ops belong to
+        self.ops = []  # ops accepted so far, in walk order
         self.labels = []
 
     def take(self, *ops, label=None):
         for op in ops:
             self.ops.append(op)
-            if op.type != "cast":
-                self.labels.append(label or op.type)
+            if self.view.op_type(op) != "cast":
+                self.labels.append(label or self.view.op_type(op))
 
     def fail(self, reason):
         raise NoMatch(reason)
@@ -32,7 +31,7 @@ class Trace:
     def form(self):
         return " -> ".join(self.labels)
 
-    def op_names(self, view):
+    def op_names(self):
         """Names of the ops walked, once each, in program order."""
         ops = {id(op): op for op in self.ops}.values()
-        return tuple(op_name(op) for op in sorted(ops, key=lambda op: view.order[id(op)]))
+        return tuple(self.view.op_name(op) for op in sorted(ops, key=self.view.position))

@@ -20,13 +20,13 @@ class Step:
 def cast_ancestry(view, value):
     """[value, the value it was cast from, ...], up to the first value not produced by a cast."""
     chain = [value]
-    op = view.producer.get(value)
-    while op is not None and op.type == "cast":
+    op = view.producer(value)
+    while op is not None and view.op_type(op) == "cast":
         value = view.arg(op, "x")
         if value is None:
             break
         chain.append(value)
-        op = view.producer.get(value)
+        op = view.producer(value)
     return chain
 
 
@@ -35,7 +35,7 @@ def casts_between(view, start, end):
     casts = []
     value = start
     while value != end:
-        op = view.producer[value]
+        op = view.producer(value)
         casts.append(op)
         value = view.arg(op, "x")
     return casts
@@ -43,7 +43,7 @@ def casts_between(view, start, end):
 
 def is_widening(view, cast_op):
     """A cast that loses nothing: fp16 -> fp32 (or a no-op cast)."""
-    src, dst = view.dtype(view.arg(cast_op, "x")), view.dtype(cast_op.outputs[0].name)
+    src, dst = view.dtype(view.arg(cast_op, "x")), view.dtype(view.output(cast_op))
     return src == dst or (src == FLOAT16 and dst == FLOAT32)
 
 
@@ -56,9 +56,9 @@ def follow(view, value, types, accept=None):
             op = use.op
             if op is None:
                 continue
-            if op.type == "cast" and use.param == "x":
-                frontier.append((op.outputs[0].name, casts + [op]))
-            elif op.type in types:
+            if view.op_type(op) == "cast" and use.param == "x":
+                frontier.append((view.output(op), casts + [op]))
+            elif view.op_type(op) in types:
                 step = Step(op, current, use.param, casts)
                 if accept is None or accept(step):
                     return step
@@ -92,8 +92,8 @@ def casts_up_to(view, value, stop):
     """The casts from `value` up to the first value in `stop` (casts wrapping x on the way into a chain)."""
     casts = []
     while value not in stop:
-        op = view.producer.get(value)
-        if op is None or op.type != "cast":
+        op = view.producer(value)
+        if op is None or view.op_type(op) != "cast":
             return casts
         casts.append(op)
         value = view.arg(op, "x")
@@ -103,15 +103,15 @@ def casts_up_to(view, value, stop):
 def unwrap_lossless(view, value):
     """`value`, or the narrower tensor it is a lossless widening of: `cast(x16, fp32)` gives `x16`."""
     while True:
-        op = view.producer.get(value)
-        if op is None or op.type != "cast" or not is_widening(view, op):
+        op = view.producer(value)
+        if op is None or view.op_type(op) != "cast" or not is_widening(view, op):
             return value
         value = view.arg(op, "x")
 
 
 def producer_through_casts(view, value):
     """The op producing `value` once casts are looked through (None for inputs)."""
-    return view.producer.get(cast_ancestry(view, value)[-1]) if value is not None else None
+    return view.producer(cast_ancestry(view, value)[-1]) if value is not None else None
 
 
 def scalar_const(view, op, param):

@@ -64,7 +64,7 @@ def _rebuild_blocks(blocks, substitute):
 
 def _const_feeders(view, op):
     names = (view.arg(op, param) for param in op.inputs)
-    return [op_name(view.producer[v]) for v in names if v is not None and view.is_const(v)]
+    return [op_name(view.producers[v]) for v in names if v is not None and view.is_const(v)]
 
 
 def _dead_ops(view, candidates):
@@ -82,7 +82,7 @@ def _dead_ops(view, candidates):
             for binding in op.inputs[param].arguments:
                 if binding.WhichOneof("binding") == "name":
                     uses[binding.name] -= 1
-                    producer = view.producer.get(binding.name)
+                    producer = view.producer(binding.name)
                     if producer is not None and op_name(producer) in candidates:
                         work.append(producer)
     return dead
