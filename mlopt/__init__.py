@@ -11,8 +11,8 @@ analysis are imported, so start-up stays a small part of a large model's run.
 from ._version import __version__
 from .errors import BadInputError, MloptError
 
-_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report"}
-__all__ = ["__version__", "optimize", "optimize_package", "BadInputError", "MloptError", "Report"]
+_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report", "convert": "coreml"}
+__all__ = ["__version__", "convert", "optimize", "optimize_package", "BadInputError", "MloptError", "Report"]
 
 
 def __getattr__(name):

@@ -20,6 +20,16 @@ from .emitter import retyped
 from .opset_rules import epsilon_dtype
 
 
+def first_half(rank, axis, size):
+    """slice_by_index `end` and `end_mask` taking the first `size` entries along `axis` and every other axis whole
+    (so only the normalised axis needs a static size)."""
+    end = np.zeros(rank, np.int32)
+    end[axis] = size
+    end_mask = np.ones(rank, bool)
+    end_mask[axis] = False
+    return end, end_mask
+
+
 def lower_rms_norm(match, view, emitter):
     """The ops replacing `match.output_op`, in order; the last defines `match.output`."""
     x, axis, dtype = match.x, match.axis, match.dtype
@@ -58,10 +68,7 @@ def lower_rms_norm(match, view, emitter):
         both_type,
         "layer_norm",
     )
-    end = np.zeros(rank, np.int32)
-    end[axis] = size
-    end_mask = np.ones(rank, bool)
-    end_mask[axis] = False
+    end, end_mask = first_half(rank, axis, size)
     final_type = view.types[match.output]
     final_name = match.output if match.gamma is None and final_type.tensorType.dataType == dtype else None
     keep_name = final_name and op_name(match.output_op)
