@@ -28,29 +28,33 @@ def optimize_spec(spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=Non
     """
     rewrite = compute_units in REWRITING_UNITS
     blobs = BlobReader(model_dir) if model_dir else None
-    reports = []
-    functions = spec.mlProgram.functions
-    for name in sorted(functions):
-        view = FunctionView(name, functions[name])
-        report = FunctionReport(name=name, opset=view.opset)
-        candidates = find_rms_norms(view)
-        matches = [c.match for c in candidates if c.match is not None]
-        planned = plan_rewrites(view, matches) if rewrite else []
-        checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}
-        keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
-        status = "would rewrite" if dry_run or not rewrite else "rewritten"
-        for c in candidates:
-            report.chains.append(_chain_report(c, status, checks.get(id(c.match))))
-        if not dry_run:
-            stats = apply_rewrites(view, keep)
-            report.ops_removed, report.ops_added = stats.ops_removed, stats.ops_added
-        reports.append(report)
-    if blobs is not None:
-        blobs.close()
+    try:
+        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewrite, dry_run, blobs, verify)
+                   for name in sorted(spec.mlProgram.functions)]
+    finally:
+        if blobs is not None:
+            blobs.close()
     rewrites = sum(f.count("rewritten") for f in reports)
     if rewrites:
         _record_provenance(spec, rewrites)
     return reports
+
+
+def _optimize_function(name, function, rewrite, dry_run, blobs, verify):
+    view = FunctionView(name, function)
+    report = FunctionReport(name=name, opset=view.opset)
+    candidates = find_rms_norms(view)
+    matches = [c.match for c in candidates if c.match is not None]
+    planned = plan_rewrites(view, matches) if rewrite else []
+    checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}
+    keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
+    status = "would rewrite" if dry_run or not rewrite else "rewritten"
+    for c in candidates:
+        report.chains.append(_chain_report(c, status, checks.get(id(c.match))))
+    if not dry_run:
+        stats = apply_rewrites(view, keep)
+        report.ops_removed, report.ops_added = stats.ops_removed, stats.ops_added
+    return report
 
 
 def _chain_report(candidate, status, check):

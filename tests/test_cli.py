@@ -151,3 +151,19 @@ def test_inspect_json(capsys, tmp_path):
 def test_inspect_bad_input(capsys, tmp_path):
     code, out, err = run(capsys, "inspect", tmp_path / "missing.mlpackage")
     assert code == 2 and out == "" and err == f"mlopt: error: {tmp_path / 'missing.mlpackage'}: no such file or directory\n"
+
+
+def test_optimize_never_imports_coremltools(tmp_path):
+    """Start-up: `import coremltools` costs seconds and hundreds of MB where torch is installed. The command line's
+    optimize path reads specs with coremltools' generated protobuf modules only."""
+    probe = (
+        "import sys; from mlopt.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = sorted(m for m in ('coremltools', 'torch') if m in sys.modules); "
+        "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "optimize", fixture_path("decoder_fp16_ios17"), str(tmp_path / "o.mlpackage")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "HEAVY []"

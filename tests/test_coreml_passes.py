@@ -15,7 +15,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, types
 from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-from conftest import FIXTURES, fixture_path, op_types
+from conftest import FIXTURES, op_types
 from mlopt.coreml import FUSE, LOWER, convert, pass_pipeline
 from mlopt.numerics.selfcheck import rms_norm_reference
 from mlopt.numerics.verify import verify_packages
