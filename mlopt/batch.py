@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 from .errors import BadInputError
@@ -102,7 +103,8 @@ def plan(inputs, out_dir):
 
 
 def optimize_one(input_path, output_path, options):
-    """Worker: optimize one model; never raises for a bad model. Returns (status, error, seconds, report dict)."""
+    """Worker: optimize one model; never raises for a bad model (Ctrl-C does raise). Returns (status, error, seconds,
+    report dict)."""
     from .api import optimize_package
 
     start = time.perf_counter()
@@ -111,9 +113,7 @@ def optimize_one(input_path, output_path, options):
         return "ok", None, time.perf_counter() - start, report.to_dict()
     except BadInputError as e:
         return "bad input", str(e), time.perf_counter() - start, None
-    except KeyboardInterrupt:
-        return "interrupted", "interrupted; nothing was written", time.perf_counter() - start, None
-    except Exception as e:  # noqa: BLE001 - reported per model, the batch goes on
+    except Exception as e:  # noqa: BLE001 - reported per model, the batch goes on; Ctrl-C is no Exception: it stops
         return "failed", f"{input_path}: internal error: {type(e).__name__}: {e}", time.perf_counter() - start, None
 
 
@@ -133,9 +133,9 @@ def run(items, jobs=1, progress=None, **options):
                 try:
                     for future in as_completed(futures):
                         _finish(futures[future], future.result(), progress)
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, BrokenProcessPool):  # Ctrl-C reaches the workers too
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+                    raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         for item in pending:
             if item.status == "pending":

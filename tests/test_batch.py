@@ -124,3 +124,31 @@ def test_find_packages_does_not_descend_into_packages(models):
         os.path.join("team", "v2", "gemma_casts_fp16_ios17.mlpackage"),
         os.path.join("team", "v2", "near_misses_fp16_ios17.mlpackage"),
     ]
+
+
+def test_interrupt_during_a_model_stops_the_batch(models, tmp_path, monkeypatch):
+    """Ctrl-C while the second model is being written: that model leaves nothing, the batch stops there."""
+    from mlopt.package import writer
+
+    real_copy = writer.copy_file
+    calls = []
+
+    def copy_then_interrupt(src, dst, **kwargs):
+        calls.append(dst)
+        if any("decoder" in c for c in calls):
+            raise KeyboardInterrupt
+        return real_copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(writer, "copy_file", copy_then_interrupt)
+    result = batch.run(batch.plan([models], tmp_path / "out"), jobs=1)
+    assert result.exit_code == 130
+    statuses = [(os.path.basename(i.input), i.status) for i in result.items]
+    assert statuses == [
+        ("hf_fp16_ios17.mlpackage", "ok"),
+        ("broken.mlpackage", "bad input"),
+        ("decoder_fp16_ios17.mlpackage", "interrupted"),
+        ("gemma_casts_fp16_ios17.mlpackage", "interrupted"),
+        ("near_misses_fp16_ios17.mlpackage", "interrupted"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.mlpackage")) == ["hf_fp16_ios17.mlpackage"]
+    assert [p for p in (tmp_path / "out").rglob("*") if ".mlopt-" in p.name] == []

@@ -80,7 +80,7 @@ def lower_rms_norm(match, view, emitter):
             "end": const("end", end, INT32),
             "end_mask": const("end_mask", end_mask, BOOL),
         },
-        retyped(x_type),
+        retyped(final_type if final_name else x_type),  # the final value keeps its declared type exactly
         "slice",
         output_name=final_name,
         name=keep_name or None,
