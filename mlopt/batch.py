@@ -38,11 +38,12 @@ class BatchItem:
 @dataclass
 class BatchResult:
     items: list
+    interrupted: bool = False  # Ctrl-C stopped the batch (even if every model had finished by then)
 
     @property
     def exit_code(self):
         statuses = {i.status for i in self.items}
-        if "interrupted" in statuses:
+        if self.interrupted:
             return 130
         if "failed" in statuses:
             return 1
@@ -64,6 +65,7 @@ class BatchResult:
             "models": [asdict(i) for i in self.items],
             "ok": sum(i.status == "ok" for i in self.items),
             "failed": sum(i.status != "ok" for i in self.items),
+            "interrupted": self.interrupted,
         }
 
 
@@ -135,12 +137,17 @@ def run(items, jobs=1, progress=None, **options):
                         _finish(futures[future], future.result(), progress)
                 except (KeyboardInterrupt, BrokenProcessPool):  # Ctrl-C reaches the workers too
                     pool.shutdown(wait=True, cancel_futures=True)
+                    # work already handed to a worker may have finished meanwhile: report it as it ended
+                    for future, item in futures.items():
+                        if item.status == "pending" and future.done() and not future.cancelled() and future.exception() is None:
+                            _finish(item, future.result(), None)
                     raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         for item in pending:
             if item.status == "pending":
                 item.status, item.error = "interrupted", "interrupted; nothing was written"
         _remove_staging(items)
+        return BatchResult(items, interrupted=True)
     return BatchResult(items)
 
 
