@@ -46,8 +46,9 @@ def apply_rewrites(view, planned):
     _rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
 
     new_names = {op_name(op) for p in planned for op in p.ops}
-    dead = _dead_ops(FunctionView(view.name, view.function), candidates - new_names)
-    _rebuild_blocks(FunctionView(view.name, view.function).blocks, lambda op: [] if op_name(op) in dead else [op])
+    spliced = FunctionView(view.name, view.function)  # one index of the spliced function serves both steps
+    dead = _dead_ops(spliced, candidates - new_names)
+    _rebuild_blocks(spliced.blocks, lambda op: [] if op_name(op) in dead else [op])
     return RewriteStats(ops_removed=len(planned) + len(dead), ops_added=sum(len(p.ops) for p in planned))
 
 
