@@ -61,3 +61,18 @@ def test_bad_offset_is_reported():
         reader.read("@model_path/weights/weight.bin", 8, np.float16, [16])
     with pytest.raises(BlobError, match="past the end of the file"):
         reader.read("@model_path/weights/weight.bin", 10**9, np.float16, [16])
+
+
+def test_interpreter_returns_intermediates_on_request():
+    """run_function(keep=...) hands back any intermediate value, here the chain's mean square."""
+    from conftest import inputs_for
+    from mlopt.numerics.interpreter import run_function
+
+    view = main_view(fixture_path("hf_fp32_ios17"))
+    (reduce_op,) = [op for op in view.main.operations if op.type == "reduce_mean"]
+    mean_square = reduce_op.outputs[0].name
+    feeds = inputs_for(fixture_path("hf_fp32_ios17"))
+    model_dir = os.path.join(fixture_path("hf_fp32_ios17"), "Data", "com.apple.CoreML")
+    values = run_function(view, BlobReader(model_dir), feeds, keep=[mean_square])
+    assert set(values) == {"mul_1", mean_square}
+    np.testing.assert_allclose(values[mean_square], np.mean(feeds["x"] ** 2, axis=-1, keepdims=True), rtol=1e-6)

@@ -9,7 +9,7 @@ parts (types, op_by_name, blocks) serve the rewriter and the interpreter.
 from dataclasses import dataclass
 
 from .dtypes import FLOATS
-from .values import decode_value, tensor_shape
+from .values import decode_value
 
 
 @dataclass(frozen=True)
@@ -156,9 +156,6 @@ class FunctionView:
 
     def rank(self, value):
         return self.types[value].tensorType.rank
-
-    def shape(self, value):
-        return tensor_shape(self.types[value])
 
     def dim(self, value, axis):
         """Static size of `value` along `axis`, or None if unknown."""
