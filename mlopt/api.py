@@ -16,26 +16,44 @@ def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=F
     `link` hard-links the output's files (weights) to the input's instead of copying them.
     """
     units = compute_units_name(compute_units)
-    package = locate_package(in_path)
     if out_path is None and not dry_run:
         raise BadInputError(in_path, "no output path given")
+    package = locate_package(in_path)
+    try:
+        return _optimize_package(package, in_path, out_path, units, force, dry_run, verify, link)
+    finally:
+        package.close()
+
+
+def _optimize_package(package, in_path, out_path, units, force, dry_run, verify, link):
     report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units)
     report.note = skip_reason(units)
-    model_dir = os.path.dirname(package.model_path)
     if dry_run:
-        load_spec(package)
-        report.functions = _optimize_spec()(package.spec, units, dry_run=True, model_dir=model_dir, verify=verify)
+        report.functions = _analyse(package, units, verify, dry_run=True)
         return report
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        load_spec(package)
-        report.functions = _optimize_spec()(package.spec, units, model_dir=model_dir, verify=verify)
+        report.functions = _analyse(package, units, verify)
         # an unchanged model file is copied as bytes, not re-serialised
         methods = writer.commit(package.spec if report.rewrites else None)
     report.written = True
     report.copy_method = ", ".join(sorted(methods))
+    report.housekeeping = writer.notes
     return report
+
+
+def _analyse(package, units, verify, dry_run=False):
+    """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it."""
+    from .numerics.weights import check_blob_references
+
+    load_spec(package)
+    blobs = package.blob_reader()
+    try:
+        check_blob_references(package.spec, blobs)
+        return _optimize_spec()(package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify)
+    finally:
+        blobs.close()
 
 
 def _optimize_spec():

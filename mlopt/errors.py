@@ -1,18 +1,24 @@
 """Errors mlopt raises on purpose.
 
-`BadInputError` is the user's problem (a missing path, a file that is no ML program, a corrupt protobuf): the CLI prints
-its one-line message and exits 2 without a traceback. Anything else escaping mlopt is our bug and exits 1.
+`BadInputError` is the user's problem (a missing path, a file that is no ML program, a corrupt protobuf, an output
+location that cannot be used): the CLI prints its one-line message and exits 2 without a traceback.
+`OutputError` is a write that failed for a reason outside mlopt (disk full, an I/O error): one line naming OUT,
+exit 1, nothing left behind. Anything else escaping mlopt is our bug and exits 1.
 """
 
 
 class MloptError(Exception):
     """Base class of the errors mlopt raises on purpose."""
 
-
-class BadInputError(MloptError):
-    """The input (or the requested output) cannot be processed. The message names the file and the problem."""
-
     def __init__(self, path, problem):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class BadInputError(MloptError):
+    """The input (or the requested output) cannot be processed. The message names the file and the problem."""
+
+
+class OutputError(MloptError):
+    """The output could not be written (disk full, I/O error). The message names OUT and the cause."""

@@ -133,16 +133,14 @@ def test_interrupt_during_a_model_stops_the_batch(models, tmp_path, monkeypatch)
     """Ctrl-C while the second model is being written: that model leaves nothing, the batch stops there."""
     from mlopt.package import writer
 
-    real_copy = writer.copy_file
-    calls = []
+    real_copy = writer.PackageWriter._copy
 
-    def copy_then_interrupt(src, dst, **kwargs):
-        calls.append(dst)
-        if any("decoder" in c for c in calls):
+    def copy_then_interrupt(self, rel):
+        if "decoder" in self.package.path:
             raise KeyboardInterrupt
-        return real_copy(src, dst, **kwargs)
+        return real_copy(self, rel)
 
-    monkeypatch.setattr(writer, "copy_file", copy_then_interrupt)
+    monkeypatch.setattr(writer.PackageWriter, "_copy", copy_then_interrupt)
     result = batch.run(batch.plan([models], tmp_path / "out"), jobs=1)
     assert result.exit_code == 130
     statuses = [(os.path.basename(i.input), i.status) for i in result.items]

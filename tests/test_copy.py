@@ -24,12 +24,22 @@ def sha256(path):
     return h.hexdigest()
 
 
+def _copy(tmp_path, src, **kwargs):
+    """copy_into from an open `src` into tmp_path/b; returns the method."""
+    fd, folder = os.open(src, os.O_RDONLY), os.open(tmp_path, os.O_RDONLY)
+    try:
+        return copy_module.copy_into(fd, folder, "b", **kwargs)
+    finally:
+        os.close(fd)
+        os.close(folder)
+
+
 def test_copy_file_range_used_on_linux(tmp_path):
     if not hasattr(os, "copy_file_range"):
         pytest.skip("no copy_file_range on this platform")
     src = tmp_path / "a"
     src.write_bytes(os.urandom(3_000_000))
-    assert copy_module.copy_file(src, tmp_path / "b") == "copy_file_range"
+    assert _copy(tmp_path, src) == "copy_file_range"
     assert (tmp_path / "b").read_bytes() == src.read_bytes()
 
 
@@ -41,8 +51,37 @@ def test_fallback_to_streamed_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(copy_module.sys, "platform", "linux")
     src = tmp_path / "a"
     src.write_bytes(os.urandom(1_000_000))
-    assert copy_module.copy_file(src, tmp_path / "b") == "streamed copy"
+    assert _copy(tmp_path, src) == "streamed copy"
     assert (tmp_path / "b").read_bytes() == src.read_bytes()
+
+
+def test_copy_never_writes_through_an_existing_entry(tmp_path):
+    """The target is created with O_EXCL | O_NOFOLLOW: a file or a link already there is an error, never written."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "b").symlink_to(victim)
+    src = tmp_path / "a"
+    src.write_bytes(b"new data")
+    with pytest.raises(FileExistsError):
+        _copy(tmp_path, src)
+    assert victim.read_text() == "precious"
+
+
+def test_link_across_file_systems_falls_back_to_a_copy(tmp_path, monkeypatch):
+    def cross_device(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(copy_module.os, "link", cross_device)
+    src = tmp_path / "a"
+    src.write_bytes(os.urandom(100_000))
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        method = _copy(tmp_path, src, link_from=(folder, "a"))
+    finally:
+        os.close(folder)
+    assert method == "copy_file_range (hard link impossible here: Invalid cross-device link)"
+    assert (tmp_path / "b").read_bytes() == src.read_bytes()
+    assert os.stat(tmp_path / "b").st_ino != os.stat(src).st_ino
 
 
 def test_link_shares_the_weight_inode(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import file_digest, fixture_path, op_types, tree_digest
 from mlopt import optimize_package
+from mlopt.errors import OutputError
 from mlopt.cli import main
 from mlopt.package import writer
 
@@ -40,6 +41,7 @@ def test_unchanged_model_file_is_copied_not_reserialised(tmp_path):
 def test_force_replaces_existing_output(tmp_path):
     out = tmp_path / "out.mlpackage"
     out.mkdir()
+    (out / "Manifest.json").write_text("{}")  # a package (a folder with a Manifest), however broken
     (out / "stale").write_text("old")
     optimize_package(fixture_path("hf_fp16_ios17"), out, force=True)
     assert not (out / "stale").exists()
@@ -72,40 +74,41 @@ def test_creates_missing_output_parents(tmp_path):
     assert "layer_norm" in op_types(str(out))
 
 
-@pytest.mark.parametrize("error, code", [(OSError("disk full"), 1), (KeyboardInterrupt(), 130)])
+@pytest.mark.parametrize("error, code", [(OSError(28, "No space left on device"), 1), (KeyboardInterrupt(), 130)])
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, capsys, error, code):
-    """A copy that dies half way (disk full, Ctrl-C) leaves no output and no temporary folder."""
-    real_copy = writer.copy_file
+    """A copy that dies half way (disk full, Ctrl-C) leaves no output, no temporary folder and no created parent."""
+    real_copy = writer.copy_into
     copied = []
 
-    def failing_copy(src, dst, *a, **k):
+    def failing_copy(*args, **kwargs):
         if copied:
             raise error
-        copied.append(dst)
-        return real_copy(src, dst, *a, **k)
+        copied.append(args)
+        return real_copy(*args, **kwargs)
 
-    monkeypatch.setattr(writer, "copy_file", failing_copy)
-    out = tmp_path / "out.mlpackage"
+    monkeypatch.setattr(writer, "copy_into", failing_copy)
+    out = tmp_path / "new" / "folders" / "out.mlpackage"
     assert main(["optimize", fixture_path("decoder_fp16_ios17"), str(out)]) == code
     assert copied  # the copy really started
     assert os.listdir(tmp_path) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+    if code == 1:
+        assert err == f"mlopt: error: {out}: could not be written (No space left on device); nothing was written\n"
 
 
 def test_failure_mid_replace_keeps_the_old_output(tmp_path, monkeypatch):
+    from mlopt.package import claim
+
     out = tmp_path / "out.mlpackage"
     optimize_package(fixture_path("hf_fp16_ios17"), out, compute_units="CPU_ONLY")
     before = tree_digest(out)
-    real_rename = os.rename
 
-    def failing_rename(src, dst):
-        if str(dst) == str(out) and ".mlopt-tmp-" in str(src):
-            raise OSError("rename failed")
-        return real_rename(src, dst)
+    def failing_swap(*args, **kwargs):
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(writer.os, "rename", failing_rename)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(claim, "swap", failing_swap)
+    with pytest.raises(OutputError, match="could not be written"):
         optimize_package(fixture_path("hf_fp16_ios17"), out, force=True)
     assert tree_digest(out) == before
     assert sorted(os.listdir(tmp_path)) == ["out.mlpackage"]

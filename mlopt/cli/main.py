@@ -1,8 +1,9 @@
 """The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
 
-Exit codes: 0 success, 2 bad input (one line naming the file and the problem, no traceback), 1 an internal error
-or failed verification (one line; MLOPT_DEBUG=1 shows the traceback), 130 interrupted. Never imports
-coremltools itself: start-up stays fast.
+Exit codes (README, "Exit codes"): 0 success; 2 bad input (one line naming the file and the problem, no
+traceback); 1 failed (outputs differ, the output could not be written, or an internal error: one line,
+MLOPT_DEBUG=1 shows the traceback); 128 + N when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP);
+141 when the reader of stdout went away (`| head`). Never imports coremltools itself: start-up stays fast.
 """
 
 import argparse
@@ -12,10 +13,11 @@ import sys
 import traceback
 
 from .._version import __version__
-from ..errors import BadInputError
-from . import inspect_cmd, optimize_cmd, verify_cmd
+from ..errors import BadInputError, MloptError
+from . import inspect_cmd, optimize_cmd, signals, verify_cmd
 
 COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
 def build_parser():
@@ -27,24 +29,54 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run_cli(argv=None):
+    command = "mlopt"
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         result, code = COMMANDS[args.command].run(args)
+        _print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+        return code
     except BadInputError as e:
-        print(f"mlopt: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mlopt: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return _fail(f"mlopt: error: {e}", 2)
+    except MloptError as e:
+        return _fail(f"mlopt: error: {e}", 1)
+    except KeyboardInterrupt as e:
+        from ..package.writer import abort_all
+
+        abort_all()  # whatever a writer had not cleaned up yet (an interrupt between two statements)
+        return _fail(f"mlopt: interrupted by {signals.name(e)}; no partial output was left", signals.exit_code(e))
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
     except Exception as e:  # our bug or limitation: one line, traceback on request
         if os.environ.get("MLOPT_DEBUG"):
             traceback.print_exc()
-        print(f"mlopt: {args.command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+        return _fail(f"mlopt: {command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)", 1)
+
+
+def _print(text):
+    print(text)
+    sys.stdout.flush()  # a closed pipe shows here, inside run_cli, not at interpreter exit
+
+
+def _fail(message, code):
+    try:
+        print(message, file=sys.stderr)
+    except (BrokenPipeError, OSError):
+        pass
     return code
 
 
+def _silence_stdout():
+    """After EPIPE: point stdout at /dev/null so Python's final flush does not fail again (Python docs, 'SIGPIPE')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

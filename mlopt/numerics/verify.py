@@ -14,9 +14,9 @@ from ..graph import FunctionView
 from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
 from ..package import read_package
 from .compare import compare, tolerance_for
-from .inputs import random_inputs
+from .inputs import random_inputs, tensor_type
 from .interpreter import run_function
-from .weights import BlobReader
+from .weights import check_blob_references
 
 
 @dataclass
@@ -61,10 +61,26 @@ class VerifyReport:
 
 
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0):
-    ref, cand = read_package(reference_path), read_package(candidate_path)
     given = _load_inputs(inputs_path)
-    report = VerifyReport(os.fspath(reference_path), os.fspath(candidate_path), seed)
-    ref_blobs, cand_blobs = BlobReader(os.path.dirname(ref.model_path)), BlobReader(os.path.dirname(cand.model_path))
+    ref = read_package(reference_path)
+    try:
+        cand = read_package(candidate_path)
+    except BaseException:
+        ref.close()
+        raise
+    ref_blobs, cand_blobs = ref.blob_reader(), cand.blob_reader()
+    try:
+        check_blob_references(ref.spec, ref_blobs)
+        check_blob_references(cand.spec, cand_blobs)
+        return _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale)
+    finally:
+        for closing in (ref_blobs, cand_blobs, ref, cand):
+            closing.close()
+
+
+def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale):
+    reference_path, candidate_path = ref.path, cand.path
+    report = VerifyReport(reference_path, candidate_path, seed)
     for name in sorted(ref.spec.mlProgram.functions):
         ref_fn = ref.spec.mlProgram.functions[name]
         if name not in cand.spec.mlProgram.functions:
@@ -76,7 +92,7 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
         ref_view = FunctionView(name, ref_fn)
         cand_view = FunctionView(name, cand_fn)
         feeds = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale)
-        feeds.update(_given_for(given, name, feeds))
+        feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
         ref_out = run_function(ref_view, ref_blobs, feeds)
         cand_out = run_function(cand_view, cand_blobs, feeds)
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
@@ -105,22 +121,47 @@ def _precision(view):
 
 
 def _load_inputs(path):
+    """Arrays from an .npz the user named: a regular file (never a FIFO), holding at least one array."""
     if path is None:
         return {}
-    if not os.path.isfile(path):
-        raise BadInputError(path, "no such file")
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise BadInputError(path, "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInputError(path, "is not a regular file; --inputs takes an .npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (ValueError, OSError) as e:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
         raise BadInputError(path, f"not a readable .npz file ({e})") from None
+    except Exception as e:  # zipfile's BadZipFile and friends: a damaged archive
+        raise BadInputError(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not arrays:
+        raise BadInputError(path, "holds no arrays")
+    return arrays
 
 
-def _given_for(given, function, feeds):
-    """Arrays for `function` from an .npz: keys `function/input`, or plain `input` names."""
+def _given_for(given, function, name, feeds, path):
+    """Arrays for function `name` from an .npz: keys `name/input`, or plain `input` names. Each must have the
+    input's rank and its static sizes (flexible dimensions take any size)."""
+    declared = {i.name: tensor_type(i.type) for i in function.inputs}
     picked = {}
-    for name, value in feeds.items():
-        key = f"{function}/{name}" if f"{function}/{name}" in given else name
-        if key in given:
-            picked[name] = np.asarray(given[key]).astype(value.dtype)
+    for input_name, value in feeds.items():
+        key = f"{name}/{input_name}" if f"{name}/{input_name}" in given else input_name
+        if key not in given:
+            continue
+        array = np.asarray(given[key])
+        dims = declared[input_name].dimensions
+        fits = array.ndim == len(dims) and all(
+            d.WhichOneof("dimension") != "constant" or d.constant.size == n for d, n in zip(dims, array.shape)
+        )
+        if not fits:
+            wanted = [d.constant.size if d.WhichOneof("dimension") == "constant" else "?" for d in dims]
+            raise BadInputError(path, f"array '{key}' has shape {list(array.shape)}; input '{input_name}' of function '{name}' is {wanted}")
+        if array.dtype.kind not in "biuf":
+            raise BadInputError(path, f"array '{key}' holds {array.dtype}, not numbers")
+        picked[input_name] = array.astype(value.dtype)
     return picked

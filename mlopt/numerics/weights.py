@@ -1,8 +1,13 @@
-"""Constants stored in `weights/weight.bin` (MILBlob v2), read lazily, one blob at a time.
+"""Constants stored in `weights/weight.bin` (MILBlob v2), read lazily, one blob at a time, never outside the package.
 
-Layout (little-endian, 64-byte aligned; coreml-facts.md): a 64-byte file header, then per blob a 64-byte metadata
-record at the offset a const points to - uint32 sentinel 0xDEADBEEF, uint32 dtype code, uint64 size in bytes,
-uint64 absolute data offset - and the data.
+Layout (little-endian, 64-byte aligned): a 64-byte file header (uint32 blob count, uint32 version = 2), then per
+blob a 64-byte metadata record at the offset a const points to - uint32 sentinel 0xDEADBEEF, uint32 dtype code,
+uint64 size in bytes, uint64 absolute data offset - and the data. The codes are those coremltools' blob writer
+(`coremltools.libmilstoragepython._BlobStorageWriter`) records: checked by writing one blob of each type.
+
+Weight files are opened through the package's `PackageTree`: a `fileName` such as `@model_path/../../etc/passwd`
+or a weight.bin that is a link, a FIFO or a folder is refused as bad input (`BlobError`, exit 2), and so is a
+Git LFS pointer left where weight.bin should be (a clone without git-lfs).
 
 Small blobs (a gamma, a bias: up to SMALL bytes) are read with `os.pread`: mapping them would map whole page-cache
 folios (megabytes around each 4 KB gamma of a freshly copied file) into our RSS. Large blobs are numpy views into
@@ -15,32 +20,61 @@ import struct
 
 import numpy as np
 
+from ..errors import BadInputError
+from ..package.tree import PackageTree, split_relative
+
 SENTINEL = 0xDEADBEEF
+HEADER = 64  # file header and per-blob metadata record, bytes
+VERSION = 2
 SMALL = 1 << 20
-# MILBlob dtype codes (BlobStorageCommon.hpp) -> numpy
-BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 5: np.uint16, 6: np.int16, 14: np.int32, 15: np.uint32}
+MODEL_PATH = "@model_path/"
+LFS_POINTER = b"version https://git-lfs"
+# blob dtype code -> numpy dtype (whole-byte types) ...
+BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 6: np.int16, 7: np.uint16, 14: np.int32, 15: np.uint32}
+# ... and the bits per element of every code (5 is bfloat16; 8-13 the sub-byte palettes and quantized weights)
+BLOB_BITS = {**{k: np.dtype(v).itemsize * 8 for k, v in BLOB_DTYPES.items()}, 5: 16, 8: 4, 9: 1, 10: 2, 11: 4, 12: 3, 13: 6}
 
 
-class BlobError(ValueError):
-    pass
+class BlobError(BadInputError):
+    """A weight file or a blob in it that cannot be what the program says: bad input, exit 2."""
 
 
 class BlobReader:
-    def __init__(self, model_dir, small=SMALL):
-        self.model_dir = model_dir  # the folder holding model.mlmodel: "@model_path"
+    """Reads blobs of one package. `root`: the package (a PackageTree, not closed here) or a folder path (opened
+    and owned); `model_dir_rel`: the folder of the model file inside it, what "@model_path" stands for."""
+
+    def __init__(self, root, model_dir_rel="", small=SMALL):
+        self._root = root
+        self._tree = root if isinstance(root, PackageTree) else None
+        self._owns_tree = self._tree is None
+        self.model_dir_rel = model_dir_rel
         self.small = small
         self._files = {}  # file name -> (fd, size)
         self._maps = {}
 
+    @property
+    def tree(self):
+        if self._tree is None:
+            self._tree = PackageTree(self._root)
+        return self._tree
+
+    def relpath(self, file_name):
+        """The weight file a const's `fileName` names, relative to the package; never outside it."""
+        name = file_name[len(MODEL_PATH):] if file_name.startswith(MODEL_PATH) else file_name
+        base = f"{self.model_dir_rel}/" if self.model_dir_rel else ""
+        shown = self.tree.show(self.model_dir_rel)
+        return "/".join(split_relative(base + name, shown, f"weight file name {file_name!r}"))
+
     def path(self, file_name):
-        if file_name.startswith("@model_path/"):
-            return os.path.join(self.model_dir, file_name[len("@model_path/") :])
-        return os.path.join(self.model_dir, file_name)
+        return self.tree.show(self.relpath(file_name))
 
     def _file(self, file_name):
         if file_name not in self._files:
-            fd = os.open(self.path(file_name), os.O_RDONLY)
-            self._files[file_name] = (fd, os.fstat(fd).st_size)
+            rel = self.relpath(file_name)
+            fd = self.tree.open_file(rel, what="weight file")
+            size = os.fstat(fd).st_size
+            self._files[file_name] = (fd, size)
+            _check_header(self.tree.show(rel), os.pread(fd, HEADER, 0), size)
         return self._files[file_name]
 
     def _map(self, file_name):
@@ -49,21 +83,40 @@ class BlobReader:
             self._maps[file_name] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         return self._maps[file_name]
 
-    def read(self, file_name, offset, np_dtype, shape):
-        """The blob at `offset` as a read-only array of `np_dtype` and `shape`."""
+    def check(self, file_name, offset, np_dtype, shape):
+        """BlobError unless a blob of `np_dtype` (None: any) and `shape` is stored at `offset`; returns
+        (numpy dtype to read it as, element count, absolute data offset). Reads 24 bytes."""
         fd, file_size = self._file(file_name)
-        if offset + 64 > file_size:
-            raise BlobError(f"{self.path(file_name)}: blob offset {offset} past the end of the file")
+        if offset + HEADER > file_size:
+            raise BlobError(self.path(file_name), f"blob offset {offset} is outside the file ({file_size} bytes)")
+        if offset < HEADER:
+            raise BlobError(self.path(file_name), f"no blob at offset {offset} (that is the file header)")
         sentinel, code, size, data_offset = struct.unpack_from("<IIQQ", os.pread(fd, 24, offset))
         if sentinel != SENTINEL:
-            raise BlobError(f"{self.path(file_name)}: no blob at offset {offset} (bad sentinel {sentinel:#x})")
+            raise BlobError(self.path(file_name), f"no blob at offset {offset} (bad sentinel {sentinel:#x})")
+        if data_offset + size > file_size:
+            raise BlobError(self.path(file_name), f"blob at offset {offset}: its {size} bytes at {data_offset} run past the end of the file ({file_size} bytes): truncated?")
+        count = 1
+        for d in shape:
+            count *= int(d)
+        if np_dtype is None:
+            return None, count, data_offset
         stored = BLOB_DTYPES.get(code)
-        if stored is not None and np.dtype(stored).itemsize == np.dtype(np_dtype).itemsize:
-            np_dtype = stored if np.dtype(np_dtype).kind == np.dtype(stored).kind else np_dtype
-        count = int(np.prod(shape, dtype=np.int64))
+        if stored is not None and np.dtype(stored).itemsize != np.dtype(np_dtype).itemsize:
+            raise BlobError(self.path(file_name), f"blob at offset {offset} stores {np.dtype(stored).name}, the program reads it as {np.dtype(np_dtype).name}")
+        if stored is not None and np.dtype(np_dtype).kind == np.dtype(stored).kind:
+            np_dtype = stored
+        bits = BLOB_BITS.get(code, np.dtype(np_dtype).itemsize * 8)
+        needed = (count * bits + 7) // 8
+        if needed > size:
+            raise BlobError(self.path(file_name), f"blob at offset {offset} holds {size} bytes; the program's shape {list(shape)} needs {needed}")
+        return np_dtype, count, data_offset
+
+    def read(self, file_name, offset, np_dtype, shape):
+        """The blob at `offset` as a read-only array of `np_dtype` and `shape`."""
+        np_dtype, count, data_offset = self.check(file_name, offset, np_dtype, shape)
+        fd, _ = self._file(file_name)
         nbytes = count * np.dtype(np_dtype).itemsize
-        if nbytes > size or data_offset + size > file_size:
-            raise BlobError(f"{self.path(file_name)}: blob at {offset} holds {size} bytes, {nbytes} needed")
         if nbytes <= self.small:
             data = os.pread(fd, nbytes, data_offset)
             return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
@@ -79,3 +132,38 @@ class BlobReader:
             os.close(fd)
         self._maps.clear()
         self._files.clear()
+        if self._owns_tree and self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
+
+def _check_header(path, header, size):
+    if header.startswith(LFS_POINTER):
+        raise BlobError(path, "is a Git LFS pointer, not the weights; run `git lfs pull` in its repository")
+    if size < HEADER:
+        raise BlobError(path, f"is {size} bytes, too short for a weight file (a {HEADER}-byte header at least)")
+    _count, version = struct.unpack_from("<II", header)
+    if version != VERSION:
+        raise BlobError(path, f"is not a MILBlob v{VERSION} weight file (header says version {version})")
+
+
+def check_blob_references(spec, blobs):
+    """Check every blob a program refers to (file inside the package, header, sentinel, dtype, size) before
+    anything is computed: a truncated or corrupt weight file is bad input even where no chain reads it."""
+    from ..graph.dtypes import NUMPY
+
+    for function in spec.mlProgram.functions.values():
+        stack = list(function.block_specializations.values())
+        while stack:
+            block = stack.pop()
+            for op in block.operations:
+                stack.extend(op.blocks)
+                values = list(op.attributes.values())
+                values += [b.value for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "value"]
+                for value in values:
+                    if value.WhichOneof("value") == "blobFileValue":
+                        tensor = value.type.tensorType
+                        static = all(d.WhichOneof("dimension") == "constant" for d in tensor.dimensions)
+                        shape = [d.constant.size for d in tensor.dimensions] if static else []
+                        blob = value.blobFileValue
+                        blobs.check(blob.fileName, blob.offset, NUMPY.get(tensor.dataType) if static else None, shape)

@@ -1,68 +1,129 @@
-"""Copying package files at the cost of the file system, not of Python.
+"""Copying package files at the cost of the file system, not of Python, between file descriptors.
 
-Tried in order: a hard link (only with `--link`), a copy-on-write clone (`clonefile` on APFS), the kernel's
-`copy_file_range` (Linux: a reflink on btrfs/XFS, a server-side copy on NFS, an in-kernel copy elsewhere), and
-`shutil.copyfile` (sendfile/fcopyfile, streamed). No path reads a file into Python memory. Each call returns the
-method it used, so the report can say how the weights were copied.
+The source is an fd opened inside the input package (tree.py: no link followed, no special file); the target is
+created here with `O_CREAT | O_EXCL | O_NOFOLLOW` in a staging folder this run created, so a copy can only ever
+write a file it has just created itself. Tried in order: a hard link (only with `--link`; across file systems it
+falls back to copying and says so), a copy-on-write clone (`fclonefileat` on APFS), the kernel's
+`copy_file_range` (Linux: a reflink on btrfs/XFS, a server-side copy on NFS, an in-kernel copy elsewhere), and a
+streamed copy (`sendfile`, else read/write). No path reads a whole file into Python memory. Every target is
+fsync'ed before the package is renamed into place (as git and SQLite do): after a power loss a renamed package
+never holds empty or partial files. Each call returns the method it used, so the report can say how the weights
+were copied.
 """
 
 import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
+import stat
 import sys
 
 HARD_LINK, CLONE, COPY_FILE_RANGE, STREAMED = "hard link", "clonefile", "copy_file_range", "streamed copy"
+LINK_FALLBACK = "hard link impossible here"
 _FALLBACK_ERRORS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EBADF}
-_clonefile = None
-
-
-CHUNK = 256 << 20  # copy_file_range calls are this large, so a cancelled copy stops within one chunk
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+CHUNK = 256 << 20  # copy calls are at most this large, so a cancelled copy stops within one chunk
+_fclonefileat = None
 
 
 class Cancelled(Exception):
     pass
 
 
-def copy_file(src, dst, link=False, cancelled=lambda: False):
-    """Copy `src` to the new file `dst`; return the method used. `cancelled()` is polled between chunks."""
-    if link:
-        os.link(src, dst)
-        return HARD_LINK
-    if sys.platform == "darwin" and _clone(src, dst):
-        return CLONE
-    if hasattr(os, "copy_file_range") and _copy_file_range(src, dst, cancelled):
-        return COPY_FILE_RANGE
-    shutil.copyfile(src, dst)
-    return STREAMED
+class ChangedWhileCopying(OSError):
+    """The source entry was replaced between its check and the hard link."""
 
 
-def _clone(src, dst):
-    global _clonefile
-    if _clonefile is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        _clonefile = getattr(libc, "clonefile", False)
-    return bool(_clonefile) and _clonefile(os.fsencode(src), os.fsencode(dst), 0) == 0
+def create_file(dir_fd, name):
+    """A new, empty file `name` in `dir_fd`, open for writing; FileExistsError if anything is there already."""
+    return os.open(name, _CREATE, 0o666, dir_fd=dir_fd)
 
 
-def _copy_file_range(src, dst, cancelled):
-    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
-        remaining = os.fstat(fsrc.fileno()).st_size
+def copy_into(src_fd, dst_dir_fd, name, link_from=None, cancelled=lambda: False):
+    """Copy the open regular file `src_fd` to the new file `name` in `dst_dir_fd`, flushed to disk; return the
+    method used. With `link_from=(src_dir_fd, src_name)` a hard link is tried first."""
+    fallback = ""
+    if link_from is not None:
         try:
-            while remaining > 0:
-                if cancelled():
-                    raise Cancelled(src)
-                copied = os.copy_file_range(fsrc.fileno(), fdst.fileno(), min(remaining, CHUNK))
-                if copied == 0:
-                    break
-                remaining -= copied
+            _hard_link(src_fd, link_from, dst_dir_fd, name)
+            return HARD_LINK
         except OSError as e:
-            if e.errno in _FALLBACK_ERRORS and os.fstat(fdst.fileno()).st_size == 0:
-                fdst.close()
-                os.remove(dst)
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            fallback = f" ({LINK_FALLBACK}: {e.strerror})"
+    if sys.platform == "darwin" and _clone(src_fd, dst_dir_fd, name):
+        _fsync_new(dst_dir_fd, name)
+        return CLONE + fallback
+    dst_fd = create_file(dst_dir_fd, name)
+    try:
+        size = os.fstat(src_fd).st_size
+        method = COPY_FILE_RANGE if _copy_file_range(src_fd, dst_fd, size, cancelled) else _stream(src_fd, dst_fd, size, cancelled)
+        if cancelled():
+            raise Cancelled(name)
+        os.fsync(dst_fd)
+    finally:
+        os.close(dst_fd)
+    return method + fallback
+
+
+def _hard_link(src_fd, link_from, dst_dir_fd, name):
+    src_dir_fd, src_name = link_from
+    os.link(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    made, opened = os.stat(name, dir_fd=dst_dir_fd, follow_symlinks=False), os.fstat(src_fd)
+    if not stat.S_ISREG(made.st_mode) or (made.st_dev, made.st_ino) != (opened.st_dev, opened.st_ino):
+        os.unlink(name, dir_fd=dst_dir_fd)
+        raise ChangedWhileCopying(errno.ESTALE, f"{src_name} changed while it was being linked")
+
+
+def _clone(src_fd, dst_dir_fd, name):
+    global _fclonefileat
+    if _fclonefileat is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _fclonefileat = getattr(libc, "fclonefileat", False)
+    return bool(_fclonefileat) and _fclonefileat(src_fd, dst_dir_fd, os.fsencode(name), 0) == 0
+
+
+def _fsync_new(dir_fd, name):
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_file_range(src_fd, dst_fd, size, cancelled):
+    """True once `size` bytes are copied; False (nothing written) where the kernel cannot do it."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    done = 0
+    while done < size:
+        if cancelled():
+            raise Cancelled()
+        try:
+            copied = os.copy_file_range(src_fd, dst_fd, min(size - done, CHUNK), done, done)
+        except OSError as e:
+            if e.errno in _FALLBACK_ERRORS and done == 0:
                 return False
             raise
-    if remaining:
-        raise OSError(errno.EIO, f"copy_file_range stopped {remaining} bytes short copying {src}")
+        if copied == 0:
+            raise OSError(errno.EIO, f"the source ended {size - done} bytes early (it shrank while being copied)")
+        done += copied
     return True
+
+
+def _stream(src_fd, dst_fd, size, cancelled):
+    done = 0
+    while done < size:
+        if cancelled():
+            raise Cancelled()
+        n = min(size - done, CHUNK if hasattr(os, "sendfile") else 1 << 20)
+        if hasattr(os, "sendfile") and sys.platform.startswith("linux"):
+            os.lseek(dst_fd, done, os.SEEK_SET)
+            copied = os.sendfile(dst_fd, src_fd, done, n)
+        else:
+            data = os.pread(src_fd, n, done)
+            copied = os.pwrite(dst_fd, data, done) if data else 0
+        if copied == 0:
+            raise OSError(errno.EIO, f"the source ended {size - done} bytes early (it shrank while being copied)")
+        done += copied
+    return STREAMED

@@ -1,35 +1,69 @@
 """Write the optimized package: every file copied byte for byte except the root model, written from the new spec.
 
-`PackageWriter` starts copying as soon as it is opened, in a background thread, into a hidden staging folder next
-to the destination; the caller analyses and rewrites the spec meanwhile (the copy is kernel work and does not hold
-the GIL), then `commit`s the model file. The staging folder is renamed into place only when complete, so an error
-or Ctrl-C never leaves a partial package. Files are copied by the file system (copy.py: clone, copy_file_range, or
-a streamed copy; hard links with `link`): the weight file is never read into memory.
+`PackageWriter` checks OUT (destination.py), then starts copying at once, in a background thread, into a hidden
+staging folder it creates next to OUT (staging.py); the caller analyses and rewrites the spec meanwhile (the copy
+is kernel work and does not hold the GIL), then `commit`s the model file. Everything is written through file
+descriptors of folders this run created, into files it created with O_EXCL: nothing is written through a path
+that existed before. Files and folders are fsync'ed, then the staging folder takes OUT's name in one atomic step
+that fails if OUT appeared meanwhile (claim.py), or swaps with the package `--force` replaces. An error, Ctrl-C or
+SIGTERM removes the staging folder and the parent folders this run created: nothing partial is ever left.
 """
 
+import errno
 import os
-import shutil
-import tempfile
 import threading
 
-from ..errors import BadInputError
-from .copy import Cancelled, copy_file
+from ..errors import BadInputError, OutputError
+from . import claim, destination, staging
+from .copy import Cancelled, copy_into, create_file
+from .tree import FILE
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+_LIVE = set()  # writers whose staging folder or created parents may still exist
+
+
+def abort_all():
+    """Clean up after every writer still live: the safety net for an interrupt that lands between two
+    statements (after a writer is built, before its `with` block is entered)."""
+    for writer in list(_LIVE):
+        writer.abort()
 
 
 class PackageWriter:
     """with PackageWriter(package, out) as writer: ...; writer.commit(spec) - copy first, model file last."""
 
     def __init__(self, package, out_path, force=False, link=False):
+        _LIVE.add(self)
         self.package = package
-        self.out_path = os.path.abspath(os.fspath(out_path))
         self.link = link
         self.methods = set()  # copy methods used, e.g. {"copy_file_range"}
+        self.notes = []  # what the report should say (stale folders removed)
         self._error = None
         self._cancel = threading.Event()
-        check_output(package, self.out_path, force)
-        parent = os.path.dirname(self.out_path)
-        os.makedirs(parent, exist_ok=True)
-        self.staging = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_path)}.mlopt-tmp-", dir=parent)
+        self._folders = {}  # staging-relative folder -> fd
+        self._thread = None
+        self.staging = None  # the staging folder's name in OUT's parent, while it exists
+        self.dest = destination.Destination.of(out_path)
+        try:
+            destination.prepare(self.dest, package, force)
+        except BaseException:
+            self._cleanup()
+            raise
+        self.out_path = os.path.join(self.dest.parent, self.dest.name)
+        try:
+            self.notes += staging.remove_stale(self.dest.dir_fd, self.dest.parent, self.dest.name)
+            self.staging = staging.new_name(self.dest.name, staging.TMP)
+            os.mkdir(self.staging, 0o700, dir_fd=self.dest.dir_fd)
+            self._folders[""] = os.open(self.staging, _DIR_FLAGS, dir_fd=self.dest.dir_fd)
+        except OSError as e:
+            self._cleanup()
+            raise self._write_error(e) from None
+        except BaseException:
+            self._cleanup()
+            raise
         self._thread = threading.Thread(target=self._copy_all, name="mlopt-copy", daemon=True)
         self._thread.start()
 
@@ -41,36 +75,145 @@ class PackageWriter:
             self.abort()
         return False
 
+    # -- copying (background thread) ------------------------------------------------------------------------
     def _copy_all(self):
         try:
-            for source, target in _files(self.package, self.staging):
+            for entry in self.package.entries:
                 if self._cancel.is_set():
                     return
-                self.methods.add(copy_file(source, target, link=self.link, cancelled=self._cancel.is_set))
+                if entry.rel == self.package.model_rel:
+                    continue
+                if entry.kind == FILE:
+                    self.methods.add(self._copy(entry.rel))
+                else:
+                    self._make_folder(entry.rel)
         except Cancelled:
             pass
         except BaseException as e:  # handed to commit()
             self._error = e
 
+    def _make_folder(self, rel):
+        parent, _, name = rel.rpartition("/")
+        try:
+            os.mkdir(name, 0o777, dir_fd=self._folders[parent])
+            self._folders[rel] = os.open(name, _DIR_FLAGS, dir_fd=self._folders[parent])
+        except OSError as e:
+            raise self._write_error(e) from None
+
+    def _copy(self, rel):
+        parent, _, name = rel.rpartition("/")
+        source = self.package.tree.open_file(rel)
+        link_from = None
+        try:
+            if self.link:
+                link_from = (self.package.tree.open_folder(parent.split("/") if parent else []), name)
+            try:
+                return copy_into(source, self._folders[parent], name, link_from=link_from, cancelled=self._cancel.is_set)
+            except (Cancelled, BadInputError):
+                raise
+            except OSError as e:
+                raise self._write_error(e) from None
+        finally:
+            os.close(source)
+            if link_from is not None:
+                os.close(link_from[0])
+
+    # -- finishing ------------------------------------------------------------------------------------------
     def commit(self, spec):
         """Wait for the copy, write the model file (`spec`, or the input's bytes if None), move into place."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        target = os.path.join(self.staging, self.package.model_relpath)
-        if spec is None:
-            self.methods.add(copy_file(self.package.model_path, target, link=self.link))
-        else:
-            with open(target, "wb") as f:
-                f.write(spec.SerializeToString())
-        os.chmod(self.staging, 0o755)  # mkdtemp creates 0700
-        _replace(self.staging, self.out_path)
+        try:
+            self._write_model(spec)
+            for fd in self._folders.values():  # every folder's entries on disk before the rename
+                os.fsync(fd)
+            os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
+            self._put_in_place()
+            os.fsync(self.dest.dir_fd)
+        except OSError as e:
+            raise self._write_error(e) from None
+        self._close_folders()
+        self.dest.close()
+        _LIVE.discard(self)
         return self.methods
 
+    def _write_model(self, spec):
+        parent, _, name = self.package.model_rel.rpartition("/")
+        if spec is None:
+            self.methods.add(self._copy(self.package.model_rel))
+            return
+        fd = create_file(self._folders[parent], name)
+        try:
+            data = memoryview(spec.SerializeToString())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _put_in_place(self):
+        fd, name = self.dest.dir_fd, self.dest.name
+        if self.dest.replaces is not None and _identity_at(fd, name) == self.dest.replaces:
+            old = claim.swap(fd, self.staging, name, aside=staging.new_name(name, staging.OLD))
+            self.staging = None
+            if _identity_at(fd, old) == self.dest.replaces:  # the package we checked, nothing else
+                try:
+                    staging.remove_tree(fd, self.dest.parent, old)
+                except OSError as e:
+                    self.notes.append(f"the replaced package could not be removed from {old} ({e.strerror})")
+            return
+        try:
+            claim.claim(fd, self.staging, name)
+        except FileExistsError:
+            what = "appeared while mlopt was writing it" if self.dest.replaces is None else "changed while mlopt was writing it"
+            raise BadInputError(self.dest.path, f"{what}; nothing was replaced (use --force to replace it)") from None
+        self.staging = None
+
     def abort(self):
+        """Stop the copy and remove everything this run created."""
         self._cancel.set()
-        self._thread.join()
-        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._thread is not None:
+            self._thread.join()
+        self._cleanup()
+
+    def _cleanup(self):
+        """Idempotent: may run again if a signal cut it short."""
+        self._close_folders()
+        if self.staging is not None and self.dest.dir_fd is not None:
+            try:
+                staging.remove_tree(self.dest.dir_fd, self.dest.parent, self.staging)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass
+            self.staging = None
+        self.dest.close(failed=True)
+        _LIVE.discard(self)
+
+    def _close_folders(self):
+        while self._folders:
+            os.close(self._folders.popitem()[1])
+
+    def _write_error(self, error):
+        """The one-line error for a failed write, naming OUT (not the hidden staging folder)."""
+        if error.errno in _PERMISSION:
+            return BadInputError(self.dest.path, f"cannot be written in {self.dest.parent} ({error.strerror})")
+        return OutputError(self.dest.path, f"could not be written ({error.strerror or error}); nothing was written")
+
+
+def _identity_at(dir_fd, name):
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_package(package, spec, out_path, force=False, link=False):
@@ -80,42 +223,3 @@ def write_package(package, spec, out_path, force=False, link=False):
     nor Core ML edits a package's files in place, but editing one then edits both."""
     with PackageWriter(package, out_path, force=force, link=link) as writer:
         return writer.commit(spec)
-
-
-def check_output(package, out_path, force):
-    """Refuse an output that exists (unless `force`), is the input (unless `force`), or is not a folder."""
-    exists = os.path.lexists(out_path)
-    if exists and not force:
-        same = os.path.exists(out_path) and os.path.samefile(out_path, package.path)
-        raise BadInputError(out_path, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
-    if exists and not os.path.isdir(out_path):
-        raise BadInputError(out_path, "exists and is not a folder; refusing to replace it")
-
-
-def _files(package, dest):
-    """(source, target) for every file but the root model, creating the folders on the way."""
-    model_rel = package.model_relpath
-    for root, dirs, files in os.walk(package.path):
-        rel_root = os.path.relpath(root, package.path)
-        for d in dirs:
-            os.makedirs(os.path.join(dest, rel_root, d), exist_ok=True)
-        for name in files:
-            rel = os.path.normpath(os.path.join(rel_root, name))
-            if rel != model_rel:
-                yield os.path.join(root, name), os.path.join(dest, rel)
-
-
-def _replace(staging, out_path):
-    """Move the finished package into place; an existing output is swapped out, then removed."""
-    if not os.path.lexists(out_path):
-        os.rename(staging, out_path)
-        return
-    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.mlopt-old-", dir=os.path.dirname(out_path))
-    os.rmdir(backup)
-    os.rename(out_path, backup)
-    try:
-        os.rename(staging, out_path)
-    except BaseException:
-        os.rename(backup, out_path)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""Where the output goes, and what `--force` may replace there. Checked before anything is written.
+
+The rules (README, "Safety"):
+- OUT may not be inside the input package, at any depth, by any path (compared by device and inode, so links and
+  `..` make no difference): the copy would copy itself.
+- An existing OUT is refused without `--force`. With `--force` it is replaced only if it is an `.mlpackage` folder
+  (a real folder, not a link, holding a Manifest.json) that does not contain the input. OUT == IN (in place) is
+  allowed with `--force`. A plain folder, a file, a link are never deleted.
+- OUT's missing parent folders are created, and removed again if the run fails.
+"""
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from ..errors import BadInputError
+from .manifest import MANIFEST
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class Destination:
+    path: str  # OUT as the user gave it
+    parent: str  # absolute path of OUT's folder
+    name: str  # OUT's last component
+    dir_fd: int = None  # the parent folder, open
+    created: list = field(default_factory=list)  # parent folders this run created, outermost first
+    replaces: tuple = None  # (st_dev, st_ino) of the package --force replaces, None if OUT is free
+
+    @classmethod
+    def of(cls, out_path):
+        """OUT's parts; nothing checked or created yet."""
+        shown = os.fspath(out_path)
+        parent, name = os.path.split(os.path.abspath(shown))
+        return cls(shown, parent, name)
+
+    def close(self, failed=False):
+        """Close the parent; after a failure also remove the parent folders this run created (if still empty)."""
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+        if failed:
+            for folder in reversed(self.created):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+            self.created = []
+
+
+def _identity(st):
+    return (st.st_dev, st.st_ino)
+
+
+def _ancestors(path):
+    """(dev, ino) of the existing folder `path` and of every folder above it, following links as the OS does."""
+    chain, path = [], os.path.realpath(path)
+    while True:
+        try:
+            chain.append(_identity(os.stat(path)))
+        except OSError:
+            pass
+        up = os.path.dirname(path)
+        if up == path:
+            return chain
+        path = up
+
+
+def prepare(destination, package, force):
+    """Check OUT against the rules, create its missing parent folders (recorded in `destination.created` as they
+    are made, so an interrupt at any point can remove them) and open its parent; BadInputError if OUT breaks a rule."""
+    shown, parent, name = destination.path, destination.parent, destination.name
+    if name in ("", ".", ".."):
+        raise BadInputError(shown, "is not a name for a package folder")
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise BadInputError(shown, f"cannot be created: {existing} is not a folder")
+    if package.tree.identity in _ancestors(existing):
+        raise BadInputError(shown, f"is inside the input package {package.path}; write the output outside it")
+    absolute = os.path.join(parent, name)
+    if os.path.lexists(absolute):
+        destination.replaces = _check_replaceable(shown, absolute, package, force)
+    _create_parents(destination, existing)
+    try:
+        destination.dir_fd = os.open(parent, _DIR_FLAGS)
+    except OSError as e:
+        raise BadInputError(shown, f"cannot be written: {parent} cannot be opened ({e.strerror})") from None
+
+
+def _check_replaceable(shown, absolute, package, force):
+    st = os.lstat(absolute)
+    same = os.path.exists(absolute) and _identity(os.stat(absolute)) == package.tree.identity
+    if not force:
+        raise BadInputError(shown, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
+    if stat.S_ISLNK(st.st_mode):
+        raise BadInputError(shown, "is a symbolic link; --force replaces only an .mlpackage folder, never a link (name the package itself)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInputError(shown, "exists and is not a folder; refusing to replace it")
+    try:
+        manifest = os.stat(os.path.join(absolute, MANIFEST), follow_symlinks=False)
+    except OSError:
+        manifest = None
+    if manifest is None or not stat.S_ISREG(manifest.st_mode):
+        raise BadInputError(shown, f"is a folder but not an .mlpackage (no {MANIFEST}); --force replaces only a package, so it is left alone")
+    if not same and _identity(st) in _ancestors(package.path):
+        raise BadInputError(shown, f"contains the input package {package.path}; refusing to replace it")
+    return _identity(st)
+
+
+def _create_parents(destination, existing):
+    missing = []
+    folder = destination.parent
+    while folder != existing:
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to remove
+        except OSError as e:
+            problem = "cannot be written" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "cannot be created"
+            raise BadInputError(destination.path, f"{problem}: folder {folder} cannot be made ({e.strerror})") from None
+        destination.created.append(folder)
