@@ -2,8 +2,11 @@
 
 Inputs are packages or folders; a folder is searched recursively for packages and its layout is mirrored under
 the output folder. Each model is optimized independently: one bad model is reported with its one-line error and
-the others go on. Every output is written atomically (package/writer.py), so an interrupted batch (Ctrl-C) leaves
-finished packages and no partial ones.
+the others go on. Every output is written atomically (package/writer.py), so an interrupted batch (Ctrl-C,
+SIGTERM, SIGHUP) leaves finished packages and no partial ones: a worker interrupted inside a model aborts that
+model's writer itself and reports it "interrupted"; an idle worker ignores the signal and the pool is shut down.
+A signal only the parent receives (`kill PID`) is passed on to the workers. Folders are searched without following
+symbolic links; a link found there is listed as skipped (name it directly to optimize what it points to).
 """
 
 import os
@@ -13,8 +16,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
-from .errors import BadInputError
+from .errors import BadInputError, MloptError
 from .package.manifest import MANIFEST
+
+_in_task = [0]  # in a worker process, during a model: the commit count at which its package is in place (0: idle)
+_stopping = [False]  # in a worker process: a signal came; models handed over later are not started
 
 
 @dataclass
@@ -38,13 +44,14 @@ class BatchItem:
 @dataclass
 class BatchResult:
     items: list
-    interrupted: bool = False  # Ctrl-C stopped the batch (even if every model had finished by then)
+    interrupted: bool = False  # a signal stopped the batch (even if every model had finished by then)
+    signal_exit: int = 130  # the exit code for that signal (128 + its number)
 
     @property
     def exit_code(self):
         statuses = {i.status for i in self.items}
         if self.interrupted:
-            return 130
+            return self.signal_exit
         if "failed" in statuses:
             return 1
         return 2 if "bad input" in statuses else 0
@@ -70,27 +77,37 @@ class BatchResult:
 
 
 def find_packages(root):
-    """Packages under `root`, recursively, in sorted order; a package's own folders are not searched."""
-    found = []
+    """(packages, links) under `root`, recursively, in sorted order; a package's own folders are not searched and
+    no symbolic link is followed: links to folders are returned apart, to be reported as skipped."""
+    found, links = [], []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         if folder != root and (folder.endswith(".mlpackage") or MANIFEST in files):
             found.append(folder)
             dirs[:] = []
-    return found
+            continue
+        for name in list(dirs):
+            if os.path.islink(os.path.join(folder, name)):
+                links.append(os.path.join(folder, name))
+                dirs.remove(name)
+    return found, links
 
 
 def plan(inputs, out_dir):
     """One BatchItem per model: packages named directly go to out_dir/<name>, packages found in a folder keep
     their path relative to it. Paths that are neither become items that fail with the reason."""
+    out_dir = os.fspath(out_dir)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise BadInputError(out_dir, "--out-dir is not a folder")
     items = []
     for path in inputs:
         path = os.fspath(path)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST)) and not path.endswith(".mlpackage"):
-            packages = find_packages(path)
-            if not packages:
+            packages, links = find_packages(path)
+            if not packages and not links:
                 items.append(BatchItem(path, status="bad input", error=f"{path}: no .mlpackage found in this folder"))
             items += [BatchItem(p, os.path.join(out_dir, os.path.relpath(p, path))) for p in packages]
+            items += [BatchItem(p, status="skipped", error=f"{p}: a symbolic link; folders are searched without following links") for p in links]
         else:
             items.append(BatchItem(path, os.path.join(out_dir, os.path.basename(os.path.normpath(path)))))
     seen = {}
@@ -105,18 +122,56 @@ def plan(inputs, out_dir):
 
 
 def optimize_one(input_path, output_path, options):
-    """Worker: optimize one model; never raises for a bad model (Ctrl-C does raise). Returns (status, error, seconds,
-    report dict)."""
+    """Worker: optimize one model; never raises for a bad model, nor for a signal that interrupts it in a worker
+    process. Returns (status, error, seconds, report dict)."""
     from .api import optimize_package
 
+    from .package import writer
+
     start = time.perf_counter()
+    if _stopping[0]:
+        return "interrupted", "interrupted; nothing was written", 0.0, None
+    _in_task[0] = writer.COMMITS[0] + 1  # interruptible until this task's package is in place
     try:
         report = optimize_package(input_path, output_path, **options)
         return "ok", None, time.perf_counter() - start, report.to_dict()
     except BadInputError as e:
         return "bad input", str(e), time.perf_counter() - start, None
-    except Exception as e:  # noqa: BLE001 - reported per model, the batch goes on; Ctrl-C is no Exception: it stops
+    except MloptError as e:
+        return "failed", str(e), time.perf_counter() - start, None
+    except KeyboardInterrupt:
+        from .package.writer import abort_all
+
+        abort_all()  # a signal may have cut a writer's own cleanup short
+        if not _is_worker():
+            raise  # in the main process an interrupt stops the batch
+        return "interrupted", "interrupted; nothing was written", time.perf_counter() - start, None
+    except Exception as e:  # noqa: BLE001 - reported per model, the batch goes on
         return "failed", f"{input_path}: internal error: {type(e).__name__}: {e}", time.perf_counter() - start, None
+    finally:
+        _in_task[0] = 0
+
+
+def _is_worker():
+    import multiprocessing
+
+    return multiprocessing.parent_process() is not None
+
+
+def _worker_init():
+    """Worker processes: a signal interrupts the model being optimized (its writer cleans up), and is ignored
+    between models, where the parent is shutting the pool down anyway."""
+    from .cli import signals
+
+    from .package import writer
+
+    def handler(signum, frame):
+        _stopping[0] = True
+        if _in_task[0] and writer.COMMITS[0] < _in_task[0]:
+            _in_task[0] = 0  # once: the cleanup that follows runs uninterrupted
+            raise signals.Interrupted(signum)
+
+    signals.install(handler)
 
 
 def run(items, jobs=1, progress=None, **options):
@@ -130,42 +185,56 @@ def run(items, jobs=1, progress=None, **options):
             for item in pending:
                 _finish(item, optimize_one(item.input, item.output, options), progress)
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
-                try:
-                    for future in as_completed(futures):
-                        _finish(futures[future], future.result(), progress)
-                except (KeyboardInterrupt, BrokenProcessPool):  # Ctrl-C reaches the workers too
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    # work already handed to a worker may have finished meanwhile: report it as it ended
-                    for future, item in futures.items():
-                        if item.status == "pending" and future.done() and not future.cancelled() and future.exception() is None:
-                            _finish(item, future.result(), None)
-                    raise KeyboardInterrupt from None
-    except KeyboardInterrupt:
+            _run_pool(pending, jobs, progress, options)
+    except KeyboardInterrupt as e:
+        from .cli import signals
+        from .package.writer import abort_all
+
+        abort_all()
+
         for item in pending:
             if item.status == "pending":
                 item.status, item.error = "interrupted", "interrupted; nothing was written"
-        _remove_staging(items)
-        return BatchResult(items, interrupted=True)
+        return BatchResult(items, interrupted=True, signal_exit=signals.exit_code(e))
     return BatchResult(items)
+
+
+def _run_pool(pending, jobs, progress, options):
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+    futures = {}
+    try:
+        futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
+        for future in as_completed(futures):
+            _finish(futures[future], future.result(), progress)
+    except (KeyboardInterrupt, BrokenProcessPool) as e:
+        _signal_workers(pool, getattr(e, "signum", None))
+        pool.shutdown(wait=True, cancel_futures=True)
+        # work already handed to a worker may have finished (or been interrupted) meanwhile: report it as it ended
+        for future, item in futures.items():
+            if item.status == "pending" and future.done() and not future.cancelled() and future.exception() is None:
+                _finish(item, future.result(), None)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt from None
+    pool.shutdown(wait=True)
+
+
+def _signal_workers(pool, signum):
+    """Pass a signal only the parent got (`kill PID`) on to the workers, so they abort their models too.
+    A Ctrl-C reached them already; a second one is ignored by their handler."""
+    import signal as signal_module
+
+    for process in list(getattr(pool, "_processes", {}).values()):
+        try:
+            os.kill(process.pid, signum or signal_module.SIGTERM)
+        except (OSError, AttributeError):
+            pass
 
 
 def _finish(item, outcome, progress):
     item.status, item.error, item.seconds, item.report = outcome
     if progress:
         progress(item)
-
-
-def _remove_staging(items):
-    """After an interrupt: remove temporary folders a killed worker could not clean up itself."""
-    import shutil
-
-    for parent in {os.path.dirname(os.path.abspath(i.output)) for i in items if i.output}:
-        if os.path.isdir(parent):
-            for name in os.listdir(parent):
-                if ".mlopt-tmp-" in name:
-                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def progress_reporter(total, stream=None):

@@ -119,7 +119,9 @@ def test_interrupt_leaves_no_partial_packages(models, tmp_path, monkeypatch, job
 
 
 def test_find_packages_does_not_descend_into_packages(models):
-    found = batch.find_packages(str(models))
+    (models / "team" / "linked").symlink_to(models / "team" / "v2")
+    found, links = batch.find_packages(str(models))
+    assert links == [str(models / "team" / "linked")]
     assert [os.path.relpath(p, models) for p in found] == [
         "hf_fp16_ios17.mlpackage",
         os.path.join("team", "broken.mlpackage"),

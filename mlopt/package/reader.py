@@ -48,8 +48,14 @@ class ModelPackage:
 
 
 def read_package(path):
-    """Parse the package at `path`, check that it holds an ML program mlopt can work on, and return it."""
-    return load_spec(locate_package(path))
+    """Parse the package at `path`, check that it holds an ML program mlopt can work on, and return it (open:
+    the caller closes it)."""
+    package = locate_package(path)
+    try:
+        return load_spec(package)
+    except BaseException:
+        package.close()
+        raise
 
 
 def locate_package(path):
@@ -80,13 +86,10 @@ def locate_package(path):
 
 
 def load_spec(package):
-    """Parse and check the package's root model; returns the package with `spec` set."""
-    try:
-        package.spec = parse_spec(package.tree.read_bytes(package.model_rel, what="model file"), package.model_path)
-        check_ml_program(package.spec, package.model_path)
-    except BaseException:
-        package.close()
-        raise
+    """Parse and check the package's root model; returns the package with `spec` set. The package stays open
+    either way: a copy may be reading it (the caller closes it)."""
+    package.spec = parse_spec(package.tree.read_bytes(package.model_rel, what="model file"), package.model_path)
+    check_ml_program(package.spec, package.model_path)
     return package
 
 

@@ -11,7 +11,9 @@ SIGTERM removes the staging folder and the parent folders this run created: noth
 
 import errno
 import os
+import signal
 import threading
+from contextlib import contextmanager
 
 from ..errors import BadInputError, OutputError
 from . import claim, destination, staging
@@ -23,6 +25,22 @@ _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 _LIVE = set()  # writers whose staging folder or created parents may still exist
+COMMITS = [0]  # packages this process has put in place: a signal after a commit interrupts nothing of it
+_DEFERRED = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+
+
+@contextmanager
+def signals_deferred():
+    """Signals arriving inside are delivered when it ends: for the few steps an exception must not split
+    (starting the copy thread; renaming into place and recording it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def abort_all():
@@ -58,14 +76,15 @@ class PackageWriter:
             self.staging = staging.new_name(self.dest.name, staging.TMP)
             os.mkdir(self.staging, 0o700, dir_fd=self.dest.dir_fd)
             self._folders[""] = os.open(self.staging, _DIR_FLAGS, dir_fd=self.dest.dir_fd)
+            with signals_deferred():  # a thread interrupted while starting could neither be joined nor trusted
+                self._thread = threading.Thread(target=self._copy_all, name="mlopt-copy", daemon=True)
+                self._thread.start()
         except OSError as e:
             self._cleanup()
             raise self._write_error(e) from None
         except BaseException:
             self._cleanup()
             raise
-        self._thread = threading.Thread(target=self._copy_all, name="mlopt-copy", daemon=True)
-        self._thread.start()
 
     def __enter__(self):
         return self
@@ -129,13 +148,17 @@ class PackageWriter:
             for fd in self._folders.values():  # every folder's entries on disk before the rename
                 os.fsync(fd)
             os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
-            self._put_in_place()
+            with signals_deferred():  # in place and recorded as such, or neither
+                self._put_in_place()
+                COMMITS[0] += 1
+                _LIVE.discard(self)
             os.fsync(self.dest.dir_fd)
         except OSError as e:
             raise self._write_error(e) from None
-        self._close_folders()
-        self.dest.close()
-        _LIVE.discard(self)
+        finally:
+            if self.staging is None:
+                self._close_folders()
+                self.dest.close()
         return self.methods
 
     def _write_model(self, spec):
