@@ -37,22 +37,28 @@ def run_cli(argv=None):
         result, code = COMMANDS[args.command].run(args)
         _print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
         return code
-    except BadInputError as e:
-        return _fail(f"mlopt: error: {e}", 2)
-    except MloptError as e:
-        return _fail(f"mlopt: error: {e}", 1)
     except KeyboardInterrupt as e:
-        from ..package.writer import abort_all
-
-        abort_all()  # whatever a writer had not cleaned up yet (an interrupt between two statements)
-        return _fail(f"mlopt: interrupted by {signals.name(e)}; no partial output was left", signals.exit_code(e))
+        return _interrupted(e)
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE
+    except BadInputError as e:
+        return _interrupted(signals.received()) if signals.received() else _fail(f"mlopt: error: {e}", 2)
+    except MloptError as e:
+        return _interrupted(signals.received()) if signals.received() else _fail(f"mlopt: error: {e}", 1)
     except Exception as e:  # our bug or limitation: one line, traceback on request
+        if signals.received():
+            return _interrupted(signals.received())
         if os.environ.get("MLOPT_DEBUG"):
             traceback.print_exc()
         return _fail(f"mlopt: {command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)", 1)
+
+
+def _interrupted(interrupt):
+    from ..package.writer import abort_all
+
+    abort_all()  # whatever a writer had not cleaned up yet (an interrupt between two statements)
+    return _fail(f"mlopt: interrupted by {signals.name(interrupt)}; no partial output was left", signals.exit_code(interrupt))
 
 
 def _print(text):

@@ -28,14 +28,25 @@ def _raise_once(signum, frame):
 
 def install(handler=_raise_once):
     """Route the caught signals to `handler` (main thread only, as Python requires); returns the previous
-    handlers for `restore`."""
+    handlers for `restore`. A signal the parent set to be ignored stays ignored (`nohup mlopt ...` keeps running
+    when the terminal closes)."""
     del _received[:]
-    return {signum: signal.signal(signum, handler) for signum in CAUGHT}
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in CAUGHT
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
 
 
 def restore(previous):
     for signum, handler in previous.items():
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def received():
+    """An Interrupted for the signal received during this run, or None. Whatever fails after a signal (an import
+    cut short surfaces as ImportError) is reported as that interruption, not as an error of its own."""
+    return Interrupted(_received[0]) if _received else None
 
 
 def exit_code(interrupt):
