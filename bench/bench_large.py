@@ -5,7 +5,8 @@
     python bench/bench_large.py --size small    # a few MB, for a quick smoke run
 
 Generates a Llama-shaped fp16 package with the coremltools MIL builder (random weights; kept in --work-dir and
-reused if present), then times, side by side on the warm page cache:
+reused if present), then times, side by side on the warm page cache, each until its output is on disk (`sync`
+after the process ends, inside the timed span; mlopt fsyncs its files itself before renaming them into place):
   - `cp -r` of the package;
   - `mlopt optimize` (a fresh process, as a user runs it);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
@@ -102,13 +103,15 @@ def package_size(path):
 def timed(argv, dst, peak=False):
     """Wall seconds and peak RSS (MB, or None) of one run writing `dst` (removed before and after). With `peak`,
     argv is ["-m", module, args...] or ["-s", script, args...], run through the PEAK wrapper. Dirty pages are
-    flushed first (`sync`), so every run starts from the same state of the page cache."""
+    flushed first (`sync`), so every run starts from the same state of the page cache, and again before the clock
+    stops, so every run is timed until its output is on disk."""
     shutil.rmtree(dst, ignore_errors=True)
     os.sync()
     if peak:
         argv = [sys.executable, "-c", PEAK, *argv]
     start = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True)
+    os.sync()  # timed until the output is on disk, for every step alike
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} failed:\n{result.stderr[-2000:]}")
@@ -134,7 +137,7 @@ def bench(src, work, runs, round_trip_runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="2gb")
-    parser.add_argument("--runs", type=int, default=5, help="runs of cp and mlopt (median reported)")
+    parser.add_argument("--runs", type=int, default=7, help="interleaved runs of cp and mlopt (median reported)")
     parser.add_argument("--round-trip-runs", type=int, default=2, help="runs of the coremltools round trip")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
     args = parser.parse_args()

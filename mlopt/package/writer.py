@@ -189,7 +189,7 @@ class PackageWriter:
         try:
             claim.claim(fd, self.staging, name)
         except FileExistsError:
-            what = "appeared while mlopt was writing it" if self.dest.replaces is None else "changed while mlopt was writing it"
+            what = "already exists: it appeared while mlopt was writing" if self.dest.replaces is None else "changed while mlopt was writing"
             raise BadInputError(self.dest.path, f"{what}; nothing was replaced (use --force to replace it)") from None
         self.staging = None
 

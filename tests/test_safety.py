@@ -1,0 +1,462 @@
+"""File-system safety: each rule of README's "Safety" section, attacked the way a tester would.
+
+Every test builds its layout in tmp_path from a fixture copy, runs mlopt, and checks that nothing outside what
+mlopt created changed: the input tree (links included), files beside it, files links point to.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import fixture_path, op_types
+from mlopt.cli import main
+from mlopt.package import staging as staging_module
+from mlopt.package import writer as writer_module
+
+MODEL = os.path.join("Data", "com.apple.CoreML", "model.mlmodel")
+WEIGHTS = os.path.join("Data", "com.apple.CoreML", "weights", "weight.bin")
+
+
+def snapshot(root):
+    """{relative path: bytes, link target or kind} of everything under `root`, links and special files not followed."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                found[rel] = ("link", os.readlink(path))
+            elif os.path.isfile(path) and not os.path.islink(path) and (st.st_mode & 0o170000) == 0o100000:
+                with open(path, "rb") as f:
+                    found[rel] = ("file", f.read())
+            elif os.path.isdir(path):
+                found[rel] = ("dir",)
+            else:
+                found[rel] = ("special", st.st_mode & 0o170000)
+    return found
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def copy_fixture(dst, name="hf_fp16_ios17"):
+    shutil.copytree(fixture_path(name), dst)
+    return dst
+
+
+def leftovers(root):
+    return [p for p in root.rglob("*") if ".mlopt-" in p.name]
+
+
+# -- inputs reached through links are never written ------------------------------------------------------------
+def test_input_through_a_symlinked_parent_is_untouched(tmp_path, capsys):
+    copy_fixture(tmp_path / "real" / "a.mlpackage")
+    (tmp_path / "link").symlink_to("real")
+    before = snapshot(tmp_path / "real" / "a.mlpackage")
+    code, out, err = cli(capsys, "optimize", tmp_path / "link" / "a.mlpackage", tmp_path / "link" / "b.mlpackage")
+    assert code == 0, err
+    assert snapshot(tmp_path / "real" / "a.mlpackage") == before
+    assert "layer_norm" in op_types(str(tmp_path / "real" / "b.mlpackage"))
+
+
+@pytest.mark.parametrize("extra", [[], ["--link"], ["--compute-units", "ALL"]])
+def test_input_that_is_a_symlink_beside_out_is_untouched(tmp_path, capsys, extra):
+    copy_fixture(tmp_path / "real.mlpackage")
+    (tmp_path / "in.mlpackage").symlink_to("real.mlpackage")
+    before = snapshot(tmp_path / "real.mlpackage")
+    code, out, err = cli(capsys, "optimize", tmp_path / "in.mlpackage", tmp_path / "out.mlpackage", *extra)
+    assert code == 0, err
+    assert snapshot(tmp_path / "real.mlpackage") == before
+    assert os.path.islink(tmp_path / "in.mlpackage")
+    assert op_types(str(tmp_path / "out.mlpackage"))
+
+
+def test_in_place_through_a_symlink_is_refused(tmp_path, capsys):
+    copy_fixture(tmp_path / "real.mlpackage")
+    (tmp_path / "in.mlpackage").symlink_to("real.mlpackage")
+    before = snapshot(tmp_path)
+    link = tmp_path / "in.mlpackage"
+    code, out, err = cli(capsys, "optimize", link, link, "--force")
+    assert code == 2
+    assert err == f"mlopt: error: {link}: is a symbolic link; --force replaces only an .mlpackage folder, never a link (name the package itself)\n"
+    assert snapshot(tmp_path) == before
+
+
+def test_links_inside_the_package_are_refused_and_never_followed(tmp_path, capsys):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(str(pkg / "Data"), str(outside / "Data"))
+    (pkg / "Data").symlink_to(outside / "Data")
+    before = snapshot(tmp_path)
+    code, out, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2
+    assert err == (
+        f"mlopt: error: {pkg / 'Data'}: is a symbolic link (to {outside / 'Data'}); mlopt follows no link inside a "
+        "package, so nothing outside it is read (resolve links first, e.g. cp -RL)\n"
+    )
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "big", "Data/com.apple.CoreML/model.mlmodel", "missing", "loop"])
+def test_any_link_in_the_package_is_refused_before_copying(tmp_path, capsys, target):
+    """Links out (to /etc/passwd, to a large file), links that stay inside, dangling links, link loops."""
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    (tmp_path / "big").write_bytes(b"x" * 1_000_000)
+    link = pkg / "Data" / "extra"
+    link.symlink_to({"big": str(tmp_path / "big"), "missing": str(tmp_path / "missing"), "loop": str(link)}.get(target, target))
+    code, out, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2
+    assert err.startswith(f"mlopt: error: {link}: is a symbolic link (to ") and err.count("\n") == 1
+    assert not (tmp_path / "out.mlpackage").exists() and leftovers(tmp_path) == []
+
+
+def test_a_weight_path_leaving_the_package_is_refused_without_reading_it(tmp_path, capsys):
+    from mlopt.package.proto import Model_pb2
+
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    spec = Model_pb2.Model()
+    spec.ParseFromString((pkg / MODEL).read_bytes())
+    block = spec.mlProgram.functions["main"].block_specializations["CoreML7"]
+    blob = next(op for op in block.operations if op.attributes["val"].WhichOneof("value") == "blobFileValue")
+    blob.attributes["val"].blobFileValue.fileName = "@model_path/../../../secret"
+    (pkg / MODEL).write_bytes(spec.SerializeToString())
+    (tmp_path / "secret").write_bytes(b"TOPSECRET" * 100)
+    code, out, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2
+    assert err == (
+        f"mlopt: error: {pkg / 'Data' / 'com.apple.CoreML'}: weight file name '@model_path/../../../secret' "
+        "points outside the package\n"
+    )
+    assert "TOPSECRET" not in err
+
+
+# -- special files are never opened ----------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["Data/fifo", "Data/com.apple.CoreML/weights/weight.bin", "Manifest.json", "socket"])
+def test_special_files_are_refused_without_opening_them(tmp_path, where):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    path = pkg / where
+    if path.exists():
+        path.unlink()
+    if where == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        kind = "a socket"
+    else:
+        os.mkfifo(path)
+        kind = "a FIFO"
+    for argv in (["optimize", pkg, tmp_path / "out.mlpackage"], ["inspect", pkg], ["verify", pkg, pkg]):
+        result = subprocess.run([sys.executable, "-m", "mlopt", *map(str, argv)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"mlopt: error: {path}: is {kind}, not a regular file; mlopt never opens special files\n"
+    assert not (tmp_path / "out.mlpackage").exists() and leftovers(tmp_path) == []
+
+
+# -- what --force may replace ------------------------------------------------------------------------------------
+def test_force_never_deletes_a_plain_folder(tmp_path, capsys):
+    docs = tmp_path / "my_documents"
+    docs.mkdir()
+    (docs / "precious.txt").write_text("mine")
+    code, out, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), docs, "--force")
+    assert code == 2
+    assert err == f"mlopt: error: {docs}: is a folder but not an .mlpackage (no Manifest.json); --force replaces only a package, so it is left alone\n"
+    assert (docs / "precious.txt").read_text() == "mine"
+
+
+def test_force_never_replaces_the_folder_holding_the_input(tmp_path, capsys):
+    """OUT = the folder that holds IN (made to look like a package): refused, IN and its neighbours kept."""
+    holder = tmp_path / "holder.mlpackage"
+    pkg = copy_fixture(holder / "in.mlpackage")
+    (holder / "Manifest.json").write_text("{}")
+    (holder / "neighbour.txt").write_text("keep")
+    before = snapshot(tmp_path)
+    code, out, err = cli(capsys, "optimize", pkg, holder, "--force")
+    assert code == 2
+    assert err == f"mlopt: error: {holder}: contains the input package {pkg}; refusing to replace it\n"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_inside_the_input_is_refused_up_front(tmp_path, capsys, force):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    before = snapshot(tmp_path)
+    out = pkg / "Data" / "nested" / "out.mlpackage"
+    code, _, err = cli(capsys, "optimize", pkg, out, *force)
+    assert code == 2
+    assert err == f"mlopt: error: {out}: is inside the input package {pkg}; write the output outside it\n"
+    assert snapshot(tmp_path) == before
+
+
+def test_force_on_a_file_or_a_link_is_refused(tmp_path, capsys):
+    target = copy_fixture(tmp_path / "target.mlpackage")
+    (tmp_path / "out.mlpackage").symlink_to(target)
+    (tmp_path / "file.mlpackage").write_text("a file")
+    before = snapshot(tmp_path)
+    assert cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), tmp_path / "out.mlpackage", "--force")[0] == 2
+    assert cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), tmp_path / "file.mlpackage", "--force")[0] == 2
+    assert snapshot(tmp_path) == before
+
+
+# -- claiming OUT atomically ---------------------------------------------------------------------------------------
+def test_an_out_that_appears_during_the_run_is_not_replaced(tmp_path, capsys, monkeypatch):
+    """Another writer creates OUT after our check and before our rename: we lose, exit 2, theirs is kept."""
+    out = tmp_path / "out.mlpackage"
+    real_commit = writer_module.PackageWriter._put_in_place
+
+    def someone_else_first(self):
+        out.mkdir()
+        (out / "theirs").write_text("theirs")
+        return real_commit(self)
+
+    monkeypatch.setattr(writer_module.PackageWriter, "_put_in_place", someone_else_first)
+    code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out)
+    assert code == 2
+    assert err == f"mlopt: error: {out}: already exists: it appeared while mlopt was writing; nothing was replaced (use --force to replace it)\n"
+    assert os.listdir(out) == ["theirs"] and leftovers(tmp_path) == []
+
+
+def test_two_runs_onto_one_out_one_wins(tmp_path):
+    big = tmp_path / "in.mlpackage"
+    copy_fixture(big, "decoder_fp16_ios17")
+    with open(big / WEIGHTS, "ab") as f:
+        f.write(os.urandom(64 << 20))  # so both runs are still copying when the other starts
+    out = tmp_path / "out.mlpackage"
+    argv = [sys.executable, "-m", "mlopt", "optimize", str(big), str(out)]
+    runs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=60), p.stderr.read()) for p in runs)
+    assert [code for code, _ in results] == [0, 2]
+    assert "already exists" in results[1][1]
+    assert op_types(str(out)) and leftovers(tmp_path) == []
+
+
+# -- durability ----------------------------------------------------------------------------------------------------
+def test_every_file_and_folder_is_flushed_before_the_rename(tmp_path, monkeypatch):
+    from mlopt import optimize_package
+    from mlopt.package import claim
+
+    flushed, order = set(), []
+    real_fsync, real_claim = os.fsync, claim.claim
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        flushed.add((st.st_dev, st.st_ino))
+        return real_fsync(fd)
+
+    def claim_after_flushes(dir_fd, staging, out):
+        root = os.path.join(tmp_path, staging)
+        every = [root] + [os.path.join(r, n) for r, ds, fs in os.walk(root) for n in ds + fs]
+        order.append(all((os.stat(p).st_dev, os.stat(p).st_ino) in flushed for p in every))
+        return real_claim(dir_fd, staging, out)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(claim, "claim", claim_after_flushes)
+    optimize_package(fixture_path("decoder_fp16_ios17"), tmp_path / "out.mlpackage")
+    assert order == [True]
+    parent = os.stat(tmp_path)
+    assert (parent.st_dev, parent.st_ino) in flushed  # the rename itself, flushed
+
+
+# -- leftovers -----------------------------------------------------------------------------------------------------
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_staging_left_by_a_dead_run_is_removed_and_reported(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out.mlpackage"
+    dead = _dead_pid()
+    monkeypatch.setattr(os, "getpid", lambda: dead)
+    stale = tmp_path / staging_module.new_name("out.mlpackage", staging_module.TMP)
+    monkeypatch.undo()
+    stale.mkdir()
+    (stale / "half.bin").write_bytes(b"x" * 1000)
+    alive = tmp_path / staging_module.new_name("out.mlpackage", staging_module.TMP).replace(f"-{os.getpid()}-", f"-{os.getppid()}-")
+    alive.mkdir()
+    code, text, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out)
+    assert code == 0, err
+    assert f"  removed {stale}, left by an mlopt run that is gone" in text.splitlines()
+    assert not stale.exists()
+    assert alive.exists()  # its owner may be alive: never touched
+
+
+def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
+    big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
+    with open(big / WEIGHTS, "ab") as f:
+        f.write(os.urandom(400 << 20))
+    out = tmp_path / "out.mlpackage"
+    argv = [sys.executable, "-m", "mlopt", "optimize", str(big), str(out)]
+    victim = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not leftovers(tmp_path) and time.time() < deadline:
+        time.sleep(0.01)
+    victim.kill()
+    victim.wait()
+    assert leftovers(tmp_path), "the run was killed before it started writing"
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "left by an mlopt run that is gone" in result.stdout
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_signals_mid_copy_leave_nothing(tmp_path, signum, code):
+    big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
+    with open(big / WEIGHTS, "ab") as f:
+        f.write(os.urandom(400 << 20))
+    out = tmp_path / "new" / "out.mlpackage"
+    run = subprocess.Popen([sys.executable, "-m", "mlopt", "optimize", str(big), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not leftovers(tmp_path) and time.time() < deadline:
+        time.sleep(0.005)
+    run.send_signal(signum)
+    stdout, stderr = run.communicate(timeout=60)
+    if run.returncode == 0:
+        pytest.skip("finished before the signal arrived")
+    assert run.returncode == code
+    assert stderr == f"mlopt: interrupted by {signal.Signals(signum).name}; no partial output was left\n"
+    assert sorted(os.listdir(tmp_path)) == ["in.mlpackage"]  # no OUT, no staging, no created parent
+
+
+def test_ignored_sighup_stays_ignored(tmp_path):
+    """`nohup mlopt ...`: a SIGHUP the parent set to be ignored does not stop the run."""
+    out = tmp_path / "out.mlpackage"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mlopt", "optimize", fixture_path("decoder_fp16_ios17"), str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    time.sleep(0.2)
+    run.send_signal(signal.SIGHUP)
+    assert run.wait(timeout=60) == 0, run.stderr.read()
+    assert op_types(str(out))
+
+
+# -- tracebacks ----------------------------------------------------------------------------------------------------
+def test_closed_stdout_exits_141_without_traceback(tmp_path):
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mlopt", "inspect", fixture_path("real/decoder_qwen3_fp16_ios17"), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    run.stdout.read(10)
+    run.stdout.close()  # `| head -c 10`
+    stderr = run.stderr.read().decode()
+    code = run.wait(timeout=60)
+    assert "Traceback" not in stderr and "Error" not in stderr
+    assert code in (0, 141)  # 0 when the whole report fit in the pipe before it was closed
+
+
+# -- output locations that cannot be used ---------------------------------------------------------------------------
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--out-dir", tmp_path / "file")
+    assert code == 2 and err == f"mlopt: error: {tmp_path / 'file'}: --out-dir is not a folder\n"
+
+
+def test_parent_of_out_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out.mlpackage"
+    code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out)
+    assert code == 2 and err == f"mlopt: error: {out}: cannot be created: {tmp_path / 'file'} is not a folder\n"
+
+
+def test_unwritable_output_folder_names_out_not_the_staging_folder(tmp_path, capsys, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def denied(path, *args, **kwargs):
+        if staging_module.TMP in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", denied)
+    out = tmp_path / "out.mlpackage"
+    code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out)
+    assert code == 2
+    assert err == f"mlopt: error: {out}: cannot be written in {tmp_path} (Permission denied)\n"
+
+
+# -- malformed packages --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", [1, 5, 11, 9999, 2**31 - 1])
+def test_unsupported_specification_versions(tmp_path, capsys, version):
+    from mlopt.package.proto import Model_pb2
+
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    spec = Model_pb2.Model()
+    spec.ParseFromString((pkg / MODEL).read_bytes())
+    spec.specificationVersion = version
+    (pkg / MODEL).write_bytes(spec.SerializeToString())
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2
+    assert err == (
+        f"mlopt: error: {pkg / MODEL}: specification version {version} is not one mlopt supports for ML programs "
+        "(6-10: iOS15 to iOS26)\n"
+    )
+
+
+@pytest.mark.parametrize("which", [MODEL, WEIGHTS])
+def test_git_lfs_pointers(tmp_path, capsys, which):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    (pkg / which).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n")
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    what = "model" if which == MODEL else "weights"
+    assert code == 2
+    assert err == f"mlopt: error: {pkg / which}: is a Git LFS pointer, not the {what}; run `git lfs pull` in its repository\n"
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is 0 bytes, too short for a weight file (a 64-byte header at least)"),
+        (b"\x01\x00\x00\x00\x07\x00\x00\x00" + bytes(56), "is not a MILBlob v2 weight file (header says version 7)"),
+    ],
+)
+def test_broken_weight_files_even_with_no_verify(tmp_path, capsys, content, problem):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    (pkg / WEIGHTS).write_bytes(content)
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage", "--no-verify")
+    assert code == 2 and err == f"mlopt: error: {pkg / WEIGHTS}: {problem}\n"
+
+
+def test_truncated_weight_file(tmp_path, capsys):
+    pkg = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
+    data = (pkg / WEIGHTS).read_bytes()
+    (pkg / WEIGHTS).write_bytes(data[: len(data) // 2])
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2 and err.startswith(f"mlopt: error: {pkg / WEIGHTS}: blob ") and err.count("\n") == 1
+
+
+def test_manifest_nested_too_deep_and_control_characters(tmp_path, capsys):
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    manifest = pkg / "Manifest.json"
+    manifest.write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2 and err == f"mlopt: error: {manifest}: not a Manifest (JSON nested too deeply)\n"
+    entries = {"rootModelIdentifier": "m", "itemInfoEntries": {"m": {"path": "com.apple.CoreML/model\x00.mlmodel"}}}
+    manifest.write_text(json.dumps(entries))
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
+    assert code == 2 and err == f"mlopt: error: {manifest}: root model path 'com.apple.CoreML/model\\x00.mlmodel' contains a control character\n"
+
+
+@pytest.mark.parametrize("content, problem", [(None, "holds no arrays"), ("wrong shape", "array 'x' has shape [3]; input 'x' of function 'main' is [1, 4, 16]")])
+def test_verify_inputs_that_do_not_fit(tmp_path, capsys, content, problem):
+    import numpy as np
+
+    npz = tmp_path / "in.npz"
+    if content is None:
+        np.savez(npz)
+    else:
+        np.savez(npz, x=np.zeros(3, np.float16))
+    pkg = fixture_path("hf_fp16_ios17")
+    code, _, err = cli(capsys, "verify", pkg, pkg, "--inputs", npz)
+    assert code == 2 and err == f"mlopt: error: {npz}: {problem}\n"
