@@ -51,7 +51,7 @@ def _analyse(package, units, verify, dry_run=False):
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
-        return _optimize_spec()(package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify)
+        return _optimize_spec()(package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True)
     finally:
         blobs.close()
 
@@ -78,7 +78,8 @@ def optimize(mlmodel, compute_units=None, verify=True):
         raise BadInputError(getattr(mlmodel, "package_path", "<model>"), "not an ML program; nothing to do")
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
-    _optimize_spec()(spec, units, model_dir=os.path.dirname(mlmodel.weights_dir), verify=verify)
+    model_dir = os.path.dirname(mlmodel.weights_dir)
+    _optimize_spec()(spec, units, model_dir=model_dir, verify=verify, model_path=getattr(mlmodel, "package_path", None) or model_dir)
     return ct.models.MLModel(
         spec,
         weights_dir=mlmodel.weights_dir,

@@ -2,6 +2,8 @@
 
 `BadInputError` is the user's problem (a missing path, a file that is no ML program, a corrupt protobuf, an output
 location that cannot be used): the CLI prints its one-line message and exits 2 without a traceback.
+`CannotVerify` is `mlopt verify` meeting a model its interpreter cannot run (an op it does not implement, a
+program it cannot evaluate): exit 3, distinct from 1 ("outputs differ"), because nothing was compared.
 `OutputError` is a write that failed for a reason outside mlopt (disk full, an I/O error): one line naming OUT,
 exit 1, nothing left behind. Anything else escaping mlopt is our bug and exits 1.
 """
@@ -22,3 +24,7 @@ class BadInputError(MloptError):
 
 class OutputError(MloptError):
     """The output could not be written (disk full, I/O error). The message names OUT and the cause."""
+
+
+class CannotVerify(MloptError):
+    """`verify` cannot run the model in mlopt's interpreter. The message names the package and the reason."""

@@ -46,6 +46,7 @@ class Report:
     copy_method: str = None  # how the unchanged files were copied: clonefile, copy_file_range, streamed copy, hard link
     note: str = None  # why nothing was rewritten, when the settings say so
     functions: list = field(default_factory=list)
+    housekeeping: list = field(default_factory=list)  # stale working folders of dead runs removed beside OUT
 
     @property
     def rewrites(self):
@@ -86,11 +87,12 @@ class Report:
         return "\n".join(lines + self._footer())
 
     def _footer(self):
+        lines = [f"  {line}" for line in self.housekeeping]
         if self.written:
-            return [f"  wrote {self.output} (weights and other files copied byte for byte: {self.copy_method})"]
+            return lines + [f"  wrote {self.output} (weights and other files copied byte for byte: {self.copy_method})"]
         if self.output:
-            return [f"  dry run: {self.output} not written"]
-        return []
+            return lines + [f"  dry run: {self.output} not written"]
+        return lines
 
     def render_details(self):
         """`mlopt inspect`: every RMSNorm-like chain, where it is, what it was read as, or why it is left alone."""

@@ -275,20 +275,27 @@ def _dead_pid():
 
 
 def test_staging_left_by_a_dead_run_is_removed_and_reported(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "out.mlpackage"
-    dead = _dead_pid()
-    monkeypatch.setattr(os, "getpid", lambda: dead)
-    stale = tmp_path / staging_module.new_name("out.mlpackage", staging_module.TMP)
-    monkeypatch.undo()
-    stale.mkdir()
-    (stale / "half.bin").write_bytes(b"x" * 1000)
-    alive = tmp_path / staging_module.new_name("out.mlpackage", staging_module.TMP).replace(f"-{os.getpid()}-", f"-{os.getppid()}-")
-    alive.mkdir()
-    code, text, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out)
+    """Removed: the owner's pid is gone, or is now another process (other start time). Kept: the owner is alive,
+    or on another host (a shared file system), or the name is not mlopt's."""
+    names = {}
+    for who, pid in (("dead", _dead_pid()), ("alive", os.getppid())):  # named as that process would name it
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        names[who] = staging_module.new_name("out.mlpackage", staging_module.TMP)
+        monkeypatch.undo()
+    host, pid, started, token = names["alive"].split(staging_module.TMP)[1].split("-")
+    names["reused"] = names["alive"].replace(f"-{pid}-{started}-", f"-{pid}-{int(started) + 1}-")
+    names["other host"] = names["dead"].replace(host, "0" * 8)
+    names["not ours"] = ".out.mlpackage.mlopt-tmp-precious"
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "half.bin").write_bytes(b"x" * 1000)
+    code, text, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), tmp_path / "out.mlpackage")
     assert code == 0, err
-    assert f"  removed {stale}, left by an mlopt run that is gone" in text.splitlines()
-    assert not stale.exists()
-    assert alive.exists()  # its owner may be alive: never touched
+    for who in ("dead", "reused"):
+        assert f"  removed {tmp_path / names[who]}, left by an mlopt run that is gone" in text.splitlines()
+        assert not (tmp_path / names[who]).exists()
+    for who in ("alive", "other host", "not ours"):
+        assert (tmp_path / names[who] / "half.bin").exists(), who
 
 
 def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):

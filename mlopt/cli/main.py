@@ -1,9 +1,10 @@
 """The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
 
 Exit codes (README, "Exit codes"): 0 success; 2 bad input (one line naming the file and the problem, no
-traceback); 1 failed (outputs differ, the output could not be written, or an internal error: one line,
-MLOPT_DEBUG=1 shows the traceback); 128 + N when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP);
-141 when the reader of stdout went away (`| head`). Never imports coremltools itself: start-up stays fast.
+traceback); 3 `verify` cannot run a model in its interpreter (nothing was compared); 1 failed (outputs differ,
+the output could not be written, or an internal error: one line, MLOPT_DEBUG=1 shows the traceback); 128 + N
+when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 when the reader of stdout went away
+(`| head`). Never imports coremltools itself: start-up stays fast.
 """
 
 import argparse
@@ -13,10 +14,11 @@ import sys
 import traceback
 
 from .._version import __version__
-from ..errors import BadInputError, MloptError
+from ..errors import BadInputError, CannotVerify, MloptError
 from . import inspect_cmd, optimize_cmd, signals, verify_cmd
 
 COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
+CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
@@ -42,10 +44,11 @@ def run_cli(argv=None):
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE
-    except BadInputError as e:
-        return _interrupted(signals.received()) if signals.received() else _fail(f"mlopt: error: {e}", 2)
     except MloptError as e:
-        return _interrupted(signals.received()) if signals.received() else _fail(f"mlopt: error: {e}", 1)
+        if signals.received():
+            return _interrupted(signals.received())
+        code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1
+        return _fail(f"mlopt: error: {e}", code)
     except Exception as e:  # our bug or limitation: one line, traceback on request
         if signals.received():
             return _interrupted(signals.received())

@@ -2,7 +2,13 @@
 
 Blob-file constants (weights in weight.bin) are not decoded here: the graph view only needs small literals
 (exponents, epsilons, axes, flags) to recognise patterns, and must never touch the weight file.
+
+The declared shape is checked against the payload before anything is built from it: element counts are Python
+ints (np.prod over int64 wraps for large declared sizes and could make a mismatch look like a match), and only
+the payload the file really holds is ever decoded. A value that does not hold what its type says decodes to None.
 """
+
+import math
 
 import numpy as np
 
@@ -21,24 +27,31 @@ def decode_value(value):
     """numpy array for an immediate tensor `Value`, or None (blob file values, lists, dictionaries)."""
     if value.WhichOneof("value") != "immediateValue" or value.immediateValue.WhichOneof("value") != "tensor":
         return None
+    if value.type.WhichOneof("type") != "tensorType":
+        return None
     ttype = value.type.tensorType
+    shape = tensor_shape(value.type)
+    if shape is None or len(shape) != ttype.rank:
+        return None
+    count = math.prod(shape)
     tensor = value.immediateValue.tensor
     kind = tensor.WhichOneof("value")
     if ttype.dataType == STRING:
+        if kind != "strings" or len(tensor.strings.values) != count:
+            return None
         array = np.array(list(tensor.strings.values), dtype=object)
     elif kind == "bytes":
         np_dtype = NUMPY.get(ttype.dataType)
-        if np_dtype is None:
+        if np_dtype is None or len(tensor.bytes.values) != count * np.dtype(np_dtype).itemsize:
             return None
         array = np.frombuffer(tensor.bytes.values, dtype=np_dtype)
     elif kind in ("floats", "ints", "bools", "doubles", "longInts"):
+        values = getattr(tensor, kind).values
+        if len(values) != count:
+            return None
         np_dtype = NUMPY.get(ttype.dataType, np.float64 if ttype.dataType != FLOAT16 else np.float16)
-        array = np.array(list(getattr(tensor, kind).values)).astype(np_dtype)
+        with np.errstate(all="ignore"):  # a double beyond fp16/fp32 range becomes inf, as the cast would
+            array = np.array(list(values)).astype(np_dtype)
     else:
-        return None
-    shape = tensor_shape(value.type)
-    if shape is None:
-        return None
-    if array.size != int(np.prod(shape, dtype=np.int64)):
         return None
     return array.reshape(shape)

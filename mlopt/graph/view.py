@@ -38,7 +38,8 @@ class FunctionView:
         self.block_of = {}  # id(Operation) -> Block that holds it
         self.types = {}  # value name -> ValueType
         self.uses = {}  # value name -> [Use]
-        self.op_by_name = {}  # op name -> Operation
+        self.op_by_name = {}  # op name -> Operation (the last one, if a malformed program repeats a name)
+        self.duplicate_op_names = set()  # op names more than one op carries
         self.order = {}  # id(Operation) -> position in a walk of all blocks (program order within a block)
         self.blocks = []
         self._constant_memo = {}
@@ -53,6 +54,8 @@ class FunctionView:
         for op in block.operations:
             self.block_of[id(op)] = block
             self.order[id(op)] = len(self.order)
+            if op_name(op) in self.op_by_name:
+                self.duplicate_op_names.add(op_name(op))
             self.op_by_name[op_name(op)] = op
             for param, argument in op.inputs.items():
                 for binding in argument.arguments:
@@ -129,9 +132,14 @@ class FunctionView:
         return producer is not None and producer.type == "const"
 
     def is_constant_expr(self, value):
-        """True if `value` depends on no function input or state: a const, or ops on consts only (constant per call)."""
+        """True if `value` depends on no function input or state: a const, or ops on consts only (constant per call).
+
+        An explicit depth-first walk (no recursion). A value first met is entered and its unknown inputs pushed;
+        met again, its inputs are settled - except one still being entered, which means a cycle: a value that
+        depends on itself is never constant. A validated spec has no cycles; this keeps a view built from anything
+        else from looping."""
         memo = self._constant_memo
-        stack = [value]
+        stack, entered = [value], set()
         while stack:
             v = stack[-1]
             if v in memo:
@@ -143,11 +151,11 @@ class FunctionView:
                 stack.pop()
                 continue
             inputs = [b.name for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "name"]
-            pending = [i for i in inputs if i not in memo]
-            if pending:
-                stack.extend(pending)
+            if v not in entered:
+                entered.add(v)
+                stack.extend(i for i in inputs if i not in memo and i not in entered)
                 continue
-            memo[v] = all(memo[i] for i in inputs)
+            memo[v] = all(memo.get(i, False) for i in inputs)  # an input not settled is on a cycle through v
             stack.pop()
         return memo[value]
 

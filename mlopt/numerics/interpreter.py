@@ -16,15 +16,26 @@ Two ways to run: `run` executes a whole function in program order (needed for st
 no data edge to it); `evaluate` computes only what the requested targets depend on (an explicit stack, no
 recursion), so a caller can evaluate one chain of a large model and substitute producers (`overlay`) to
 evaluate a rewrite before it is spliced in.
+
+Whatever a model file holds, evaluating it fails only with `InterpreterError` (besides bad input from the weight
+reader): an op whose inputs its implementation rejects (shapes that do not broadcast, a missing parameter), a
+value that depends on itself, a control-flow op without its blocks. Callers (the self-check) turn that into a
+reason, not a crash.
 """
+
+import math
 
 import numpy as np
 
-from ..graph.dtypes import FLOATS, NUMPY
+from ..errors import MloptError
+from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
 from ..graph.values import decode_value
 from ..graph.view import op_name
 from .ops import IMPLEMENTATIONS
+from .weights import BlobError
 
+MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
+MAX_BLOB_BYTES = 2**62  # past this a declared blob shape cannot be real (and int64 byte counts would wrap)
 VARIADIC = {("concat", "values"), ("einsum", "values"), ("while_loop", "loop_vars")}
 
 
@@ -49,12 +60,13 @@ class Evaluator:
         self.overlay = overlay or {}  # value name -> Operation producing it instead of the function's own
         self.states = {}  # state input name -> current value
         self._free = {}
+        self._ops_run = 0  # ops executed so far: bounds while_loop
 
     # -- public ---------------------------------------------------------------------------------------------
     def evaluate(self, targets, feeds):
         """Values of `targets` given `feeds` (value name -> array); only what they depend on is computed."""
         env = self._fed(feeds)
-        stack = list(targets)
+        stack, expanded = list(targets), set()
         while stack:
             name = stack[-1]
             if name in env:
@@ -65,6 +77,9 @@ class Evaluator:
                 raise MissingValue(f"value '{name}' has no producer and was not fed")
             missing = [d for d in self._dependencies(op) if d not in env]
             if missing:
+                if name in expanded:  # its dependencies were computed before it came up again: a cycle
+                    raise InterpreterError(f"value '{name}' depends on itself")
+                expanded.add(name)
                 stack.extend(missing)
                 continue
             self._run_op(op, env)
@@ -120,6 +135,15 @@ class Evaluator:
         return self._free[key]
 
     def _run_op(self, op, env):
+        self._ops_run += 1
+        try:
+            self._run_op_unchecked(op, env)
+        except (InterpreterError, MloptError, BlobError):  # ours, or bad input from the weight reader
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, ArithmeticError) as e:
+            raise InterpreterError(f"op '{op_name(op)}' ({op.type}) failed: {type(e).__name__}: {e}") from None
+
+    def _run_op_unchecked(self, op, env):
         if op.type == "const":
             result = self._const(op)
         elif op.type == "cond":
@@ -127,7 +151,10 @@ class Evaluator:
         elif op.type == "while_loop":
             result = self._while_loop(op, env)
         elif op.type == "read_state":
-            result = self.states[self.view.arg(op, "input")]
+            state = self.view.arg(op, "input")
+            if state not in self.states:
+                raise MissingValue(f"op '{op_name(op)}' (read_state) reads state '{state}', which was not fed")
+            result = self.states[state]
         elif op.type == "write_state":
             state = self.view.arg(op, "input")
             self.states[state] = self._typed(state, np.asarray(self._argument(op, "data", env)))
@@ -148,6 +175,8 @@ class Evaluator:
             env[out.name] = self._checked(op, out, np.asarray(value))
 
     def _float_cast(self, op):
+        if "x" not in op.inputs or not op.inputs["x"].arguments or not op.outputs:
+            return False
         source = op.inputs["x"].arguments[0]
         source_type = self.view.types.get(source.name) if source.WhichOneof("binding") == "name" else source.value.type
         return (
@@ -157,6 +186,8 @@ class Evaluator:
         )
 
     def _argument(self, op, param, env):
+        if param not in op.inputs or not op.inputs[param].arguments:
+            raise InterpreterError(f"op '{op_name(op)}' ({op.type}) binds nothing to '{param}'")
         values = []
         for binding in op.inputs[param].arguments:
             if binding.WhichOneof("binding") == "name":
@@ -178,7 +209,13 @@ class Evaluator:
         kind = value.WhichOneof("value")
         if kind == "blobFileValue":
             dtype = value.type.tensorType.dataType
+            if dtype not in NUMPY:
+                raise UnsupportedOp(f"const '{op_name(op)}' holds {dtype_name(dtype)} weights, which the interpreter does not read")
             shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
+            if math.prod(shape) * np.dtype(NUMPY[dtype]).itemsize > MAX_BLOB_BYTES:
+                raise InterpreterError(f"const '{op_name(op)}' declares shape {shape}, larger than any weight file")
+            if self.blobs is None:
+                raise InterpreterError(f"const '{op_name(op)}' is stored in a weight file, and no weight file was given")
             blob = value.blobFileValue
             return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape), dtype)
         array = decode_value(value)
@@ -231,18 +268,30 @@ class Evaluator:
         return tuple(local[o] for o in block.outputs)
 
     def _cond(self, op, env):
+        if len(op.blocks) != 2:
+            raise InterpreterError(f"cond '{op_name(op)}' has {len(op.blocks)} blocks, not 2")
         pred = bool(np.asarray(self._argument(op, "pred", env)).reshape(-1)[0])
         outs = self._run_block(op.blocks[0] if pred else op.blocks[1], env)
         return outs if len(outs) != 1 else outs[0]
 
-    def _while_loop(self, op, env, max_iterations=1_000_000):
+    def _while_loop(self, op, env, max_iterations=1_000_000, max_ops=None):
+        """Stops after `max_iterations`, or once the loop has run `max_ops` ops (cond, body and any loop nested in
+        them; a body of 17 small ops runs ~4,000 iterations a second here): a loop a malformed model never ends
+        must not hang `verify`."""
+        if len(op.blocks) != 2:
+            raise InterpreterError(f"while_loop '{op_name(op)}' has {len(op.blocks)} blocks, not 2")
         state = tuple(self._argument(op, "loop_vars", env))
         cond_block, body = op.blocks[0], op.blocks[1]
-        for _ in range(max_iterations):
+        max_ops = MAX_LOOP_OPS if max_ops is None else max_ops
+        start, done = self._ops_run, 0
+        while done < max_iterations and self._ops_run - start <= max_ops:
             if not bool(np.asarray(self._run_block(cond_block, env, state)[0]).reshape(-1)[0]):
                 return state if len(state) != 1 else state[0]
             state = self._run_block(body, env, state)
-        raise InterpreterError(f"while_loop '{op_name(op)}' ran {max_iterations} iterations")
+            done += 1
+        raise InterpreterError(
+            f"while_loop '{op_name(op)}' did not finish: stopped after {done} iterations ({self._ops_run - start} ops)"
+        )
 
 
 def run_function(view, blobs, inputs, float_dtype=None, keep=()):

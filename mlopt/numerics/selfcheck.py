@@ -15,21 +15,32 @@ fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor t
 casts), and nothing else of the model is computed. Rows are independent, so all magnitudes share one input of a
 few rows (unless gamma varies along an axis that is not normalised): a (1, 512, 2048) activation is checked as
 (1, 7, 2048), and the check costs the same for any sequence length.
+
+Its memory is bounded whatever the model declares (a 1.5 KB file can declare a normalised size of 10**8): no
+input it builds holds more than BUDGET elements - the rows are split into several batches, down to one row
+each, when a row is large - and neither does any constant gamma is computed from. A chain that needs more is
+left alone with the reason; `--no-verify` rewrites it unchecked. A chain the interpreter cannot evaluate
+(declared and computed shapes disagree, an op it lacks) is left alone too, never an exception: the self-check
+runs on whatever a model file holds. Floating-point warnings are silenced: a gamma holding inf is the model's.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph.dtypes import NUMPY
+from ..errors import MloptError
+from ..graph.dtypes import NUMPY, name as dtype_name
 from ..patterns.walk import cast_ancestry
 from .compare import compare, tolerance_for
-from .interpreter import Evaluator
+from .interpreter import Evaluator, InterpreterError
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
 UNKNOWN_DIM = 2
 ROWS_PER_MAGNITUDE = 2
 READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
+BUDGET = 2**20  # elements of any one input the check builds, and of any constant gamma is computed from
+UNCHECKED = "not rewritten (--no-verify rewrites without the check)"
 
 
 @dataclass
@@ -52,7 +63,7 @@ def rms_norm_reference(x, axes, eps, gamma=None, max_scaled=False, mean_scale=1.
             y = x / (np.sqrt(ms / (m * m) + eps) * m)
         else:
             y = x / np.sqrt(ms + eps)
-    return y if gamma is None else y * np.asarray(gamma, np.float64)
+        return y if gamma is None else y * np.asarray(gamma, np.float64)
 
 
 @dataclass
@@ -64,18 +75,36 @@ class _Batch:
 
 
 def self_check(view, blobs, match, new_ops, seed=0):
+    """Check `match` and its replacement `new_ops` numerically; never raises for what a model file holds."""
+    with np.errstate(all="ignore"):
+        try:
+            return _self_check(view, blobs, match, new_ops, seed)
+        except MloptError:  # bad input found on the way (an unreadable weight file): the caller reports it
+            raise
+        except (InterpreterError, ValueError, ArithmeticError) as e:
+            return CheckResult(False, reason=f"could not be evaluated: {e}; not rewritten")
+
+
+def _self_check(view, blobs, match, new_ops, seed):
     source = cast_ancestry(view, match.x)[-1]
-    batches, strict = _batches(view, source, match, np.random.default_rng(seed))
-    rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY[view.dtype(match.output)])  # the coarser of the two
-    exact = Evaluator(view, blobs, float_dtype=np.float64, strict_shapes=strict)
-    original = Evaluator(view, blobs, strict_shapes=strict)
-    rewritten = Evaluator(view, blobs, overlay={out.name: op for op in new_ops for out in op.outputs}, strict_shapes=strict)
+    refusal = _unfit(view, source, match) or _over_budget(view, source, match)
+    if refusal:
+        return CheckResult(False, reason=refusal)
+    batches, full = _batches(view, source, match, np.random.default_rng(seed))
+    rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY.get(view.dtype(match.output), NUMPY[match.dtype]))
+    overlay = {out.name: op for op in new_ops for out in op.outputs}
     wanted = [match.output, match.x] + ([match.gamma] if match.gamma else [])
     result = CheckResult(True)
     for batch in batches:
+        strict = list(batch.x.shape) == full  # fed smaller than declared: check ranks only
+        exact = Evaluator(view, blobs, float_dtype=np.float64, strict_shapes=strict)
+        original = Evaluator(view, blobs, strict_shapes=strict)
+        rewritten = Evaluator(view, blobs, overlay=overlay, strict_shapes=strict)
         feeds = {source: batch.x.astype(NUMPY[view.dtype(source)])}
         values = exact.evaluate(wanted, feeds)
         gamma = values.get(match.gamma) if match.gamma else None
+        if gamma is not None and not np.all(np.isfinite(gamma)):
+            return CheckResult(False, reason=f"gamma holds inf or nan: nothing to compare against; {UNCHECKED}")
         as_read = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma, match.max_scaled, match.mean_scale)
         truth = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma)
         new = rewritten.evaluate([match.output], feeds)[match.output]
@@ -100,34 +129,150 @@ def self_check(view, blobs, match, new_ops, seed=0):
     return result
 
 
-def _batches(view, source, match, rng):
-    """The inputs to check with, and whether their shapes are the declared ones (strict).
+def _unfit(view, source, match):
+    """Why the chain's input cannot be fed at all (a malformed program), or None."""
+    vt = view.types.get(source)
+    if vt is None or vt.WhichOneof("type") != "tensorType" or view.dtype(source) not in NUMPY:
+        kind = "no tensor" if vt is None or vt.WhichOneof("type") != "tensorType" else dtype_name(view.dtype(source))
+        return f"could not be evaluated: its input '{source}' is {kind}, which the interpreter cannot feed; not rewritten"
+    if view.rank(source) != view.rank(match.x):
+        return (
+            f"could not be evaluated: its input '{source}' has rank {view.rank(source)}, the tensor it normalises "
+            f"rank {view.rank(match.x)}; not rewritten"
+        )
+    return None
 
-    Rows are independent, so normally one batch does: every axis that is not normalised has size 1 except one row
-    axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude. If gamma varies along an axis that is
-    not normalised (or there is none), each magnitude gets the declared shape instead."""
-    declared = [view.dim(source, i) for i in range(view.rank(source))]
-    full = [d if d is not None else UNKNOWN_DIM for d in declared]
-    free = [i for i in range(len(full)) if i not in match.axes]
-    if free and not _gamma_varies_off_axes(view, match, len(full)):
-        row_axis = free[-1]
-        shape = [d if i in match.axes else 1 for i, d in enumerate(full)]
-        shape[row_axis] = 1 + ROWS_PER_MAGNITUDE * len(MAGNITUDES)
-        x = np.zeros(shape)
-        parts = []
+
+def _over_budget(view, source, match):
+    """Why checking this chain would need more than BUDGET elements in one input or constant, or None."""
+    full = _shape(view, source)
+    row = math.prod(full[a] for a in match.axes)
+    if row > BUDGET:
+        return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
+    if _whole_shape(view, match, len(full)) and math.prod(full) > BUDGET:
+        return (
+            f"declared size {math.prod(full)} of '{source}' (checked whole: gamma varies along an axis that is not "
+            f"normalised) exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
+        )
+    if match.gamma is not None:
+        value, size = _largest_constant(view, match.gamma)
+        if size > BUDGET:
+            what = "gamma" if value == match.gamma else f"gamma is computed from '{value}', which"
+            return f"{what} holds {size} elements, more than the self-check's budget of {BUDGET}; {UNCHECKED}"
+        if _whole_shape(view, match, len(full)):  # rows keep gamma's off-axis sizes 1; the whole shape may not
+            gamma = _shape(view, match.gamma)
+            rank = max(len(gamma), len(full))  # broadcasting aligns trailing axes
+            padded = [1] * (rank - len(full)) + full, [1] * (rank - len(gamma)) + gamma
+            size = math.prod(max(a, b) for a, b in zip(*padded))
+            if size > BUDGET:
+                return (
+                    f"gamma of shape {gamma} broadcasts the checked input to {size} elements, more than the "
+                    f"self-check's budget of {BUDGET}; {UNCHECKED}"
+                )
+    return None
+
+
+def _largest_constant(view, gamma):
+    """(value, declared elements) of the largest value gamma's constant expression computes (gamma included).
+    Unknown dimensions count 1: only declared sizes are bounded here; the interpreter checks the rest."""
+    largest, seen, stack = (gamma, 0), {gamma}, [gamma]
+    while stack:
+        value = stack.pop()
+        vt = view.types.get(value)
+        if vt is not None and vt.WhichOneof("type") == "tensorType":
+            dims = vt.tensorType.dimensions
+            size = math.prod(int(d.constant.size) if d.WhichOneof("dimension") == "constant" else 1 for d in dims)
+            if size > largest[1]:
+                largest = (value, size)
+        op = view.producer(value)
+        if op is None:
+            continue
+        for argument in op.inputs.values():
+            for binding in argument.arguments:
+                if binding.WhichOneof("binding") == "name" and binding.name not in seen:
+                    seen.add(binding.name)
+                    stack.append(binding.name)
+    return largest
+
+
+def _shape(view, source):
+    """The declared shape of the chain's input, unknown sizes taken as UNKNOWN_DIM."""
+    return [d if d is not None else UNKNOWN_DIM for d in (view.dim(source, i) for i in range(view.rank(source)))]
+
+
+def _whole_shape(view, match, rank):
+    """Whether each magnitude needs the whole declared shape: no axis to lay rows along, or gamma varies off the
+    normalised axes (rows along such an axis would see other gamma values than the declared shape pairs them with)."""
+    return len(match.axes) == rank or _gamma_varies_off_axes(view, match, rank)
+
+
+def _batches(view, source, match, rng):
+    """The inputs to check with (a generator: one batch in memory at a time) and the declared shape.
+
+    Rows are independent, so normally the rows share one batch: every axis that is not normalised has size 1
+    except one row axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude; when those rows
+    exceed BUDGET they are split over several batches, down to one row each. If gamma varies along an axis that
+    is not normalised (or there is none), each magnitude gets the declared shape instead."""
+    full = _shape(view, source)
+    if not _whole_shape(view, match, len(full)):
+        row_axis = [i for i in range(len(full)) if i not in match.axes][-1]
+        row_shape = [d if i in match.axes else 1 for i, d in enumerate(full)]
+        rows_per_batch = min(1 + ROWS_PER_MAGNITUDE * len(MAGNITUDES), BUDGET // max(1, math.prod(row_shape)))
+        return _row_batches(row_shape, row_axis, rng, rows_per_batch), full
+    return _whole_batches(full, match.axes, rng), full
+
+
+def _row_batches(row_shape, row_axis, rng, rows_per_batch):
+    """The zero row, then ROWS_PER_MAGNITUDE rows per magnitude, at most `rows_per_batch` rows to a batch.
+
+    A magnitude's rows stay in one batch whenever they fit (a batch then holds whole magnitudes), so the errors
+    measured - relative to the largest value of each magnitude's rows - are those of the unsplit check; only
+    rows longer than a third of the budget split a magnitude. The random rows are drawn per magnitude whatever
+    the split: every split sees the very numbers the unsplit check does."""
+
+    def groups():
+        zero = np.zeros(row_shape)  # reported with the smallest magnitude
         for k, magnitude in enumerate(MAGNITUDES):
-            rows = slice(1 + k * ROWS_PER_MAGNITUDE, 1 + (k + 1) * ROWS_PER_MAGNITUDE)
-            index = tuple(rows if i == row_axis else slice(None) for i in range(len(shape)))
-            x[index] = rng.standard_normal(x[index].shape) * magnitude
-            parts.append((magnitude, index if k else tuple(slice(0, rows.stop) if i == row_axis else slice(None) for i in range(len(shape)))))
-        return [_Batch(x, parts)], shape == full
-    batches = []
+            shape = list(row_shape)
+            shape[row_axis] = ROWS_PER_MAGNITUDE
+            block = rng.standard_normal(shape) * magnitude
+            rows = [block[_along(row_axis, len(shape), slice(r, r + 1))] for r in range(ROWS_PER_MAGNITUDE)]
+            yield [(magnitude, row) for row in ([zero] if k == 0 else []) + rows]
+
+    pending = []
+    for group in groups():
+        if pending and len(pending) + len(group) > rows_per_batch:
+            yield _stack(pending, row_axis)
+            pending = []
+        for row in group:  # a group larger than a batch is cut into full batches and a rest
+            pending.append(row)
+            if len(pending) == rows_per_batch:
+                yield _stack(pending, row_axis)
+                pending = []
+    if pending:
+        yield _stack(pending, row_axis)
+
+
+def _stack(rows, row_axis):
+    x = np.concatenate([r for _, r in rows], axis=row_axis)
+    parts, start = [], 0
+    for k, (magnitude, _) in enumerate(rows):
+        if k + 1 == len(rows) or rows[k + 1][0] != magnitude:
+            parts.append((magnitude, _along(row_axis, x.ndim, slice(start, k + 1))))
+            start = k + 1
+    return _Batch(x, parts)
+
+
+def _along(axis, rank, index):
+    return tuple(index if i == axis else slice(None) for i in range(rank))
+
+
+def _whole_batches(full, axes, rng):
     for magnitude in MAGNITUDES:
         x = rng.standard_normal(full) * magnitude
-        if free:
-            x[tuple(slice(None) if i in match.axes else 0 for i in range(len(full)))] = 0.0
-        batches.append(_Batch(x, [(magnitude, ...)]))
-    return batches, True
+        if len(axes) < len(full) and x.size:
+            x[tuple(slice(None) if i in axes else 0 for i in range(len(full)))] = 0.0
+        yield _Batch(x, [(magnitude, ...)])
 
 
 def _gamma_varies_off_axes(view, match, rank):

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, CannotVerify
 from ..graph import FunctionView
 from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
 from ..package import read_package
 from .compare import compare, tolerance_for
 from .inputs import random_inputs, tensor_type
-from .interpreter import run_function
+from .interpreter import InterpreterError, run_function
 from .weights import check_blob_references
 
 
@@ -93,8 +93,8 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
         cand_view = FunctionView(name, cand_fn)
         feeds = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale)
         feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
-        ref_out = run_function(ref_view, ref_blobs, feeds)
-        cand_out = run_function(cand_view, cand_blobs, feeds)
+        ref_out = _run(ref, ref_view, ref_blobs, feeds)
+        cand_out = _run(cand, cand_view, cand_blobs, feeds)
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
         for out in ref_view.main.outputs:
             if out not in cand_out:
@@ -108,6 +108,14 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
             report.checks.append(OutputCheck(name, out, d.max_abs, d.max_rel, d.rtol, d.atol, d.passed, problem))
     return report
+
+
+def _run(package, view, blobs, feeds):
+    """The function's outputs, or CannotVerify naming the package when the interpreter cannot run it."""
+    try:
+        return run_function(view, blobs, feeds)
+    except InterpreterError as e:
+        raise CannotVerify(package.path, f"cannot be verified: function '{view.name}': {e}") from None
 
 
 def _signature(function):

@@ -113,7 +113,10 @@ def parse_spec(data, model_path):
 
 
 def check_ml_program(spec, model_path):
-    """BadInputError unless `spec` is an ML program of a known specification version and opsets, well formed."""
+    """BadInputError unless `spec` is an ML program of a known specification version and opsets, well formed
+    (graph/validate.py: every value defined before it is read, no cycle, sane types and constants)."""
+    from ..graph.validate import validate_program
+
     kind = spec.WhichOneof("Type")
     version = spec.specificationVersion
     if kind != "mlProgram":
@@ -133,3 +136,4 @@ def check_ml_program(spec, model_path):
             raise BadInputError(model_path, f"function '{name}' uses opset '{function.opset}', which mlopt does not support")
         if function.opset not in function.block_specializations:
             raise BadInputError(model_path, f"function '{name}' has no body for its opset '{function.opset}'")
+    validate_program(spec, model_path)

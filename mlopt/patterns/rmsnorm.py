@@ -18,6 +18,7 @@ is 1/N for the reduced size N; the input is not mean-centred (that is a LayerNor
 `reduce_mean`/`reduce_sum` of a squared value; a candidate that fails a condition is reported with the reason.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +131,7 @@ def _square_of(view, reduce_op):
 class _Prescale:
     x: str  # the unscaled tensor
     m: str  # max|x| over the axes
-    axes: np.ndarray  # reduce_max's axes
+    axes: list  # reduce_max's axes (Python ints)
 
 
 def _max_prescale(view, trace, base):
@@ -146,13 +147,12 @@ def _max_prescale(view, trace, base):
     if abs_op is None or view.op_type(abs_op) != "abs" or not same_tensor(view, view.arg(abs_op, "x"), x):
         return None
     trace.take(abs_op, red, div)
-    keep = view.const(red, "keep_dims")
-    if keep is None or not bool(keep.reshape(())):
+    if not _flag(view.const(red, "keep_dims")):
         trace.fail("max|x| pre-scale has keep_dims false")
-    axes = view.const(red, "axes")
+    axes = _int_axes(view.const(red, "axes"))
     if axes is None:
-        trace.fail("max|x| pre-scale axes are not constant")
-    return _Prescale(x=x, m=m, axes=axes.reshape(-1))
+        trace.fail("max|x| pre-scale axes are not constant integers")
+    return _Prescale(x=x, m=m, axes=axes)
 
 
 def _match_rest(view, trace, reduce_op, base, exponent, prescale):
@@ -161,18 +161,20 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     axes = view.const(reduce_op, "axes")
     if axes is None:
         trace.fail("reduction axes are not constant")
-    keep_dims = view.const(reduce_op, "keep_dims")
-    if keep_dims is None or not bool(keep_dims.reshape(())):
+    axes = _int_axes(axes)
+    if axes is None:
+        trace.fail("reduction axes are not integers")
+    if not _flag(view.const(reduce_op, "keep_dims")):
         trace.fail("keep_dims is false")
     squared = prescale.x if prescale else base
     rank = view.rank(squared)
-    axes = axes.reshape(-1).astype(int)
-    if any(not -rank <= a < rank for a in axes):
-        trace.fail(f"axes {list(axes)} out of range for rank {rank}")
-    axes = tuple(int(a) % rank for a in axes)
+    if not axes or any(not -rank <= a < rank for a in axes):
+        trace.fail(f"axes {axes} out of range for rank {rank}")
+    axes = tuple(a % rank for a in axes)
     if len(set(axes)) != len(axes):
         trace.fail(f"axes {list(axes)} repeat")
-    if prescale and sorted(int(a) % rank for a in prescale.axes) != sorted(axes):
+    pre_axes = prescale.axes if prescale else []
+    if prescale and (any(not -rank <= a < rank for a in pre_axes) or sorted(a % rank for a in pre_axes) != sorted(axes)):
         trace.fail("max|x| pre-scale reduces over other axes than the mean")
 
     value = view.output(reduce_op)
@@ -197,6 +199,9 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     trace.take(*step.casts, step.op)
     root = step.op
     eps_root = _root_epsilon(view, trace, root)
+    for eps in (eps_add, eps_root, eps_add + eps_root):
+        if not math.isfinite(eps) or eps < 0:
+            trace.fail(f"epsilon is {eps:g}: not a valid RMSNorm epsilon")
 
     if prescale:
         if view.op_type(root) != "sqrt":
@@ -214,11 +219,17 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     trace.take(*casts_up_to(view, squared, above_x), *casts_up_to(view, scaled, above_x))
     _check_not_mean_centred(view, trace, x)
     dtype = view.dtype(x)
-    if dtype not in FLOATS:
+    if dtype not in FLOATS or not view.is_float_tensor(x):
         trace.fail(f"unsupported dtype {dtype_name(dtype)}")
+    if view.rank(x) != rank:
+        trace.fail(f"x has rank {view.rank(x)}, the squared tensor rank {rank}")
     output_op, gamma = _gamma(view, trace, norm_op, dtype)
+    if not view.is_float_tensor(view.output(output_op)):
+        trace.fail(f"the chain's output '{view.output(output_op)}' is not a float tensor")
     if view.dim(x, axes[0]) is None:
         trace.fail(f"normalised axis {axes[0]} has unknown size")
+    if any(view.dim(x, a) == 0 for a in axes):
+        trace.fail("a normalised axis has size 0: nothing to normalise")
     if len({id(view.block(op)) for op in trace.ops}) != 1:
         trace.fail("chain spans several blocks")
     return RMSNormMatch(
@@ -244,13 +255,17 @@ def _mean_from_sum(view, trace, value, squared, axes):
         trace.fail("reduce_sum, not reduce_mean: no 1/N scale")
     if any(d is None for d in dims):
         trace.fail("reduce_sum over an axis of unknown size: cannot check its 1/N scale")
-    n = float(np.prod(dims))
+    n = _as_float(math.prod(dims))  # Python ints: exact, whatever the declared sizes
     c = scalar_const(view, step.op, other_param(step.op, step.param))
-    scale = c * n if view.op_type(step.op) == "mul" else n / c
+    if view.op_type(step.op) == "mul":
+        scale = c * n
+    else:
+        scale = n / c if c != 0 else math.inf
     const_dtype = view.dtype(view.arg(step.op, other_param(step.op, step.param)) or step.via)
     tolerance = 2.0**-10 if const_dtype == FLOAT16 else 1e-6  # 1/N as the constant's dtype rounds it
-    if abs(scale - 1.0) > tolerance:
-        trace.fail(f"reduce_sum scaled by {c:g}, not 1/{n:g}")
+    if not math.isfinite(scale) or abs(scale - 1.0) > tolerance:
+        scaled = f"scaled by {c:g}" if view.op_type(step.op) == "mul" else f"divided by {c:g}"
+        trace.fail(f"reduce_sum {scaled}, not {'1/' if view.op_type(step.op) == 'mul' else ''}{n:g}")
     trace.take(*step.casts, step.op)
     return view.output(step.op), scale
 
@@ -263,7 +278,7 @@ def _root_epsilon(view, trace, root):
     if view.op_type(root) != "rsqrt":
         return 0.0
     if view.const(root, "epsilon") is None and not view.has_input(root, "epsilon"):
-        return float(NUMPY[view.dtype(view.arg(root, "x"))](RSQRT_DEFAULT_EPSILON))
+        return float(NUMPY.get(view.dtype(view.arg(root, "x")), np.float32)(RSQRT_DEFAULT_EPSILON))
     eps = scalar_const(view, root, "epsilon")
     if eps is None:
         trace.fail("rsqrt epsilon is not a constant scalar")
@@ -324,7 +339,7 @@ def _gamma(view, trace, norm_op, dtype):
     """Absorb a following `mul(gamma)` (gamma constant per call) and a cast back to x's dtype."""
     output_op, gamma = norm_op, None
     casts, use = [], sole_consumer(view, view.output(norm_op))
-    while use is not None and view.op_type(use.op) == "cast":
+    while use is not None and view.op_type(use.op) == "cast" and all(use.op is not c for c in casts):  # a cycle ends it
         casts.append(use.op)
         use = sole_consumer(view, view.output(use.op))
     if use is not None and view.op_type(use.op) == "mul" and use.param in ("x", "y"):
@@ -350,6 +365,25 @@ def _check_not_mean_centred(view, trace, x):
         if mean_op is not None and view.op_type(mean_op) == "reduce_mean" and y is not None:
             if same_tensor(view, view.arg(mean_op, "x"), y):
                 trace.fail("input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm")
+
+
+def _as_float(n):
+    try:
+        return float(n)
+    except OverflowError:  # a product of declared sizes beyond float range
+        return math.inf
+
+
+def _flag(value):
+    """A literal bool flag (keep_dims) as a bool; False unless it is a single element."""
+    return value is not None and value.size == 1 and bool(value.reshape(()))
+
+
+def _int_axes(value):
+    """A literal axes tensor as Python ints (exact for any integer width); None unless it holds integers."""
+    if value is None or value.dtype.kind not in "iu":
+        return None
+    return [int(a) for a in value.reshape(-1)]
 
 
 def _consumer_types(view, value):

@@ -2,8 +2,13 @@
 
 Upwards, a value's cast ancestry is the value and every value it was cast from. Downwards, `follow` finds the op a
 chain continues with, looking through casts, and returns the casts it crossed so they become part of the chain.
+
+Every walk keeps a visited set and stops where it would revisit a value. A validated spec has no cycles
+(graph/validate.py), but these walks also run on pymil graphs during conversion and on any graph a caller builds:
+a cycle of casts must end a walk, not hang it.
 """
 
+from collections import deque
 from dataclasses import dataclass
 
 from ..graph.dtypes import FLOAT16, FLOAT32
@@ -19,23 +24,28 @@ class Step:
 
 def cast_ancestry(view, value):
     """[value, the value it was cast from, ...], up to the first value not produced by a cast."""
-    chain = [value]
-    op = view.producer(value)
+    chain, seen = [value], {value}
+    op = view.producer(value) if value is not None else None
     while op is not None and view.op_type(op) == "cast":
         value = view.arg(op, "x")
-        if value is None:
+        if value is None or value in seen:
             break
         chain.append(value)
+        seen.add(value)
         op = view.producer(value)
     return chain
 
 
 def casts_between(view, start, end):
-    """The cast ops from `end` down to `start` (start is in end's downstream cast chain)."""
-    casts = []
+    """The cast ops from `end` down to `start` (start is in end's downstream cast chain; the walk stops at the
+    first value not produced by a cast, or on a cycle)."""
+    casts, seen = [], set()
     value = start
-    while value != end:
+    while value != end and value not in seen:
+        seen.add(value)
         op = view.producer(value)
+        if op is None or view.op_type(op) != "cast":
+            break
         casts.append(op)
         value = view.arg(op, "x")
     return casts
@@ -43,21 +53,26 @@ def casts_between(view, start, end):
 
 def is_widening(view, cast_op):
     """A cast that loses nothing: fp16 -> fp32 (or a no-op cast)."""
-    src, dst = view.dtype(view.arg(cast_op, "x")), view.dtype(view.output(cast_op))
+    source = view.arg(cast_op, "x")
+    if source is None:  # a cast of an inline literal
+        return False
+    src, dst = view.dtype(source), view.dtype(view.output(cast_op))
     return src == dst or (src == FLOAT16 and dst == FLOAT32)
 
 
 def follow(view, value, types, accept=None):
     """First consumer of `value` (looking through casts) whose type is in `types` and that `accept(step)` allows."""
-    frontier = [(value, [])]
+    frontier, seen = deque([(value, [])]), {value}
     while frontier:
-        current, casts = frontier.pop(0)
+        current, casts = frontier.popleft()
         for use in view.consumers(current):
             op = use.op
             if op is None:
                 continue
             if view.op_type(op) == "cast" and use.param == "x":
-                frontier.append((view.output(op), casts + [op]))
+                if view.output(op) not in seen:
+                    seen.add(view.output(op))
+                    frontier.append((view.output(op), casts + [op]))
             elif view.op_type(op) in types:
                 step = Step(op, current, use.param, casts)
                 if accept is None or accept(step):
@@ -90,8 +105,9 @@ def same_tensor(view, a, b):
 
 def casts_up_to(view, value, stop):
     """The casts from `value` up to the first value in `stop` (casts wrapping x on the way into a chain)."""
-    casts = []
-    while value not in stop:
+    casts, seen = [], set()
+    while value not in stop and value not in seen:
+        seen.add(value)
         op = view.producer(value)
         if op is None or view.op_type(op) != "cast":
             return casts
@@ -102,11 +118,13 @@ def casts_up_to(view, value, stop):
 
 def unwrap_lossless(view, value):
     """`value`, or the narrower tensor it is a lossless widening of: `cast(x16, fp32)` gives `x16`."""
+    seen = {value}
     while True:
         op = view.producer(value)
-        if op is None or view.op_type(op) != "cast" or not is_widening(view, op):
+        if op is None or view.op_type(op) != "cast" or not is_widening(view, op) or view.arg(op, "x") in seen:
             return value
         value = view.arg(op, "x")
+        seen.add(value)
 
 
 def producer_through_casts(view, value):

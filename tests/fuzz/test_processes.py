@@ -1,0 +1,102 @@
+"""mlopt as a process among others: interrupted by signals at various moments, killed outright, racing another
+mlopt for the same OUT, writing into a pipe that was closed. The 200 MB package (conftest.big_package) makes the
+copy slow enough to be caught in the middle."""
+
+import os
+import signal
+from functools import partial
+
+from .cases import INPUT_ERRORS, Case, Run, Scenario, copy_fixture, execute, fuzz_cases
+from .mutators import WEIGHTS
+from .tree import package_problem
+
+DELAYS = (0.05, 0.15, 0.3, 0.6)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FAST_SIGNALS = ((signal.SIGINT, 0.15), (signal.SIGTERM, 0.3), (signal.SIGHUP, 0.05))
+
+
+def interrupted(sig, delay, big, tmp_path):
+    """optimize BIG OUT, `sig` after `delay` s: finished (0) or interrupted (128 + sig), never a partial OUT."""
+    out = tmp_path / "out" / "o.mlpackage"
+    out.parent.mkdir()
+    run = Run(["optimize", big, str(out)], frozenset({0, 128 + sig}), (big, str(out)), outs=(str(out),),
+              complete=True, partial_ok=True, signals=((delay, sig),))
+    return Scenario([run], watch=[big])
+
+
+def killed_then_rerun(big, tmp_path):
+    """SIGKILL while the weights are copied leaves a staging folder; the next run for the same OUT removes it."""
+    out = tmp_path / "out" / "o.mlpackage"
+    out.parent.mkdir()
+    argv = ["optimize", big, str(out)]
+    first = Run(argv, frozenset({128 + signal.SIGKILL}), (big,), outs=(str(out),), kill_mid_copy=True)
+    return Scenario([first, Run(argv, frozenset({0}), (big,), outs=(str(out),), complete=True)], watch=[big])
+
+
+def batch_interrupted(delay, big, tmp_path):
+    """Ctrl-C (SIGINT to the process group) during `--jobs 2`: no worker traceback, finished outputs only."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    second = copy_fixture("decoder_fp16_ios17", inputs / "big2.mlpackage")
+    os.remove(os.path.join(second, WEIGHTS))
+    os.link(os.path.join(big, WEIGHTS), os.path.join(second, WEIGHTS))  # a second large input, without the copy
+    small = [copy_fixture(name, inputs / f"{name}.mlpackage") for name in ("hf_fp16_ios17", "textbook_eps_fp32_ios17")]
+    packages = [big, second, *small]
+    out_dir = tmp_path / "outdir"
+    outs = tuple(str(out_dir / os.path.basename(p)) for p in packages)
+    run = Run(["optimize", *packages, "--out-dir", str(out_dir), "--jobs", "2"], frozenset({0, 130}), tuple(packages),
+              outs=outs, complete=True, partial_ok=True, batch=True, signals=((delay, signal.SIGINT),))
+    return Scenario([run], watch=[big, inputs])
+
+
+def racing_writers(fixture, big, tmp_path):
+    """Two `optimize IN OUT` started together without --force: one writes OUT, the other says it exists."""
+    package = copy_fixture(fixture, tmp_path / "in" / "a.mlpackage")
+    out = str(tmp_path / "out" / "o.mlpackage")
+    os.makedirs(os.path.dirname(out))
+    runs = [Run(["optimize", package, out], INPUT_ERRORS, (out,), outs=(out,), complete=True, partial_ok=True) for _ in range(2)]
+
+    def one_winner(results):
+        codes = sorted(r.code for r in results)
+        problems = [] if codes == [0, 2] else [f"race: exit codes {codes}, expected one 0 and one 2"]
+        loser = next((r for r in results if r.code == 2), None)
+        if loser and "exists" not in loser.stderr:
+            problems.append(f"race: the refused run does not say OUT exists: {loser.first_stderr_line!r}")
+        if package_problem(out):
+            problems.append(f"race: OUT is not a complete package ({package_problem(out)})")
+        return problems
+
+    return Scenario(runs, watch=[tmp_path / "in"], concurrent=True, extra=one_winner)
+
+
+def broken_pipe(argv, how, fixture, big, tmp_path):
+    """`mlopt ... | head -c 10`: stdout's reader goes away; the command may fail but must not spew a traceback."""
+    package = copy_fixture(fixture, tmp_path / "in" / "a.mlpackage")
+    out = str(tmp_path / "out" / "o.mlpackage")
+    run = Run([a.format(p=package, out=out) for a in argv], frozenset({0, 1, 128 + signal.SIGPIPE}), (package,),
+              outs=(out,) if "{out}" in argv else (), partial_ok=True, stdout=how)
+    return Scenario([run], watch=[tmp_path / "in"])
+
+
+def process_cases(full):
+    signal_runs = [(s, d) for s in SIGNALS for d in DELAYS] if full else FAST_SIGNALS
+    cases = [Case(f"signal-{signal.Signals(s).name}-{d}s-optimize-big", partial(interrupted, s, d)) for s, d in signal_runs]
+    cases.append(Case("signal-SIGKILL-mid-copy-then-rerun-big", killed_then_rerun))
+    cases += [Case(f"signal-SIGINT-{d}s-batch-jobs2-big", partial(batch_interrupted, d)) for d in (DELAYS if full else (0.3,))]
+    fixtures = ("hf_fp16_ios17", "decoder_fp16_ios17", "real.decoder_qwen3_mixed_ios18", "textbook_eps_fp32_ios17")
+    cases += [Case(f"race-same-out-{f}-round{k}", partial(racing_writers, f)) for k in range(4 if full else 1) for f in (fixtures if full else fixtures[:1])]
+    pipes = {
+        "inspect-json": ["inspect", "{p}", "--json"],
+        "verify-json": ["verify", "{p}", "{p}", "--json"],
+        "optimize-json": ["optimize", "{p}", "{out}", "--json"],
+    }
+    for name, argv in pipes.items():
+        for how in ("closed", "head"):
+            for fixture in ("real.decoder_qwen3_mixed_ios18", "hf_fp16_ios17") if full else ("real.decoder_qwen3_mixed_ios18",):
+                cases.append(Case(f"pipe-{how}-{name}-{fixture}", partial(broken_pipe, argv, how, fixture)))
+    return cases
+
+
+@fuzz_cases(process_cases)
+def test_process(case, big_package, tmp_path):
+    execute(case.build(big_package, tmp_path), tmp_path)
