@@ -467,3 +467,61 @@ def test_verify_inputs_that_do_not_fit(tmp_path, capsys, content, problem):
     pkg = fixture_path("hf_fp16_ios17")
     code, _, err = cli(capsys, "verify", pkg, pkg, "--inputs", npz)
     assert code == 2 and err == f"mlopt: error: {npz}: {problem}\n"
+
+
+@pytest.mark.parametrize("where", ["input", "op"])
+def test_verify_refuses_shapes_beyond_its_memory_budget(tmp_path, capsys, where):
+    """A few bytes of protobuf can declare 2^30 elements: verify says so (exit 3) before allocating anything."""
+    from mlopt.package.proto import Model_pb2
+
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    spec = Model_pb2.Model()
+    spec.ParseFromString((pkg / MODEL).read_bytes())
+    function = spec.mlProgram.functions["main"]
+    if where == "input":
+        dims = function.inputs[0].type.tensorType.dimensions
+    else:
+        op = next(o for o in function.block_specializations["CoreML7"].operations if o.type == "pow")
+        dims = op.outputs[0].type.tensorType.dimensions
+    dims[1].constant.size = 2**20
+    dims[2].constant.size = 2**10
+    (pkg / MODEL).write_bytes(spec.SerializeToString())
+    code, _, err = cli(capsys, "verify", pkg, pkg)
+    assert code == 3
+    if where == "input":
+        assert err == (
+            f"mlopt: error: {pkg}: cannot be verified: function 'main': input 'x' of shape [1, 1048576, 1024] holds "
+            "1073741824 elements; random inputs are limited to 67108864 elements in total per function (1073741824 needed so far)\n"
+        )
+    else:
+        assert err == (
+            f"mlopt: error: {pkg}: cannot be verified: function 'main': op '{op.attributes['name'].immediateValue.tensor.strings.values[0]}' "
+            "(pow) declares 1073741824 elements, more than verify's budget of 268435456 per value\n"
+        )
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("dtype", 2, "stores float32, the program reads it as float16"),
+    ("size", 2, "holds 2 bytes; the program's shape [16] needs 32"),
+    ("data_offset", 10**9, "its 32 bytes at 1000000000 run past the end of the file"),
+])
+def test_gamma_blob_that_does_not_hold_what_the_program_says(tmp_path, capsys, field, value, problem):
+    """The metadata record of the gamma blob (fp16[16]) is rewritten: exit 2 naming weight.bin and the blob."""
+    import struct
+
+    from mlopt.package.proto import Model_pb2
+
+    pkg = copy_fixture(tmp_path / "in.mlpackage")
+    spec = Model_pb2.Model()
+    spec.ParseFromString((pkg / MODEL).read_bytes())
+    block = spec.mlProgram.functions["main"].block_specializations["CoreML7"]
+    offset = next(op for op in block.operations if op.attributes["val"].WhichOneof("value") == "blobFileValue").attributes["val"].blobFileValue.offset
+    data = bytearray((pkg / WEIGHTS).read_bytes())
+    sentinel, dtype, size, data_offset = struct.unpack_from("<IIQQ", data, offset)
+    record = {**dict(dtype=dtype, size=size, data_offset=data_offset), field: value}
+    struct.pack_into("<IIQQ", data, offset, sentinel, record["dtype"], record["size"], record["data_offset"])
+    (pkg / WEIGHTS).write_bytes(bytes(data))
+    code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage", "--no-verify")
+    assert code == 2
+    assert err.startswith(f"mlopt: error: {pkg / WEIGHTS}: blob at offset {offset}") and problem in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "out.mlpackage").exists()

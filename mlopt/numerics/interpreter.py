@@ -32,7 +32,6 @@ from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
 from ..graph.values import decode_value
 from ..graph.view import op_name
 from .ops import IMPLEMENTATIONS
-from .weights import BlobError
 
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
 MAX_BLOB_BYTES = 2**62  # past this a declared blob shape cannot be real (and int64 byte counts would wrap)
@@ -138,7 +137,7 @@ class Evaluator:
         self._ops_run += 1
         try:
             self._run_op_unchecked(op, env)
-        except (InterpreterError, MloptError, BlobError):  # ours, or bad input from the weight reader
+        except (InterpreterError, MloptError):  # ours, or bad input from the weight reader (BlobError)
             raise
         except (KeyError, IndexError, ValueError, TypeError, ArithmeticError) as e:
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) failed: {type(e).__name__}: {e}") from None

@@ -12,11 +12,15 @@ import numpy as np
 from ..errors import BadInputError, CannotVerify
 from ..graph import FunctionView
 from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
+from ..graph.type_checks import element_count
+from ..graph.view import op_name
 from ..package import read_package
 from .compare import compare, tolerance_for
-from .inputs import random_inputs, tensor_type
+from .inputs import InputTooLarge, random_inputs, tensor_type
 from .interpreter import InterpreterError, run_function
 from .weights import check_blob_references
+
+MAX_VALUE_ELEMENTS = 2**28  # per computed value: 1 GB as fp32; an LLM's logits for 512 tokens are ~2^26
 
 
 @dataclass
@@ -91,7 +95,12 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             raise BadInputError(candidate_path, f"function '{name}' takes other inputs than in {reference_path}")
         ref_view = FunctionView(name, ref_fn)
         cand_view = FunctionView(name, cand_fn)
-        feeds = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale)
+        for package, view in ((ref, ref_view), (cand, cand_view)):
+            _check_declared_sizes(package, view)
+        try:
+            feeds = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale)
+        except InputTooLarge as e:
+            raise CannotVerify(reference_path, f"cannot be verified: function '{name}': {e}") from None
         feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
         cand_out = _run(cand, cand_view, cand_blobs, feeds)
@@ -108,6 +117,22 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
             report.checks.append(OutputCheck(name, out, d.max_abs, d.max_rel, d.rtol, d.atol, d.passed, problem))
     return report
+
+
+def _check_declared_sizes(package, view):
+    """CannotVerify if a computed value declares more than MAX_VALUE_ELEMENTS elements: memory stays bounded
+    whatever the shapes say (constants are not counted: weights are views into weight.bin's memory map)."""
+    for op in view.ops():
+        if op.type == "const":
+            continue
+        for out in op.outputs:
+            count = element_count(out.type.tensorType) if out.type.WhichOneof("type") == "tensorType" else None
+            if count is not None and count > MAX_VALUE_ELEMENTS:
+                raise CannotVerify(
+                    package.path,
+                    f"cannot be verified: function '{view.name}': op '{op_name(op)}' ({op.type}) declares "
+                    f"{count} elements, more than verify's budget of {MAX_VALUE_ELEMENTS} per value",
+                )
 
 
 def _run(package, view, blobs, feeds):
