@@ -1,49 +1,61 @@
 """The Python entry points: `optimize_package` (path to path) and `optimize` (MLModel to MLModel)."""
 
+import logging
 import os
 
 from .compute_units import compute_units_name, skip_reason
 from .errors import BadInputError
 from .package import PackageWriter, load_spec, locate_package
 from .report import Report
+from .selection import Selection
+
+log = logging.getLogger("mlopt")
 
 
-def optimize_package(in_path, out_path=None, compute_units="CPU_AND_NE", force=False, dry_run=False, verify=True, link=False):
+def optimize_package(
+    in_path, out_path=None, compute_units="CPU_AND_NE", force: bool = False, dry_run: bool = False, verify: bool = True,
+    link: bool = False, only=None, skip=(), functions=None,
+) -> Report:
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
     The input is never modified (in-place, `out_path == in_path`, needs `force` and is still atomic). With
-    `dry_run` nothing is written and `out_path` may be None. `verify=False` skips the numerical self-check.
-    `link` hard-links the output's files (weights) to the input's instead of copying them.
+    `dry_run` nothing is written, `out_path` may be None, and the report says what a real run would do.
+    `verify=False` skips the numerical self-check. `link` hard-links the output's files (weights) to the input's
+    instead of copying them. `only` / `skip` (chain anchor op names, as the report shows them) and `functions`
+    (function names) limit what is rewritten; everything else is copied as it is.
     """
     units = compute_units_name(compute_units)
     if out_path is None and not dry_run:
         raise BadInputError(in_path, "no output path given")
+    selection = Selection.of(only, skip, functions)
     package = locate_package(in_path)
     try:
-        return _optimize_package(package, in_path, out_path, units, force, dry_run, verify, link)
+        report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
+        report.note = skip_reason(units)
+        if dry_run:
+            report.functions = _analyse(package, units, verify, selection, dry_run=True)
+            return report
+        return _write(package, report, out_path, force, link, units, verify, selection)
     finally:
         package.close()
 
 
-def _optimize_package(package, in_path, out_path, units, force, dry_run, verify, link):
-    report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units)
-    report.note = skip_reason(units)
-    if dry_run:
-        report.functions = _analyse(package, units, verify, dry_run=True)
-        return report
+def _write(package, report, out_path, force, link, units, verify, selection):
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        report.functions = _analyse(package, units, verify)
+        report.functions = _analyse(package, units, verify, selection)
         # an unchanged model file is copied as bytes, not re-serialised
         methods = writer.commit(package.spec if report.rewrites else None)
     report.written = True
     report.copy_method = ", ".join(sorted(methods))
     report.housekeeping = writer.notes
+    if not os.fspath(out_path).rstrip("/").endswith(".mlpackage"):
+        log.warning("%s: the output's name does not end in .mlpackage; Core ML tools (Xcode, coremltools) expect it", out_path)
     return report
 
 
-def _analyse(package, units, verify, dry_run=False):
+def _analyse(package, units, verify, selection, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it."""
     from .numerics.weights import check_blob_references
 
@@ -51,38 +63,52 @@ def _analyse(package, units, verify, dry_run=False):
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
-        return _optimize_spec()(package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True)
+        return _optimize_spec()(
+            package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
+            model_path=package.model_path,
+        )
     finally:
         blobs.close()
 
 
 def _optimize_spec():
     """The analysis pipeline, imported when first needed (numpy, the interpreter): after the copy has started."""
-    from .optimize import optimize_spec
+    from .engine import optimize_spec
 
     return optimize_spec
 
 
-def optimize(mlmodel, compute_units=None, verify=True):
-    """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten.
+def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False):
+    """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten; with `report=True`, the pair
+    `(model, Report)`.
 
-    `compute_units` defaults to the model's own (`mlmodel.compute_unit`); only `CPU_AND_NE` rewrites. Works on
+    `compute_units` is the target the model is optimized for, as on the command line: `CPU_AND_NE` (the default,
+    whatever the model was loaded with) rewrites; any other setting (a `ct.ComputeUnit` or its name) returns an
+    unchanged copy and warns (UserWarning) with the reason. The returned model carries the setting. Works on
     Linux, where the returned model is spec-only (`skip_model_load`) like the input.
     """
+    import warnings
+
     import coremltools as ct
 
     from .package.proto import Model_pb2
 
-    units = compute_units_name(compute_units if compute_units is not None else mlmodel.compute_unit)
+    units = compute_units_name(compute_units)
+    source = getattr(mlmodel, "package_path", None) or "<in-memory model>"
     if mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
-        raise BadInputError(getattr(mlmodel, "package_path", "<model>"), "not an ML program; nothing to do")
+        raise BadInputError(source, "not an ML program; nothing to do")
+    skipped = skip_reason(units)
+    if skipped:
+        warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
     model_dir = os.path.dirname(mlmodel.weights_dir)
-    _optimize_spec()(spec, units, model_dir=model_dir, verify=verify, model_path=getattr(mlmodel, "package_path", None) or model_dir)
-    return ct.models.MLModel(
+    result = Report(input=source, output=None, compute_units=units, note=skipped)
+    result.functions = _optimize_spec()(spec, units, model_dir=model_dir, verify=verify, model_path=source)
+    model = ct.models.MLModel(
         spec,
         weights_dir=mlmodel.weights_dir,
         compute_units=ct.ComputeUnit[units],
         skip_model_load=getattr(mlmodel, "__proxy__", None) is None,
     )
+    return (model, result) if report else model

@@ -10,7 +10,6 @@ symbolic links; a link found there is listed as skipped (name it directly to opt
 """
 
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -23,11 +22,14 @@ _in_task = [0]  # in a worker process, during a model: the commit count at which
 _stopping = [False]  # in a worker process: a signal came; models handed over later are not started
 
 
+STATUSES = ("rewritten", "unchanged", "skipped", "bad input", "failed", "interrupted")
+
+
 @dataclass
 class BatchItem:
     input: str
     output: str = None
-    status: str = "pending"  # ok, bad input, failed, interrupted
+    status: str = "pending"  # rewritten, unchanged, skipped, bad input, failed, interrupted
     error: str = None
     seconds: float = 0.0
     report: dict = None  # Report.to_dict() of a successful run
@@ -46,6 +48,7 @@ class BatchResult:
     items: list
     interrupted: bool = False  # a signal stopped the batch (even if every model had finished by then)
     signal_exit: int = 130  # the exit code for that signal (128 + its number)
+    dry_run: bool = False  # statuses say what a real run would do; nothing was written
 
     @property
     def exit_code(self):
@@ -56,32 +59,49 @@ class BatchResult:
             return 1
         return 2 if "bad input" in statuses else 0
 
-    def render(self):
+    def counts(self):
+        """How many models ended in each status, every status listed."""
+        return {status: sum(i.status == status for i in self.items) for status in STATUSES}
+
+    def render(self, verbose=False):
+        from .report import lines_text
+
         rows = [("model", "rewritten", "left alone", "time", "status")]
         for i in self.items:
             status = i.status if i.error is None else f"{i.status}: {i.error}"
             rows.append((i.input, str(i.rewrites), str(i.left_alone), f"{i.seconds:.2f}s", status))
         widths = [max(len(r[k]) for r in rows) for k in range(4)]
         lines = ["  ".join(r[k].ljust(widths[k]) for k in range(4)) + "  " + r[4] for r in rows]
-        ok = sum(i.status == "ok" for i in self.items)
-        lines.append(f"{ok}/{len(self.items)} models optimized, {sum(i.rewrites for i in self.items)} chains rewritten")
-        return "\n".join(lines)
+        counts = ", ".join(f"{n} {status}" for status, n in self.counts().items() if n or status in ("rewritten", "unchanged"))
+        chains = sum(i.rewrites for i in self.items)
+        dry = " (dry run: nothing written)" if self.dry_run else ""
+        lines.append(f"{len(self.items)} model{'s' * (len(self.items) != 1)}: {counts}; {chains} chain{'s' * (chains != 1)} rewritten{dry}")
+        return lines_text(lines)
 
     def to_dict(self):
+        from .report import SCHEMA
+
         return {
+            "schema": SCHEMA,
+            "command": "optimize --out-dir",
             "models": [asdict(i) for i in self.items],
-            "ok": sum(i.status == "ok" for i in self.items),
-            "failed": sum(i.status != "ok" for i in self.items),
+            "counts": {status.replace(" ", "_"): n for status, n in self.counts().items()},
+            "rewrites": sum(i.rewrites for i in self.items),
             "interrupted": self.interrupted,
+            "dry_run": self.dry_run,
         }
 
 
-def find_packages(root):
+def find_packages(root, exclude=None):
     """(packages, links) under `root`, recursively, in sorted order; a package's own folders are not searched and
-    no symbolic link is followed: links to folders are returned apart, to be reported as skipped."""
+    no symbolic link is followed: links to folders are returned apart, to be reported as skipped. The folder
+    `exclude` (the output folder, when it lies inside an input folder) is not searched: a rerun must not take
+    the last run's outputs for inputs."""
     found, links = [], []
+    excluded = _identity(exclude)
     for folder, dirs, files in os.walk(root):
         dirs.sort()
+        dirs[:] = [d for d in dirs if excluded is None or _identity(os.path.join(folder, d)) != excluded]
         if folder != root and (folder.endswith(".mlpackage") or MANIFEST in files):
             found.append(folder)
             dirs[:] = []
@@ -93,9 +113,18 @@ def find_packages(root):
     return found, links
 
 
-def plan(inputs, out_dir):
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def plan(inputs, out_dir, skip_existing=False):
     """One BatchItem per model: packages named directly go to out_dir/<name>, packages found in a folder keep
-    their path relative to it. Paths that are neither become items that fail with the reason."""
+    their path relative to it. Paths that are neither become items that fail with the reason. With
+    `skip_existing`, a model whose output exists is listed as skipped."""
     out_dir = os.fspath(out_dir)
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise BadInputError(out_dir, "--out-dir is not a folder")
@@ -103,7 +132,7 @@ def plan(inputs, out_dir):
     for path in inputs:
         path = os.fspath(path)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST)) and not path.endswith(".mlpackage"):
-            packages, links = find_packages(path)
+            packages, links = find_packages(path, exclude=out_dir)
             if not packages and not links:
                 items.append(BatchItem(path, status="bad input", error=f"{path}: no .mlpackage found in this folder"))
             items += [BatchItem(p, os.path.join(out_dir, os.path.relpath(p, path))) for p in packages]
@@ -118,7 +147,23 @@ def plan(inputs, out_dir):
         if key in seen:
             item.status, item.error = "bad input", f"{item.input}: output {item.output} would also be written by {seen[key]}"
         seen.setdefault(key, item.input)
+        if skip_existing and item.status == "pending" and os.path.lexists(item.output):
+            item.status, item.error = "skipped", f"{item.output} exists (--skip-existing)"
+    _refuse_out_dir_inside_an_input(out_dir, items)
     return items
+
+
+def _refuse_out_dir_inside_an_input(out_dir, items):
+    """Every output would land inside that input package: refuse the batch before anything is written."""
+    from .package.destination import ancestors
+
+    existing = os.path.abspath(out_dir)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    above = set(ancestors(existing))
+    for item in items:
+        if item.output is not None and _identity(item.input) in above:
+            raise BadInputError(out_dir, f"--out-dir is inside the input package {item.input}; write the outputs outside it")
 
 
 def optimize_one(input_path, output_path, options):
@@ -134,7 +179,8 @@ def optimize_one(input_path, output_path, options):
     _in_task[0] = writer.COMMITS[0] + 1  # interruptible until this task's package is in place
     try:
         report = optimize_package(input_path, output_path, **options)
-        return "ok", None, time.perf_counter() - start, report.to_dict()
+        status = "rewritten" if report.rewrites else "unchanged"  # in a dry run: what a real run would do
+        return status, None, time.perf_counter() - start, report.to_dict()
     except BadInputError as e:
         return "bad input", str(e), time.perf_counter() - start, None
     except MloptError as e:
@@ -195,18 +241,25 @@ def run(items, jobs=1, progress=None, **options):
         for item in pending:
             if item.status == "pending":
                 item.status, item.error = "interrupted", "interrupted; nothing was written"
-        return BatchResult(items, interrupted=True, signal_exit=signals.exit_code(e))
-    return BatchResult(items)
+        return BatchResult(items, interrupted=True, signal_exit=signals.exit_code(e), dry_run=options.get("dry_run", False))
+    return BatchResult(items, dry_run=options.get("dry_run", False))
+
+
+MAX_WORKERS_PER_CPU = 8
 
 
 def _run_pool(pending, jobs, progress, options):
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+    """Workers: never more than models, nor than MAX_WORKERS_PER_CPU per CPU (`--jobs 100000` must not fork
+    100000 processes). A worker that dies (killed by the OS) fails the models it had; a failed fork ends the batch
+    with one line; the pool is always shut down, so nothing is left running."""
+    workers = max(1, min(jobs, len(pending), MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)))
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
     futures = {}
     try:
         futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
         for future in as_completed(futures):
             _finish(futures[future], future.result(), progress)
-    except (KeyboardInterrupt, BrokenProcessPool) as e:
+    except (KeyboardInterrupt, BrokenProcessPool, OSError) as e:
         _signal_workers(pool, getattr(e, "signum", None))
         pool.shutdown(wait=True, cancel_futures=True)
         # work already handed to a worker may have finished (or been interrupted) meanwhile: report it as it ended
@@ -215,7 +268,12 @@ def _run_pool(pending, jobs, progress, options):
                 _finish(item, future.result(), None)
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise KeyboardInterrupt from None
+        if isinstance(e, BrokenProcessPool):
+            for item in pending:
+                if item.status == "pending":
+                    _finish(item, ("failed", f"{item.input}: a worker process died (killed by the system?); not written", 0.0, None), progress)
+            return
+        raise MloptError(f"--jobs {jobs}", f"could not start {workers} worker processes ({e.strerror or e}); use a smaller --jobs") from None
     pool.shutdown(wait=True)
 
 
@@ -235,28 +293,3 @@ def _finish(item, outcome, progress):
     item.status, item.error, item.seconds, item.report = outcome
     if progress:
         progress(item)
-
-
-def progress_reporter(total, stream=None):
-    """A tqdm bar on a terminal; one line per model otherwise (CI logs). Writes to stderr by default."""
-    stream = stream or sys.stderr
-    if stream.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, file=stream, unit="model")
-
-        def update(item):
-            bar.set_postfix_str(os.path.basename(item.input))
-            bar.update(1)
-
-        update.close = bar.close
-        return update
-    done = [0]
-
-    def line(item):
-        done[0] += 1
-        detail = f"{item.rewrites} rewritten, {item.left_alone} left alone" if item.status == "ok" else item.error
-        print(f"[{done[0]}/{total}] {item.input}: {item.status} ({detail}, {item.seconds:.2f}s)", file=stream, flush=True)
-
-    line.close = lambda: None
-    return line

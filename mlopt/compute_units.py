@@ -6,8 +6,9 @@ REWRITING_UNITS = ("CPU_AND_NE",)
 
 
 def compute_units_name(compute_units):
-    """'CPU_AND_NE' etc. from a string or a `coremltools.ComputeUnit` (anything with that `.name`)."""
+    """'CPU_AND_NE' etc. from a string in any case or a `coremltools.ComputeUnit` (anything with that `.name`)."""
     name = getattr(compute_units, "name", compute_units)
+    name = name.upper() if isinstance(name, str) else name
     if name not in COMPUTE_UNITS:
         raise ValueError(f"unknown compute units {compute_units!r}; expected one of {', '.join(COMPUTE_UNITS)}")
     return name

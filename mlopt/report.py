@@ -1,17 +1,27 @@
 """What `optimize` did, for people (`render`) and machines (`to_dict`, printed by `--json`).
 
-Per function: every RMSNorm-like chain found, rewritten or left alone with the reason, and the op counts.
+Per function: every candidate chain (a reduction of a squared tensor) rewritten or left alone with the reason,
+and the change by op type (count before and after, constants excluded), like onnxsim's before/after table. A dry
+run reports what a real run would do: the same chains, statuses "would rewrite", the same op table.
+
+JSON (`to_dict`) follows `mlopt/report.schema.json` (schema version SCHEMA): numbers are always numbers; a value
+that is not finite (an fp16 chain's error where x^2 overflowed) is written as null, with `<name>_nonfinite`
+beside it holding "inf", "-inf" or "nan".
 """
 
 import math
 from dataclasses import asdict, dataclass, field
+
+SCHEMA = 1
+REWRITTEN, WOULD_REWRITE, MATCHED, LEFT_ALONE = "rewritten", "would rewrite", "matched", "left alone"
+INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run")  # optimize-only fields
 
 
 @dataclass
 class ChainReport:
     anchor: str  # the reduce op the chain was found at
     form: str  # the ops walked, e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
-    status: str  # "rewritten", "would rewrite" (dry run, other compute units) or "left alone"
+    status: str  # REWRITTEN, WOULD_REWRITE (dry run), MATCHED (compute units that do not rewrite) or LEFT_ALONE
     reason: str = None  # why it was left alone
     ops: list = None  # names of the ops the chain walked through
     x: str = None  # the normalised tensor
@@ -23,6 +33,7 @@ class ChainReport:
     error: float = None  # self-check: worst relative error of the rewrite against the chain's float64 meaning
     original_error: float = None  # the same measure for the original chain (inf where fp16 x^2 overflowed)
     note: str = None  # what the rewrite changes beyond the arithmetic (e.g. an inflated eps made true)
+    replacement: list = None  # op types the rewrite puts in place of the chain (--verbose)
 
 
 @dataclass
@@ -30,11 +41,14 @@ class FunctionReport:
     name: str
     opset: str
     chains: list = field(default_factory=list)
-    ops_removed: int = 0
-    ops_added: int = 0
+    ops: dict = field(default_factory=dict)  # op type -> [count before, count after], constants excluded
+    note: str = None  # why the function has no candidates, or was not selected
 
-    def count(self, status):
-        return sum(c.status == status for c in self.chains)
+    def count(self, *statuses):
+        return sum(c.status in statuses for c in self.chains)
+
+    def changed_ops(self):
+        return {t: counts for t, counts in sorted(self.ops.items()) if counts[0] != counts[1]}
 
 
 @dataclass
@@ -42,6 +56,7 @@ class Report:
     input: str
     output: str
     compute_units: str
+    dry_run: bool = False
     written: bool = False
     copy_method: str = None  # how the unchanged files were copied: clonefile, copy_file_range, streamed copy, hard link
     note: str = None  # why nothing was rewritten, when the settings say so
@@ -50,41 +65,41 @@ class Report:
 
     @property
     def rewrites(self):
-        return sum(f.count("rewritten") for f in self.functions)
+        """Chains rewritten (or, in a dry run, that would be)."""
+        return sum(f.count(REWRITTEN, WOULD_REWRITE) for f in self.functions)
 
     @property
     def left_alone(self):
-        return sum(f.count("left alone") for f in self.functions)
+        return sum(f.count(LEFT_ALONE) for f in self.functions)
+
+    @property
+    def candidates(self):
+        return sum(len(f.chains) for f in self.functions)
 
     def to_dict(self):
         d = json_safe(asdict(self))
-        d["rewrites"] = self.rewrites
-        d["left_alone"] = self.left_alone
+        d.update(schema=SCHEMA, command="optimize", rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
         return d
 
-    def render(self):
-        lines = [f"mlopt optimize {self.input} (compute units {self.compute_units})"]
+    def to_inspect_dict(self):
+        """`mlopt inspect --json`: the findings, without the fields only a run that writes has."""
+        d = self.to_dict()
+        for key in INSPECT_OMITS:
+            d.pop(key, None)
+        d["command"] = "inspect"
+        return d
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    def render(self, verbose=False):
+        lines = [f"mlopt optimize {self.input} (compute units {self.compute_units}{', dry run' if self.dry_run else ''})"]
         if self.note:
             lines.append(f"  note: {self.note}")
         for f in self.functions:
-            found = len(f.chains)
-            done = f"{f.count('would rewrite')} would rewrite" if f.count("would rewrite") else f"{f.count('rewritten')} rewritten"
-            lines.append(
-                f"  function {f.name} ({f.opset}): {found} RMSNorm chain{'s' * (found != 1)} found: {done}, "
-                f"{f.count('left alone')} left alone; ops removed {f.ops_removed}, added {f.ops_added}"
-            )
+            lines.append(f"  function {f.name} ({f.opset}): {_summary(f)}")
             for c in f.chains:
-                if c.status == "left alone":
-                    lines.append(f"    left alone     {c.anchor}: {c.form}: {c.reason}")
-                else:
-                    checked = "" if c.error is None else f"; self-check vs float64: rewrite {c.error:.1e}, original {c.original_error:.1e}"
-                    axes = ",".join(map(str, c.axes))
-                    lines.append(
-                        f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axes {axes}, eps {c.epsilon:.3g}, {c.dtype}{checked})"
-                    )
-                    if c.note:
-                        lines.append(f"                   note: {c.note}")
-        return "\n".join(lines + self._footer())
+                lines += _chain_lines(c, verbose)
+            lines += _op_table(f, "after (dry run)" if self.dry_run else "after")
+        return lines_text(lines + self._footer())
 
     def _footer(self):
         lines = [f"  {line}" for line in self.housekeeping]
@@ -95,15 +110,15 @@ class Report:
         return lines
 
     def render_details(self):
-        """`mlopt inspect`: every RMSNorm-like chain, where it is, what it was read as, or why it is left alone."""
+        """`mlopt inspect`: every candidate chain, where it is, what it was read as, or why it is left alone."""
         lines = [f"mlopt inspect {self.input}"]
         for f in self.functions:
-            lines.append(f"function {f.name} ({f.opset}): {len(f.chains)} RMSNorm-like chain{'s' * (len(f.chains) != 1)}")
+            lines.append(f"function {f.name} ({f.opset}): {_summary(f, inspect=True)}")
             for k, c in enumerate(f.chains, 1):
-                verdict = "RMSNorm" if c.status != "left alone" else "left alone"
+                verdict = "RMSNorm" if c.status != LEFT_ALONE else LEFT_ALONE
                 lines.append(f"  [{k}] {verdict}: {c.form}")
                 lines.append(f"      ops: {', '.join(c.ops or [])}")
-                if c.status == "left alone":
+                if c.status == LEFT_ALONE:
                     lines.append(f"      reason: {c.reason}")
                 else:
                     lines.append(
@@ -116,15 +131,69 @@ class Report:
                     lines.append(f"      note: {c.note}")
         if self.note:
             lines.append(f"note: {self.note}")
-        return "\n".join(lines)
+        return lines_text(lines)
+
+
+def _summary(f, inspect=False):
+    """'5 candidate chains: 5 rewritten, 0 left alone', or why there are none."""
+    if not f.chains:
+        return f"no candidate chains ({f.note})" if f.note else "no candidate chains"
+    n = len(f.chains)
+    if inspect:
+        parts = [f"{f.count(REWRITTEN, WOULD_REWRITE, MATCHED)} RMSNorm"]
+    else:
+        parts = [f"{f.count(s)} {s}" for s in (REWRITTEN, WOULD_REWRITE, MATCHED) if f.count(s)] or [f"0 {REWRITTEN}"]
+    text = f"{n} candidate chain{'s' * (n != 1)}: {', '.join(parts)}, {f.count(LEFT_ALONE)} left alone"
+    return f"{text} ({f.note})" if f.note else text
+
+
+def _chain_lines(c, verbose):
+    if c.status == LEFT_ALONE:
+        lines = [f"    {LEFT_ALONE:<14} {c.anchor}: {c.form}: {c.reason}"]
+    else:
+        checked = "" if c.error is None else f"; self-check vs float64: rewrite {c.error:.1e}, original {c.original_error:.1e}"
+        axes = ",".join(map(str, c.axes))
+        lines = [f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axes {axes}, eps {c.epsilon:.3g}, {c.dtype}{checked})"]
+        if c.note:
+            lines.append(f"                   note: {c.note}")
+    if verbose:
+        lines.append(f"                   ops: {', '.join(c.ops or [])}")
+        if c.replacement:
+            lines.append(f"                   replaced by: {' -> '.join(c.replacement)}")
+    return lines
+
+
+def _op_table(f, after):
+    """The op types whose count changed, before and after (constants excluded)."""
+    changed = f.changed_ops()
+    if not changed:
+        return ["    ops unchanged"] if f.chains else []
+    width = max(len("op type"), *(len(t) for t in changed))
+    lines = [f"    {'op type':<{width}}  before  {after}"]
+    lines += [f"    {t:<{width}}  {before:>6}  {now:>{len(after)}}" for t, (before, now) in changed.items()]
+    return lines
+
+
+def printable(text):
+    """`text` on one line: control characters (a newline or an escape sequence inside a value name of a hostile
+    model) are shown as escapes, never written to a terminal or log as they are."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def lines_text(lines):
+    return "\n".join(printable(line) for line in lines)
 
 
 def json_safe(obj):
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+    """JSON has no inf/nan: such a number becomes null, and `<key>_nonfinite` beside it says which it was."""
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                out[k], out[f"{k}_nonfinite"] = None, "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            else:
+                out[k] = json_safe(v)
+        return out
     if isinstance(obj, list):
-        return [json_safe(v) for v in obj]
+        return [None if isinstance(v, float) and not math.isfinite(v) else json_safe(v) for v in obj]
     return obj

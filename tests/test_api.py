@@ -28,15 +28,67 @@ def test_optimize_mlmodel_cpu_and_ne(tmp_path):
     assert "layer_norm" not in non_const_ops(model)
 
 
-@pytest.mark.parametrize("units", [ct.ComputeUnit.ALL, ct.ComputeUnit.CPU_ONLY, ct.ComputeUnit.CPU_AND_GPU])
-def test_optimize_mlmodel_other_units_unchanged(units):
-    model = ct.models.MLModel(fixture_path("hf_fp16_ios17"), skip_model_load=True, compute_units=units)
-    assert non_const_ops(optimize(model)) == non_const_ops(model)
+@pytest.mark.parametrize("units", [ct.ComputeUnit.ALL, ct.ComputeUnit.CPU_ONLY, ct.ComputeUnit.CPU_AND_GPU, "all"])
+def test_optimize_mlmodel_other_units_unchanged_with_a_warning(units):
+    model = ct.models.MLModel(fixture_path("hf_fp16_ios17"), skip_model_load=True)
+    name = getattr(units, "name", str(units).upper())
+    with pytest.warns(UserWarning, match=f"mlopt.optimize: compute units {name}: the LayerNorm trick only pays where"):
+        result = optimize(model, compute_units=units)
+    assert non_const_ops(result) == non_const_ops(model)
+    assert result.compute_unit == ct.ComputeUnit[name]
 
 
-def test_optimize_mlmodel_explicit_units_override_the_models():
-    model = ct.models.MLModel(fixture_path("hf_fp16_ios17"), skip_model_load=True, compute_units=ct.ComputeUnit.ALL)
-    assert "layer_norm" in non_const_ops(optimize(model, compute_units=ct.ComputeUnit.CPU_AND_NE))
+def test_optimize_defaults_to_cpu_and_ne_whatever_the_model_was_loaded_with(recwarn):
+    """coremltools loads with ComputeUnit.ALL by default: mlopt.optimize still targets the ANE, as the CLI does."""
+    model = ct.models.MLModel(fixture_path("hf_fp16_ios17"), skip_model_load=True)
+    assert model.compute_unit == ct.ComputeUnit.ALL
+    result = optimize(model)
+    assert "layer_norm" in non_const_ops(result) and result.compute_unit == ct.ComputeUnit.CPU_AND_NE
+    assert [w for w in recwarn if issubclass(w.category, UserWarning) and "mlopt" in str(w.message)] == []
+
+
+def test_optimize_returns_its_report_on_request():
+    model = ct.models.MLModel(fixture_path("decoder_fp16_ios17"), skip_model_load=True)
+    result, report = optimize(model, report=True)
+    assert report.rewrites == 5 and report.written is False and report.output is None
+    assert report.input == fixture_path("decoder_fp16_ios17")
+    assert non_const_ops(result).count("layer_norm") == 5
+
+
+def test_mlopt_optimize_works_every_time_through_the_package_attribute():
+    """The package attribute, not `from mlopt import optimize`: twice, and after optimize_package ran."""
+    import mlopt
+
+    model = ct.models.MLModel(fixture_path("hf_fp16_ios17"), skip_model_load=True)
+    assert "layer_norm" in non_const_ops(mlopt.optimize(model))
+    assert "layer_norm" in non_const_ops(mlopt.optimize(model))
+    mlopt.optimize_package(fixture_path("hf_fp16_ios17"), dry_run=True)
+    assert "layer_norm" in non_const_ops(mlopt.optimize(model))
+
+
+def test_mlopt_optimize_in_a_fresh_interpreter():
+    import subprocess
+    import sys
+
+    script = (
+        "import coremltools as ct, mlopt\n"
+        f"m = ct.models.MLModel({fixture_path('hf_fp16_ios17')!r}, skip_model_load=True)\n"
+        f"mlopt.optimize_package({fixture_path('hf_fp16_ios17')!r}, dry_run=True)\n"
+        "for _ in range(2):\n"
+        "    s = mlopt.optimize(m).get_spec().mlProgram.functions['main']\n"
+        "    assert any(op.type == 'layer_norm' for op in s.block_specializations[s.opset].operations)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_dir_lists_the_public_names():
+    import mlopt
+
+    names = dir(mlopt)
+    for public in ("optimize", "optimize_package", "convert", "Report", "BadInputError", "MloptError", "__version__"):
+        assert public in names
 
 
 def test_optimize_package_returns_report(tmp_path):

@@ -46,7 +46,7 @@ def test_folder_with_one_corrupt_model(models, tmp_path, capsys):
     assert by_model[str(models / "team" / "v2" / "near_misses_fp16_ios17.mlpackage")][1:3] == ["0", "7"]
     broken = by_model[str(models / "team" / "broken.mlpackage")]
     assert broken[4:7] == ["bad", "input:", f"{os.path.realpath(models / 'team' / 'broken.mlpackage' / 'Data' / 'com.apple.CoreML' / 'model.mlmodel')}:"]
-    assert rows[-1] == "4/5 models optimized, 7 chains rewritten"
+    assert rows[-1] == "5 models: 3 rewritten, 1 unchanged, 1 bad input; 7 chains rewritten"
     # one progress line per model on a non-terminal, the layout mirrored, the bad one not written
     assert len(err.splitlines()) == 5 and all(line.startswith("[") for line in err.splitlines())
     assert "layer_norm" in op_types(str(out / "team" / "decoder_fp16_ios17.mlpackage"))
@@ -67,7 +67,8 @@ def test_jobs_2_gives_the_same_outputs_as_jobs_1(models, tmp_path, capsys):
 def test_batch_json(models, tmp_path, capsys):
     code, text, _ = run(capsys, "optimize", models, "--out-dir", tmp_path / "out", "--json")
     result = json.loads(text)
-    assert code == 2 and result["ok"] == 4 and result["failed"] == 1
+    assert code == 2 and result["schema"] == 1
+    assert result["counts"] == {"rewritten": 3, "unchanged": 1, "skipped": 0, "bad_input": 1, "failed": 0, "interrupted": 0}
     statuses = {os.path.basename(m["input"]): m["status"] for m in result["models"]}
     assert statuses["broken.mlpackage"] == "bad input"
     decoder = next(m for m in result["models"] if m["input"].endswith("decoder_fp16_ios17.mlpackage"))
@@ -101,7 +102,7 @@ def test_interrupt_leaves_no_partial_packages(models, tmp_path, monkeypatch, job
 
     def interrupt_after_first(item):
         seen.append(item)
-        if len([i for i in seen if i.status == "ok"]) == 1:
+        if len([i for i in seen if i.status in ("rewritten", "unchanged")]) == 1:
             raise KeyboardInterrupt
 
     result = batch.run(items, jobs=jobs, progress=interrupt_after_first)
@@ -109,7 +110,7 @@ def test_interrupt_leaves_no_partial_packages(models, tmp_path, monkeypatch, job
     # with jobs=2, work already handed to the worker may finish meanwhile; it is then reported as it ended
     assert jobs == 2 or any(i.status == "interrupted" for i in result.items)
     for item in result.items:
-        assert (item.status == "ok") == os.path.isdir(item.output or ""), item
+        assert (item.status in ("rewritten", "unchanged")) == os.path.isdir(item.output or ""), item
     written = [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".mlpackage")]
     assert written
     for path in written:
@@ -147,7 +148,7 @@ def test_interrupt_during_a_model_stops_the_batch(models, tmp_path, monkeypatch)
     assert result.exit_code == 130
     statuses = [(os.path.basename(i.input), i.status) for i in result.items]
     assert statuses == [
-        ("hf_fp16_ios17.mlpackage", "ok"),
+        ("hf_fp16_ios17.mlpackage", "rewritten"),
         ("broken.mlpackage", "bad input"),
         ("decoder_fp16_ios17.mlpackage", "interrupted"),
         ("gemma_casts_fp16_ios17.mlpackage", "interrupted"),

@@ -25,10 +25,19 @@ def test_human_report(capsys, tmp_path):
     assert code == 0 and err == ""
     lines = text.splitlines()
     assert lines[0] == f"mlopt optimize {fixture_path('decoder_fp16_ios17')} (compute units CPU_AND_NE)"
-    assert lines[1] == (
-        "  function main (CoreML7): 5 RMSNorm chains found: 5 rewritten, 0 left alone; "
-        "ops removed 55, added 65"
-    )  # per chain: pow, reduce_mean, add, rsqrt, 2 mul + 5 literal consts go (gamma stays); 5 ops + 8 consts come
+    assert lines[1] == "  function main (CoreML7): 5 candidate chains: 5 rewritten, 0 left alone"
+    # the change by op type, constants excluded: per chain pow, reduce_mean, add, rsqrt, mul, mul go and
+    # mul, concat, layer_norm, slice_by_index, mul come (the decoder's residual adds stay)
+    assert lines[7:15] == [
+        "    op type         before  after",
+        "    add                  9      4",
+        "    concat               0      5",
+        "    layer_norm           0      5",
+        "    pow                  5      0",
+        "    reduce_mean          5      0",
+        "    rsqrt                5      0",
+        "    slice_by_index       0      5",
+    ]
     assert sum(line.startswith("    rewritten") for line in lines) == 5
     assert re.search(r"rewritten +reduce_mean_0 -> mul_1: pow -> reduce_mean -> add -> rsqrt -> mul -> mul\(gamma\) "
                      r"\(axes 2, eps 1\.01e-06, fp16; self-check vs float64: rewrite \d\.\de-0\d, original 1\.0e\+00\)", text)
@@ -54,7 +63,9 @@ def test_json_report(capsys, tmp_path):
     assert chain["epsilon"] == pytest.approx(1e-6 + 1e-12, rel=1e-6)
     assert 0 <= chain["error"] < 1e-5
     # only the two muls go: the mean square feeds another op and rsqrt's value is a model output
-    assert function["ops_added"] == 13 and function["ops_removed"] == 2
+    changed = {t: counts for t, counts in function["ops"].items() if counts[0] != counts[1]}
+    assert changed == {"concat": [0, 1], "layer_norm": [0, 1], "slice_by_index": [0, 1]}  # 2 muls go, 2 come
+    assert report["schema"] == 1 and report["command"] == "optimize" and report["candidates"] == 1
 
 
 def test_json_is_strict_json_even_with_infinite_errors(capsys):
@@ -62,6 +73,15 @@ def test_json_is_strict_json_even_with_infinite_errors(capsys):
     assert code == 0
     chain = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))["functions"][0]["chains"][0]
     assert chain["status"] == "would rewrite"
+    assert isinstance(chain["error"], float)
+
+
+def test_json_writes_non_finite_numbers_as_null_with_a_flag():
+    from mlopt.report import json_safe
+
+    assert json_safe({"error": float("inf"), "x": [1.0, float("nan")], "ok": 2.0}) == {
+        "error": None, "error_nonfinite": "inf", "x": [1.0, None], "ok": 2.0,
+    }
 
 
 def test_dry_run_writes_nothing(capsys, tmp_path):
@@ -72,6 +92,15 @@ def test_dry_run_writes_nothing(capsys, tmp_path):
     assert "1 would rewrite" in text and text.splitlines()[-1] == f"  dry run: {out} not written"
 
 
+def test_dry_run_reports_what_a_real_run_would_do(capsys, tmp_path):
+    code, dry, _ = run(capsys, "optimize", fixture_path("decoder_fp16_ios17"), "--dry-run", "--json")
+    code, real, _ = run(capsys, "optimize", fixture_path("decoder_fp16_ios17"), tmp_path / "o.mlpackage", "--json")
+    dry, real = json.loads(dry), json.loads(real)
+    assert dry["dry_run"] is True and dry["rewrites"] == real["rewrites"] == 5
+    assert dry["functions"][0]["ops"] == real["functions"][0]["ops"]
+    assert [c["status"] for c in dry["functions"][0]["chains"]] == ["would rewrite"] * 5
+
+
 @pytest.mark.parametrize("units", ["ALL", "CPU_ONLY", "CPU_AND_GPU"])
 def test_other_compute_units_copy_unchanged(capsys, tmp_path, units):
     out = tmp_path / "o.mlpackage"
@@ -79,7 +108,12 @@ def test_other_compute_units_copy_unchanged(capsys, tmp_path, units):
     assert code == 0
     assert tree_digest(out) == tree_digest(fixture_path("hf_fp16_ios17"))
     assert f"note: compute units {units}: the LayerNorm trick only pays where the Neural Engine is targeted explicitly" in text
-    assert "1 would rewrite" in text
+    assert "1 candidate chain: 1 matched, 0 left alone" in text and "    ops unchanged" in text
+
+
+def test_compute_units_in_any_case(capsys):
+    code, text, _ = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--compute-units", "all")
+    assert code == 0 and "(compute units ALL, dry run)" in text
 
 
 def test_cpu_and_ne_rewrites(capsys, tmp_path):
@@ -121,7 +155,7 @@ def test_inspect_lists_candidates_with_reasons(capsys):
     lines = text.splitlines()
     assert lines[:5] == [
         f"mlopt inspect {fixture_path('near_misses_fp16_ios17')}",
-        "function main (CoreML7): 7 RMSNorm-like chains",
+        "function main (CoreML7): 7 candidate chains: 0 RMSNorm, 7 left alone",
         "  [1] left alone: mul -> reduce_mean -> add -> rsqrt -> mul",
         "      ops: mul_8, reduce_mean_1, add_0, rsqrt_0, mul_9",
         "      reason: input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm",
@@ -142,9 +176,12 @@ def test_inspect_shows_what_a_match_reads(capsys):
 def test_inspect_json(capsys, tmp_path):
     code, text, _ = run(capsys, "inspect", fixture_path("decoder_fp16_ios17"), "--json")
     assert code == 0
-    chains = json.loads(text)["functions"][0]["chains"]
+    report = json.loads(text)
+    chains = report["functions"][0]["chains"]
     assert len(chains) == 5
     assert all(c["status"] == "would rewrite" and c["x"] and c["gamma"] and c["ops"] for c in chains)
+    assert report["command"] == "inspect"
+    assert not {"output", "written", "copy_method", "housekeeping", "dry_run"} & set(report)
     assert not os.listdir(tmp_path)  # inspect writes nothing
 
 

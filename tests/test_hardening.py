@@ -18,7 +18,7 @@ from mlopt.graph.values import decode_value
 from mlopt.numerics import selfcheck
 from mlopt.numerics.inputs import MAX_ELEMENTS, InputTooLarge, random_inputs
 from mlopt.numerics.interpreter import Evaluator, InterpreterError
-from mlopt.optimize import PROVENANCE_REWRITES, optimize_spec
+from mlopt.engine import PROVENANCE_REWRITES, optimize_spec
 from mlopt.package.proto import MIL_pb2, Model_pb2
 from mlopt.patterns import find_rms_norms
 from mlopt.patterns.walk import (

@@ -4,6 +4,9 @@ The answer to "why did my model not get faster?". It runs what `optimize --dry-r
 what it lists as RMSNorm is exactly what `optimize` would rewrite.
 """
 
+from .output import add_verbosity
+
+
 def add_parser(commands):
     p = commands.add_parser(
         "inspect",
@@ -12,6 +15,7 @@ def add_parser(commands):
     )
     p.add_argument("input", metavar="MODEL", help="the .mlpackage to inspect")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
+    add_verbosity(p)
 
 
 class _Details:
@@ -22,7 +26,7 @@ class _Details:
         return self.report.render_details()
 
     def to_dict(self):
-        return self.report.to_dict()
+        return self.report.to_inspect_dict()
 
 
 def run(args):

@@ -15,7 +15,9 @@ import traceback
 
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
+from ..report import SCHEMA, printable
 from . import inspect_cmd, optimize_cmd, signals, verify_cmd
+from .output import logging_to_stderr
 
 COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
 CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
@@ -32,49 +34,94 @@ def build_parser():
 
 
 def run_cli(argv=None):
-    command = "mlopt"
+    args = None
+    committed = _commits()
     try:
         args = build_parser().parse_args(argv)
-        command = args.command
-        result, code = COMMANDS[args.command].run(args)
-        _print(json.dumps(result.to_dict(), indent=2) if args.json else result.render())
+        _check_cwd(args)
+        with logging_to_stderr(args):
+            result, code = COMMANDS[args.command].run(args)
+            try:
+                if args.json:
+                    _print(json.dumps(result.to_dict(), indent=2))
+                elif not args.quiet:
+                    _print(result.render(verbose=True) if args.verbose else result.render())
+            except BrokenPipeError:
+                raise
+            except OSError as e:  # `> /dev/full`: the work is done, only the report is lost
+                problem = f"the report could not be printed ({e.strerror}); the {args.command} itself finished"
+                return _fail(None, 1, "stdout", problem, f"mlopt: error: stdout: {problem}")
         return code
     except KeyboardInterrupt as e:
-        return _interrupted(e)
+        return _interrupted(e, args, wrote=_commits() > committed)
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE
     except MloptError as e:
         if signals.received():
-            return _interrupted(signals.received())
+            return _interrupted(signals.received(), args, wrote=_commits() > committed)
         code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1
-        return _fail(f"mlopt: error: {e}", code)
+        return _fail(args, code, e.path, e.problem, f"mlopt: error: {e}")
     except Exception as e:  # our bug or limitation: one line, traceback on request
         if signals.received():
-            return _interrupted(signals.received())
+            return _interrupted(signals.received(), args, wrote=_commits() > committed)
         if os.environ.get("MLOPT_DEBUG"):
             traceback.print_exc()
-        return _fail(f"mlopt: {command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)", 1)
+        command = getattr(args, "command", "mlopt")
+        problem = f"internal error: {type(e).__name__}: {e}"
+        return _fail(args, 1, None, problem, f"mlopt: {command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)")
 
 
-def _interrupted(interrupt):
+def _check_cwd(args):
+    """A relative path cannot be resolved once the current folder was deleted: say so instead of crashing."""
+    try:
+        os.getcwd()
+    except OSError:
+        names = ("paths", "input", "reference", "candidate", "out_dir", "inputs")
+        given = [p for n in names for p in (lambda v: v if isinstance(v, list) else [v])(getattr(args, n, None)) if p]
+        relative = [p for p in given if not os.path.isabs(p)]
+        if relative:
+            raise BadInputError(relative[0], "is a relative path and the current folder no longer exists; give an absolute path") from None
+
+
+def _commits():
+    """Packages this process has put in place so far (package/writer.py), without importing the writer early."""
+    writer = sys.modules.get("mlopt.package.writer")
+    return writer.COMMITS[0] if writer is not None else 0
+
+
+def _interrupted(interrupt, args, wrote=False):
     from ..package.writer import abort_all
 
     abort_all()  # whatever a writer had not cleaned up yet (an interrupt between two statements)
-    return _fail(f"mlopt: interrupted by {signals.name(interrupt)}; no partial output was left", signals.exit_code(interrupt))
+    name, code = signals.name(interrupt), signals.exit_code(interrupt)
+    if wrote:  # the signal came after the output was in place: it is complete, say so
+        problem = f"interrupted by {name} after the output was written completely"
+        return _fail(args, code, None, problem, f"mlopt: {problem}")
+    return _fail(args, code, None, f"interrupted by {name}", f"mlopt: interrupted by {name}; no partial output was left")
+
+
+def _fail(args, code, path, problem, line):
+    """The one error line on stderr; with --json also a JSON error object on stdout, for scripts."""
+    if getattr(args, "json", False):
+        kind = {2: "bad input", CANNOT_VERIFY: "cannot verify", 1: "failed"}.get(code, "interrupted")
+        error = {"kind": kind, "path": path, "problem": problem, "exit_code": code}
+        try:
+            _print(json.dumps({"schema": SCHEMA, "command": args.command, "error": error}, indent=2))
+        except (OSError, ValueError, AttributeError):
+            _silence_stdout()
+    try:
+        print(printable(line), file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return code
 
 
 def _print(text):
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nothing to print to
+        return
     print(text)
     sys.stdout.flush()  # a closed pipe shows here, inside run_cli, not at interpreter exit
-
-
-def _fail(message, code):
-    try:
-        print(message, file=sys.stderr)
-    except (BrokenPipeError, OSError):
-        pass
-    return code
 
 
 def _silence_stdout():

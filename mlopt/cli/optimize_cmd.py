@@ -2,6 +2,7 @@
 
 from ..compute_units import COMPUTE_UNITS
 from ..errors import BadInputError
+from .output import add_verbosity
 
 
 def add_parser(commands):
@@ -22,6 +23,7 @@ def add_parser(commands):
     p.add_argument(
         "--compute-units",
         choices=COMPUTE_UNITS,
+        type=str.upper,
         default="CPU_AND_NE",
         help="the compute units the model targets; only CPU_AND_NE rewrites (default: %(default)s)",
     )
@@ -34,25 +36,45 @@ def add_parser(commands):
         help="hard-link the weights (and other unchanged files) instead of copying them; safe because packages are "
         "never edited in place, but an in-place edit of one would change both",
     )
+    p.add_argument("--only", action="append", metavar="NAME", help="rewrite only the chain anchored at op NAME (repeatable; names as the report shows them)")
+    p.add_argument("--skip", action="append", metavar="NAME", help="leave the chain anchored at op NAME alone (repeatable)")
+    p.add_argument("--function", action="append", metavar="NAME", dest="functions", help="optimize only function NAME (repeatable)")
+    p.add_argument("--skip-existing", action="store_true", help="batch mode: leave models whose output exists alone (listed as skipped)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    add_verbosity(p)
 
 
 def run(args):
-    from .. import batch  # imported here, not at start-up: see mlopt/__init__.py
     from ..api import optimize_package
 
-    options = dict(compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify, link=args.link)
+    options = dict(
+        compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify,
+        link=args.link, only=args.only, skip=args.skip or (), functions=args.functions,
+    )
     if args.out_dir is not None:
-        items = batch.plan(args.paths, args.out_dir)
-        progress = batch.progress_reporter(len(items))
-        try:
-            result = batch.run(items, jobs=args.jobs, progress=progress, **options)
-        finally:
-            progress.close()
-        return result, result.exit_code
+        return _batch(args, options)
+    if args.jobs != 1:
+        raise BadInputError(args.paths[0], "--jobs runs several models at once: it needs --out-dir DIR (batch mode)")
+    if args.skip_existing:
+        raise BadInputError(args.paths[0], "--skip-existing is for batch mode (--out-dir DIR)")
     if len(args.paths) > 2:
         raise BadInputError(args.paths[0], f"{len(args.paths)} paths given: several inputs need --out-dir DIR")
     input_path, output_path = args.paths[0], (args.paths[1] if len(args.paths) == 2 else None)
     if output_path is None and not args.dry_run:
         raise BadInputError(input_path, "no output path given (mlopt optimize IN OUT, or --dry-run)")
     return optimize_package(input_path, output_path, **options), 0
+
+
+def _batch(args, options):
+    from .. import batch  # imported here, not at start-up: see mlopt/__init__.py
+    from .progress import progress_reporter
+
+    if args.jobs < 1:
+        raise BadInputError(args.out_dir, f"--jobs {args.jobs}: needs at least 1 worker")
+    items = batch.plan(args.paths, args.out_dir, skip_existing=args.skip_existing)
+    progress = progress_reporter(len(items), quiet=args.quiet)
+    try:
+        result = batch.run(items, jobs=args.jobs, progress=progress, **options)
+    finally:
+        progress.close()
+    return result, result.exit_code

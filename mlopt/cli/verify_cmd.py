@@ -1,5 +1,8 @@
 """`mlopt verify A B`: run both packages in mlopt's interpreter and compare every output (no Core ML needed)."""
 
+from .output import add_verbosity
+
+
 def add_parser(commands):
     p = commands.add_parser(
         "verify",
@@ -14,6 +17,7 @@ def add_parser(commands):
     p.add_argument("--rtol", type=float, help="relative tolerance (default: by the models' precision)")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: by the models' precision)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    add_verbosity(p)
 
 
 def run(args):

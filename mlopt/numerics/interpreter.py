@@ -33,6 +33,7 @@ from ..graph.values import decode_value
 from ..graph.view import op_name
 from .ops import IMPLEMENTATIONS
 
+MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
 MAX_BLOB_BYTES = 2**62  # past this a declared blob shape cannot be real (and int64 byte counts would wrap)
 VARIADIC = {("concat", "values"), ("einsum", "values"), ("while_loop", "loop_vars")}
@@ -60,11 +61,14 @@ class Evaluator:
         self.states = {}  # state input name -> current value
         self._free = {}
         self._ops_run = 0  # ops executed so far: bounds while_loop
+        self._top = None  # the environment of the run or evaluation in progress (nested blocks copy it)
+        self._live_bytes = 0  # bytes of the values computed into it
 
     # -- public ---------------------------------------------------------------------------------------------
     def evaluate(self, targets, feeds):
         """Values of `targets` given `feeds` (value name -> array); only what they depend on is computed."""
         env = self._fed(feeds)
+        self._top, self._live_bytes = env, 0
         stack, expanded = list(targets), set()
         while stack:
             name = stack[-1]
@@ -88,6 +92,7 @@ class Evaluator:
     def run(self, feeds, targets):
         """Execute the whole function in program order; return `targets` (outputs, or any value)."""
         env = self._fed(feeds)
+        self._top, self._live_bytes = env, 0
         self._run_block(self.view.main, env, into=env)
         return {t: env[t] for t in targets}
 
@@ -172,6 +177,19 @@ class Evaluator:
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) gave {len(results)} outputs, declares {len(op.outputs)}")
         for out, value in zip(op.outputs, results):
             env[out.name] = self._checked(op, out, np.asarray(value))
+            if env is self._top and op.type != "const":
+                self._count(op, env[out.name])
+
+    def _count(self, op, value):
+        """Memory stays bounded whatever the shapes say: a run holding more than MAX_LIVE_BYTES of computed values
+        stops with an error naming the op (weights, memory-mapped views, are not counted)."""
+        if value.base is None or value.flags.owndata:
+            self._live_bytes += value.nbytes
+        if self._live_bytes > MAX_LIVE_BYTES:
+            raise InterpreterError(
+                f"op '{op_name(op)}' ({op.type}): the values computed so far hold {self._live_bytes} bytes, more than "
+                f"the interpreter's budget of {MAX_LIVE_BYTES}"
+            )
 
     def _float_cast(self, op):
         if "x" not in op.inputs or not op.inputs["x"].arguments or not op.outputs:

@@ -20,7 +20,8 @@ from .inputs import InputTooLarge, random_inputs, tensor_type
 from .interpreter import InterpreterError, run_function
 from .weights import check_blob_references
 
-MAX_VALUE_ELEMENTS = 2**28  # per computed value: 1 GB as fp32; an LLM's logits for 512 tokens are ~2^26
+MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
+MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
 
 
 @dataclass
@@ -46,14 +47,16 @@ class VerifyReport:
     def passed(self):
         return bool(self.checks) and all(c.passed for c in self.checks)
 
-    def render(self):
+    def render(self, verbose=False):
+        from ..report import lines_text
+
         lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed})"]
         for c in self.checks:
             verdict = "pass" if c.passed else "FAIL"
             detail = c.problem or f"max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
             lines.append(f"  {verdict}  {c.function}/{c.output}: {detail}")
         lines.append(f"  {'all outputs agree' if self.passed else 'outputs differ'}")
-        return "\n".join(lines)
+        return lines_text(lines)
 
     def to_dict(self):
         from ..report import json_safe
@@ -165,6 +168,7 @@ def _load_inputs(path):
         raise BadInputError(path, "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadInputError(path, "is not a regular file; --inputs takes an .npz file")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -175,6 +179,23 @@ def _load_inputs(path):
     if not arrays:
         raise BadInputError(path, "holds no arrays")
     return arrays
+
+
+def _check_npz_sizes(path):
+    """BadInputError for an array larger than MAX_INPUT_BYTES, from the archive's directory, before anything is
+    decompressed: a few MB of .npz can hold gigabytes of zeros."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load says what is wrong with it
+    for member in members:
+        if member.file_size > MAX_INPUT_BYTES:
+            raise BadInputError(
+                path, f"array '{member.filename[:-4]}' holds {member.file_size} bytes; --inputs arrays are limited to {MAX_INPUT_BYTES}"
+            )
 
 
 def _given_for(given, function, name, feeds, path):

@@ -63,6 +63,8 @@ class BlobReader:
         name = file_name[len(MODEL_PATH):] if file_name.startswith(MODEL_PATH) else file_name
         base = f"{self.model_dir_rel}/" if self.model_dir_rel else ""
         shown = self.tree.show(self.model_dir_rel)
+        if name.startswith("/"):
+            raise BlobError(shown, f"weight file name {file_name!r} is an absolute path; it must stay inside the package")
         return "/".join(split_relative(base + name, shown, f"weight file name {file_name!r}"))
 
     def path(self, file_name):

@@ -1,11 +1,15 @@
 """Where the output goes, and what `--force` may replace there. Checked before anything is written.
 
 The rules (README, "Safety"):
-- OUT may not be inside the input package, at any depth, by any path (compared by device and inode, so links and
-  `..` make no difference): the copy would copy itself.
+- OUT's folder is found the way the OS finds it: links in it are resolved before `..` (`link/../x` is the `x`
+  beside the link's target, not beside the link).
+- OUT may not be inside the input package, at any depth, by any path: folders are compared by device and
+  inode, in both directions (OUT's folder and its ancestors against every folder of the input), so links, `..`
+  and bind mounts make no difference: the copy would copy itself.
 - An existing OUT is refused without `--force`. With `--force` it is replaced only if it is an `.mlpackage` folder
-  (a real folder, not a link, holding a Manifest.json) that does not contain the input. OUT == IN (in place) is
-  allowed with `--force`. A plain folder, a file, a link are never deleted.
+  (a real folder, not a link, holding a Manifest.json) that does not contain the input anywhere in its tree (again
+  by device and inode). OUT == IN (in place) is allowed with `--force`. A plain folder, a file, a link are never
+  deleted.
 - OUT's missing parent folders are created, and removed again if the run fails.
 """
 
@@ -14,27 +18,31 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ..errors import BadInputError
+from ..errors import BadInputError, OutputError
+from . import staging
 from .manifest import MANIFEST
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 @dataclass
 class Destination:
     path: str  # OUT as the user gave it
-    parent: str  # absolute path of OUT's folder
+    parent: str  # OUT's folder: absolute, links resolved as far as it exists
     name: str  # OUT's last component
     dir_fd: int = None  # the parent folder, open
     created: list = field(default_factory=list)  # parent folders this run created, outermost first
     replaces: tuple = None  # (st_dev, st_ino) of the package --force replaces, None if OUT is free
+    notes: list = field(default_factory=list)  # stale working folders of dead runs dealt with
 
     @classmethod
     def of(cls, out_path):
         """OUT's parts; nothing checked or created yet."""
         shown = os.fspath(out_path)
-        parent, name = os.path.split(os.path.abspath(shown))
-        return cls(shown, parent, name)
+        folder, name = os.path.split(shown.rstrip("/") or shown)
+        return cls(shown, os.path.realpath(folder or os.curdir), name)
 
     def close(self, failed=False):
         """Close the parent; after a failure also remove the parent folders this run created (if still empty)."""
@@ -54,7 +62,7 @@ def _identity(st):
     return (st.st_dev, st.st_ino)
 
 
-def _ancestors(path):
+def ancestors(path):
     """(dev, ino) of the existing folder `path` and of every folder above it, following links as the OS does."""
     chain, path = [], os.path.realpath(path)
     while True:
@@ -68,9 +76,21 @@ def _ancestors(path):
         path = up
 
 
+def _tree_contains(root, identity):
+    """Whether folder `root` or any folder below it (links not followed) is the folder `identity`."""
+    for folder, dirs, _ in os.walk(root):
+        try:
+            if _identity(os.lstat(folder)) == identity:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def prepare(destination, package, force):
-    """Check OUT against the rules, create its missing parent folders (recorded in `destination.created` as they
-    are made, so an interrupt at any point can remove them) and open its parent; BadInputError if OUT breaks a rule."""
+    """Check OUT against the rules, remove what dead runs left for it, create its missing parent folders
+    (recorded in `destination.created` as they are made, so an interrupt at any point can remove them) and open
+    its parent; BadInputError if OUT breaks a rule."""
     shown, parent, name = destination.path, destination.parent, destination.name
     if name in ("", ".", ".."):
         raise BadInputError(shown, "is not a name for a package folder")
@@ -79,16 +99,25 @@ def prepare(destination, package, force):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise BadInputError(shown, f"cannot be created: {existing} is not a folder")
-    if package.tree.identity in _ancestors(existing):
+    above = set(ancestors(existing))
+    if any(folder in above for folder in package.folder_identities()):
         raise BadInputError(shown, f"is inside the input package {package.path}; write the output outside it")
+    if existing == parent:
+        _open_parent(destination)
+        destination.notes += staging.remove_stale(destination.dir_fd, parent, name)
     absolute = os.path.join(parent, name)
     if os.path.lexists(absolute):
         destination.replaces = _check_replaceable(shown, absolute, package, force)
-    _create_parents(destination, existing)
+    if destination.dir_fd is None:
+        _create_parents(destination, existing)
+        _open_parent(destination)
+
+
+def _open_parent(destination):
     try:
-        destination.dir_fd = os.open(parent, _DIR_FLAGS)
+        destination.dir_fd = os.open(destination.parent, _DIR_FLAGS)
     except OSError as e:
-        raise BadInputError(shown, f"cannot be written: {parent} cannot be opened ({e.strerror})") from None
+        raise BadInputError(destination.path, f"cannot be written: {destination.parent} cannot be opened ({e.strerror})") from None
 
 
 def _check_replaceable(shown, absolute, package, force):
@@ -106,7 +135,7 @@ def _check_replaceable(shown, absolute, package, force):
         manifest = None
     if manifest is None or not stat.S_ISREG(manifest.st_mode):
         raise BadInputError(shown, f"is a folder but not an .mlpackage (no {MANIFEST}); --force replaces only a package, so it is left alone")
-    if not same and _identity(st) in _ancestors(package.path):
+    if not same and (_identity(st) in ancestors(package.path) or _tree_contains(absolute, package.tree.identity)):
         raise BadInputError(shown, f"contains the input package {package.path}; refusing to replace it")
     return _identity(st)
 
@@ -123,6 +152,8 @@ def _create_parents(destination, existing):
         except FileExistsError:
             continue  # made meanwhile by someone else: not ours to remove
         except OSError as e:
-            problem = "cannot be written" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "cannot be created"
+            if e.errno in _FULL:
+                raise OutputError(destination.path, f"could not be written: folder {folder} cannot be made ({e.strerror}); nothing was written") from None
+            problem = "cannot be written" if e.errno in _PERMISSION else "cannot be created"
             raise BadInputError(destination.path, f"{problem}: folder {folder} cannot be made ({e.strerror})") from None
         destination.created.append(folder)

@@ -37,6 +37,10 @@ class ModelPackage:
         """The folder holding the root model ("@model_path" of its weights), relative to the package."""
         return self.model_rel.rpartition("/")[0]
 
+    def folder_identities(self):
+        """(st_dev, st_ino) of the package folder and every folder inside it."""
+        return [self.tree.identity] + [e.identity for e in self.entries if e.kind != FILE]
+
     def blob_reader(self):
         """A BlobReader for this package's weights, confined to the package."""
         from ..numerics.weights import BlobReader

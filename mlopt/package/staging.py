@@ -1,7 +1,8 @@
 """Hidden working folders next to OUT, named after the process that owns them, and the removal of stale ones.
 
-A package is built in `.OUT.mlopt-tmp-<owner>-<random>` beside OUT and renamed into place when complete; a package
-that `--force` replaces may sit briefly in `.OUT.mlopt-old-<owner>-<random>`. `<owner>` is a hash of the host name,
+A package is built in `.OUT-<hash>.mlopt-tmp-<owner>-<random>` beside OUT and renamed into place when complete; a
+package that `--force` replaces may sit briefly in `.OUT-<hash>.mlopt-old-<owner>-<random>` (`<hash>` identifies the
+whole name of OUT, of which only the first bytes are spelled out). `<owner>` is a hash of the host name,
 the pid and the process's start time (Linux: /proc/<pid>/stat), so a later run can prove the owner dead -
 same host, and the pid gone or now a different process - and only then remove what it left (after SIGKILL,
 a power loss, or a kill from a CI timeout). A folder whose owner may be alive, or lives on another host (a shared
@@ -18,7 +19,7 @@ import socket
 import sys
 
 TMP, OLD = ".mlopt-tmp-", ".mlopt-old-"
-_NAME_PART = 100  # of OUT's name, in the staging name: stays far below NAME_MAX (255) for any OUT
+_NAME_BYTES = 60  # of OUT's name (UTF-8), in the staging name: far below NAME_MAX (255 bytes) for any OUT
 _OWNER = re.compile(r"^([0-9a-f]{8})-(\d+)-(\d+)-[0-9a-f]+$")
 
 
@@ -36,7 +37,11 @@ def start_time(pid):
 
 
 def prefix(out_name, kind):
-    return f".{out_name[:_NAME_PART]}{kind}"
+    """`.<start of OUT's name>-<hash of the whole name><kind>`: readable, at most ~100 bytes, and unique to OUT
+    (two long names sharing their first bytes never share working folders)."""
+    start = out_name.encode(errors="surrogateescape")[:_NAME_BYTES].decode(errors="ignore")
+    digest = hashlib.sha256(out_name.encode(errors="surrogateescape")).hexdigest()[:12]
+    return f".{start}-{digest}{kind}"
 
 
 def new_name(out_name, kind):

@@ -34,6 +34,7 @@ class Entry:
     rel: str  # path relative to the package folder, "/"-separated
     kind: str  # FILE or FOLDER
     size: int = 0
+    identity: tuple = None  # (st_dev, st_ino): where OUT may not be, whatever path leads there
 
 
 def special_kind(mode):
@@ -217,7 +218,7 @@ class PackageTree:
                         rel = f"{prefix}{name}"
                         st = self._lstat(fd, name, rel)
                         if stat.S_ISDIR(st.st_mode):
-                            entries.append(Entry(rel, FOLDER))
+                            entries.append(Entry(rel, FOLDER, identity=(st.st_dev, st.st_ino)))
                             subfolders.append((rel, name))
                         elif stat.S_ISREG(st.st_mode):
                             entries.append(Entry(rel, FILE, st.st_size))

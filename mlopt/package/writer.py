@@ -71,8 +71,8 @@ class PackageWriter:
             self._cleanup()
             raise
         self.out_path = os.path.join(self.dest.parent, self.dest.name)
+        self.notes += self.dest.notes
         try:
-            self.notes += staging.remove_stale(self.dest.dir_fd, self.dest.parent, self.dest.name)
             self.staging = staging.new_name(self.dest.name, staging.TMP)
             os.mkdir(self.staging, 0o700, dir_fd=self.dest.dir_fd)
             self._folders[""] = os.open(self.staging, _DIR_FLAGS, dir_fd=self.dest.dir_fd)

@@ -1,0 +1,177 @@
+"""The optimize pipeline on a parsed spec: find chains in every function, lower them, self-check each
+replacement numerically, splice in the ones that pass, record provenance.
+
+Kept free of file I/O so the CLI, the Python API and batch processing share it, and free of `import coremltools`
+so the command line starts fast. The spec is validated first (graph/validate.py; linear, ~10 us per op) unless
+the package reader did: a spec handed in from memory (`mlopt.optimize(mlmodel)`) gets the same guarantee, and
+nothing below ever sees a malformed program.
+"""
+
+import logging
+from collections import Counter
+
+import numpy as np
+
+from ._version import __version__
+from .compute_units import REWRITING_UNITS
+from .graph import FunctionView
+from .graph.dtypes import name as dtype_name
+from .graph.validate import validate_program
+from .numerics.selfcheck import CheckResult, self_check
+from .numerics.weights import BlobReader
+from .patterns import find_rms_norms
+from .selection import Selection
+from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
+from .rewrites import apply_rewrites, plan_rewrites
+
+log = logging.getLogger("mlopt")
+PROVENANCE_VERSION = "com.github.mlopt.version"
+PROVENANCE_REWRITES = "com.github.mlopt.rms_norm_rewrites"
+# norms a model may hold that are not RMSNorm chains, named when a function has no candidate
+OTHER_NORMS = {
+    "layer_norm": "a native LayerNorm already",
+    "reduce_l2_norm": "an L2 norm (x / ||x||, e.g. F.normalize or ScaleNorm), not a root mean square",
+    "reduce_sum_square": "a sum of squares mlopt does not read as a mean yet",
+    "l2_norm": "an L2 norm op, not a root mean square",
+    "batch_norm": "a BatchNorm, not an RMSNorm",
+    "instance_norm": "an InstanceNorm, not an RMSNorm",
+}
+
+
+def optimize_spec(
+    spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
+    validated=False, selection=None,
+):
+    """Rewrite every RMSNorm chain of `spec` in place and return one FunctionReport per function.
+
+    Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do) or
+    with compute units other than CPU_AND_NE. With `verify`, each replacement is self-checked
+    (numerics/selfcheck.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
+    "@model_path") lets the check read weights such as gamma from weight.bin; a caller that already has a
+    BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
+    the chains and functions touched. A malformed program raises BadInputError naming `model_path` (else
+    `model_dir`); `validated` says the package reader has checked it already.
+    """
+    if not validated:
+        validate_program(spec, model_path or model_dir or "the model")
+    selection = selection or Selection()
+    rewrite = compute_units in REWRITING_UNITS
+    owned = blobs is None and model_dir is not None
+    blobs = BlobReader(model_dir) if owned else blobs
+    try:
+        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewrite, dry_run, blobs, verify, selection)
+                   for name in sorted(spec.mlProgram.functions)]
+    finally:
+        if owned:
+            blobs.close()
+    _warn_unmatched(selection, reports, model_path or model_dir)
+    rewrites = sum(f.count(REWRITTEN) for f in reports)
+    if rewrites:
+        _record_provenance(spec, rewrites)
+    return reports
+
+
+def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selection):
+    if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
+        copy = type(function)()
+        copy.CopyFrom(function)
+        function = copy
+    view = FunctionView(name, function)
+    report = FunctionReport(name=name, opset=view.opset)
+    before = op_counts(view)
+    if selection.functions is not None and name not in selection.functions:
+        report.note = "not selected (--function)"
+        report.ops = {t: [n, n] for t, n in before.items()}
+        return report
+    candidates = find_rms_norms(view)
+    if not candidates:
+        report.note = _why_no_candidates(view)
+    matches = [c.match for c in candidates if c.match is not None and selection.chain_reason(c.anchor) is None]
+    refused = {id(m): _ambiguous(view, m) for m in matches if _ambiguous(view, m)}
+    with np.errstate(all="ignore"):  # constants cast to the model's dtypes (an absurd eps overflows fp16)
+        planned = plan_rewrites(view, [m for m in matches if id(m) not in refused]) if rewrite else []
+    checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}
+    checks.update(refused)
+    keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
+    status = MATCHED if not rewrite else WOULD_REWRITE if dry_run else REWRITTEN
+    replacement = {id(p.match): [op.type for op in p.ops if op.type != "const"] for p in planned}
+    for c in candidates:
+        chain = _chain_report(c, status, checks.get(id(c.match)), selection.chain_reason(c.anchor))
+        chain.replacement = replacement.get(id(c.match))
+        report.chains.append(chain)
+        log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))
+    apply_rewrites(view, keep)
+    after = op_counts(FunctionView(name, function)) if keep else before
+    report.ops = {t: [before.get(t, 0), after.get(t, 0)] for t in sorted(set(before) | set(after))}
+    return report
+
+
+def op_counts(view):
+    """Op type -> how many ops of that type the function holds, nested blocks included, constants excluded."""
+    return dict(Counter(op.type for op in view.ops() if op.type != "const"))
+
+
+def _why_no_candidates(view):
+    """Why a function has no candidate chain: what the matcher anchors at, and norms of other kinds it saw."""
+    others = sorted({op.type for op in view.ops() if op.type in OTHER_NORMS})
+    seen = "; ".join(f"{t}: {OTHER_NORMS[t]}" for t in others)
+    return "no reduce_mean or reduce_sum of a squared tensor" + (f"; {seen}" if seen else "")
+
+
+def _warn_unmatched(selection, reports, where):
+    """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
+    anchors = {c.anchor for f in reports for c in f.chains}
+    for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),
+                               ("--function", selection.functions, {f.name for f in reports})):
+        for missing in sorted((names or set()) - known):
+            log.warning("%s: %s %s names no %s of this model", where, flag, missing, "function" if flag == "--function" else "candidate chain")
+
+
+def _ambiguous(view, match):
+    """A failed CheckResult if an op the rewrite would touch (the chain's ops and the consts feeding them) shares
+    its name with another op: the splice and the dead-op sweep go by op name. None otherwise."""
+    touched = set(match.ops)
+    for name in match.ops:
+        op = view.op_by_name.get(name)
+        for param in op.inputs if op is not None else ():
+            producer = view.producer(view.arg(op, param))
+            if producer is not None and producer.type == "const":
+                touched.add(view.op_name(producer))
+    clash = sorted(touched & view.duplicate_op_names)
+    if not clash:
+        return None
+    reason = f"op name '{clash[0]}' names several ops of this function; not rewritten"
+    return CheckResult(False, error=None, original_error=None, reason=reason)
+
+
+def _chain_report(candidate, status, check, unselected):
+    m = candidate.match
+    ops = list(candidate.ops)
+    if m is None or unselected:
+        return ChainReport(candidate.anchor, candidate.form, LEFT_ALONE, reason=candidate.reason or unselected, ops=ops)
+    chain = ChainReport(
+        candidate.anchor,
+        candidate.form,
+        status,
+        ops=ops,
+        x=m.x,
+        gamma=m.gamma,
+        output=m.output,
+        axes=list(m.axes),
+        epsilon=m.epsilon,
+        dtype=dtype_name(m.dtype),
+        note=m.note,
+    )
+    if check is not None:
+        chain.error, chain.original_error = check.error, check.original_error
+        if not check.passed:
+            chain.status, chain.reason = LEFT_ALONE, check.reason
+    return chain
+
+
+def _record_provenance(spec, rewrites):
+    metadata = spec.description.metadata.userDefined
+    text = metadata.get(PROVENANCE_REWRITES, "")
+    previous = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0  # "²".isdigit() is True
+    metadata[PROVENANCE_VERSION] = __version__
+    metadata[PROVENANCE_REWRITES] = str(previous + rewrites)

@@ -1,0 +1,29 @@
+"""Which chains and functions a run may rewrite. Light (no numpy): the CLI builds it before the copy starts."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Selection:
+    """Which chains and functions to touch (`--only`/`--skip` by the chain's anchor op name, `--function`), like
+    ONNX Runtime's `disable_*_fusion` and onnxsim's `--skip-*`. The default selects everything."""
+
+    only: frozenset = None  # anchor op names to rewrite; None: all
+    skip: frozenset = frozenset()  # anchor op names to leave alone
+    functions: frozenset = None  # function names to optimize; None: all
+
+    def chain_reason(self, anchor):
+        if anchor in self.skip:
+            return "skipped (--skip)"
+        if self.only is not None and anchor not in self.only:
+            return "not selected (--only)"
+        return None
+
+    @classmethod
+    def of(cls, only=None, skip=(), functions=None):
+        """From the Python API's arguments: any iterables of names; None means all."""
+        return cls(
+            only=None if only is None else frozenset(only),
+            skip=frozenset(skip or ()),
+            functions=None if functions is None else frozenset(functions),
+        )
