@@ -77,9 +77,8 @@ class Report:
         return sum(len(f.chains) for f in self.functions)
 
     def to_dict(self):
-        d = json_safe(asdict(self))
-        d.update(schema=SCHEMA, command="optimize", rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
-        return d
+        counts = dict(rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
+        return {"schema": SCHEMA, "command": "optimize", **json_safe(asdict(self)), **counts}
 
     def to_inspect_dict(self):
         """`mlopt inspect --json`: the findings, without the fields only a run that writes has."""
@@ -95,7 +94,7 @@ class Report:
         if self.note:
             lines.append(f"  note: {self.note}")
         for f in self.functions:
-            lines.append(f"  function {f.name} ({f.opset}): {_summary(f)}")
+            lines.append(f"  function {f.name} ({f.opset}): {_summary(f, dry_run=self.dry_run)}")
             for c in f.chains:
                 lines += _chain_lines(c, verbose)
             lines += _op_table(f, "after (dry run)" if self.dry_run else "after")
@@ -134,7 +133,7 @@ class Report:
         return lines_text(lines)
 
 
-def _summary(f, inspect=False):
+def _summary(f, inspect=False, dry_run=False):
     """'5 candidate chains: 5 rewritten, 0 left alone', or why there are none."""
     if not f.chains:
         return f"no candidate chains ({f.note})" if f.note else "no candidate chains"
@@ -142,7 +141,8 @@ def _summary(f, inspect=False):
     if inspect:
         parts = [f"{f.count(REWRITTEN, WOULD_REWRITE, MATCHED)} RMSNorm"]
     else:
-        parts = [f"{f.count(s)} {s}" for s in (REWRITTEN, WOULD_REWRITE, MATCHED) if f.count(s)] or [f"0 {REWRITTEN}"]
+        parts = [f"{f.count(s)} {s}" for s in (REWRITTEN, WOULD_REWRITE, MATCHED) if f.count(s)]
+        parts = parts or [f"0 {WOULD_REWRITE if dry_run else REWRITTEN}"]
     text = f"{n} candidate chain{'s' * (n != 1)}: {', '.join(parts)}, {f.count(LEFT_ALONE)} left alone"
     return f"{text} ({f.note})" if f.note else text
 

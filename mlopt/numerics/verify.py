@@ -59,11 +59,11 @@ class VerifyReport:
         return lines_text(lines)
 
     def to_dict(self):
-        from ..report import json_safe
+        from ..report import SCHEMA, json_safe
 
         return json_safe(
-            dict(reference=self.reference, candidate=self.candidate, seed=self.seed, passed=self.passed,
-                 checks=[c.__dict__ for c in self.checks])
+            dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
+                 passed=self.passed, checks=[c.__dict__ for c in self.checks])
         )
 
 
