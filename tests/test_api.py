@@ -104,3 +104,25 @@ def test_optimize_package_bad_input_raises():
 def test_unknown_compute_units():
     with pytest.raises(ValueError, match="unknown compute units 'NPU'"):
         optimize_package(fixture_path("hf_fp16_ios17"), dry_run=True, compute_units="NPU")
+
+
+def test_the_package_ships_its_type_marker_and_json_schema():
+    """Installed as a wheel (as CI does), the package carries py.typed and the JSON Schema of its reports."""
+    import importlib.resources
+    import json
+
+    files = importlib.resources.files("mlopt")
+    assert (files / "py.typed").is_file()
+    schema = json.loads((files / "report.schema.json").read_text())
+    assert schema["title"] == "mlopt --json output, schema version 1"
+
+
+def test_public_api_has_type_hints():
+    import inspect
+
+    import mlopt
+
+    for function in (mlopt.optimize, mlopt.optimize_package):
+        signature = inspect.signature(function)
+        assert signature.parameters["verify"].annotation is bool
+    assert inspect.signature(mlopt.optimize_package).return_annotation is mlopt.Report

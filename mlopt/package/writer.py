@@ -54,7 +54,6 @@ class PackageWriter:
     """with PackageWriter(package, out) as writer: ...; writer.commit(spec) - copy first, model file last."""
 
     def __init__(self, package, out_path, force=False, link=False):
-        _LIVE.add(self)
         self.package = package
         self.link = link
         self.methods = set()  # copy methods used, e.g. {"copy_file_range"}
@@ -65,6 +64,7 @@ class PackageWriter:
         self._thread = None
         self.staging = None  # the staging folder's name in OUT's parent, while it exists
         self.dest = destination.Destination.of(out_path)
+        _LIVE.add(self)  # from here on, abort_all() can clean up whatever this writer has made
         try:
             destination.prepare(self.dest, package, force)
         except BaseException:
@@ -149,10 +149,12 @@ class PackageWriter:
                 os.fsync(fd)
             os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
             with signals_deferred():  # in place and recorded as such, or neither
-                self._put_in_place()
+                replaced = self._put_in_place()
                 COMMITS[0] += 1
                 _LIVE.discard(self)
             os.fsync(self.dest.dir_fd)
+            if replaced is not None:
+                self._remove_replaced(replaced)
         except OSError as e:
             raise self._write_error(e) from None
         finally:
@@ -176,22 +178,29 @@ class PackageWriter:
             os.close(fd)
 
     def _put_in_place(self):
+        """Claim OUT, or swap with the package --force replaces; returns where that old package now is (or None).
+        Its removal comes after, outside the few steps that signals must not split (it may take a while; if a
+        signal cuts it short, the next run for OUT removes the rest: its owner is then gone)."""
         fd, name = self.dest.dir_fd, self.dest.name
         if self.dest.replaces is not None and _identity_at(fd, name) == self.dest.replaces:
             old = claim.swap(fd, self.staging, name, aside=staging.new_name(name, staging.OLD))
             self.staging = None
-            if _identity_at(fd, old) == self.dest.replaces:  # the package we checked, nothing else
-                try:
-                    staging.remove_tree(fd, self.dest.parent, old)
-                except OSError as e:
-                    self.notes.append(f"the replaced package could not be removed from {old} ({e.strerror})")
-            return
+            return old
         try:
             claim.claim(fd, self.staging, name)
         except FileExistsError:
             what = "already exists: it appeared while mlopt was writing" if self.dest.replaces is None else "changed while mlopt was writing"
             raise BadInputError(self.dest.path, f"{what}; nothing was replaced (use --force to replace it)") from None
         self.staging = None
+        return None
+
+    def _remove_replaced(self, old):
+        if _identity_at(self.dest.dir_fd, old) != self.dest.replaces:  # only the package we checked, nothing else
+            return
+        try:
+            staging.remove_tree(self.dest.dir_fd, self.dest.parent, old)
+        except OSError as e:
+            self.notes.append(f"the replaced package could not be removed from {old} ({e.strerror})")
 
     def abort(self):
         """Stop the copy and remove everything this run created."""
@@ -206,9 +215,7 @@ class PackageWriter:
         if self.staging is not None and self.dest.dir_fd is not None:
             try:
                 staging.remove_tree(self.dest.dir_fd, self.dest.parent, self.staging)
-            except FileNotFoundError:
-                pass
-            except OSError:
+            except OSError:  # gone already, or cannot be: the next run for OUT removes it (its owner is gone)
                 pass
             self.staging = None
         self.dest.close(failed=True)
