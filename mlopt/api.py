@@ -32,7 +32,11 @@ def optimize_package(
     try:
         report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
         report.note = skip_reason(units)
-        if dry_run:
+        if dry_run:  # what a real run would do: OUT checked by the same rules, nothing written
+            if out_path is not None:
+                from .package import destination
+
+                destination.check(destination.Destination.of(out_path), package, force)
             report.functions = _analyse(package, units, verify, selection, dry_run=True)
             return report
         return _write(package, report, out_path, force, link, units, verify, selection)

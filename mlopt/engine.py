@@ -81,12 +81,10 @@ def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selectio
     before = op_counts(view)
     if selection.functions is not None and name not in selection.functions:
         report.note = "not selected (--function)"
-        report.ops = {t: [n, n] for t, n in before.items()}
-        return report
     candidates = find_rms_norms(view)
     if not candidates:
-        report.note = _why_no_candidates(view)
-    matches = [c.match for c in candidates if c.match is not None and selection.chain_reason(c.anchor) is None]
+        report.note = report.note or _why_no_candidates(view)
+    matches = [c.match for c in candidates if c.match is not None and selection.chain_reason(c.anchor, name) is None]
     refused = {id(m): _ambiguous(view, m) for m in matches if _ambiguous(view, m)}
     with np.errstate(all="ignore"):  # constants cast to the model's dtypes (an absurd eps overflows fp16)
         planned = plan_rewrites(view, [m for m in matches if id(m) not in refused]) if rewrite else []
@@ -96,7 +94,7 @@ def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selectio
     status = MATCHED if not rewrite else WOULD_REWRITE if dry_run else REWRITTEN
     replacement = {id(p.match): [op.type for op in p.ops if op.type != "const"] for p in planned}
     for c in candidates:
-        chain = _chain_report(c, status, checks.get(id(c.match)), selection.chain_reason(c.anchor))
+        chain = _chain_report(c, status, checks.get(id(c.match)), selection.chain_reason(c.anchor, name))
         chain.replacement = replacement.get(id(c.match))
         report.chains.append(chain)
         log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))

@@ -12,7 +12,9 @@ class Selection:
     skip: frozenset = frozenset()  # anchor op names to leave alone
     functions: frozenset = None  # function names to optimize; None: all
 
-    def chain_reason(self, anchor):
+    def chain_reason(self, anchor, function=None):
+        if self.functions is not None and function is not None and function not in self.functions:
+            return "not selected (--function)"
         if anchor in self.skip:
             return "skipped (--skip)"
         if self.only is not None and anchor not in self.only:
@@ -21,9 +23,14 @@ class Selection:
 
     @classmethod
     def of(cls, only=None, skip=(), functions=None):
-        """From the Python API's arguments: any iterables of names; None means all."""
+        """From the Python API's arguments: a name or an iterable of names; None means all."""
         return cls(
-            only=None if only is None else frozenset(only),
-            skip=frozenset(skip or ()),
-            functions=None if functions is None else frozenset(functions),
+            only=None if only is None else _names(only),
+            skip=_names(skip or ()),
+            functions=None if functions is None else _names(functions),
         )
+
+
+def _names(value):
+    """A single name is one name, not its letters."""
+    return frozenset([value] if isinstance(value, str) else value)

@@ -78,3 +78,18 @@ def optimized(tmp_path):
         return str(out), report
 
     return run
+
+
+def record_fed(monkeypatch):
+    """The shapes of every input the self-check feeds its evaluators, recorded as it runs."""
+    from mlopt.numerics import selfcheck
+
+    fed = []
+    real = selfcheck.Evaluator.evaluate
+
+    def recording(self, targets, feeds):
+        fed.extend(v.shape for v in feeds.values())
+        return real(self, targets, feeds)
+
+    monkeypatch.setattr(selfcheck.Evaluator, "evaluate", recording)
+    return fed

@@ -126,3 +126,17 @@ def test_public_api_has_type_hints():
         signature = inspect.signature(function)
         assert signature.parameters["verify"].annotation is bool
     assert inspect.signature(mlopt.optimize_package).return_annotation is mlopt.Report
+
+
+def test_no_submodule_shadows_a_function_of_its_package():
+    """`mlopt.optimize` and `mlopt.cli.main` stay functions after every submodule is imported."""
+    import importlib
+    import pkgutil
+
+    import mlopt
+    import mlopt.cli
+
+    for module in pkgutil.walk_packages(mlopt.__path__, "mlopt."):
+        if not module.name.startswith(("mlopt.coreml", "mlopt.__main__")):
+            importlib.import_module(module.name)
+    assert callable(mlopt.optimize) and callable(mlopt.optimize_package) and callable(mlopt.cli.main)

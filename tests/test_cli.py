@@ -123,9 +123,46 @@ def test_cpu_and_ne_rewrites(capsys, tmp_path):
 
 
 def test_unknown_compute_units_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--compute-units", "NPU"])
-    assert exc.value.code == 2
+    code, text, err = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--compute-units", "NPU")
+    assert code == 2 and text == ""
+    assert err == (
+        "mlopt: error: mlopt optimize: argument --compute-units: invalid choice: 'NPU' (choose from 'CPU_AND_NE', "
+        "'ALL', 'CPU_ONLY', 'CPU_AND_GPU') (see mlopt optimize --help)\n"
+    )
+
+
+def test_usage_errors_with_json_print_a_json_error_object(capsys):
+    code, text, err = run(capsys, "verify", "a", "b", "--rtol", "abc", "--json")
+    assert code == 2 and err.count("\n") == 1
+    assert json.loads(text) == {"schema": 1, "command": "verify", "error": {
+        "kind": "bad input", "path": "mlopt verify", "problem": "argument --rtol: invalid float value: 'abc' (see mlopt verify --help)",
+        "exit_code": 2,
+    }}
+
+
+@pytest.mark.parametrize("scale", ["nan", "inf", "-inf", "0", "-1"])
+def test_verify_scale_must_be_positive_and_finite(capsys, scale):
+    pkg = fixture_path("hf_fp16_ios17")
+    code, text, err = run(capsys, "verify", pkg, pkg, f"--scale={scale}")
+    assert code == 2
+    assert err == f"mlopt: error: --scale: {float(scale)!r}: the inputs' standard deviation must be a positive finite number\n"
+
+
+def test_dry_run_checks_out_like_a_real_run(capsys, tmp_path):
+    pkg = fixture_path("hf_fp16_ios17")
+    existing = tmp_path / "exists.mlpackage"
+    existing.mkdir()
+    for out, problem in ((existing, "already exists (use --force to replace it)"),
+                         (f"{pkg}/x.mlpackage", f"is inside the input package {pkg}; write the output outside it")):
+        code, text, err = run(capsys, "optimize", pkg, out, "--dry-run")
+        assert code == 2 and err == f"mlopt: error: {out}: {problem}\n"
+    assert list(existing.iterdir()) == []
+
+
+def test_quiet_batch_still_names_bad_models(capsys, tmp_path):
+    code, text, err = run(capsys, "optimize", tmp_path / "missing.mlpackage", fixture_path("hf_fp16_ios17"), "--out-dir", tmp_path / "out", "-q")
+    assert code == 2 and text == ""
+    assert err == f"mlopt: error: {tmp_path / 'missing.mlpackage'}: no such file or directory\n"
 
 
 def readme_commands():

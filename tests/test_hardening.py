@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import fixture_path
+from conftest import fixture_path, record_fed
 from mlopt.errors import BadInputError
 from mlopt.graph import FunctionView
 from mlopt.graph.values import decode_value
@@ -175,18 +175,6 @@ def test_a_normalised_size_of_1e8_is_left_alone_in_bounded_memory(build):
 
 def test_without_the_check_the_large_chain_is_rewritten():
     assert chains(rms_program(n=10**8, with_gamma=False).spec, verify=False) == [("rewritten", None)]
-
-
-def record_fed(monkeypatch):
-    fed = []
-    real = selfcheck.Evaluator.evaluate
-
-    def recording(self, targets, feeds):
-        fed.extend(v.shape for v in feeds.values())
-        return real(self, targets, feeds)
-
-    monkeypatch.setattr(selfcheck.Evaluator, "evaluate", recording)
-    return fed
 
 
 def measured(reports):

@@ -39,8 +39,16 @@ def test_function_selects_functions_of_a_multifunction_model(capsys):
     assert code == 0 and err == ""
     assert functions[0]["chains"] and all(c["status"] == "would rewrite" for c in functions[0]["chains"])
     for other in functions[1:]:
-        assert other["note"] == "not selected (--function)" and other["chains"] == []
+        assert other["note"] == "not selected (--function)" and other["chains"]
+        assert all(c["status"] == "left alone" and c["reason"] == "not selected (--function)" for c in other["chains"])
         assert all(before == after for before, after in other["ops"].values())
+
+
+def test_a_single_name_is_one_name_not_its_letters(tmp_path):
+    report = optimize_package(fixture_path("decoder_fp16_ios17"), dry_run=True, only="reduce_mean_1")
+    assert [a for a, s, _ in chain_statuses(report) if s == "would rewrite"] == ["reduce_mean_1"]
+    report = optimize_package(fixture_path("decoder_fp16_ios17"), dry_run=True, skip="reduce_mean_1")
+    assert [a for a, s, _ in chain_statuses(report) if s == "left alone"] == ["reduce_mean_1"]
 
 
 def test_a_selection_name_that_matches_nothing_is_warned_about(capsys):

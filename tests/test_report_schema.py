@@ -28,6 +28,8 @@ def json_of(capsys, *argv):
     (["optimize", fixture_path("hf_fp16_ios17"), fixture_path("near_misses_fp16_ios17"), "--out-dir", "OUT"], 0),
     (["optimize", fixture_path("hf_fp16_ios17"), "/nonexistent/x.mlpackage", "--out-dir", "OUT"], 2),
     (["verify", fixture_path("hf_fp16_ios17"), fixture_path("hf_fp16_ios17")], 0),
+    (["verify", fixture_path("hf_fp16_ios17"), fixture_path("textbook_eps_gamma_fp16_ios15")], 2),
+    (["verify", fixture_path("decoder_fp16_ios17"), fixture_path("real/decoder_llama_fp16_ios17")], 2),
     (["optimize", "/nonexistent/x.mlpackage", "OUT"], 2),
     (["inspect", "/nonexistent/x.mlpackage"], 2),
     (["verify", fixture_path("hf_fp16_ios17"), "/nonexistent/x.mlpackage"], 2),
@@ -49,9 +51,11 @@ def test_a_failed_command_prints_a_json_error_object(capsys):
 
 def test_the_validator_rejects_what_does_not_fit():
     """The schema test can fail: an infinite error written as a string, a missing field, an unknown status."""
-    good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "passed": True, "checks": []}
+    good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "scale": 1.0, "notes": [],
+            "passed": True, "checks": []}
     assert errors(good, SCHEMA) == []
-    bad_check = {"function": "main", "output": "y", "max_abs": "inf", "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False, "problem": None}
+    bad_check = {"function": "main", "output": "y", "max_abs": "inf", "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False,
+                 "problem": None, "note": None}
     assert errors({**good, "checks": [bad_check]}, SCHEMA)
     assert errors({k: v for k, v in good.items() if k != "passed"}, SCHEMA)
     assert errors({**good, "command": "convert"}, SCHEMA)

@@ -55,6 +55,18 @@ def copy_fixture(dst, name="hf_fp16_ios17"):
     return dst
 
 
+def differing_copy(pkg, tmp_path):
+    """A copy of `pkg` whose weight file differs in its last byte: `verify` must run it (an identical package is
+    equal without running)."""
+    copy = tmp_path / "differing.mlpackage"
+    shutil.copytree(pkg, copy)
+    weights = copy / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    return copy
+
+
 def leftovers(root):
     return [p for p in root.rglob("*") if ".mlopt-" in p.name]
 
@@ -465,7 +477,7 @@ def test_verify_inputs_that_do_not_fit(tmp_path, capsys, content, problem):
     else:
         np.savez(npz, x=np.zeros(3, np.float16))
     pkg = fixture_path("hf_fp16_ios17")
-    code, _, err = cli(capsys, "verify", pkg, pkg, "--inputs", npz)
+    code, _, err = cli(capsys, "verify", pkg, differing_copy(pkg, tmp_path), "--inputs", npz)
     assert code == 2 and err == f"mlopt: error: {npz}: {problem}\n"
 
 
@@ -486,7 +498,7 @@ def test_verify_refuses_shapes_beyond_its_memory_budget(tmp_path, capsys, where)
     dims[1].constant.size = 2**20
     dims[2].constant.size = 2**10
     (pkg / MODEL).write_bytes(spec.SerializeToString())
-    code, _, err = cli(capsys, "verify", pkg, pkg)
+    code, _, err = cli(capsys, "verify", pkg, differing_copy(pkg, tmp_path))
     assert code == 3
     if where == "input":
         assert err == (
@@ -574,7 +586,7 @@ def test_force_never_replaces_a_package_holding_the_input_through_a_bind_mount(t
 
 
 def test_a_signal_after_the_output_is_in_place_says_it_is_complete(tmp_path, capsys, monkeypatch):
-    from mlopt.cli import main as main_module
+    from mlopt.cli import app as main_module
 
     def interrupted_while_printing(text):
         raise KeyboardInterrupt
@@ -642,17 +654,17 @@ def test_verify_inputs_too_large_are_refused_before_loading(tmp_path, capsys, mo
     npz = tmp_path / "bomb.npz"
     np.savez_compressed(npz, x=np.zeros(1000, np.float32))  # 4 KB of zeros in a few hundred bytes
     pkg = fixture_path("hf_fp16_ios17")
-    code, _, err = cli(capsys, "verify", pkg, pkg, "--inputs", npz)
+    code, _, err = cli(capsys, "verify", pkg, differing_copy(pkg, tmp_path), "--inputs", npz)
     assert code == 2
     assert err.startswith(f"mlopt: error: {npz}: array 'x' holds ") and err.endswith("bytes; --inputs arrays are limited to 1000\n")
 
 
-def test_verify_stops_past_the_interpreters_memory_budget(capsys, monkeypatch):
+def test_verify_stops_past_the_interpreters_memory_budget(tmp_path, capsys, monkeypatch):
     from mlopt.numerics import interpreter
 
     monkeypatch.setattr(interpreter, "MAX_LIVE_BYTES", 2000)
     pkg = fixture_path("decoder_fp16_ios17")
-    code, _, err = cli(capsys, "verify", pkg, pkg)
+    code, _, err = cli(capsys, "verify", pkg, differing_copy(pkg, tmp_path))
     assert code == 3
     assert "the values computed so far hold" in err and "more than the interpreter's budget of 2000" in err
     assert err.count("\n") == 1

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from conftest import file_digest, fixture_path, op_types
+from conftest import file_digest, fixture_path, op_types, record_fed
 from mlopt import optimize_package
 from mlopt.rewrites import apply as apply_module
 from mlopt.rewrites.layer_norm_trick import lower_rms_norm
@@ -81,16 +81,7 @@ def test_misread_chain_is_left_alone(monkeypatch, tmp_path):
 def test_check_runs_on_a_few_rows(monkeypatch, tmp_path, name, shape):
     """Rows are independent: every magnitude shares one input of 7 rows (a zero row, two per magnitude) whatever
     the model's sequence length, so the check's cost does not grow with the activation size."""
-    from mlopt.numerics import selfcheck
-
-    fed = []
-    real = selfcheck.Evaluator.evaluate
-
-    def recording(self, targets, feeds):
-        fed.extend(v.shape for v in feeds.values())
-        return real(self, targets, feeds)
-
-    monkeypatch.setattr(selfcheck.Evaluator, "evaluate", recording)
+    fed = record_fed(monkeypatch)
     report = optimize_package(fixture_path(name), tmp_path / "o.mlpackage")
     assert report.rewrites >= 1 and report.left_alone == 0
     assert set(fed) == {shape}

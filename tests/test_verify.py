@@ -8,6 +8,7 @@ import pytest
 from conftest import fixture_path
 from mlopt import optimize_package
 from mlopt.cli import main
+from mlopt.numerics.verify import verify_packages
 from mlopt.rewrites import apply as apply_module
 from test_selfcheck import concat_without_negation
 
@@ -85,3 +86,87 @@ def test_bad_input_exit_2(capsys, tmp_path):
         f"mlopt: error: {fixture_path('hf_fp16_ios17')}: function 'main' takes other inputs than in "
         f"{fixture_path('decoder_fp16_ios17')}\n"
     )
+
+
+def test_identical_programs_and_weights_are_equal_without_running(tmp_path, monkeypatch, capsys):
+    from mlopt.cli import main
+    from mlopt.numerics import verify
+
+    out = tmp_path / "same.mlpackage"
+    optimize_package(fixture_path("decoder_fp16_ios17"), out, compute_units="CPU_ONLY")  # an unchanged copy
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ran the interpreter")
+
+    monkeypatch.setattr(verify, "run_function", must_not_run)
+    assert main(["verify", fixture_path("decoder_fp16_ios17"), str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith(": identical program and weights: equal without running")
+
+
+def test_same_program_other_weights_is_run(tmp_path):
+    import shutil
+
+    pkg = tmp_path / "other_weights.mlpackage"
+    shutil.copytree(fixture_path("hf_fp16_ios17"), pkg)
+    weights = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(weights.read_bytes())
+    data[-2:] = b"\x00\x7c"  # the gamma's last fp16 value becomes inf
+    weights.write_bytes(bytes(data))
+    report = verify_packages(fixture_path("hf_fp16_ios17"), pkg)
+    assert not report.passed and report.checks[0].note != "identical program and weights: equal without running"
+
+
+def test_a_failure_says_which_model_departs_from_float64(tmp_path):
+    """At scale 300 the original fp16 chain's x^2 overflows: the report names the op and clears the rewrite."""
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("hf_fp16_ios17"), out)
+    report = verify_packages(fixture_path("hf_fp16_ios17"), out, scale=300)
+    (check,) = report.checks
+    assert not check.passed
+    assert check.note.startswith("against float64: reference 1, candidate ")
+    assert check.note.endswith("; the reference departs from the mathematics: not finite first at op 'pow_0'; the candidate agrees with float64")
+    assert report.render().splitlines()[0].endswith("(seed 0, scale 300)")
+
+
+def test_token_ids_are_drawn_from_the_embeddings_vocabulary(tmp_path):
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from mlopt.numerics.inputs import random_inputs
+
+    table = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 6), dtype=types.int32)], opset_version=ct.target.iOS17)
+    def prog(ids):
+        return mb.gather(x=table, indices=ids, axis=0)
+
+    path = tmp_path / "embed.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True).save(str(path))
+    from mlopt.package import read_package
+
+    package = read_package(path)
+    function = package.spec.mlProgram.functions["main"]
+    draws = np.concatenate([random_inputs(package.spec, function, np.random.default_rng(s))["ids"] for s in range(50)])
+    package.close()
+    assert draws.max() > 4 and draws.max() < 1000 and draws.min() >= 0
+    copy = tmp_path / "copy.mlpackage"
+    optimize_package(path, copy, compute_units="CPU_ONLY", force=True)
+    (copy / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").write_bytes((path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").read_bytes())
+    report = verify_packages(path, copy, scale=300)  # same bytes, other inode: still no run needed
+    assert report.passed and report.notes == []
+    # a run: the candidate's weights differ by one byte, so the inputs are drawn, and the report says how
+    weights = copy / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(weights.read_bytes())
+    data[200] ^= 1
+    weights.write_bytes(bytes(data))
+    report = verify_packages(path, copy, scale=300)
+    import re
+
+    (note,) = report.notes  # names depend on how many programs the MIL builder made in this process
+    assert re.fullmatch(
+        r"function 'main' input 'ids': integers, drawn from \[0, 1000\) \(the size of the axis of '\w+' that gather "
+        r"'gather_\d+\w*' indexes; --scale does not apply\)", note,
+    ), note

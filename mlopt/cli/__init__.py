@@ -12,7 +12,7 @@ def main(argv=None):
     previous = signals.install()
     try:
         try:
-            from .main import run_cli
+            from .app import run_cli
         except KeyboardInterrupt as e:
             return signals.exit_code(e)
         return run_cli(argv)

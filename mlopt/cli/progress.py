@@ -10,10 +10,14 @@ def progress_reporter(total, stream=None, quiet=False):
     """A tqdm bar on a terminal; one line per model otherwise (CI logs); nothing with `quiet`. Writes to stderr by
     default."""
     stream = stream or sys.stderr
-    if quiet:
-        silent = lambda item: None  # noqa: E731
-        silent.close = lambda: None
-        return silent
+    if quiet:  # errors only: a model that is bad input or failed still gets its one line
+
+        def errors_only(item):
+            if item.status in ("bad input", "failed"):
+                print(printable(f"mlopt: error: {item.error}"), file=stream, flush=True)
+
+        errors_only.close = lambda: None
+        return errors_only
     if stream.isatty():
         from tqdm import tqdm
 

@@ -67,11 +67,14 @@ def check_budget(shapes, limit=MAX_ELEMENTS):
     return total
 
 
-def random_inputs(spec, function, rng, scale=1.0):
-    """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, ints in [0, 4), bools at random."""
-    feeds = {}
+def random_inputs(spec, function, rng, scale=1.0, with_ranges=False):
+    """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, bools at random, integers in
+    [0, vocabulary) where they index an embedding (see `index_ranges`), else in [0, 4). With `with_ranges`, also
+    {input name: how it was drawn} for the inputs `scale` does not apply to."""
+    feeds, notes = {}, {}
     shapes = input_shapes(spec, function)
     check_budget(shapes)  # before anything is allocated
+    ranges = index_ranges(function)
     for inp in function.inputs:
         shape = shapes[inp.name]
         dtype = tensor_type(inp.type).dataType
@@ -79,6 +82,61 @@ def random_inputs(spec, function, rng, scale=1.0):
             feeds[inp.name] = (rng.standard_normal(shape) * scale).astype(NUMPY[dtype])
         elif dtype == BOOL:
             feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
+            notes[inp.name] = "booleans, drawn at random (--scale does not apply)"
         else:
-            feeds[inp.name] = rng.integers(0, 4, shape).astype(NUMPY.get(dtype, np.int32))
-    return feeds
+            high, source = ranges.get(inp.name, (DEFAULT_INT_HIGH, None))
+            feeds[inp.name] = rng.integers(0, high, shape).astype(NUMPY.get(dtype, np.int32))
+            drawn = f"the size of the axis {source} indexes" if source else "no embedding it indexes was found"
+            notes[inp.name] = f"integers, drawn from [0, {high}) ({drawn}; --scale does not apply)"
+    return (feeds, notes) if with_ranges else feeds
+
+
+DEFAULT_INT_HIGH = 4
+
+
+INDEX_HOPS = 8  # ops between an integer input and the gather it indexes (casts, the negative-index select, ...)
+
+
+def index_ranges(function):
+    """{integer input: (size, "of 'x' that gather 'op'")} for inputs that reach the `indices` of a gather within
+    INDEX_HOPS integer ops (converters cast token ids and wrap negative ones with greater_equal/add/select before
+    the gather): random ids must stay below the vocabulary size of the embedding they index."""
+    from ..graph import FunctionView
+    from ..graph.dtypes import FLOATS
+
+    view = FunctionView("", function)
+    ranges = {}
+    for inp in function.inputs:
+        frontier, seen = [inp.name], {inp.name}
+        for _ in range(INDEX_HOPS):
+            following = []
+            for value in frontier:
+                for use in view.consumers(value):
+                    op = use.op
+                    if op is None:
+                        continue
+                    if op.type in ("gather", "gather_along_axis") and use.param == "indices":
+                        found = _gathered_axis(view, op)
+                        if found and inp.name not in ranges:
+                            ranges[inp.name] = found
+                        continue
+                    for out in op.outputs:
+                        vt = view.types.get(out.name)
+                        integer = vt is not None and vt.WhichOneof("type") == "tensorType" and vt.tensorType.dataType not in FLOATS
+                        if integer and out.name not in seen:
+                            seen.add(out.name)
+                            following.append(out.name)
+            frontier = following
+    return ranges
+
+
+def _gathered_axis(view, op):
+    """(size of the axis `op` gathers along, its description), or None if unknown."""
+    axis = view.const(op, "axis")
+    axis = int(axis.reshape(-1)[0]) if axis is not None and axis.size == 1 else 0
+    source = view.arg(op, "x")
+    if source is None or source not in view.types or view.types[source].WhichOneof("type") != "tensorType":
+        return None
+    rank = view.rank(source)
+    size = view.dim(source, axis % rank) if rank and -rank <= axis < rank else None
+    return (size, f"of '{source}' that gather '{view.op_name(op)}'") if size else None

@@ -2,6 +2,12 @@
 
 The tolerance follows the precision the function computes in, not only its output dtype: a fp16 model with fp32
 outputs (the converter casts them back) is held to fp16 tolerance. `rtol`/`atol` override it.
+
+A function whose program is byte-identical in both packages, reading weight files that are byte-identical too
+(what `optimize` leaves where it rewrote nothing), is equal without running it. Integer inputs that index an
+embedding (`gather`) are drawn from its vocabulary; `--scale` applies to float inputs only, and the report says
+so. When outputs differ, both models are compared with a float64 run of the reference (diagnose.py), so the
+report says which one departs from the mathematics, and where the reference first overflows.
 """
 
 import os
@@ -16,6 +22,7 @@ from ..graph.type_checks import element_count
 from ..graph.view import op_name
 from ..package import read_package
 from .compare import compare, tolerance_for
+from .diagnose import explain, identical_function
 from .inputs import InputTooLarge, random_inputs, tensor_type
 from .interpreter import InterpreterError, run_function
 from .weights import check_blob_references
@@ -34,6 +41,7 @@ class OutputCheck:
     atol: float
     passed: bool
     problem: str = None
+    note: str = None  # how it was decided ("identical program and weights") or what explains a failure
 
 
 @dataclass
@@ -41,7 +49,9 @@ class VerifyReport:
     reference: str
     candidate: str
     seed: int
+    scale: float = 1.0
     checks: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # about the inputs: integer ranges, where --scale does not apply
 
     @property
     def passed(self):
@@ -50,10 +60,15 @@ class VerifyReport:
     def render(self, verbose=False):
         from ..report import lines_text
 
-        lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed})"]
+        lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed}, scale {self.scale:g})"]
+        lines += [f"  note: {note}" for note in self.notes]
         for c in self.checks:
             verdict = "pass" if c.passed else "FAIL"
-            detail = c.problem or f"max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
+            if c.passed and c.note:  # decided without a run
+                detail = c.note
+            else:
+                detail = c.problem or f"max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
+                detail += f"; {c.note}" if c.note else ""
             lines.append(f"  {verdict}  {c.function}/{c.output}: {detail}")
         lines.append(f"  {'all outputs agree' if self.passed else 'outputs differ'}")
         return lines_text(lines)
@@ -63,11 +78,18 @@ class VerifyReport:
 
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
-                 passed=self.passed, checks=[c.__dict__ for c in self.checks])
+                 scale=self.scale, passed=self.passed, notes=self.notes, checks=[c.__dict__ for c in self.checks])
         )
 
 
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0):
+    import math
+
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive finite number")
+    for name, value in (("--rtol", rtol), ("--atol", atol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise BadInputError(name, f"{value!r}: a tolerance must be a finite number >= 0")
     given = _load_inputs(inputs_path)
     ref = read_package(reference_path)
     try:
@@ -87,7 +109,7 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
 
 def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale):
     reference_path, candidate_path = ref.path, cand.path
-    report = VerifyReport(reference_path, candidate_path, seed)
+    report = VerifyReport(reference_path, candidate_path, seed, scale)
     for name in sorted(ref.spec.mlProgram.functions):
         ref_fn = ref.spec.mlProgram.functions[name]
         if name not in cand.spec.mlProgram.functions:
@@ -98,13 +120,18 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             raise BadInputError(candidate_path, f"function '{name}' takes other inputs than in {reference_path}")
         ref_view = FunctionView(name, ref_fn)
         cand_view = FunctionView(name, cand_fn)
+        if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
+            note = "identical program and weights: equal without running"
+            report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note) for out in ref_view.main.outputs]
+            continue
         for package, view in ((ref, ref_view), (cand, cand_view)):
             _check_declared_sizes(package, view)
         try:
-            feeds = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale)
+            feeds, ranges = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale, with_ranges=True)
         except InputTooLarge as e:
             raise CannotVerify(reference_path, f"cannot be verified: function '{name}': {e}") from None
         feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
+        report.notes += [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in given and f"{name}/{i}" not in given]
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
         cand_out = _run(cand, cand_view, cand_blobs, feeds)
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
@@ -119,6 +146,9 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             )
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
             report.checks.append(OutputCheck(name, out, d.max_abs, d.max_rel, d.rtol, d.atol, d.passed, problem))
+        failed = [c for c in report.checks if c.function == name and not c.passed and c.output in ref_out]
+        if failed:
+            explain(failed, ref_view, ref_blobs, feeds, ref_out, cand_out)
     return report
 
 

@@ -85,6 +85,20 @@ class BlobReader:
             self._maps[file_name] = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         return self._maps[file_name]
 
+    def same_file_as(self, other, file_name, chunk=1 << 24):
+        """True if `file_name` holds the same bytes here and in `other`'s package (the same inode: at once)."""
+        fd, size = self._file(file_name)
+        other_fd, other_size = other._file(file_name)
+        a, b = os.fstat(fd), os.fstat(other_fd)
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return True
+        if size != other_size:
+            return False
+        for offset in range(0, size, chunk):
+            if os.pread(fd, chunk, offset) != os.pread(other_fd, chunk, offset):
+                return False
+        return True
+
     def check(self, file_name, offset, np_dtype, shape):
         """BlobError unless a blob of `np_dtype` (None: any) and `shape` is stored at `offset`; returns
         (numpy dtype to read it as, element count, absolute data offset). Reads 24 bytes."""

@@ -87,10 +87,32 @@ def _tree_contains(root, identity):
     return False
 
 
+def check(destination, package, force):
+    """The rules alone, nothing created or removed: what `--dry-run` checks, so it fails where a real run would."""
+    _locate(destination, package)
+    absolute = os.path.join(destination.parent, destination.name)
+    if os.path.lexists(absolute):
+        destination.replaces = _check_replaceable(destination.path, absolute, package, force)
+
+
 def prepare(destination, package, force):
     """Check OUT against the rules, remove what dead runs left for it, create its missing parent folders
     (recorded in `destination.created` as they are made, so an interrupt at any point can remove them) and open
     its parent; BadInputError if OUT breaks a rule."""
+    existing = _locate(destination, package)
+    if existing == destination.parent:
+        _open_parent(destination)
+        destination.notes += staging.remove_stale(destination.dir_fd, destination.parent, destination.name)
+    absolute = os.path.join(destination.parent, destination.name)
+    if os.path.lexists(absolute):
+        destination.replaces = _check_replaceable(destination.path, absolute, package, force)
+    if destination.dir_fd is None:
+        _create_parents(destination, existing)
+        _open_parent(destination)
+
+
+def _locate(destination, package):
+    """The deepest folder of OUT's path that exists, after checking OUT's name and that it is not inside IN."""
     shown, parent, name = destination.path, destination.parent, destination.name
     if name in ("", ".", ".."):
         raise BadInputError(shown, "is not a name for a package folder")
@@ -102,15 +124,7 @@ def prepare(destination, package, force):
     above = set(ancestors(existing))
     if any(folder in above for folder in package.folder_identities()):
         raise BadInputError(shown, f"is inside the input package {package.path}; write the output outside it")
-    if existing == parent:
-        _open_parent(destination)
-        destination.notes += staging.remove_stale(destination.dir_fd, parent, name)
-    absolute = os.path.join(parent, name)
-    if os.path.lexists(absolute):
-        destination.replaces = _check_replaceable(shown, absolute, package, force)
-    if destination.dir_fd is None:
-        _create_parents(destination, existing)
-        _open_parent(destination)
+    return existing
 
 
 def _open_parent(destination):

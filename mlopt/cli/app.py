@@ -24,8 +24,17 @@ CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 
+class UsageError(BadInputError):
+    """Arguments argparse refuses: one line (not argparse's usage block), exit 2, JSON with --json."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(self.prog, f"{message} (see {self.prog} --help)")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="mlopt", description="Post-hoc optimizer for Core ML ML programs.")
+    parser = _Parser(prog="mlopt", description="Post-hoc optimizer for Core ML ML programs.")
     parser.add_argument("--version", action="version", version=f"mlopt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
@@ -57,6 +66,9 @@ def run_cli(argv=None):
     except BrokenPipeError:
         _silence_stdout()
         return BROKEN_PIPE
+    except UsageError as e:
+        wanted_json = argparse.Namespace(json=True, command=_command_in(argv)) if "--json" in (argv or sys.argv[1:]) else None
+        return _fail(wanted_json, 2, e.path, e.problem, f"mlopt: error: {e}")
     except MloptError as e:
         if signals.received():
             return _interrupted(signals.received(), args, wrote=_commits() > committed)
@@ -70,6 +82,11 @@ def run_cli(argv=None):
         command = getattr(args, "command", "mlopt")
         problem = f"internal error: {type(e).__name__}: {e}"
         return _fail(args, 1, None, problem, f"mlopt: {command} failed: {type(e).__name__}: {e} (MLOPT_DEBUG=1 shows the traceback)")
+
+
+def _command_in(argv):
+    words = argv if argv is not None else sys.argv[1:]
+    return next((w for w in words if w in COMMANDS), "optimize")
 
 
 def _check_cwd(args):
