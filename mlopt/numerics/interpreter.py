@@ -36,7 +36,13 @@ from .ops import IMPLEMENTATIONS
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
 MAX_BLOB_BYTES = 2**62  # past this a declared blob shape cannot be real (and int64 byte counts would wrap)
-VARIADIC = {("concat", "values"), ("einsum", "values"), ("while_loop", "loop_vars")}
+VARIADIC = {
+    ("concat", "values"),
+    ("einsum", "values"),
+    ("while_loop", "loop_vars"),
+    ("stack", "values"),
+    ("reshape_like", "ref_tensors"),
+}
 
 
 class InterpreterError(Exception):
@@ -176,6 +182,9 @@ class Evaluator:
         if len(results) != len(op.outputs):
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) gave {len(results)} outputs, declares {len(op.outputs)}")
         for out, value in zip(op.outputs, results):
+            if isinstance(value, list):  # a tensor list (make_list, list_write, ...): its elements are arrays
+                env[out.name] = value
+                continue
             env[out.name] = self._checked(op, out, np.asarray(value))
             if env is self._top and op.type != "const":
                 self._count(op, env[out.name])

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .registry import implementation, scalar
+from .registry import implementation, numpy_dtype, scalar
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -51,6 +51,12 @@ UNARY = {
     "cos": np.cos,
     "tan": np.tan,
     "tanh": np.tanh,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "atanh": np.arctanh,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
     "logical_not": np.logical_not,
     "identity": lambda x: x,
     "relu": lambda x: np.maximum(x, np.zeros((), x.dtype)),
@@ -127,10 +133,4 @@ def select(cond, a, b, **_):
 
 @implementation("cast")
 def cast(x, dtype, **_):
-    from ...graph.dtypes import FROM_CAST_NAME, NUMPY
-
-    name = scalar(dtype)
-    target = NUMPY.get(FROM_CAST_NAME.get(name)) or {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}.get(name)
-    if target is None:
-        raise ValueError(f"cast: unsupported dtype {name!r}")
-    return np.asarray(x).astype(target)
+    return np.asarray(x).astype(numpy_dtype(dtype))

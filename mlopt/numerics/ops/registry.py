@@ -32,3 +32,14 @@ def axes_tuple(axes, rank):
     if axes is None:
         return None
     return tuple(int(a) % rank if rank else 0 for a in np.asarray(axes).reshape(-1))
+
+
+def numpy_dtype(name):
+    """The numpy dtype of a MIL dtype name ("fp16", "int32", "int8", ...) as cast, make_list and quantize take."""
+    from ...graph.dtypes import FROM_CAST_NAME, NUMPY
+
+    name = scalar(name)
+    target = NUMPY.get(FROM_CAST_NAME.get(name)) or {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}.get(name)
+    if target is None:
+        raise ValueError(f"unsupported dtype {name!r}")
+    return target

@@ -1,4 +1,5 @@
-"""Shape and indexing ops: concat, split, slices, reshape, transpose, gather, tile, fill, range, band_part."""
+"""Shape and indexing ops: concat, split, slices (and slice_update), reshape, transpose, gather, tile, fill, range,
+band_part."""
 
 import numpy as np
 
@@ -8,6 +9,8 @@ from .registry import axes_tuple, implementation, scalar
 @implementation("concat")
 def concat(values, axis, interleave=False, **_):
     axis = int(scalar(axis))
+    if all(np.ndim(v) == 0 for v in values):  # scalars concatenate into a vector (shape arithmetic: gather -> concat)
+        values = [np.reshape(v, 1) for v in values]
     if bool(scalar(interleave)):
         stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)
         shape = list(values[0].shape)
@@ -27,6 +30,20 @@ def split(x, axis, num_splits=None, split_sizes=None, **_):
 
 @implementation("slice_by_index")
 def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None, **_):
+    return x[slice_index(x, begin, end, stride, begin_mask, end_mask, squeeze_mask)]
+
+
+@implementation("slice_update")
+def slice_update(x, update, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None, **_):
+    """x with the slice slice_by_index would read replaced by `update` (a copy: values are immutable)."""
+    out = np.array(x, copy=True)
+    index = slice_index(x, begin, end, stride, begin_mask, end_mask, squeeze_mask)
+    out[index] = np.reshape(update, out[index].shape)
+    return out
+
+
+def slice_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, squeeze_mask=None):
+    """The numpy index of MIL's strided slice (shared by slice_by_index and slice_update)."""
     rank = x.ndim
     stride = np.ones(rank, int) if stride is None else np.asarray(stride).reshape(-1)
     begin_mask = np.zeros(rank, bool) if begin_mask is None else np.asarray(begin_mask).reshape(-1)
@@ -41,7 +58,7 @@ def slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, s
         b = None if begin_mask[i] else int(begin[i])
         e = None if end_mask[i] else int(end[i])
         index.append(slice(b, e, int(stride[i])))
-    return x[tuple(index)]
+    return tuple(index)
 
 
 @implementation("slice_by_size")
