@@ -41,9 +41,12 @@ def test_blobs_match_coremltools_reader(name, small):
             got = ours.read(value.blobFileValue.fileName, offset, np.float32, shape)
         assert got.shape == tuple(shape)
         np.testing.assert_array_equal(got.reshape(-1), expected)
-        # small blobs are read (bytes); large ones are read-only views into the memory map, not copies
-        assert isinstance(backing(got), mmap.mmap if small == 0 else bytes)
+        # small blobs are read into arrays of their own; large ones are read-only views into the memory map
+        assert isinstance(backing(got), mmap.mmap if small == 0 else np.ndarray)
         assert not got.flags.writeable
+        copied = ours.read(value.blobFileValue.fileName, offset, got.dtype, shape, copy=True)  # what a full run uses
+        np.testing.assert_array_equal(copied, got)
+        assert not isinstance(backing(copied), mmap.mmap) and not copied.flags.writeable
     ours.close()
 
 

@@ -56,8 +56,10 @@ def explain(failed, view, blobs, feeds, ref_out, cand_out):
             where = f": not finite first at op '{overflow}'" if overflow != "-" else ""
             agrees = "agrees with float64" if cand_err <= check.rtol else "departs less"
             parts.append(f"the reference departs from the mathematics{where}; the candidate {agrees}")
-        elif cand_err > check.rtol:
+        elif cand_err > ref_err:
             parts.append("the candidate departs from the mathematics more than the reference")
+        else:
+            parts.append("the candidate is closer to float64 than the reference: they differ by the reference's own rounding")
         check.note = "; ".join(parts)
 
 

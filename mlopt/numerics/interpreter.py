@@ -69,6 +69,7 @@ class Evaluator:
         self._ops_run = 0  # ops executed so far: bounds while_loop
         self._top = None  # the environment of the run or evaluation in progress (nested blocks copy it)
         self._live_bytes = 0  # bytes of the values computed into it
+        self._sizes = {}  # value name -> bytes counted in _live_bytes (given back when a run drops the value)
 
     # -- public ---------------------------------------------------------------------------------------------
     def evaluate(self, targets, feeds):
@@ -96,11 +97,47 @@ class Evaluator:
         return {t: env[t] for t in targets}
 
     def run(self, feeds, targets):
-        """Execute the whole function in program order; return `targets` (outputs, or any value)."""
+        """Execute the whole function in program order; return `targets` (outputs, or any value).
+
+        Memory follows the working set, not the model: a weight (a const stored in weight.bin) is read, as an
+        array of its own, just before the first op that needs it, and every value of the main block is dropped
+        after its last use unless it is a target. A 2 GB model is run holding about one layer at a time."""
         env = self._fed(feeds)
-        self._top, self._live_bytes = env, 0
-        self._run_block(self.view.main, env, into=env)
-        return {t: env[t] for t in targets}
+        self._top, self._live_bytes, self._sizes = env, 0, {}
+        keep = set(targets) | set(feeds)
+        drops = self._drops(self.view.main, keep)
+        weights = {}  # weight value name -> its const op, read at first use
+        for index, op in enumerate(self.view.main.operations):
+            if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue" and op.outputs:
+                weights[op.outputs[0].name] = op
+                continue
+            for name in self._dependencies(op):
+                if name in weights and name not in env:
+                    self._run_op(weights[name], env, copy_weights=True)
+            self._run_op(op, env)
+            for name in drops.get(index, ()):
+                env.pop(name, None)
+                self._live_bytes -= self._sizes.pop(name, 0)
+        return {t: env[t] if t in env or t not in weights else self._load(weights[t], env) for t in targets}
+
+    def _load(self, const_op, env):
+        self._run_op(const_op, env, copy_weights=True)
+        return env[const_op.outputs[0].name]
+
+    def _drops(self, block, keep):
+        """{op index: values of `block` whose last use is that op}, leaving out `keep` (a use inside a nested
+        block counts as a use by the op holding it)."""
+        last = {}
+        for index, op in enumerate(block.operations):
+            for name in self._dependencies(op):
+                last[name] = index
+        for name in block.outputs:
+            last.pop(name, None)
+        drops = {}
+        for name, index in last.items():
+            if name not in keep:
+                drops.setdefault(index, []).append(name)
+        return drops
 
     def _fed(self, feeds):
         env = {}
@@ -144,18 +181,18 @@ class Evaluator:
             self._free[key] = list(dict.fromkeys(u for u in used if u not in defined))
         return self._free[key]
 
-    def _run_op(self, op, env):
+    def _run_op(self, op, env, copy_weights=False):
         self._ops_run += 1
         try:
-            self._run_op_unchecked(op, env)
+            self._run_op_unchecked(op, env, copy_weights)
         except (InterpreterError, MloptError):  # ours, or bad input from the weight reader (BlobError)
             raise
         except (KeyError, IndexError, ValueError, TypeError, ArithmeticError) as e:
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) failed: {type(e).__name__}: {e}") from None
 
-    def _run_op_unchecked(self, op, env):
+    def _run_op_unchecked(self, op, env, copy_weights=False):
         if op.type == "const":
-            result = self._const(op)
+            result = self._const(op, copy_weights)
         elif op.type == "cond":
             result = self._cond(op, env)
         elif op.type == "while_loop":
@@ -187,16 +224,17 @@ class Evaluator:
                 continue
             env[out.name] = self._checked(op, out, np.asarray(value))
             if env is self._top and op.type != "const":
-                self._count(op, env[out.name])
+                self._count(op, out.name, env[out.name])
 
-    def _count(self, op, value):
-        """Memory stays bounded whatever the shapes say: a run holding more than MAX_LIVE_BYTES of computed values
-        stops with an error naming the op (weights, memory-mapped views, are not counted)."""
+    def _count(self, op, name, value):
+        """Memory stays bounded whatever the shapes say: holding more than MAX_LIVE_BYTES of computed values at
+        once stops the run with an error naming the op (weights are not counted: one at a time is held)."""
         if value.base is None or value.flags.owndata:
-            self._live_bytes += value.nbytes
+            self._live_bytes += value.nbytes - self._sizes.get(name, 0)
+            self._sizes[name] = value.nbytes
         if self._live_bytes > MAX_LIVE_BYTES:
             raise InterpreterError(
-                f"op '{op_name(op)}' ({op.type}): the values computed so far hold {self._live_bytes} bytes, more than "
+                f"op '{op_name(op)}' ({op.type}): the values held at once take {self._live_bytes} bytes, more than "
                 f"the interpreter's budget of {MAX_LIVE_BYTES}"
             )
 
@@ -230,7 +268,7 @@ class Evaluator:
             raise InterpreterError("an inline literal that is not an immediate tensor")
         return self._as_compute(array, value.type.tensorType.dataType)
 
-    def _const(self, op):
+    def _const(self, op, copy_weights=False):
         value = op.attributes["val"]
         kind = value.WhichOneof("value")
         if kind == "blobFileValue":
@@ -243,7 +281,7 @@ class Evaluator:
             if self.blobs is None:
                 raise InterpreterError(f"const '{op_name(op)}' is stored in a weight file, and no weight file was given")
             blob = value.blobFileValue
-            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape), dtype)
+            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights), dtype)
         array = decode_value(value)
         if array is None:
             raise UnsupportedOp(f"const '{op_name(op)}' holds a value kind the interpreter does not read")

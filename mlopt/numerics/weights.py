@@ -128,14 +128,15 @@ class BlobReader:
             raise BlobError(self.path(file_name), f"blob at offset {offset} holds {size} bytes; the program's shape {list(shape)} needs {needed}")
         return np_dtype, count, data_offset
 
-    def read(self, file_name, offset, np_dtype, shape):
-        """The blob at `offset` as a read-only array of `np_dtype` and `shape`."""
+    def read(self, file_name, offset, np_dtype, shape, copy=False):
+        """The blob at `offset` as a read-only array of `np_dtype` and `shape`: a view into the file's memory map
+        if it is large, unless `copy`: then an array of its own, whose memory goes when the array does (a run
+        that drops each weight after its last use then holds one weight at a time, not every page it touched)."""
         np_dtype, count, data_offset = self.check(file_name, offset, np_dtype, shape)
         fd, _ = self._file(file_name)
         nbytes = count * np.dtype(np_dtype).itemsize
-        if nbytes <= self.small:
-            data = os.pread(fd, nbytes, data_offset)
-            return np.frombuffer(data, dtype=np_dtype, count=count).reshape(shape)
+        if nbytes <= self.small or copy:
+            return _pread_exactly(fd, nbytes, data_offset, self.path(file_name)).view(np_dtype).reshape(shape)
         return np.frombuffer(self._map(file_name), dtype=np_dtype, count=count, offset=data_offset).reshape(shape)
 
     def close(self):
@@ -151,6 +152,25 @@ class BlobReader:
         if self._owns_tree and self._tree is not None:
             self._tree.close()
             self._tree = None
+
+
+def _pread_exactly(fd, nbytes, offset, path, chunk=1 << 30):
+    """`nbytes` from `offset` into a fresh buffer, in reads of at most `chunk` (a single read stops near 2 GB)."""
+    buffer = np.empty(nbytes, np.uint8)
+    view, done = memoryview(buffer), 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[done : done + chunk]], offset + done) if hasattr(os, "preadv") else _pread_into(fd, view, done, chunk, offset)
+        if got == 0:
+            raise BlobError(path, f"ends {nbytes - done} bytes early reading {nbytes} bytes at {offset} (truncated while being read?)")
+        done += got
+    buffer.flags.writeable = False
+    return buffer
+
+
+def _pread_into(fd, view, done, chunk, offset):
+    data = os.pread(fd, min(chunk, len(view) - done), offset + done)
+    view[done : done + len(data)] = data
+    return len(data)
 
 
 def _check_header(path, header, size):
