@@ -51,7 +51,7 @@ def test_a_failed_command_prints_a_json_error_object(capsys):
 
 def test_the_validator_rejects_what_does_not_fit():
     """The schema test can fail: an infinite error written as a string, a missing field, an unknown status."""
-    good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "scale": 1.0, "notes": [],
+    good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "scale": 1.0, "accumulate": "fp32", "notes": [],
             "passed": True, "checks": []}
     assert errors(good, SCHEMA) == []
     bad_check = {"function": "main", "output": "y", "max_abs": "inf", "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False,

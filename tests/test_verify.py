@@ -126,7 +126,7 @@ def test_a_failure_says_which_model_departs_from_float64(tmp_path):
     assert not check.passed
     assert check.note.startswith("against float64: reference 1, candidate ")
     assert check.note.endswith("; the reference departs from the mathematics: not finite first at op 'pow_0'; the candidate agrees with float64")
-    assert report.render().splitlines()[0].endswith("(seed 0, scale 300)")
+    assert report.render().splitlines()[0].endswith("(seed 0, scale 300, fp16 accumulated in fp32)")
 
 
 def test_token_ids_are_drawn_from_the_embeddings_vocabulary(tmp_path):
@@ -170,3 +170,26 @@ def test_token_ids_are_drawn_from_the_embeddings_vocabulary(tmp_path):
         r"function 'main' input 'ids': integers, drawn from \[0, 1000\) \(the size of the axis of '\w+' that gather "
         r"'gather_\d+\w*' indexes; --scale does not apply\)", note,
     ), note
+
+
+def test_fp16_accumulation_is_the_pessimistic_model(tmp_path):
+    """The same rewrite passes at scale 50 when norms accumulate in fp32 (the hardware model) and overflows when
+    they accumulate in fp16: the rewrite's layer_norm sums 2N = 32 squares, sqrt(65504 / 32) = 45.2 < 50."""
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("hf_fp16_ios17"), out)
+    assert verify_packages(fixture_path("hf_fp16_ios17"), out, scale=50).passed
+    report = verify_packages(fixture_path("hf_fp16_ios17"), out, scale=50, accumulate="fp16")
+    assert not report.passed and report.accumulate == "fp16"
+    assert report.notes == [
+        "function 'main': chain at 'reduce_mean_0' (N = 16), fp16 accumulation: the original overflows once |x| > 255.9 "
+        "or RMS > 64; the rewrite once RMS > 45.2 (with fp32 accumulation: the original past |x| > 255.9, the rewrite never)"
+    ]
+
+
+def test_accumulation_model_is_restored_even_when_verify_fails():
+    from mlopt.errors import BadInputError
+    from mlopt.numerics.ops.registry import ACCUMULATOR
+
+    with pytest.raises(BadInputError, match="takes other inputs"):  # raised while accumulating in fp16
+        verify_packages(fixture_path("hf_fp16_ios17"), fixture_path("textbook_eps_gamma_fp16_ios15"), accumulate="fp16")
+    assert ACCUMULATOR == [np.float32]

@@ -16,6 +16,13 @@ def add_parser(commands):
     p.add_argument("--inputs", metavar="NPZ", help="inputs from an .npz (keys: input names, or function/input)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: by the models' precision)")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: by the models' precision)")
+    p.add_argument(
+        "--accumulate",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="what fp16 reductions and norms accumulate in: fp32 (the hardware model, default) or fp16 (the "
+        "pessimistic model of coremltools' value_inference; also reports each RMSNorm chain's overflow limits)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     add_verbosity(p)
 
@@ -24,6 +31,7 @@ def run(args):
     from ..numerics.verify import verify_packages
 
     report = verify_packages(
-        args.reference, args.candidate, seed=args.seed, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol, scale=args.scale
+        args.reference, args.candidate, seed=args.seed, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol,
+        scale=args.scale, accumulate=args.accumulate,
     )
     return report, 0 if report.passed else 1

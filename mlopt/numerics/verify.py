@@ -22,9 +22,10 @@ from ..graph.type_checks import element_count
 from ..graph.view import op_name
 from ..package import read_package
 from .compare import compare, tolerance_for
-from .diagnose import explain, identical_function
+from .diagnose import explain, identical_function, overflow_thresholds
 from .inputs import InputTooLarge, random_inputs, tensor_type
 from .interpreter import InterpreterError, run_function
+from .ops.registry import accumulating
 from .weights import check_blob_references
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
@@ -50,6 +51,7 @@ class VerifyReport:
     candidate: str
     seed: int
     scale: float = 1.0
+    accumulate: str = "fp32"  # what fp16 reductions and norms accumulate in: fp32 (hardware), fp16 (pessimistic)
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # about the inputs: integer ranges, where --scale does not apply
 
@@ -60,7 +62,8 @@ class VerifyReport:
     def render(self, verbose=False):
         from ..report import lines_text
 
-        lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed}, scale {self.scale:g})"]
+        lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed}, scale {self.scale:g}, "
+                 f"fp16 accumulated in {self.accumulate})"]
         lines += [f"  note: {note}" for note in self.notes]
         for c in self.checks:
             verdict = "pass" if c.passed else "FAIL"
@@ -78,13 +81,19 @@ class VerifyReport:
 
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
-                 scale=self.scale, passed=self.passed, notes=self.notes, checks=[c.__dict__ for c in self.checks])
+                 scale=self.scale, accumulate=self.accumulate, passed=self.passed, notes=self.notes,
+                 checks=[c.__dict__ for c in self.checks])
         )
 
 
-def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0):
+ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
+
+
+def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
     import math
 
+    if accumulate not in ACCUMULATE:
+        raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive finite number")
     for name, value in (("--rtol", rtol), ("--atol", atol)):
@@ -101,7 +110,14 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
     try:
         check_blob_references(ref.spec, ref_blobs)
         check_blob_references(cand.spec, cand_blobs)
-        return _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale)
+        with accumulating(ACCUMULATE[accumulate]):
+            report = _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale)
+        report.accumulate = accumulate
+        if accumulate == "fp16":
+            for name in sorted(ref.spec.mlProgram.functions):
+                view = FunctionView(name, ref.spec.mlProgram.functions[name])
+                report.notes += [f"function '{name}': {note}" for note in overflow_thresholds(view)]
+        return report
     finally:
         for closing in (ref_blobs, cand_blobs, ref, cand):
             closing.close()

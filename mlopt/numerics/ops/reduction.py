@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .registry import accumulate, axes_tuple, implementation, scalar
+from .registry import accumulate, axes_tuple, implementation, mean, scalar
 
 
 def _reduce(fn):
@@ -14,7 +14,7 @@ def _reduce(fn):
 
 
 REDUCTIONS = {
-    "reduce_mean": np.mean,
+    "reduce_mean": mean,
     "reduce_sum": np.sum,
     "reduce_max": np.max,
     "reduce_min": np.min,
@@ -53,9 +53,9 @@ def softmax(x, axis=-1, **_):
 def layer_norm(x, axes=None, gamma=None, beta=None, epsilon=1e-5, **_):
     v = accumulate(x)
     axes = axes_tuple(axes, v.ndim) if axes is not None else tuple(range(v.ndim))
-    mean = np.mean(v, axis=axes, keepdims=True)
-    var = np.mean(np.square(v - mean), axis=axes, keepdims=True)
-    out = (v - mean) / np.sqrt(var + np.asarray(epsilon, v.dtype))
+    centre = mean(v, axis=axes, keepdims=True)
+    var = mean(np.square(v - centre), axis=axes, keepdims=True)
+    out = (v - centre) / np.sqrt(var + np.asarray(epsilon, v.dtype))
     # gamma and beta have the shape of the normalised axes: place them on those axes
     shape = [v.shape[i] if i in axes else 1 for i in range(v.ndim)]
     if gamma is not None:

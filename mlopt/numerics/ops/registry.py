@@ -1,5 +1,7 @@
 """The op-type -> implementation table and the helpers every op module shares."""
 
+from contextlib import contextmanager
+
 import numpy as np
 
 IMPLEMENTATIONS = {}
@@ -14,10 +16,29 @@ def implementation(*op_types):
     return register
 
 
+ACCUMULATOR = [np.float32]  # what fp16 reductions, norms and products accumulate in (verify --accumulate)
+
+
 def accumulate(x):
-    """fp16 operands of reductions, norms and matrix products are accumulated in fp32, as hardware does."""
+    """fp16 operands of reductions, norms and matrix products are accumulated in fp32, as hardware does (README,
+    "The accumulation model"); under `accumulating(np.float16)`, the pessimistic model, they stay fp16."""
     x = np.asarray(x)
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+    return x.astype(ACCUMULATOR[0]) if x.dtype == np.float16 else x
+
+
+def mean(v, axis=None, keepdims=False):
+    """np.mean that accumulates in v's own dtype: numpy sums fp16 in fp32 unless told (its documented default)."""
+    return np.mean(v, axis=axis, keepdims=keepdims, dtype=np.float16 if v.dtype == np.float16 else None)
+
+
+@contextmanager
+def accumulating(dtype):
+    """Evaluate with fp16 operands accumulated in `dtype` (np.float32: hardware; np.float16: pessimistic)."""
+    previous, ACCUMULATOR[0] = ACCUMULATOR[0], dtype
+    try:
+        yield
+    finally:
+        ACCUMULATOR[0] = previous
 
 
 def scalar(v):
