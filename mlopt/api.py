@@ -97,7 +97,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
 
     from .package.proto import Model_pb2
 
-    units = compute_units_name(compute_units)
+    units = compute_units_name("CPU_AND_NE" if compute_units is None else compute_units)
     source = getattr(mlmodel, "package_path", None) or "<in-memory model>"
     if mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
         raise BadInputError(source, "not an ML program; nothing to do")

@@ -1,4 +1,4 @@
-"""`mlopt inspect MODEL`: every RMSNorm-like chain, where it is, what it was read as, or why it is left alone.
+"""`mlopt inspect MODEL`: every candidate chain, where it is, what it was read as, or why it is left alone.
 
 The answer to "why did my model not get faster?". It runs what `optimize --dry-run` runs, self-check included, so
 what it lists as RMSNorm is exactly what `optimize` would rewrite.
@@ -10,8 +10,8 @@ from .output import add_verbosity
 def add_parser(commands):
     p = commands.add_parser(
         "inspect",
-        help="list every RMSNorm-like chain and why each would or would not be rewritten",
-        description="List every RMSNorm-like chain of MODEL: function, op names, the chain as read, or the reason it is left alone.",
+        help="list every candidate chain and why each would or would not be rewritten",
+        description="List every candidate chain (a reduction of a squared tensor) of MODEL: function, op names, the chain as read, or the reason it is left alone.",
     )
     p.add_argument("input", metavar="MODEL", help="the .mlpackage to inspect")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
