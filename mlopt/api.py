@@ -69,7 +69,7 @@ def _analyse(package, units, verify, selection, dry_run=False):
         check_blob_references(package.spec, blobs)
         return _optimize_spec()(
             package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
-            model_path=package.model_path,
+            model_path=package.model_path, label=package.path,
         )
     finally:
         blobs.close()

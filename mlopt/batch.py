@@ -85,7 +85,7 @@ class BatchResult:
             "schema": SCHEMA,
             "command": "optimize --out-dir",
             "models": [asdict(i) for i in self.items],
-            "counts": {status.replace(" ", "_"): n for status, n in self.counts().items()},
+            "counts": self.counts(),
             "rewrites": sum(i.rewrites for i in self.items),
             "interrupted": self.interrupted,
             "dry_run": self.dry_run,

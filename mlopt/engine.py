@@ -40,7 +40,7 @@ OTHER_NORMS = {
 
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
-    validated=False, selection=None,
+    validated=False, selection=None, label=None,
 ):
     """Rewrite every RMSNorm chain of `spec` in place and return one FunctionReport per function.
 
@@ -49,8 +49,9 @@ def optimize_spec(
     (numerics/selfcheck.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
     "@model_path") lets the check read weights such as gamma from weight.bin; a caller that already has a
     BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
-    the chains and functions touched. A malformed program raises BadInputError naming `model_path` (else
-    `model_dir`); `validated` says the package reader has checked it already.
+    the chains and functions touched (a selection naming nothing is warned about, naming `label`). A malformed
+    program raises BadInputError naming `model_path` (else `model_dir`); `validated` says the package reader has
+    checked it already.
     """
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
@@ -64,7 +65,7 @@ def optimize_spec(
     finally:
         if owned:
             blobs.close()
-    _warn_unmatched(selection, reports, model_path or model_dir)
+    _warn_unmatched(selection, reports, label or model_path or model_dir)
     rewrites = sum(f.count(REWRITTEN) for f in reports)
     if rewrites:
         _record_provenance(spec, rewrites)
@@ -80,7 +81,7 @@ def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selectio
     report = FunctionReport(name=name, opset=view.opset)
     before = op_counts(view)
     if selection.functions is not None and name not in selection.functions:
-        report.note = "not selected (--function)"
+        report.note = "function not selected by --function"
     candidates = find_rms_norms(view)
     if not candidates:
         report.note = report.note or _why_no_candidates(view)

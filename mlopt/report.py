@@ -103,7 +103,8 @@ class Report:
     def _footer(self):
         lines = [f"  {line}" for line in self.housekeeping]
         if self.written:
-            return lines + [f"  wrote {self.output} (weights and other files copied byte for byte: {self.copy_method})"]
+            how = "hard-linked to the input's" if self.copy_method == "hard link" else f"copied byte for byte: {self.copy_method}"
+            return lines + [f"  wrote {self.output} (weights and other files {how})"]
         if self.output:
             return lines + [f"  dry run: {self.output} not written"]
         return lines

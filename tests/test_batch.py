@@ -68,7 +68,7 @@ def test_batch_json(models, tmp_path, capsys):
     code, text, _ = run(capsys, "optimize", models, "--out-dir", tmp_path / "out", "--json")
     result = json.loads(text)
     assert code == 2 and result["schema"] == 1
-    assert result["counts"] == {"rewritten": 3, "unchanged": 1, "skipped": 0, "bad_input": 1, "failed": 0, "interrupted": 0}
+    assert result["counts"] == {"rewritten": 3, "unchanged": 1, "skipped": 0, "bad input": 1, "failed": 0, "interrupted": 0}
     statuses = {os.path.basename(m["input"]): m["status"] for m in result["models"]}
     assert statuses["broken.mlpackage"] == "bad input"
     decoder = next(m for m in result["models"] if m["input"].endswith("decoder_fp16_ios17.mlpackage"))

@@ -126,7 +126,7 @@ def test_a_failure_says_which_model_departs_from_float64(tmp_path):
     assert not check.passed
     assert check.note.startswith("against float64: reference 1, candidate ")
     assert check.note.endswith("; the reference departs from the mathematics: not finite first at op 'pow_0'; the candidate agrees with float64")
-    assert report.render().splitlines()[0].endswith("(seed 0, scale 300, fp16 accumulated in fp32)")
+    assert report.render().splitlines()[0].endswith("(reference, candidate; seed 0, scale 300, fp16 accumulated in fp32)")
 
 
 def test_token_ids_are_drawn_from_the_embeddings_vocabulary(tmp_path):
@@ -193,3 +193,21 @@ def test_accumulation_model_is_restored_even_when_verify_fails():
     with pytest.raises(BadInputError, match="takes other inputs"):  # raised while accumulating in fp16
         verify_packages(fixture_path("hf_fp16_ios17"), fixture_path("textbook_eps_gamma_fp16_ios15"), accumulate="fp16")
     assert ACCUMULATOR == [np.float32]
+
+
+def test_quiet_verify_still_prints_what_differs(tmp_path, capsys):
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("hf_fp16_ios17"), out)
+    code, text, err = run(capsys, fixture_path("hf_fp16_ios17"), out, "--scale", "300", "-q")
+    assert code == 1 and text == ""
+    assert err.startswith("mlopt: verify: main/mul_1 differs: max rel inf; against float64: reference 1") and err.count("\n") == 1
+
+
+def test_inputs_from_a_file_say_seed_and_scale_do_not_apply(tmp_path):
+    npz = tmp_path / "in.npz"
+    np.savez(npz, x=np.ones((1, 4, 16), np.float16))
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("hf_fp16_ios17"), out)
+    report = verify_packages(fixture_path("hf_fp16_ios17"), out, inputs_path=str(npz), scale=300)
+    assert report.passed
+    assert report.notes == [f"function 'main' input 'x': from {npz} (--seed and --scale do not apply)"]

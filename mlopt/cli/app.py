@@ -55,6 +55,9 @@ def run_cli(argv=None):
                     _print(json.dumps(result.to_dict(), indent=2))
                 elif not args.quiet:
                     _print(result.render(verbose=True) if args.verbose else result.render())
+                elif code and hasattr(result, "failure_lines"):  # -q: errors only, and a failed check is one
+                    for line in result.failure_lines():
+                        print(printable(line), file=sys.stderr)
             except BrokenPipeError:
                 raise
             except OSError as e:  # `> /dev/full`: the work is done, only the report is lost

@@ -22,7 +22,7 @@ class _Details:
     def __init__(self, report):
         self.report = report
 
-    def render(self):
+    def render(self, verbose=False):
         return self.report.render_details()
 
     def to_dict(self):

@@ -59,11 +59,16 @@ class VerifyReport:
     def passed(self):
         return bool(self.checks) and all(c.passed for c in self.checks)
 
+    def failure_lines(self):
+        """One line per output that differs: what `verify -q` still prints (errors only)."""
+        return [f"mlopt: verify: {c.function}/{c.output} differs: {c.problem or f'max rel {c.max_rel:.3g}'}"
+                + (f"; {c.note}" if c.note else "") for c in self.checks if not c.passed]
+
     def render(self, verbose=False):
         from ..report import lines_text
 
-        lines = [f"mlopt verify {self.candidate} against {self.reference} (seed {self.seed}, scale {self.scale:g}, "
-                 f"fp16 accumulated in {self.accumulate})"]
+        lines = [f"mlopt verify {self.reference} {self.candidate} (reference, candidate; seed {self.seed}, scale "
+                 f"{self.scale:g}, fp16 accumulated in {self.accumulate})"]
         lines += [f"  note: {note}" for note in self.notes]
         for c in self.checks:
             verdict = "pass" if c.passed else "FAIL"
@@ -147,7 +152,9 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
         except InputTooLarge as e:
             raise CannotVerify(reference_path, f"cannot be verified: function '{name}': {e}") from None
         feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
-        report.notes += [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in given and f"{name}/{i}" not in given]
+        from_file = [i for i in feeds if i in given or f"{name}/{i}" in given]
+        report.notes += [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in from_file]
+        report.notes += [f"function '{name}' input '{i}': from {inputs_path} (--seed and --scale do not apply)" for i in from_file]
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
         cand_out = _run(cand, cand_view, cand_blobs, feeds)
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
