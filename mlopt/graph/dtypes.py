@@ -19,6 +19,18 @@ NUMPY = {
     DT.Value("INT16"): np.int16,
     DT.Value("UINT16"): np.uint16,
     DT.Value("INT64"): np.int64,
+    DT.Value("UINT32"): np.uint32,
+}
+
+# Sub-byte integer types (compressed weights): bits per element and signedness. They are stored bit-packed, least
+# significant bit first, and read unpacked into int8 (signed) or uint8 arrays.
+SUB_BYTE = {
+    DT.Value("INT4"): (4, True),
+    DT.Value("UINT1"): (1, False),
+    DT.Value("UINT2"): (2, False),
+    DT.Value("UINT3"): (3, False),
+    DT.Value("UINT4"): (4, False),
+    DT.Value("UINT6"): (6, False),
 }
 
 # The strings the `cast` op takes in its `dtype` input.

@@ -28,10 +28,11 @@ import math
 import numpy as np
 
 from ..errors import MloptError
-from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
-from ..graph.values import decode_value
+from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
+from ..graph.values import decode_value, tensor_shape
 from ..graph.view import op_name
 from .ops import IMPLEMENTATIONS
+from .weights import unpack_bits
 
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
@@ -213,6 +214,9 @@ class Evaluator:
             if impl is None:
                 raise UnsupportedOp(f"no implementation of MIL op '{op.type}' (op '{op_name(op)}')")
             kwargs = {param: self._argument(op, param, env) for param in op.inputs}
+            if op.type.startswith("constexpr_"):  # before iOS18 their parameters are attributes
+                what = f"op '{op_name(op)}' ({op.type}) attribute"
+                kwargs.update({k: self._value(v, f"{what} '{k}'") for k, v in op.attributes.items() if k != "name"})
             with np.errstate(all="ignore"):
                 result = impl(**kwargs)
         results = result if isinstance(result, tuple) else (result,)
@@ -263,29 +267,43 @@ class Evaluator:
         return values[0]
 
     def _literal(self, value):
+        if value.WhichOneof("value") == "blobFileValue" or value.type.tensorType.dataType in SUB_BYTE:
+            return self._value(value, "an inline literal")  # iOS18 constexpr ops bind their weights inline
         array = decode_value(value)
         if array is None:
             raise InterpreterError("an inline literal that is not an immediate tensor")
         return self._as_compute(array, value.type.tensorType.dataType)
 
     def _const(self, op, copy_weights=False):
-        value = op.attributes["val"]
+        return self._value(op.attributes["val"], f"const '{op_name(op)}'", copy_weights)
+
+    def _value(self, value, what, copy_weights=False):
+        """A const's value or a constexpr op's attribute / inline input: immediate or in a weight file; sub-byte
+        integers (compressed weights) come unpacked, as int8 / uint8 arrays."""
         kind = value.WhichOneof("value")
+        dtype = value.type.tensorType.dataType if value.type.WhichOneof("type") == "tensorType" else None
         if kind == "blobFileValue":
-            dtype = value.type.tensorType.dataType
-            if dtype not in NUMPY:
-                raise UnsupportedOp(f"const '{op_name(op)}' holds {dtype_name(dtype)} weights, which the interpreter does not read")
+            if dtype not in NUMPY and dtype not in SUB_BYTE:
+                raise UnsupportedOp(f"{what} holds {dtype_name(dtype)} weights, which the interpreter does not read")
             shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
-            if math.prod(shape) * np.dtype(NUMPY[dtype]).itemsize > MAX_BLOB_BYTES:
-                raise InterpreterError(f"const '{op_name(op)}' declares shape {shape}, larger than any weight file")
+            itemsize = np.dtype(NUMPY[dtype]).itemsize if dtype in NUMPY else 1
+            if math.prod(shape) * itemsize > MAX_BLOB_BYTES:
+                raise InterpreterError(f"{what} declares shape {shape}, larger than any weight file")
             if self.blobs is None:
-                raise InterpreterError(f"const '{op_name(op)}' is stored in a weight file, and no weight file was given")
+                raise InterpreterError(f"{what} is stored in a weight file, and no weight file was given")
             blob = value.blobFileValue
+            if dtype in SUB_BYTE:
+                return self.blobs.read_packed(blob.fileName, blob.offset, *SUB_BYTE[dtype], shape)
             return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights), dtype)
+        if dtype in SUB_BYTE and kind == "immediateValue" and value.immediateValue.tensor.WhichOneof("value") == "bytes":
+            shape = tensor_shape(value.type)
+            if shape is None:
+                raise UnsupportedOp(f"{what} holds a {dtype_name(dtype)} value of unknown shape")
+            return unpack_bits(value.immediateValue.tensor.bytes.values, *SUB_BYTE[dtype], math.prod(shape)).reshape(shape)
         array = decode_value(value)
         if array is None:
-            raise UnsupportedOp(f"const '{op_name(op)}' holds a value kind the interpreter does not read")
-        return self._as_compute(array, value.type.tensorType.dataType)
+            raise UnsupportedOp(f"{what} holds a value kind the interpreter does not read")
+        return self._as_compute(array, dtype)
 
     def _as_compute(self, array, dtype):
         if dtype in FLOATS and self.float_dtype is not None:

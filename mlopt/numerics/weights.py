@@ -139,6 +139,17 @@ class BlobReader:
             return _pread_exactly(fd, nbytes, data_offset, self.path(file_name)).view(np_dtype).reshape(shape)
         return np.frombuffer(self._map(file_name), dtype=np_dtype, count=count, offset=data_offset).reshape(shape)
 
+    def read_packed(self, file_name, offset, bits, signed, shape):
+        """The sub-byte blob (`bits` per element, packed LSB first) at `offset`, unpacked into a fresh int8 (if
+        `signed`) or uint8 array of `shape`. BlobError unless the blob records a type of `bits` bits."""
+        _, count, data_offset = self.check(file_name, offset, np.uint8, shape)
+        fd, _ = self._file(file_name)
+        _, code = struct.unpack_from("<II", os.pread(fd, 8, offset))
+        if BLOB_BITS.get(code) != bits:
+            raise BlobError(self.path(file_name), f"blob at offset {offset} stores {BLOB_BITS.get(code, '?')}-bit elements, the program reads {bits}-bit ones")
+        packed = _pread_exactly(fd, (count * bits + 7) // 8, data_offset, self.path(file_name))
+        return unpack_bits(packed, bits, signed, count).reshape(shape)
+
     def close(self):
         for m in self._maps.values():
             try:
@@ -152,6 +163,21 @@ class BlobReader:
         if self._owns_tree and self._tree is not None:
             self._tree.close()
             self._tree = None
+
+
+def unpack_bits(packed, bits, signed, count):
+    """`count` elements of `bits` bits each from the bytes `packed` (LSB first: element 0 is the low bits of byte
+    0), as int8 (two's complement if `signed`) or uint8. The layout coremltools' blob writer and immediate values
+    (`optimize._utils.pack_elements_into_bits`) use."""
+    packed = np.frombuffer(bytes(packed), np.uint8) if not isinstance(packed, np.ndarray) else packed.view(np.uint8)
+    if packed.size * 8 < count * bits:
+        raise ValueError(f"{packed.size} bytes cannot hold {count} {bits}-bit elements")
+    bitarray = np.unpackbits(packed.reshape(-1), bitorder="little")[: count * bits].reshape(count, bits)
+    values = (bitarray.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(axis=1, dtype=np.uint16)
+    if signed:
+        values = values.astype(np.int16) - (values >= (1 << (bits - 1))).astype(np.int16) * (1 << bits)
+        return values.astype(np.int8)
+    return values.astype(np.uint8)
 
 
 def _pread_exactly(fd, nbytes, offset, path, chunk=1 << 30):
@@ -186,7 +212,7 @@ def _check_header(path, header, size):
 def check_blob_references(spec, blobs):
     """Check every blob a program refers to (file inside the package, header, sentinel, dtype, size) before
     anything is computed: a truncated or corrupt weight file is bad input even where no chain reads it."""
-    from ..graph.dtypes import NUMPY
+    from ..graph.dtypes import NUMPY, SUB_BYTE
 
     for function in spec.mlProgram.functions.values():
         stack = list(function.block_specializations.values())
@@ -202,4 +228,5 @@ def check_blob_references(spec, blobs):
                         static = all(d.WhichOneof("dimension") == "constant" for d in tensor.dimensions)
                         shape = [d.constant.size for d in tensor.dimensions] if static else []
                         blob = value.blobFileValue
-                        blobs.check(blob.fileName, blob.offset, NUMPY.get(tensor.dataType) if static else None, shape)
+                        packed = np.uint8 if tensor.dataType in SUB_BYTE else None  # check() sizes it by the blob's bits
+                        blobs.check(blob.fileName, blob.offset, (NUMPY.get(tensor.dataType) or packed) if static else None, shape)

@@ -7,7 +7,7 @@ Ops deliberately left out are listed with the reason in `excluded.EXCLUDED`.
 """
 
 from .registry import IMPLEMENTATIONS, implementation
-from . import elementwise, activation, reduction, norm, tensor, layout, indexing, nn, pool, attention, lists  # noqa: F401
+from . import elementwise, activation, reduction, norm, tensor, layout, indexing, nn, pool, attention, lists, compressed  # noqa: F401
 from .excluded import EXCLUDED
 
 __all__ = ["IMPLEMENTATIONS", "EXCLUDED", "implementation"]

@@ -5,10 +5,6 @@ keeps this list and IMPLEMENTATIONS together covering every op coremltools can w
 """
 
 _RANDOM = "random op: its samples cannot be reproduced without Core ML's generator, so outputs are not comparable"
-_CONSTEXPR = (
-    "compressed-weight constexpr op: before iOS18 its parameters are op attributes (the interpreter passes inputs "
-    "only) and it holds sub-byte (u/int1-8) blobs that the const reader does not decode; needs interpreter support"
-)
 _RESAMPLE = "image resampling with Core ML-specific coordinate/sampling modes, not verified against a reference"
 _RECURRENT = "fused recurrent layer: gate order, activations and state outputs are Core ML-specific and untested"
 
@@ -17,13 +13,6 @@ EXCLUDED = {
     "random_categorical": _RANDOM,
     "random_normal": _RANDOM,
     "random_uniform": _RANDOM,
-    "constexpr_affine_dequantize": _CONSTEXPR,
-    "constexpr_cast": _CONSTEXPR,
-    "constexpr_lut_to_dense": _CONSTEXPR,
-    "constexpr_sparse_to_dense": _CONSTEXPR,
-    "constexpr_blockwise_shift_scale": _CONSTEXPR,
-    "constexpr_lut_to_sparse": _CONSTEXPR + "; its output is a sparse pair, not a tensor",
-    "constexpr_sparse_blockwise_shift_scale": _CONSTEXPR + "; its output is a sparse pair, not a tensor",
     "affine": _RESAMPLE,
     "resample": _RESAMPLE,
     "crop_resize": _RESAMPLE,
