@@ -1,6 +1,8 @@
 """`mlopt verify A B`: identical models agree exactly, rewrites agree within tolerance, broken models fail."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -211,3 +213,47 @@ def test_inputs_from_a_file_say_seed_and_scale_do_not_apply(tmp_path):
     report = verify_packages(fixture_path("hf_fp16_ios17"), out, inputs_path=str(npz), scale=300)
     assert report.passed
     assert report.notes == [f"function 'main' input 'x': from {npz} (--seed and --scale do not apply)"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
+    """Two packages of 8 x 32 MB fp16 weights each (512 MB in all): verify reads each weight when an op needs it
+    and drops it after, so its peak RSS stays below even one package's weights."""
+    import subprocess
+    import sys
+
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    hidden, layers = 4096, 8
+    rng = np.random.default_rng(0)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, hidden), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(x):
+        for _ in range(layers):
+            x = mb.linear(x=x, weight=(rng.standard_normal((hidden, hidden), dtype=np.float32) * 0.01).astype(np.float16))
+        return x
+
+    reference = tmp_path / "big.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT16,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(str(reference))
+    candidate = tmp_path / "other.mlpackage"
+    shutil.copytree(reference, candidate)
+    weights = candidate / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    with open(weights, "r+b") as f:  # one byte differs: the candidate must be run, not taken as identical
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    weight_mb = os.path.getsize(weights) / 2**20
+    probe = (
+        "import sys; from mlopt.cli import main; rc = main(sys.argv[1:]); "
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr); "
+        "sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, "verify", str(reference), str(candidate)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    peak_mb = int(result.stderr.split()[-1]) / 1024
+    assert weight_mb > 250
+    assert peak_mb < 0.75 * weight_mb, f"peak RSS {peak_mb:.0f} MB verifying two packages of {weight_mb:.0f} MB weights"
