@@ -93,3 +93,19 @@ def record_fed(monkeypatch):
 
     monkeypatch.setattr(selfcheck.Evaluator, "evaluate", recording)
     return fed
+
+
+def cli_peak_rss_mb(*argv):
+    """Run `mlopt ARGV` in a child process; return (exit code, its stderr, its own peak RSS in MB). The child reads
+    its own VmHWM (per process image, reset at exec; a wait4 rusage would also count the pytest process it was
+    forked from)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from mlopt.cli import main; rc = main(sys.argv[1:]); "
+        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr); "
+        "sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, *map(str, argv)], capture_output=True, text=True)
+    return result.returncode, result.stderr, int(result.stderr.split()[-1]) / 1024

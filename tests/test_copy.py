@@ -4,12 +4,10 @@ import errno
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import fixture_path
+from conftest import cli_peak_rss_mb, fixture_path
 from mlopt import optimize_package
 from mlopt.package import copy as copy_module
 
@@ -105,15 +103,7 @@ def test_weight_file_is_never_read_into_memory(tmp_path):
         for _ in range(256):
             f.write(block)
     out = tmp_path / "out.mlpackage"
-    # The child reports its own peak (VmHWM is per process image and resets at exec; a wait4 rusage would also
-    # count the pytest process the child was forked from).
-    probe = (
-        "import sys; from mlopt.cli import main; rc = main(sys.argv[1:]); "
-        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr); "
-        "sys.exit(rc)"
-    )
-    result = subprocess.run([sys.executable, "-c", probe, "optimize", str(pkg), str(out)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    peak_mb = int(result.stderr.split()[-1]) / 1024
+    code, stderr, peak_mb = cli_peak_rss_mb("optimize", pkg, out)
+    assert code == 0, stderr
     assert peak_mb < 120, f"peak RSS {peak_mb:.0f} MB for a 256 MB weight file"
     assert sha256(out / WEIGHTS) == sha256(pkg / WEIGHTS)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import fixture_path
+from conftest import cli_peak_rss_mb, fixture_path
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.numerics.verify import verify_packages
@@ -219,9 +219,6 @@ def test_inputs_from_a_file_say_seed_and_scale_do_not_apply(tmp_path):
 def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
     """Two packages of 8 x 32 MB fp16 weights each (512 MB in all): verify reads each weight when an op needs it
     and drops it after, so its peak RSS stays below even one package's weights."""
-    import subprocess
-    import sys
-
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -247,13 +244,7 @@ def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last[0] ^ 1]))
     weight_mb = os.path.getsize(weights) / 2**20
-    probe = (
-        "import sys; from mlopt.cli import main; rc = main(sys.argv[1:]); "
-        "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr); "
-        "sys.exit(rc)"
-    )
-    result = subprocess.run([sys.executable, "-c", probe, "verify", str(reference), str(candidate)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    peak_mb = int(result.stderr.split()[-1]) / 1024
+    code, stderr, peak_mb = cli_peak_rss_mb("verify", reference, candidate)
+    assert code == 0, stderr
     assert weight_mb > 250
     assert peak_mb < 0.75 * weight_mb, f"peak RSS {peak_mb:.0f} MB verifying two packages of {weight_mb:.0f} MB weights"
