@@ -17,9 +17,7 @@ from ..graph.dtypes import FLOAT16 as FP16
 from ..graph.view import op_name
 from .compare import compare
 from .interpreter import Evaluator, InterpreterError
-
-CHUNK = 1 << 24
-
+from .weights import blob_values
 
 def identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
     """True if both functions are the same bytes and every weight file they read holds the same bytes."""
@@ -29,15 +27,7 @@ def identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
 
 
 def _weight_files(function):
-    names, stack = set(), list(function.block_specializations.values())
-    while stack:
-        block = stack.pop()
-        for op in block.operations:
-            stack.extend(op.blocks)
-            for value in op.attributes.values():
-                if value.WhichOneof("value") == "blobFileValue":
-                    names.add(value.blobFileValue.fileName)
-    return names
+    return {value.blobFileValue.fileName for value in blob_values(function)}
 
 
 def explain(failed, view, blobs, feeds, ref_out, cand_out):

@@ -67,14 +67,18 @@ def check_budget(shapes, limit=MAX_ELEMENTS):
     return total
 
 
-def random_inputs(spec, function, rng, scale=1.0, with_ranges=False):
+def random_inputs(spec, function, rng, scale=1.0, with_ranges=False, view=None):
     """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, bools at random, integers in
     [0, vocabulary) where they index an embedding (see `index_ranges`), else in [0, 4). With `with_ranges`, also
     {input name: how it was drawn} for the inputs `scale` does not apply to."""
     feeds, notes = {}, {}
     shapes = input_shapes(spec, function)
     check_budget(shapes)  # before anything is allocated
-    ranges = index_ranges(function)
+    if view is None:
+        from ..graph import FunctionView
+
+        view = FunctionView("", function)
+    ranges = index_ranges(view)
     for inp in function.inputs:
         shape = shapes[inp.name]
         dtype = tensor_type(inp.type).dataType
@@ -97,16 +101,14 @@ DEFAULT_INT_HIGH = 4
 INDEX_HOPS = 8  # ops between an integer input and the gather it indexes (casts, the negative-index select, ...)
 
 
-def index_ranges(function):
+def index_ranges(view):
     """{integer input: (size, "of 'x' that gather 'op'")} for inputs that reach the `indices` of a gather within
     INDEX_HOPS integer ops (converters cast token ids and wrap negative ones with greater_equal/add/select before
     the gather): random ids must stay below the vocabulary size of the embedding they index."""
-    from ..graph import FunctionView
     from ..graph.dtypes import FLOATS
 
-    view = FunctionView("", function)
     ranges = {}
-    for inp in function.inputs:
+    for inp in view.function.inputs:
         frontier, seen = [inp.name], {inp.name}
         for _ in range(INDEX_HOPS):
             following = []

@@ -10,6 +10,7 @@ so. When outputs differ, both models are compared with a float64 run of the refe
 report says which one departs from the mathematics, and where the reference first overflows.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -95,8 +96,6 @@ ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
 
 
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
-    import math
-
     if accumulate not in ACCUMULATE:
         raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
@@ -115,22 +114,18 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
     try:
         check_blob_references(ref.spec, ref_blobs)
         check_blob_references(cand.spec, cand_blobs)
+        report = VerifyReport(ref.path, cand.path, seed, scale, accumulate)
         with accumulating(ACCUMULATE[accumulate]):
-            report = _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale)
-        report.accumulate = accumulate
-        if accumulate == "fp16":
-            for name in sorted(ref.spec.mlProgram.functions):
-                view = FunctionView(name, ref.spec.mlProgram.functions[name])
-                report.notes += [f"function '{name}': {note}" for note in overflow_thresholds(view)]
+            _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol, atol)
         return report
     finally:
         for closing in (ref_blobs, cand_blobs, ref, cand):
             closing.close()
 
 
-def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, atol, scale):
+def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol, atol):
+    """Fill `report` with one OutputCheck per output of every function of the reference."""
     reference_path, candidate_path = ref.path, cand.path
-    report = VerifyReport(reference_path, candidate_path, seed, scale)
     for name in sorted(ref.spec.mlProgram.functions):
         ref_fn = ref.spec.mlProgram.functions[name]
         if name not in cand.spec.mlProgram.functions:
@@ -141,6 +136,8 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
             raise BadInputError(candidate_path, f"function '{name}' takes other inputs than in {reference_path}")
         ref_view = FunctionView(name, ref_fn)
         cand_view = FunctionView(name, cand_fn)
+        if report.accumulate == "fp16":
+            report.notes += [f"function '{name}': {note}" for note in overflow_thresholds(ref_view)]
         if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
             note = "identical program and weights: equal without running"
             report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note) for out in ref_view.main.outputs]
@@ -148,7 +145,7 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
         for package, view in ((ref, ref_view), (cand, cand_view)):
             _check_declared_sizes(package, view)
         try:
-            feeds, ranges = random_inputs(ref.spec, ref_fn, np.random.default_rng(seed), scale, with_ranges=True)
+            feeds, ranges = random_inputs(ref.spec, ref_fn, np.random.default_rng(report.seed), report.scale, with_ranges=True, view=ref_view)
         except InputTooLarge as e:
             raise CannotVerify(reference_path, f"cannot be verified: function '{name}': {e}") from None
         feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
@@ -172,7 +169,6 @@ def _compare(ref, cand, ref_blobs, cand_blobs, given, inputs_path, seed, rtol, a
         failed = [c for c in report.checks if c.function == name and not c.passed and c.output in ref_out]
         if failed:
             explain(failed, ref_view, ref_blobs, feeds, ref_out, cand_out)
-    return report
 
 
 def _check_declared_sizes(package, view):

@@ -14,6 +14,7 @@ folios (megabytes around each 4 KB gamma of a freshly copied file) into our RSS.
 one read-only memory map per file: a 2 GB model costs address space, not 2 GB of copies.
 """
 
+import math
 import mmap
 import os
 import struct
@@ -21,14 +22,13 @@ import struct
 import numpy as np
 
 from ..errors import BadInputError
-from ..package.tree import PackageTree, split_relative
+from ..package.tree import PackageTree, refuse_lfs_pointer, split_relative
 
 SENTINEL = 0xDEADBEEF
 HEADER = 64  # file header and per-blob metadata record, bytes
 VERSION = 2
 SMALL = 1 << 20
 MODEL_PATH = "@model_path/"
-LFS_POINTER = b"version https://git-lfs"
 # blob dtype code -> numpy dtype (whole-byte types) ...
 BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 6: np.int16, 7: np.uint16, 14: np.int32, 15: np.uint32}
 # ... and the bits per element of every code (5 is bfloat16; 8-13 the sub-byte palettes and quantized weights)
@@ -61,11 +61,9 @@ class BlobReader:
     def relpath(self, file_name):
         """The weight file a const's `fileName` names, relative to the package; never outside it."""
         name = file_name[len(MODEL_PATH):] if file_name.startswith(MODEL_PATH) else file_name
-        base = f"{self.model_dir_rel}/" if self.model_dir_rel else ""
+        base = self.model_dir_rel.split("/") if self.model_dir_rel else ()
         shown = self.tree.show(self.model_dir_rel)
-        if name.startswith("/"):
-            raise BlobError(shown, f"weight file name {file_name!r} is an absolute path; it must stay inside the package")
-        return "/".join(split_relative(base + name, shown, f"weight file name {file_name!r}"))
+        return "/".join(split_relative(name, shown, f"weight file name {file_name!r}", base=base))
 
     def path(self, file_name):
         return self.tree.show(self.relpath(file_name))
@@ -101,7 +99,7 @@ class BlobReader:
 
     def check(self, file_name, offset, np_dtype, shape):
         """BlobError unless a blob of `np_dtype` (None: any) and `shape` is stored at `offset`; returns
-        (numpy dtype to read it as, element count, absolute data offset). Reads 24 bytes."""
+        (numpy dtype to read it as, element count, absolute data offset, the blob's dtype code). Reads 24 bytes."""
         fd, file_size = self._file(file_name)
         if offset + HEADER > file_size:
             raise BlobError(self.path(file_name), f"blob offset {offset} is outside the file ({file_size} bytes)")
@@ -112,11 +110,9 @@ class BlobReader:
             raise BlobError(self.path(file_name), f"no blob at offset {offset} (bad sentinel {sentinel:#x})")
         if data_offset + size > file_size:
             raise BlobError(self.path(file_name), f"blob at offset {offset}: its {size} bytes at {data_offset} run past the end of the file ({file_size} bytes): truncated?")
-        count = 1
-        for d in shape:
-            count *= int(d)
+        count = math.prod(int(d) for d in shape)
         if np_dtype is None:
-            return None, count, data_offset
+            return None, count, data_offset, code
         stored = BLOB_DTYPES.get(code)
         if stored is not None and np.dtype(stored).itemsize != np.dtype(np_dtype).itemsize:
             raise BlobError(self.path(file_name), f"blob at offset {offset} stores {np.dtype(stored).name}, the program reads it as {np.dtype(np_dtype).name}")
@@ -126,13 +122,13 @@ class BlobReader:
         needed = (count * bits + 7) // 8
         if needed > size:
             raise BlobError(self.path(file_name), f"blob at offset {offset} holds {size} bytes; the program's shape {list(shape)} needs {needed}")
-        return np_dtype, count, data_offset
+        return np_dtype, count, data_offset, code
 
     def read(self, file_name, offset, np_dtype, shape, copy=False):
         """The blob at `offset` as a read-only array of `np_dtype` and `shape`: a view into the file's memory map
         if it is large, unless `copy`: then an array of its own, whose memory goes when the array does (a run
         that drops each weight after its last use then holds one weight at a time, not every page it touched)."""
-        np_dtype, count, data_offset = self.check(file_name, offset, np_dtype, shape)
+        np_dtype, count, data_offset, _ = self.check(file_name, offset, np_dtype, shape)
         fd, _ = self._file(file_name)
         nbytes = count * np.dtype(np_dtype).itemsize
         if nbytes <= self.small or copy:
@@ -142,9 +138,8 @@ class BlobReader:
     def read_packed(self, file_name, offset, bits, signed, shape):
         """The sub-byte blob (`bits` per element, packed LSB first) at `offset`, unpacked into a fresh int8 (if
         `signed`) or uint8 array of `shape`. BlobError unless the blob records a type of `bits` bits."""
-        _, count, data_offset = self.check(file_name, offset, np.uint8, shape)
+        _, count, data_offset, code = self.check(file_name, offset, np.uint8, shape)
         fd, _ = self._file(file_name)
-        _, code = struct.unpack_from("<II", os.pread(fd, 8, offset))
         if BLOB_BITS.get(code) != bits:
             raise BlobError(self.path(file_name), f"blob at offset {offset} stores {BLOB_BITS.get(code, '?')}-bit elements, the program reads {bits}-bit ones")
         packed = _pread_exactly(fd, (count * bits + 7) // 8, data_offset, self.path(file_name))
@@ -200,13 +195,25 @@ def _pread_into(fd, view, done, chunk, offset):
 
 
 def _check_header(path, header, size):
-    if header.startswith(LFS_POINTER):
-        raise BlobError(path, "is a Git LFS pointer, not the weights; run `git lfs pull` in its repository")
+    refuse_lfs_pointer(header, path, "the weights", BlobError)
     if size < HEADER:
         raise BlobError(path, f"is {size} bytes, too short for a weight file (a {HEADER}-byte header at least)")
     _count, version = struct.unpack_from("<II", header)
     if version != VERSION:
         raise BlobError(path, f"is not a MILBlob v{VERSION} weight file (header says version {version})")
+
+
+def blob_values(function):
+    """Every `Value` of a function stored in a weight file: const values and constexpr attributes, and the inline
+    bindings iOS18 constexpr ops use, nested blocks included."""
+    stack = list(function.block_specializations.values())
+    while stack:
+        block = stack.pop()
+        for op in block.operations:
+            stack.extend(op.blocks)
+            values = list(op.attributes.values())
+            values += [b.value for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "value"]
+            yield from (v for v in values if v.WhichOneof("value") == "blobFileValue")
 
 
 def check_blob_references(spec, blobs):
@@ -215,18 +222,10 @@ def check_blob_references(spec, blobs):
     from ..graph.dtypes import NUMPY, SUB_BYTE
 
     for function in spec.mlProgram.functions.values():
-        stack = list(function.block_specializations.values())
-        while stack:
-            block = stack.pop()
-            for op in block.operations:
-                stack.extend(op.blocks)
-                values = list(op.attributes.values())
-                values += [b.value for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "value"]
-                for value in values:
-                    if value.WhichOneof("value") == "blobFileValue":
-                        tensor = value.type.tensorType
-                        static = all(d.WhichOneof("dimension") == "constant" for d in tensor.dimensions)
-                        shape = [d.constant.size for d in tensor.dimensions] if static else []
-                        blob = value.blobFileValue
-                        packed = np.uint8 if tensor.dataType in SUB_BYTE else None  # check() sizes it by the blob's bits
-                        blobs.check(blob.fileName, blob.offset, (NUMPY.get(tensor.dataType) or packed) if static else None, shape)
+        for value in blob_values(function):
+            tensor = value.type.tensorType
+            static = all(d.WhichOneof("dimension") == "constant" for d in tensor.dimensions)
+            shape = [d.constant.size for d in tensor.dimensions] if static else []
+            packed = np.uint8 if tensor.dataType in SUB_BYTE else None  # check() sizes it by the blob's bits
+            blob = value.blobFileValue
+            blobs.check(blob.fileName, blob.offset, (NUMPY.get(tensor.dataType) or packed) if static else None, shape)

@@ -39,9 +39,7 @@ def root_model_relpath(tree):
         raise BadInputError(manifest_path, "names no root model (rootModelIdentifier/itemInfoEntries)") from None
     if not isinstance(relative, str):
         raise BadInputError(manifest_path, f"root model path {relative!r} is not a string")
-    if relative.startswith("/"):
-        raise BadInputError(manifest_path, f"root model path {relative!r} is an absolute path; it must stay inside the package")
-    parts = split_relative(f"Data/{relative}", manifest_path, f"root model path {relative!r}")
+    parts = split_relative(relative, manifest_path, f"root model path {relative!r}", base=("Data",))
     if parts[0] != "Data" or len(parts) < 2:
         raise BadInputError(manifest_path, f"root model path {relative!r} points outside the package")
     return "/".join(parts)

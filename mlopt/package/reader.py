@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 
 from ..errors import BadInputError
 from .manifest import root_model_relpath
-from .tree import FILE, PackageTree
+from .tree import FILE, PackageTree, refuse_lfs_pointer
 
 # Function.opset -> the deployment target whose dtype rules apply (README, "Opsets").
 KNOWN_OPSETS = {"CoreML5": "iOS15", "CoreML6": "iOS16", "CoreML7": "iOS17", "CoreML8": "iOS18", "CoreML9": "iOS26"}
 # Model.specificationVersion of ML programs: 6 (iOS15, the first with ML programs) .. 10 (iOS26).
 SPEC_VERSIONS = range(6, 11)
-LFS_POINTER = b"version https://git-lfs"
 
 
 @dataclass
@@ -104,8 +103,7 @@ def parse_spec(data, model_path):
 
     from .proto import Model_pb2
 
-    if data.startswith(LFS_POINTER):
-        raise BadInputError(model_path, "is a Git LFS pointer, not the model; run `git lfs pull` in its repository")
+    refuse_lfs_pointer(data, model_path, "the model")
     spec = Model_pb2.Model()
     try:
         spec.ParseFromString(data)

@@ -27,6 +27,13 @@ _KINDS = [
     (stat.S_ISBLK, "a block device"),
 ]
 FILE, FOLDER = "file", "folder"
+LFS_POINTER = b"version https://git-lfs"  # what a clone without git-lfs leaves where a large file should be
+
+
+def refuse_lfs_pointer(data, path, what, error=BadInputError):
+    """`error` if `data` (the start of a file) is a Git LFS pointer instead of `what` ("the model", ...)."""
+    if data.startswith(LFS_POINTER):
+        raise error(path, f"is a Git LFS pointer, not {what}; run `git lfs pull` in its repository")
 
 
 @dataclass(frozen=True)
@@ -42,18 +49,19 @@ def special_kind(mode):
     return next((name for test, name in _KINDS if test(mode)), None)
 
 
-def split_relative(rel, owner, what):
-    """The components of a relative in-package path, or BadInputError(owner, ...) if it could leave the package.
+def split_relative(rel, owner, what, base=()):
+    """The components of the in-package path `rel`, taken relative to the folder `base` (components), or
+    BadInputError(owner, ...) if it could leave the package.
 
-    Lexical: '..' may not climb above the start; absolute paths and NUL or control characters are refused. `what`
-    describes the path in messages, e.g. "root model path 'x'"."""
+    Lexical: '..' may not climb above the package; absolute paths and NUL or control characters are refused.
+    `what` describes the path in messages, e.g. "root model path 'x'"."""
     if not isinstance(rel, str) or not rel:
         raise BadInputError(owner, f"{what} is not a path")
     if any(ord(c) < 32 for c in rel):
         raise BadInputError(owner, f"{what} contains a control character")
     if rel.startswith("/") or os.path.isabs(rel):
         raise BadInputError(owner, f"{what} is an absolute path; it must stay inside the package")
-    parts = []
+    parts = list(base)
     for part in rel.split("/"):
         if part in ("", "."):
             continue
