@@ -96,6 +96,17 @@ def build(path, layers, hidden, mlp):
     model.save(path)
 
 
+def ensure_package(work_dir, size):
+    """The generated package of `size` in `work_dir`, built on first use and reused after."""
+    os.makedirs(work_dir, exist_ok=True)
+    src = os.path.join(work_dir, f"llama_{size}.mlpackage")
+    if not os.path.isdir(src):
+        start = time.perf_counter()
+        build(src, **SIZES[size])
+        print(f"built {src} in {time.perf_counter() - start:.0f} s")
+    return src
+
+
 def package_size(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
@@ -142,12 +153,7 @@ def main():
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
     args = parser.parse_args()
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    src = os.path.join(args.work_dir, f"llama_{args.size}.mlpackage")
-    if not os.path.isdir(src):
-        start = time.perf_counter()
-        build(src, **SIZES[args.size])
-        print(f"built {src} in {time.perf_counter() - start:.0f} s")
+    src = ensure_package(args.work_dir, args.size)
     shape = SIZES[args.size]
     print(f"package: {package_size(src) / 1e6:,.0f} MB, {shape['layers']} layers, hidden {shape['hidden']}, "
           f"MLP {shape['mlp']}, {2 * shape['layers'] + 1} RMSNorms; median of {args.runs} runs "

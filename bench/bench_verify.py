@@ -18,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_large import PEAK, SIZES, build, package_size  # noqa: E402
+from bench_large import PEAK, SIZES, ensure_package, package_size  # noqa: E402
 
 
 def main():
@@ -28,10 +28,7 @@ def main():
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
     args = parser.parse_args()
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    src = os.path.join(args.work_dir, f"llama_{args.size}.mlpackage")
-    if not os.path.isdir(src):
-        build(src, **SIZES[args.size])
+    src = ensure_package(args.work_dir, args.size)
     out = os.path.join(args.work_dir, f"llama_{args.size}_optimized.mlpackage")
     subprocess.run([sys.executable, "-m", "mlopt", "optimize", src, out, "--force", "-q"], check=True)
     runs = []

@@ -155,12 +155,9 @@ def plan(inputs, out_dir, skip_existing=False):
 
 def _refuse_out_dir_inside_an_input(out_dir, items):
     """Every output would land inside that input package: refuse the batch before anything is written."""
-    from .package.destination import ancestors
+    from .package.destination import ancestors, deepest_existing
 
-    existing = os.path.abspath(out_dir)
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    above = set(ancestors(existing))
+    above = set(ancestors(deepest_existing(os.path.abspath(out_dir))))
     for item in items:
         if item.output is not None and _identity(item.input) in above:
             raise BadInputError(out_dir, f"--out-dir is inside the input package {item.input}; write the outputs outside it")

@@ -67,6 +67,18 @@ def differing_copy(pkg, tmp_path):
     return copy
 
 
+def set_weight_file_name(pkg, name):
+    """Point the first weight of `pkg` (an iOS17 fixture copy) at the weight file `name`."""
+    from mlopt.package.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString((pkg / MODEL).read_bytes())
+    block = spec.mlProgram.functions["main"].block_specializations["CoreML7"]
+    blob = next(op for op in block.operations if op.attributes["val"].WhichOneof("value") == "blobFileValue")
+    blob.attributes["val"].blobFileValue.fileName = name
+    (pkg / MODEL).write_bytes(spec.SerializeToString())
+
+
 def leftovers(root):
     return [p for p in root.rglob("*") if ".mlopt-" in p.name]
 
@@ -135,15 +147,8 @@ def test_any_link_in_the_package_is_refused_before_copying(tmp_path, capsys, tar
 
 
 def test_a_weight_path_leaving_the_package_is_refused_without_reading_it(tmp_path, capsys):
-    from mlopt.package.proto import Model_pb2
-
     pkg = copy_fixture(tmp_path / "in.mlpackage")
-    spec = Model_pb2.Model()
-    spec.ParseFromString((pkg / MODEL).read_bytes())
-    block = spec.mlProgram.functions["main"].block_specializations["CoreML7"]
-    blob = next(op for op in block.operations if op.attributes["val"].WhichOneof("value") == "blobFileValue")
-    blob.attributes["val"].blobFileValue.fileName = "@model_path/../../../secret"
-    (pkg / MODEL).write_bytes(spec.SerializeToString())
+    set_weight_file_name(pkg, "@model_path/../../../secret")
     (tmp_path / "secret").write_bytes(b"TOPSECRET" * 100)
     code, out, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
     assert code == 2
@@ -687,8 +692,6 @@ def test_names_with_control_characters_stay_on_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["manifest", "weights"])
 def test_absolute_paths_in_the_package_are_refused(tmp_path, capsys, where):
-    from mlopt.package.proto import Model_pb2
-
     pkg = copy_fixture(tmp_path / "in.mlpackage")
     if where == "manifest":
         manifest = json.loads((pkg / "Manifest.json").read_text())
@@ -696,12 +699,7 @@ def test_absolute_paths_in_the_package_are_refused(tmp_path, capsys, where):
         (pkg / "Manifest.json").write_text(json.dumps(manifest))
         expected = f"{pkg / 'Manifest.json'}: root model path '/com.apple.CoreML/model.mlmodel' is an absolute path; it must stay inside the package"
     else:
-        spec = Model_pb2.Model()
-        spec.ParseFromString((pkg / MODEL).read_bytes())
-        block = spec.mlProgram.functions["main"].block_specializations["CoreML7"]
-        blob = next(op for op in block.operations if op.attributes["val"].WhichOneof("value") == "blobFileValue")
-        blob.attributes["val"].blobFileValue.fileName = "/etc/passwd"
-        (pkg / MODEL).write_bytes(spec.SerializeToString())
+        set_weight_file_name(pkg, "/etc/passwd")
         expected = f"{pkg / 'Data' / 'com.apple.CoreML'}: weight file name '/etc/passwd' is an absolute path; it must stay inside the package"
     code, _, err = cli(capsys, "optimize", pkg, tmp_path / "out.mlpackage")
     assert code == 2 and err == f"mlopt: error: {expected}\n"

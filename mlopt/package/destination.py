@@ -23,8 +23,17 @@ from . import staging
 from .manifest import MANIFEST
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure(out, error, folder, action=None):
+    """The one-line error for a write in `folder` for OUT that failed, naming OUT (never a hidden staging
+    folder): a folder the user may not write in is bad input (exit 2); anything else - a full disk, an I/O
+    error - is an OutputError (exit 1), after which nothing is left. `action` says what failed, if not a copy."""
+    if error.errno in _PERMISSION:
+        return BadInputError(out, f"cannot be written in {folder} ({error.strerror})")
+    what = f": {action}" if action else ""
+    return OutputError(out, f"could not be written{what} ({error.strerror or error}); nothing was written")
 
 
 @dataclass
@@ -60,6 +69,13 @@ class Destination:
 
 def _identity(st):
     return (st.st_dev, st.st_ino)
+
+
+def deepest_existing(path):
+    """`path` itself if it exists, else the nearest folder above it that does."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
 
 
 def ancestors(path):
@@ -116,9 +132,7 @@ def _locate(destination, package):
     shown, parent, name = destination.path, destination.parent, destination.name
     if name in ("", ".", ".."):
         raise BadInputError(shown, "is not a name for a package folder")
-    existing = parent
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
+    existing = deepest_existing(parent)
     if not os.path.isdir(existing):
         raise BadInputError(shown, f"cannot be created: {existing} is not a folder")
     above = set(ancestors(existing))
@@ -166,8 +180,5 @@ def _create_parents(destination, existing):
         except FileExistsError:
             continue  # made meanwhile by someone else: not ours to remove
         except OSError as e:
-            if e.errno in _FULL:
-                raise OutputError(destination.path, f"could not be written: folder {folder} cannot be made ({e.strerror}); nothing was written") from None
-            problem = "cannot be written" if e.errno in _PERMISSION else "cannot be created"
-            raise BadInputError(destination.path, f"{problem}: folder {folder} cannot be made ({e.strerror})") from None
+            raise write_failure(destination.path, e, os.path.dirname(folder), f"folder {folder} cannot be made") from None
         destination.created.append(folder)

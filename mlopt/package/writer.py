@@ -9,19 +9,17 @@ that fails if OUT appeared meanwhile (claim.py), or swaps with the package `--fo
 SIGTERM removes the staging folder and the parent folders this run created: nothing partial is ever left.
 """
 
-import errno
 import os
 import signal
 import threading
 from contextlib import contextmanager
 
-from ..errors import BadInputError, OutputError
+from ..errors import BadInputError
 from . import claim, destination, staging
 from .copy import Cancelled, copy_into, create_file
 from .tree import FILE
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 _LIVE = set()  # writers whose staging folder or created parents may still exist
@@ -70,7 +68,6 @@ class PackageWriter:
         except BaseException:
             self._cleanup()
             raise
-        self.out_path = os.path.join(self.dest.parent, self.dest.name)
         self.notes += self.dest.notes
         try:
             self.staging = staging.new_name(self.dest.name, staging.TMP)
@@ -226,10 +223,8 @@ class PackageWriter:
             os.close(self._folders.popitem()[1])
 
     def _write_error(self, error):
-        """The one-line error for a failed write, naming OUT (not the hidden staging folder)."""
-        if error.errno in _PERMISSION:
-            return BadInputError(self.dest.path, f"cannot be written in {self.dest.parent} ({error.strerror})")
-        return OutputError(self.dest.path, f"could not be written ({error.strerror or error}); nothing was written")
+        """The one-line error for a failed write (destination.write_failure), naming OUT."""
+        return destination.write_failure(self.dest.path, error, self.dest.parent)
 
 
 def _identity_at(dir_fd, name):
