@@ -86,7 +86,7 @@ def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selectio
     if not candidates:
         report.note = report.note or _why_no_candidates(view)
     matches = [c.match for c in candidates if c.match is not None and selection.chain_reason(c.anchor, name) is None]
-    refused = {id(m): _ambiguous(view, m) for m in matches if _ambiguous(view, m)}
+    refused = {id(m): check for m in matches if (check := _ambiguous(view, m)) is not None}
     with np.errstate(all="ignore"):  # constants cast to the model's dtypes (an absurd eps overflows fp16)
         planned = plan_rewrites(view, [m for m in matches if id(m) not in refused]) if rewrite else []
     checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}

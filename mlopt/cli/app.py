@@ -72,15 +72,13 @@ def run_cli(argv=None):
     except UsageError as e:
         wanted_json = argparse.Namespace(json=True, command=_command_in(argv)) if "--json" in (argv or sys.argv[1:]) else None
         return _fail(wanted_json, 2, e.path, e.problem, f"mlopt: error: {e}")
-    except MloptError as e:
-        if signals.received():
+    except Exception as e:
+        if signals.received():  # whatever failed after a signal (an import cut short) is that interruption
             return _interrupted(signals.received(), args, wrote=_commits() > committed)
-        code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1
-        return _fail(args, code, e.path, e.problem, f"mlopt: error: {e}")
-    except Exception as e:  # our bug or limitation: one line, traceback on request
-        if signals.received():
-            return _interrupted(signals.received(), args, wrote=_commits() > committed)
-        if os.environ.get("MLOPT_DEBUG"):
+        if isinstance(e, MloptError):
+            code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1
+            return _fail(args, code, e.path, e.problem, f"mlopt: error: {e}")
+        if os.environ.get("MLOPT_DEBUG"):  # our bug or limitation: one line, traceback on request
             traceback.print_exc()
         command = getattr(args, "command", "mlopt")
         problem = f"internal error: {type(e).__name__}: {e}"
@@ -97,9 +95,9 @@ def _check_cwd(args):
     try:
         os.getcwd()
     except OSError:
-        names = ("paths", "input", "reference", "candidate", "out_dir", "inputs")
-        given = [p for n in names for p in (lambda v: v if isinstance(v, list) else [v])(getattr(args, n, None)) if p]
-        relative = [p for p in given if not os.path.isabs(p)]
+        given = list(getattr(args, "paths", None) or [])
+        given += [getattr(args, n, None) for n in ("input", "reference", "candidate", "out_dir", "inputs")]
+        relative = [p for p in given if p and not os.path.isabs(p)]
         if relative:
             raise BadInputError(relative[0], "is a relative path and the current folder no longer exists; give an absolute path") from None
 
