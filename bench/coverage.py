@@ -19,7 +19,7 @@ REAL = os.path.join(HERE, "..", "fixtures", "real")
 
 def main():
     from mlopt import optimize_package
-    from mlopt.numerics.verify import verify_packages
+    from mlopt.verify import verify_packages
 
     with open(os.path.join(REAL, "expected.json")) as f:
         expected = json.load(f)

@@ -18,7 +18,7 @@ from torch import nn
 
 import coremltools as ct
 import mlopt
-from mlopt.numerics.verify import verify_packages
+from mlopt.verify import verify_packages
 
 
 class LlamaRMSNorm(nn.Module):  # as in transformers' modeling_llama.py
@@ -69,13 +69,13 @@ def main(out):
 
 
 def _run(path, x):
-    from mlopt.graph import FunctionView
+    from mlopt.graph import SpecGraph
     from mlopt.numerics.interpreter import run_function
     from mlopt.numerics.weights import BlobReader
     from mlopt.package import read_package
 
     package = read_package(path)
-    view = FunctionView("main", package.spec.mlProgram.functions["main"])
+    view = SpecGraph("main", package.spec.mlProgram.functions["main"])
     (value,) = run_function(view, BlobReader(os.path.dirname(package.model_path)), {"x": x}).values()
     return value.astype(np.float64)
 

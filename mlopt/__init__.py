@@ -1,9 +1,13 @@
-"""mlopt: rewrite RMSNorm chains in Core ML ML programs to the ANE-friendly LayerNorm trick.
+"""mlopt: rewrite chains of primitive ops in Core ML ML programs to what the Neural Engine runs well (RMSNorm ->
+the LayerNorm trick, ...).
 
-Layers, each in its own folder: `package` (read/write .mlpackage), `graph` (validation and a read-only view of a
-MIL function), `patterns` (match RMSNorm chains, explain near-misses), `rewrites` (lower matches to the LayerNorm
-trick), `numerics` (interpreter, self-check, verify), `cli` (the `mlopt` command). `engine.py` ties them
-together on a parsed spec; `api.py` holds the Python entry points.
+Layers, each in its own folder: `package` (read/write .mlpackage), `graph` (validation, the graph contract and
+its saved-spec adapter), `patterns` (matching machinery: walks across casts, traces, match statuses), `rules`
+(one module per rewrite: pattern, replacement, float64 reference; `rules/__init__.py` is the registry),
+`rewrites` (the builder contract, its protobuf builder, splicing), `numerics` (interpreter, self-check),
+`coreml` (the pymil adapter, the mb builder and the conversion-time passes), `cli` (the `mlopt` command).
+`engine.py` ties them together on a parsed spec, `verify.py` compares two packages, `api.py` holds the Python
+entry points.
 
 The public names load on first use (PEP 562): `mlopt optimize` starts copying the weights before numpy and the
 analysis are imported, so start-up stays a small part of a large model's run. No submodule shares a public

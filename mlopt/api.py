@@ -3,7 +3,7 @@
 import logging
 import os
 
-from .compute_units import compute_units_name, skip_reason
+from .compute_units import compute_units_name
 from .errors import BadInputError
 from .package import PackageWriter, load_spec, locate_package
 from .report import Report
@@ -31,7 +31,7 @@ def optimize_package(
     package = locate_package(in_path)
     try:
         report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
-        report.note = skip_reason(units)
+        report.note = _skip_reason(units)
         if dry_run:  # what a real run would do: OUT checked by the same rules, nothing written
             if out_path is not None:
                 from .package import destination
@@ -82,6 +82,12 @@ def _optimize_spec():
     return optimize_spec
 
 
+def _skip_reason(units):
+    from .rules import skip_reason
+
+    return skip_reason(units)
+
+
 def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False):
     """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten; with `report=True`, the pair
     `(model, Report)`.
@@ -101,7 +107,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     source = getattr(mlmodel, "package_path", None) or "<in-memory model>"
     if mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
         raise BadInputError(source, "not an ML program; nothing to do")
-    skipped = skip_reason(units)
+    skipped = _skip_reason(units)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
     spec = Model_pb2.Model()

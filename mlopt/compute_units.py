@@ -13,11 +13,3 @@ def compute_units_name(compute_units):
         raise ValueError(f"unknown compute units {compute_units!r}; expected one of {', '.join(COMPUTE_UNITS)}")
     return name
 
-
-def skip_reason(compute_units):
-    if compute_units in REWRITING_UNITS:
-        return None
-    return (
-        f"compute units {compute_units}: the LayerNorm trick only pays where the Neural Engine is targeted "
-        "explicitly (CPU_AND_NE); the model is copied unchanged"
-    )

@@ -1,5 +1,5 @@
-"""The optimize pipeline on a parsed spec: find chains in every function, lower them, self-check each
-replacement numerically, splice in the ones that pass, record provenance.
+"""The optimize pipeline on a parsed spec: find every rule's chains in every function, lower them, self-check
+each replacement numerically, splice in the ones that pass, record provenance (one metadata key per rule).
 
 Kept free of file I/O so the CLI, the Python API and batch processing share it, and free of `import coremltools`
 so the command line starts fast. The spec is validated first (graph/validate.py; linear, ~10 us per op) unless
@@ -13,20 +13,24 @@ from collections import Counter
 import numpy as np
 
 from ._version import __version__
-from .compute_units import REWRITING_UNITS
-from .graph import FunctionView
+from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
 from .graph.validate import validate_program
 from .numerics.selfcheck import CheckResult, self_check
 from .numerics.weights import BlobReader
-from .patterns import find_rms_norms
-from .selection import Selection
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
+from .rules import RULES, find_candidates
+from .selection import Selection
 
 log = logging.getLogger("mlopt")
 PROVENANCE_VERSION = "com.github.mlopt.version"
-PROVENANCE_REWRITES = "com.github.mlopt.rms_norm_rewrites"
+
+
+def provenance_key(rule):
+    """The metadata key counting `rule`'s rewrites over every mlopt run on the model."""
+    return f"com.github.mlopt.{rule.name}_rewrites"
+
 # norms a model may hold that are not RMSNorm chains, named when a function has no candidate
 OTHER_NORMS = {
     "layer_norm": "a native LayerNorm already",
@@ -42,10 +46,10 @@ def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
     validated=False, selection=None, label=None,
 ):
-    """Rewrite every RMSNorm chain of `spec` in place and return one FunctionReport per function.
+    """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
-    Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do) or
-    with compute units other than CPU_AND_NE. With `verify`, each replacement is self-checked
+    Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do); a rule
+    that does not pay for `compute_units` only reports its chains ("matched"). With `verify`, each replacement is self-checked
     (numerics/selfcheck.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
     "@model_path") lets the check read weights such as gamma from weight.bin; a caller that already has a
     BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
@@ -56,51 +60,54 @@ def optimize_spec(
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
     selection = selection or Selection()
-    rewrite = compute_units in REWRITING_UNITS
+    rewriting = {rule.name for rule in RULES if rule.applies(compute_units)}
     owned = blobs is None and model_dir is not None
     blobs = BlobReader(model_dir) if owned else blobs
     try:
-        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewrite, dry_run, blobs, verify, selection)
+        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewriting, dry_run, blobs, verify, selection)
                    for name in sorted(spec.mlProgram.functions)]
     finally:
         if owned:
             blobs.close()
     _warn_unmatched(selection, reports, label or model_path or model_dir)
-    rewrites = sum(f.count(REWRITTEN) for f in reports)
+    rewrites = Counter(c.rule for f in reports for c in f.chains if c.status == REWRITTEN)
     if rewrites:
         _record_provenance(spec, rewrites)
     return reports
 
 
-def _optimize_function(name, function, rewrite, dry_run, blobs, verify, selection):
+def _optimize_function(name, function, rewriting, dry_run, blobs, verify, selection):
     if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
         copy = type(function)()
         copy.CopyFrom(function)
         function = copy
-    view = FunctionView(name, function)
+    view = SpecGraph(name, function)
     report = FunctionReport(name=name, opset=view.opset)
     before = op_counts(view)
     if selection.functions is not None and name not in selection.functions:
         report.note = "function not selected by --function"
-    candidates = find_rms_norms(view)
+    candidates = find_candidates(view)
     if not candidates:
         report.note = report.note or _why_no_candidates(view)
-    matches = [c.match for c in candidates if c.match is not None and selection.chain_reason(c.anchor, name) is None]
-    refused = {id(m): check for m in matches if (check := _ambiguous(view, m)) is not None}
+    unselected = {id(c): selection.chain_reason(c.anchor, name, c.rule.name) for c in candidates}
+    matches = [(c.rule, c.match) for c in candidates if c.match is not None and unselected[id(c)] is None]
+    refused = {id(m): check for _, m in matches if (check := _ambiguous(view, m)) is not None}
+    to_plan = [(rule, m) for rule, m in matches if id(m) not in refused and rule.name in rewriting]
     with np.errstate(all="ignore"):  # constants cast to the model's dtypes (an absurd eps overflows fp16)
-        planned = plan_rewrites(view, [m for m in matches if id(m) not in refused]) if rewrite else []
-    checks = {id(p.match): self_check(view, blobs, p.match, p.ops) for p in planned} if verify else {}
+        planned = plan_rewrites(view, to_plan)
+    checks = {id(p.match): self_check(view, blobs, p.rule, p.match, p.ops) for p in planned} if verify else {}
     checks.update(refused)
     keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
-    status = MATCHED if not rewrite else WOULD_REWRITE if dry_run else REWRITTEN
+    done = WOULD_REWRITE if dry_run else REWRITTEN
     replacement = {id(p.match): [op.type for op in p.ops if op.type != "const"] for p in planned}
     for c in candidates:
-        chain = _chain_report(c, status, checks.get(id(c.match)), selection.chain_reason(c.anchor, name))
+        status = done if c.rule.name in rewriting else MATCHED
+        chain = _chain_report(c, status, checks.get(id(c.match)), unselected[id(c)])
         chain.replacement = replacement.get(id(c.match))
         report.chains.append(chain)
         log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))
     apply_rewrites(view, keep)
-    after = op_counts(FunctionView(name, function)) if keep else before
+    after = op_counts(SpecGraph(name, function)) if keep else before
     report.ops = {t: [before.get(t, 0), after.get(t, 0)] for t in sorted(set(before) | set(after))}
     return report
 
@@ -111,15 +118,15 @@ def op_counts(view):
 
 
 def _why_no_candidates(view):
-    """Why a function has no candidate chain: what the matcher anchors at, and norms of other kinds it saw."""
+    """Why a function has no candidate chain: what the rules look for, and norms of other kinds it saw."""
     others = sorted({op.type for op in view.ops() if op.type in OTHER_NORMS})
     seen = "; ".join(f"{t}: {OTHER_NORMS[t]}" for t in others)
-    return "no reduce_mean or reduce_sum of a squared tensor" + (f"; {seen}" if seen else "")
+    return "; ".join(f"no {rule.looks_for}" for rule in RULES) + (f"; {seen}" if seen else "")
 
 
 def _warn_unmatched(selection, reports, where):
     """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
-    anchors = {c.anchor for f in reports for c in f.chains}
+    anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in RULES}
     for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),
                                ("--function", selection.functions, {f.name for f in reports})):
         for missing in sorted((names or set()) - known):
@@ -144,22 +151,22 @@ def _ambiguous(view, match):
 
 
 def _chain_report(candidate, status, check, unselected):
-    m = candidate.match
-    ops = list(candidate.ops)
+    m, rule = candidate.match, candidate.rule
+    common = dict(ops=list(candidate.ops), rule=rule.name, kind=rule.title)
     if m is None or unselected:
-        return ChainReport(candidate.anchor, candidate.form, LEFT_ALONE, reason=candidate.reason or unselected, ops=ops)
+        return ChainReport(candidate.anchor, candidate.form, LEFT_ALONE, reason=candidate.reason or unselected, **common)
     chain = ChainReport(
         candidate.anchor,
         candidate.form,
         status,
-        ops=ops,
         x=m.x,
-        gamma=m.gamma,
         output=m.output,
-        axes=list(m.axes),
-        epsilon=m.epsilon,
         dtype=dtype_name(m.dtype),
+        summary=rule.summary(m),
         note=m.note,
+        fields=rule.report_fields(m),
+        operands=dict(m.operands),
+        **common,
     )
     if check is not None:
         chain.error, chain.original_error = check.error, check.original_error
@@ -169,8 +176,12 @@ def _chain_report(candidate, status, check, unselected):
 
 
 def _record_provenance(spec, rewrites):
+    """Add each rule's rewrites (a Counter by rule name) to its count in the model's metadata."""
     metadata = spec.description.metadata.userDefined
-    text = metadata.get(PROVENANCE_REWRITES, "")
-    previous = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0  # "²".isdigit() is True
     metadata[PROVENANCE_VERSION] = __version__
-    metadata[PROVENANCE_REWRITES] = str(previous + rewrites)
+    for rule in RULES:
+        if rewrites.get(rule.name):
+            key = provenance_key(rule)
+            text = metadata.get(key, "")
+            previous = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else 0  # "²".isdigit() is True
+            metadata[key] = str(previous + rewrites[rule.name])

@@ -1,6 +1,6 @@
 """What `optimize` did, for people (`render`) and machines (`to_dict`, printed by `--json`).
 
-Per function: every candidate chain (a reduction of a squared tensor) rewritten or left alone with the reason,
+Per function: every candidate chain some rule recognised (rules/), rewritten or left alone with the reason,
 and the change by op type (count before and after, constants excluded), like onnxsim's before/after table. A dry
 run reports what a real run would do: the same chains, statuses "would rewrite", the same op table.
 
@@ -10,6 +10,7 @@ beside it holding "inf", "-inf" or "nan".
 """
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 SCHEMA = 1
@@ -19,21 +20,35 @@ INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run") 
 
 @dataclass
 class ChainReport:
-    anchor: str  # the reduce op the chain was found at
+    anchor: str  # the op the chain was found at
     form: str  # the ops walked, e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
     status: str  # REWRITTEN, WOULD_REWRITE (dry run), MATCHED (compute units that do not rewrite) or LEFT_ALONE
     reason: str = None  # why it was left alone
     ops: list = None  # names of the ops the chain walked through
-    x: str = None  # the normalised tensor
-    gamma: str = None  # the weight multiplied in, if any
+    rule: str = None  # the rule's name ("rms_norm")
+    kind: str = None  # what the rule calls a match ("RMSNorm")
+    x: str = None  # the tensor the chain reads
     output: str = None  # the value the chain defines (kept by the rewrite)
-    axes: list = None
-    epsilon: float = None
     dtype: str = None
-    error: float = None  # self-check: worst relative error of the rewrite against the chain's float64 meaning
+    summary: str = None  # the rule's reading of a match: "axes 2, eps 1e-06"
+    error: float = None  # self-check: worst relative error of the rewrite against the rule's float64 reference
     original_error: float = None  # the same measure for the original chain (inf where fp16 x^2 overflowed)
     note: str = None  # what the rewrite changes beyond the arithmetic (e.g. an inflated eps made true)
     replacement: list = None  # op types the rewrite puts in place of the chain (--verbose)
+    fields: dict = field(default_factory=dict)  # the rule's own fields (axes, epsilon), flat in JSON
+    operands: dict = field(default_factory=dict)  # the rule's tensor operands (gamma -> value name), flat in JSON
+
+    def __getattr__(self, name):  # chain.axes, chain.gamma: the rule's fields read like the common ones
+        for held in ("fields", "operands"):
+            values = self.__dict__.get(held)
+            if values is not None and name in values:
+                return values[name]
+        raise AttributeError(name)
+
+    def to_dict(self):
+        d = asdict(self)
+        fields, operands = d.pop("fields"), d.pop("operands")
+        return {**d, **fields, **operands}
 
 
 @dataclass
@@ -78,7 +93,10 @@ class Report:
 
     def to_dict(self):
         counts = dict(rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
-        return {"schema": SCHEMA, "command": "optimize", **json_safe(asdict(self)), **counts}
+        d = asdict(self)
+        for f, fd in zip(self.functions, d["functions"]):
+            fd["chains"] = [c.to_dict() for c in f.chains]
+        return {"schema": SCHEMA, "command": "optimize", **json_safe(d), **counts}
 
     def to_inspect_dict(self):
         """`mlopt inspect --json`: the findings, without the fields only a run that writes has."""
@@ -115,18 +133,16 @@ class Report:
         for f in self.functions:
             lines.append(f"function {f.name} ({f.opset}): {_summary(f, inspect=True)}")
             for k, c in enumerate(f.chains, 1):
-                verdict = "RMSNorm" if c.status != LEFT_ALONE else LEFT_ALONE
+                verdict = c.kind if c.status != LEFT_ALONE else LEFT_ALONE
                 lines.append(f"  [{k}] {verdict}: {c.form}")
                 lines.append(f"      ops: {', '.join(c.ops or [])}")
                 if c.status == LEFT_ALONE:
                     lines.append(f"      reason: {c.reason}")
                 else:
-                    lines.append(
-                        f"      reads {c.x}, axes {c.axes}, eps {c.epsilon:.6g}, gamma {c.gamma or '-'}, {c.dtype}; "
-                        f"defines {c.output}"
-                    )
+                    operands = "".join(f", {name} {value or '-'}" for name, value in c.operands.items())
+                    lines.append(f"      reads {c.x}, {c.summary}{operands}, {c.dtype}; defines {c.output}")
                     if c.error is not None:
-                        lines.append(f"      self-check vs float64 RMSNorm: rewrite {c.error:.1e}, original {c.original_error:.1e}")
+                        lines.append(f"      self-check vs float64 {c.kind}: rewrite {c.error:.1e}, original {c.original_error:.1e}")
                 if c.note:
                     lines.append(f"      note: {c.note}")
         if self.note:
@@ -140,11 +156,12 @@ def _summary(f, inspect=False, dry_run=False):
         return f"no candidate chains ({f.note})" if f.note else "no candidate chains"
     n = len(f.chains)
     if inspect:
-        parts = [f"{f.count(REWRITTEN, WOULD_REWRITE, MATCHED)} RMSNorm"]
+        kinds = Counter(c.kind for c in f.chains if c.status != LEFT_ALONE)
+        parts = [f"{n} {kind}" for kind, n in kinds.items()]
     else:
         parts = [f"{f.count(s)} {s}" for s in (REWRITTEN, WOULD_REWRITE, MATCHED) if f.count(s)]
         parts = parts or [f"0 {WOULD_REWRITE if dry_run else REWRITTEN}"]
-    text = f"{n} candidate chain{'s' * (n != 1)}: {', '.join(parts)}, {f.count(LEFT_ALONE)} left alone"
+    text = f"{n} candidate chain{'s' * (n != 1)}: {', '.join(parts + [f'{f.count(LEFT_ALONE)} left alone'])}"
     return f"{text} ({f.note})" if f.note else text
 
 
@@ -153,8 +170,7 @@ def _chain_lines(c, verbose):
         lines = [f"    {LEFT_ALONE:<14} {c.anchor}: {c.form}: {c.reason}"]
     else:
         checked = "" if c.error is None else f"; self-check vs float64: rewrite {c.error:.1e}, original {c.original_error:.1e}"
-        axes = ",".join(map(str, c.axes))
-        lines = [f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} (axes {axes}, eps {c.epsilon:.3g}, {c.dtype}{checked})"]
+        lines = [f"    {c.status:<14} {c.anchor} -> {c.output}: {c.form} ({c.summary}, {c.dtype}{checked})"]
         if c.note:
             lines.append(f"                   note: {c.note}")
     if verbose:

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mlopt.graph import FunctionView
+from mlopt.graph import SpecGraph
 from mlopt.numerics.inputs import random_inputs
 from mlopt.numerics.interpreter import run_function
 from mlopt.numerics.weights import BlobReader
@@ -26,7 +26,7 @@ def all_fixtures():
 
 def main_view(path, function="main"):
     package = read_package(path)
-    return FunctionView(function, package.spec.mlProgram.functions[function])
+    return SpecGraph(function, package.spec.mlProgram.functions[function])
 
 
 def op_types(path, function="main", consts=False):
@@ -36,7 +36,7 @@ def op_types(path, function="main", consts=False):
 
 def run_package(path, feeds, function="main", float_dtype=None):
     package = read_package(path)
-    view = FunctionView(function, package.spec.mlProgram.functions[function])
+    view = SpecGraph(function, package.spec.mlProgram.functions[function])
     blobs = BlobReader(os.path.dirname(package.model_path))
     try:
         return {k: np.array(v) for k, v in run_function(view, blobs, feeds, float_dtype=float_dtype).items()}
@@ -109,3 +109,16 @@ def cli_peak_rss_mb(*argv):
     )
     result = subprocess.run([sys.executable, "-c", probe, *map(str, argv)], capture_output=True, text=True)
     return result.returncode, result.stderr, int(result.stderr.split()[-1]) / 1024
+
+
+def concat_without_negation(rule, builder, fused):
+    """A plausible bug in the RMSNorm rule's lowering (patched in as `RMSNormRule.lower`): concat([x, x]) instead
+    of concat([x, -x]). Types and shapes stay valid; layer_norm then subtracts the mean, so the result is a
+    LayerNorm, not an RMSNorm."""
+    x, axis = fused.x, fused.axes[0]
+    normed = builder.layer_norm(builder.concat([x, x], axis), fused.axes, fused.params["epsilon"])
+    out = builder.slice_along(normed, axis, 0, builder.dim(x, axis))
+    gamma = fused.operands.get("gamma")
+    if gamma is not None and builder.dtype(gamma) != fused.dtype:
+        gamma = builder.cast(gamma, fused.dtype)
+    return out if gamma is None else builder.mul(out, gamma)

@@ -192,7 +192,7 @@ def test_inspect_lists_candidates_with_reasons(capsys):
     lines = text.splitlines()
     assert lines[:5] == [
         f"mlopt inspect {fixture_path('near_misses_fp16_ios17')}",
-        "function main (CoreML7): 7 candidate chains: 0 RMSNorm, 7 left alone",
+        "function main (CoreML7): 7 candidate chains: 7 left alone",
         "  [1] left alone: mul -> reduce_mean -> add -> rsqrt -> mul",
         "      ops: mul_8, reduce_mean_1, add_0, rsqrt_0, mul_9",
         "      reason: input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm",
@@ -206,7 +206,7 @@ def test_inspect_shows_what_a_match_reads(capsys):
     lines = text.splitlines()
     assert lines[2] == "  [1] RMSNorm: pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
     assert lines[3] == "      ops: cast_3, pow_0, reduce_mean_0, add_0, rsqrt_0, mul_0, mul_1, cast_2"  # op names, not value names
-    assert lines[4] == "      reads x, axes [2], eps 1e-06, gamma mul_1_y_0, fp16; defines cast_1"
+    assert lines[4] == "      reads x, axes 2, eps 1e-06, gamma mul_1_y_0, fp16; defines cast_1"
     assert lines[5].startswith("      self-check vs float64 RMSNorm: rewrite ")
 
 

@@ -1,6 +1,6 @@
-"""Conversion-time integration: the ane_rms_norm op, the fusion and lowering passes, mlopt.convert.
+"""Conversion-time integration: the fused mlopt_rms_norm op, the rule's fusion and lowering passes, mlopt.convert.
 
-The passes run patterns/rmsnorm.py through the pymil adapter, so they must rewrite exactly what `mlopt optimize`
+The passes run the rule's matcher (rules/rms_norm_pattern.py) through the pymil adapter, so they must rewrite exactly what `mlopt optimize`
 rewrites: same op sequences on the same fixtures, numerically equal to a plain conversion in the interpreter.
 """
 
@@ -16,14 +16,15 @@ from coremltools.converters.mil.mil import Function, types
 from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
 from conftest import FIXTURES, op_types
-from mlopt.coreml import FUSE, LOWER, convert, pass_pipeline
-from mlopt.numerics.selfcheck import rms_norm_reference
-from mlopt.numerics.verify import verify_packages
+from mlopt.coreml import convert, fuse_pass_name, lower_pass_name, pass_pipeline
+from mlopt.rules.rms_norm import RULE
+from mlopt.verify import verify_packages
 from test_rewrite import EXPECTED
 
 sys.path.insert(0, FIXTURES)
 import make_fixtures  # noqa: E402  (MIL-builder bodies of the fixtures; no torch)
 
+FUSE, LOWER = fuse_pass_name(RULE), lower_pass_name(RULE)
 UNITS = [ct.ComputeUnit.CPU_ONLY, ct.ComputeUnit.CPU_AND_GPU, ct.ComputeUnit.CPU_AND_NE, ct.ComputeUnit.ALL, None]
 # mlopt optimize cannot fold a cast of a weight.bin constant; the pipeline's const elimination does
 PIPELINE_DIFFERS = {"gemma_casts_fp16_ios17": (["mul", "concat", "layer_norm", "slice_by_index", "mul"])}
@@ -100,7 +101,7 @@ def test_fuse_pass_compute_units(units):
     before = prog_ops(prog)
     run_pass(FUSE, prog, units)
     if units == ct.ComputeUnit.CPU_AND_NE:
-        assert prog_ops(prog) == ["ane_rms_norm"]
+        assert prog_ops(prog) == ["mlopt_rms_norm"]
     else:
         assert prog_ops(prog) == before
 
@@ -113,7 +114,7 @@ def test_lower_pass_compute_units(units):
     if units == ct.ComputeUnit.CPU_AND_NE:
         assert prog_ops(prog) == ["mul", "concat", "layer_norm", "slice_by_index", "mul"]
     else:
-        assert prog_ops(prog) == ["ane_rms_norm"]
+        assert prog_ops(prog) == ["mlopt_rms_norm"]
 
 
 def test_pipeline_placement_and_options():
@@ -154,21 +155,23 @@ def test_passes_on_programs_converted_from_pytorch(name, tmp_path):
 
 
 @pytest.mark.parametrize("opset, dtype", [(ct.target.iOS15, np.float32), (ct.target.iOS17, np.float16), (ct.target.iOS15, np.float16)])
-def test_ane_rms_norm_type_and_value_inference(opset, dtype):
+def test_fused_rms_norm_type_and_value_inference(opset, dtype):
     x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(dtype)
     gamma = np.linspace(0.5, 1.5, 8).astype(dtype)
     epsilon = np.float32(1e-5) if opset == ct.target.iOS17 else dtype(1e-5)
     with Function({}, opset_version=opset):
-        out = mb.ane_rms_norm(x=x, gamma=gamma, epsilon=epsilon, axes=np.array([-1], np.int32))
+        out = mb.mlopt_rms_norm(x=x, gamma=gamma, epsilon=epsilon, axes=np.array([-1], np.int32))
     assert out.shape == (2, 3, 8) and out.dtype == types.numpy_type_to_builtin_type(dtype)
-    np.testing.assert_allclose(out.val, rms_norm_reference(x, (2,), 1e-5, gamma), rtol=2e-3 if dtype == np.float16 else 1e-6)
+    x64 = x.astype(np.float64)
+    expected = x64 / np.sqrt((x64**2).mean(axis=-1, keepdims=True) + 1e-5) * gamma.astype(np.float64)  # by hand
+    np.testing.assert_allclose(out.val, expected, rtol=2e-3 if dtype == np.float16 else 1e-6)
 
 
-def test_ane_rms_norm_ios15_epsilon_must_match_x():
+def test_fused_rms_norm_ios15_epsilon_must_match_x():
     """iOS15's rule (as layer_norm's): epsilon in x's dtype; iOS17 accepts fp32 epsilon under fp16 x."""
     x = np.ones((1, 8), np.float16)
     with pytest.raises(ValueError):
         with Function({}, opset_version=ct.target.iOS15):
-            mb.ane_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32))
+            mb.mlopt_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32))
     with Function({}, opset_version=ct.target.iOS17):
-        assert mb.ane_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32)).dtype == types.fp16
+        assert mb.mlopt_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32)).dtype == types.fp16

@@ -11,11 +11,11 @@ import coremltools as ct
 from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
-from mlopt.graph import FunctionView
+from mlopt.graph import SpecGraph
 from mlopt.numerics.interpreter import Evaluator
 from mlopt.numerics.ops import EXCLUDED, IMPLEMENTATIONS
 from mlopt.package.proto import MIL_pb2
-from mlopt.rewrites.emitter import OpEmitter
+from mlopt.rewrites.spec_builder import OpEmitter
 from test_interpreter_ops import assert_matches_value_inference, literal_dtype, pymil_value, run_interpreter
 
 OPSETS = (ct.target.iOS15, ct.target.iOS16, ct.target.iOS17, ct.target.iOS18)
@@ -287,7 +287,7 @@ def test_list_ops_in_a_chain():
     op("list_read", "r", ls=("l2",), index=np.int32(1))
     op("list_gather", "g", ls=("l2",), indices=np.array([3, 0], np.int32))
     op("list_length", "n", ls=("l2",))
-    result = Evaluator(FunctionView("f", function), blobs=None).evaluate(["r", "g", "n", "l0"], {})
+    result = Evaluator(SpecGraph("f", function), blobs=None).evaluate(["r", "g", "n", "l0"], {})
     np.testing.assert_array_equal(result["r"], [1.0, 2.0])
     np.testing.assert_array_equal(result["g"], [[5.0, 6.0], [0.0, 0.0]])
     assert int(result["n"]) == 4 and len(result["l0"]) == 1  # writes made new lists

@@ -12,11 +12,11 @@ import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, types
 
-from mlopt.graph import FunctionView
+from mlopt.graph import SpecGraph
 from mlopt.graph.dtypes import BOOL, FLOAT16, FLOAT32, INT32, STRING
 from mlopt.numerics.interpreter import Evaluator, UnsupportedOp
 from mlopt.package.proto import MIL_pb2
-from mlopt.rewrites.emitter import OpEmitter, tensor_type
+from mlopt.rewrites.spec_builder import OpEmitter, tensor_type
 
 rng = np.random.default_rng(0)
 A = rng.standard_normal((2, 3, 4)).astype(np.float32)
@@ -103,7 +103,7 @@ def run_interpreter(op_type, kwargs, outputs):
         out.type.CopyFrom(tensor_type(DTYPES[dtype], value.shape))
     block.operations.append(op)
     block.outputs.extend(o.name for o in op.outputs)
-    view = FunctionView("f", function)
+    view = SpecGraph("f", function)
     result = Evaluator(view, blobs=None).evaluate(list(block.outputs), {})
     return [result[o] for o in block.outputs]
 

@@ -5,32 +5,24 @@ import dataclasses
 
 import pytest
 
-from conftest import file_digest, fixture_path, op_types, record_fed
+from conftest import concat_without_negation, file_digest, fixture_path, op_types, record_fed
 from mlopt import optimize_package
-from mlopt.rewrites import apply as apply_module
-from mlopt.rewrites.layer_norm_trick import lower_rms_norm
+from mlopt.patterns.status import Matched
+from mlopt.rules.rms_norm import RMSNormRule
 
 MODEL = "Data/com.apple.CoreML/model.mlmodel"
+RIGHT_LOWER, RIGHT_MATCH = RMSNormRule.lower, RMSNormRule.match
 
 
-def concat_without_negation(match, view, emitter):
-    """A plausible bug: concat([x, x]) instead of concat([x, -x]). Types and shapes stay valid; layer_norm then
-    subtracts the mean, so the result is a LayerNorm, not an RMSNorm."""
-    ops = lower_rms_norm(match, view, emitter)
-    (concat,) = [op for op in ops if op.type == "concat"]
-    concat.inputs["values"].arguments[1].name = match.x
-    return ops
-
-
-def wrong_epsilon(match, view, emitter):
+def wrong_epsilon(rule, builder, fused):
     """A lowering bug: an eps that swamps mean(x^2) for small inputs (the match itself is right)."""
-    return lower_rms_norm(dataclasses.replace(match, epsilon=1.0), view, emitter)
+    return RIGHT_LOWER(rule, builder, dataclasses.replace(fused, params={**fused.params, "epsilon": 1.0}))
 
 
 @pytest.mark.parametrize("bug", [concat_without_negation, wrong_epsilon])
 @pytest.mark.parametrize("name", ["hf_fp16_ios17", "hf_fp32_ios15", "decoder_fp16_ios17"])
 def test_wrong_rewrite_is_rolled_back(monkeypatch, tmp_path, bug, name):
-    monkeypatch.setattr(apply_module, "lower_rms_norm", bug)
+    monkeypatch.setattr(RMSNormRule, "lower", bug)
     out = tmp_path / "o.mlpackage"
     report = optimize_package(fixture_path(name), out)
     assert report.rewrites == 0
@@ -45,7 +37,7 @@ def test_wrong_rewrite_is_rolled_back(monkeypatch, tmp_path, bug, name):
 
 def test_without_verify_the_wrong_rewrite_lands(monkeypatch, tmp_path):
     """The check is what stops it: with --no-verify the same bug goes through (and mlopt verify catches it)."""
-    monkeypatch.setattr(apply_module, "lower_rms_norm", concat_without_negation)
+    monkeypatch.setattr(RMSNormRule, "lower", concat_without_negation)
     out = tmp_path / "o.mlpackage"
     report = optimize_package(fixture_path("hf_fp32_ios15"), out, verify=False)
     assert report.rewrites == 1
@@ -61,11 +53,16 @@ def test_right_rewrites_pass_with_small_errors(tmp_path):
 
 
 def test_misread_chain_is_left_alone(monkeypatch, tmp_path):
-    """A matcher bug (rsqrt's epsilon read as 0.5): the original chain in float64 no longer equals what the match
-    says it computes, so the chain is left alone even though the rewrite would agree with the misread formula."""
-    from mlopt.patterns import rmsnorm
+    """A matcher bug (epsilon read as 0.5): the original chain in float64 no longer equals what the match says it
+    computes, so the chain is left alone even though the rewrite would agree with the misread formula."""
 
-    monkeypatch.setattr(rmsnorm, "_root_epsilon", lambda view, trace, root: 0.5)
+    def misread(rule, graph, op):
+        status = RIGHT_MATCH(rule, graph, op)
+        if isinstance(status, Matched):
+            status.match.params["epsilon"] = 0.5
+        return status
+
+    monkeypatch.setattr(RMSNormRule, "match", misread)
     out = tmp_path / "o.mlpackage"
     report = optimize_package(fixture_path("hf_fp32_ios15"), out)
     (chain,) = report.functions[0].chains

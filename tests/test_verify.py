@@ -10,9 +10,9 @@ import pytest
 from conftest import cli_peak_rss_mb, fixture_path
 from mlopt import optimize_package
 from mlopt.cli import main
-from mlopt.numerics.verify import verify_packages
-from mlopt.rewrites import apply as apply_module
-from test_selfcheck import concat_without_negation
+from mlopt.verify import verify_packages
+from mlopt.rules.rms_norm import RMSNormRule
+from conftest import concat_without_negation
 
 
 def run(capsys, *argv):
@@ -25,7 +25,7 @@ def run(capsys, *argv):
 def broken(tmp_path, monkeypatch):
     """hf_fp32_ios15 with a numerically wrong rewrite forced in (self-check off)."""
     with monkeypatch.context() as m:
-        m.setattr(apply_module, "lower_rms_norm", concat_without_negation)
+        m.setattr(RMSNormRule, "lower", concat_without_negation)
         optimize_package(fixture_path("hf_fp32_ios15"), tmp_path / "broken.mlpackage", verify=False)
     return tmp_path / "broken.mlpackage"
 
@@ -92,7 +92,7 @@ def test_bad_input_exit_2(capsys, tmp_path):
 
 def test_identical_programs_and_weights_are_equal_without_running(tmp_path, monkeypatch, capsys):
     from mlopt.cli import main
-    from mlopt.numerics import verify
+    from mlopt import verify
 
     out = tmp_path / "same.mlpackage"
     optimize_package(fixture_path("decoder_fp16_ios17"), out, compute_units="CPU_ONLY")  # an unchanged copy

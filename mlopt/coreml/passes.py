@@ -1,39 +1,48 @@
-"""coremltools graph passes: `mlopt::fuse_rms_norm` and `mlopt::lower_ane_rms_norm_to_layer_norm`.
+"""coremltools graph passes, two per rule: `mlopt::fuse_<rule>` and `mlopt::lower_<rule>`.
 
-The fusion runs patterns/rmsnorm.py - the same matching code `mlopt optimize` runs on saved specs - over a pymil
-function through PymilGraph, and replaces each matched chain by one `ane_rms_norm` op. It runs before
+The fusion runs the rule's matcher - the same code `mlopt optimize` runs on saved specs - over a pymil function
+through PymilGraph, and replaces each matched chain by one fused op (ops.py). It runs before
 `common::add_fp16_cast`, while chains are plain fp32, so precision selection sees one op. The lowering runs after
-it, when dtypes are final, and emits the LayerNorm trick with the opset's dtype rules (rewrites/opset_rules.py).
+it, when dtypes are final: it hands the rule's `lower` an MbBuilder, so the replacement is the one written into
+saved specs, with the opset's dtype rules (rewrites/opset_rules.py).
 
 Both take the option `compute_units` (`PassPipeline.set_options(name, {"compute_units": "CPU_AND_NE"})`) and do
-nothing unless it is CPU_AND_NE: the trick only pays where the Neural Engine is targeted explicitly. Set it on both
-(pipeline.py does): a fused op left unlowered cannot be saved.
+nothing unless the rule pays for it (rms_norm: CPU_AND_NE only). Set it on both (pipeline.py does): a fused op
+left unlowered cannot be saved.
 """
 
 import numpy as np
 
 from coremltools.converters.mil.mil import Builder as mb
-from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
 from coremltools.converters.mil.mil.passes.pass_registry import register_pass
 
-from ..compute_units import REWRITING_UNITS, compute_units_name
+from ..compute_units import compute_units_name
 from ..graph.dtypes import CAST_NAMES, NUMPY
-from ..patterns import find_rms_norms
-from ..rewrites.layer_norm_trick import first_half
 from ..rewrites.opset_rules import epsilon_dtype
+from ..rules import RULES, find_candidates
+from ..rules.base import Fused
+from .mb_builder import MbBuilder
+from .ops import fused_op_type
 from .pymil_graph import DTYPES, PymilGraph
 
-FUSE = "mlopt::fuse_rms_norm"
-LOWER = "mlopt::lower_ane_rms_norm_to_layer_norm"
+
+def fuse_pass_name(rule):
+    return f"mlopt::fuse_{rule.name}"
 
 
-class _ComputeUnitsOption(AbstractGraphPass):
+def lower_pass_name(rule):
+    return f"mlopt::lower_{rule.name}"
+
+
+class _RulePass(AbstractGraphPass):
+    rule = None  # set per registered class
+
     def __init__(self):
         self.compute_units = None  # set through PassPipeline.set_options
 
     def enabled(self):
-        return self.compute_units is not None and compute_units_name(self.compute_units) in REWRITING_UNITS
+        return self.compute_units is not None and self.rule.applies(compute_units_name(self.compute_units))
 
 
 def _opset(function):
@@ -48,33 +57,34 @@ def _blocks(block):
             yield from _blocks(nested)
 
 
-@register_pass(namespace="mlopt")
-class fuse_rms_norm(_ComputeUnitsOption):
-    """RMSNorm chains (every spelling patterns/rmsnorm.py knows, casts included) -> ane_rms_norm."""
+class _Fuse(_RulePass):
+    """The rule's chains -> its fused op."""
 
     def apply(self, prog):
         if not self.enabled():
             return
         for name, function in prog.functions.items():
             graph = PymilGraph(name, function)
-            for candidate in find_rms_norms(graph):
+            for candidate in find_candidates(graph, rules=(self.rule,)):
                 if candidate.match is not None:
-                    self._fuse(graph, candidate.match)
+                    self._fuse(graph, candidate.match, _opset(function))
 
-    def _fuse(self, graph, match):
+    def _fuse(self, graph, match, opset):
         x, out = graph.vars[match.x], graph.vars[match.output]
         anchor = match.output_op
         block = anchor.enclosing_block
-        dtype = CAST_NAMES[match.dtype]
         with block:
-            gamma = None
-            if match.gamma is not None:
-                gamma = graph.vars[match.gamma]
-                if DTYPES.get(gamma.dtype) != match.dtype:
-                    gamma = mb.cast(x=gamma, dtype=dtype, before_op=anchor)
-            epsilon = NUMPY[epsilon_dtype(_opset(graph.function), match.dtype, match.epsilon)](match.epsilon)
-            fused = mb.ane_rms_norm(
-                x=x, gamma=gamma, epsilon=epsilon, axes=np.array(match.axes, np.int32), before_op=anchor, name=f"{anchor.name}_ane_rms_norm"
+            operands = {}
+            for name, value in match.operands.items():
+                if value is not None:
+                    var = graph.vars[value]
+                    if DTYPES.get(var.dtype) != match.dtype:
+                        var = mb.cast(x=var, dtype=CAST_NAMES[match.dtype], before_op=anchor)
+                    operands[name] = var
+            params = {name: NUMPY[epsilon_dtype(opset, match.dtype, v)](v) for name, v in match.params.items()}
+            fused = getattr(mb, fused_op_type(self.rule))(
+                x=x, axes=np.array(match.axes, np.int32), **operands, **params, before_op=anchor,
+                name=f"{anchor.name}_{fused_op_type(self.rule)}",
             )
             if DTYPES.get(out.dtype) != match.dtype:
                 fused = mb.cast(x=fused, dtype=CAST_NAMES[DTYPES[out.dtype]], before_op=anchor)
@@ -90,33 +100,39 @@ def _remove_dead(graph, names):
             op.enclosing_block.remove_ops([op])
 
 
-@register_pass(namespace="mlopt")
-class lower_ane_rms_norm_to_layer_norm(_ComputeUnitsOption):
-    """ane_rms_norm -> slice(layer_norm(concat([x, -x], axis), axes, eps), first half) [* gamma]."""
+class _Lower(_RulePass):
+    """The rule's fused op -> its replacement (rule.lower on an MbBuilder)."""
 
     def apply(self, prog):
         if not self.enabled():
             return
+        op_type = fused_op_type(self.rule)
         for function in prog.functions.values():
             for block in _blocks(function):
-                for op in [op for op in block.operations if op.op_type == "ane_rms_norm"]:
+                for op in [op for op in block.operations if op.op_type == op_type]:
                     self._lower(op, block, _opset(function))
 
     def _lower(self, op, block, opset):
-        x, axes = op.x, [int(a) for a in np.asarray(op.axes.val).reshape(-1)]
-        np_dtype = types.nptype_from_builtin(x.dtype)
-        axis, rank = axes[0], x.rank
-        epsilon = float(op.epsilon.val)
+        rule = self.rule
+        fused = Fused(
+            x=op.x,
+            operands={name: getattr(op, name) for name in rule.operands},
+            axes=tuple(int(a) for a in np.asarray(op.axes.val).reshape(-1)),
+            params={name: float(getattr(op, name).val) for name in rule.params},
+            dtype=DTYPES[op.x.dtype],
+        )
         with block:
-            neg = mb.mul(x=x, y=np_dtype(-1), before_op=op, name=f"{op.name}_neg")
-            both = mb.concat(values=[x, neg], axis=axis, before_op=op, name=f"{op.name}_concat")
-            eps = NUMPY[epsilon_dtype(opset, DTYPES[x.dtype], epsilon)](epsilon)
-            normed = mb.layer_norm(x=both, axes=axes, epsilon=eps, before_op=op, name=f"{op.name}_layer_norm")
-            end, end_mask = first_half(rank, axis, x.shape[axis])
-            out = mb.slice_by_index(
-                x=normed, begin=np.zeros(rank, np.int32), end=end, end_mask=end_mask, before_op=op, name=f"{op.name}_slice"
-            )
-            if op.gamma is not None:
-                out = mb.mul(x=out, y=op.gamma, before_op=op, name=f"{op.name}_scaled")
-            block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=out)
+            builder = MbBuilder(op, opset)
+            builder.finish(rule.lower(builder, fused), op.outputs[0])
             block.remove_ops([op])
+
+
+def _register(rule):
+    """Register the rule's two passes under their names (coremltools' registry keys a pass by its class name)."""
+    for base, name in ((_Fuse, fuse_pass_name(rule)), (_Lower, lower_pass_name(rule))):
+        cls = type(name.split("::")[1], (base,), {"rule": rule, "__doc__": f"{base.__doc__} ({rule.name})"})
+        register_pass(namespace="mlopt")(cls)
+
+
+for _rule in RULES:
+    _register(_rule)

@@ -1,44 +1,49 @@
-"""A coremltools PassPipeline with mlopt's passes in place, and `mlopt.convert`, ct.convert with them."""
+"""A coremltools PassPipeline with every rule's passes in place, and `mlopt.convert`, ct.convert with them."""
 
 import coremltools as ct
 
-from ..compute_units import REWRITING_UNITS, compute_units_name
-from .passes import FUSE, LOWER
+from ..compute_units import compute_units_name
+from ..rules import RULES
+from .passes import fuse_pass_name, lower_pass_name
 
 FUSE_AFTER = "common::fuse_reduce_mean"  # reduce_sum * 1/N is a reduce_mean by then
 LOWER_AFTER = "common::add_fp16_cast"  # dtypes are final after it; cleanup passes follow
 
 
-def pass_pipeline(base=None, compute_units="CPU_AND_NE"):
-    """A copy of `base` (default: ct.PassPipeline.DEFAULT) with the fusion and the lowering inserted, both set to
-    `compute_units`. The fusion goes after common::fuse_reduce_mean (or first), the lowering after
+def pass_pipeline(base=None, compute_units="CPU_AND_NE", rules=RULES):
+    """A copy of `base` (default: ct.PassPipeline.DEFAULT) with each rule's fusion and lowering inserted, all set
+    to `compute_units`. The fusions go after common::fuse_reduce_mean (or first), the lowerings after
     common::add_fp16_cast (or last, followed by dead-code elimination)."""
     base = base or ct.PassPipeline.DEFAULT
-    pipeline = ct.PassPipeline(pass_names=[p for p in base.passes if p not in (FUSE, LOWER)], pipeline_name=base.pipeline_name)
+    fuses, lowers = [fuse_pass_name(r) for r in rules], [lower_pass_name(r) for r in rules]
+    pipeline = ct.PassPipeline(pass_names=[p for p in base.passes if p not in fuses + lowers], pipeline_name=base.pipeline_name)
     pipeline.set_options_by_another_pipeline(base)
     passes = pipeline.passes
     fuse_at = passes.index(FUSE_AFTER) + 1 if FUSE_AFTER in passes else 0
-    pipeline.insert_pass(fuse_at, FUSE)
+    for k, name in enumerate(fuses):
+        pipeline.insert_pass(fuse_at + k, name)
     passes = pipeline.passes
     if LOWER_AFTER in passes and passes.index(LOWER_AFTER) > fuse_at:
-        pipeline.insert_pass(passes.index(LOWER_AFTER) + 1, LOWER)
+        at = passes.index(LOWER_AFTER) + 1
+        for k, name in enumerate(lowers):
+            pipeline.insert_pass(at + k, name)
     else:
-        pipeline.append_pass(LOWER)
+        for name in lowers:
+            pipeline.append_pass(name)
         pipeline.append_pass("common::dead_code_elimination")
     units = compute_units_name(compute_units) if compute_units is not None else None
-    for name in (FUSE, LOWER):
+    for name in fuses + lowers:
         pipeline.set_options(name, {"compute_units": units})
     return pipeline
 
 
 def convert(*args, **kwargs):
-    """`coremltools.convert`, same signature; with compute_units=CPU_AND_NE (an ML program), every RMSNorm is
-    converted to the LayerNorm trick by mlopt's passes. Any other setting converts exactly as ct.convert does."""
+    """`coremltools.convert`, same signature; for an ML program, every chain a rule pays for at `compute_units`
+    is rewritten by mlopt's passes (rms_norm: CPU_AND_NE only). Without compute_units, or when no rule pays for
+    them, it converts exactly as ct.convert does."""
     units = kwargs.get("compute_units")
-    if (
-        units is not None
-        and compute_units_name(units) in REWRITING_UNITS
-        and kwargs.get("convert_to") in (None, "mlprogram")
-    ):
-        kwargs["pass_pipeline"] = pass_pipeline(kwargs.get("pass_pipeline"), "CPU_AND_NE")
+    if units is not None and kwargs.get("convert_to") in (None, "mlprogram"):
+        name = compute_units_name(units)
+        if any(rule.applies(name) for rule in RULES):
+            kwargs["pass_pipeline"] = pass_pipeline(kwargs.get("pass_pipeline"), name)
     return ct.convert(*args, **kwargs)

@@ -9,7 +9,7 @@ from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
 from ..graph.dtypes import BOOL, FLOAT16, FLOAT32, FLOAT64, FLOATS, INT32
-from ..graph.view import Use
+from ..graph.interface import Use
 
 DTYPES = {types.fp16: FLOAT16, types.fp32: FLOAT32, types.fp64: FLOAT64, types.int32: INT32, types.bool: BOOL}
 

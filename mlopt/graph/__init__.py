@@ -1,5 +1,6 @@
 """Graph view: a read-only index over an ML program's functions (producers, consumers, types, const values)."""
 
-from .view import FunctionView, Use, program_views
+from .interface import Use
+from .spec_graph import SpecGraph
 
-__all__ = ["FunctionView", "Use", "program_views"]
+__all__ = ["SpecGraph", "Use"]

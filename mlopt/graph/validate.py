@@ -24,7 +24,7 @@ allocated from them.
 
 from ..errors import BadInputError
 from .type_checks import MAX_DIM, element_count, immediate_tensor_problem, type_problem, type_text
-from .view import op_name
+from .spec_graph import op_name
 
 __all__ = ["MAX_DIM", "program_problem", "validate_program"]
 

@@ -9,12 +9,10 @@ against it. If the reference itself departs - typically an fp16 `x^2` overflowin
 op whose output is not finite where the float64 run's is, and says whether the candidate stays finite.
 """
 
-import math
 
 import numpy as np
 
-from ..graph.dtypes import FLOAT16 as FP16
-from ..graph.view import op_name
+from ..graph.spec_graph import op_name
 from .compare import compare
 from .interpreter import Evaluator, InterpreterError
 from .weights import blob_values
@@ -85,32 +83,3 @@ def _first_overflow(view, blobs, feeds):
             if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not _finite_where(value, exact[out.name]):
                 return op_name(op)
     return None
-
-
-FP16_MAX = 65504.0
-
-
-def overflow_thresholds(view):
-    """Per RMSNorm chain of `view` (a reference model), the input RMS at which each side overflows fp16 when
-    reductions accumulate in fp16 (`verify --accumulate fp16`, the pessimistic model): the original's x^2 past
-    |x| = sqrt(65504) = 255.9, its mean of squares once N * RMS^2 > 65504; the rewrite's layer_norm sums the
-    squares of 2N values ([x, -x]), so once 2N * RMS^2 > 65504. With fp32 accumulation only the x^2 limit
-    remains, and only on the original side."""
-    from ..patterns import find_rms_norms
-
-    notes = []
-    for candidate in find_rms_norms(view):
-        match = candidate.match
-        if match is None or view.dtype(match.x) != FP16:
-            continue
-        sizes = [view.dim(match.x, a) for a in match.axes]
-        if any(s is None for s in sizes):
-            continue
-        n = math.prod(sizes)
-        notes.append(
-            f"chain at '{candidate.anchor}' (N = {n}), fp16 accumulation: the original overflows once |x| > "
-            f"{math.sqrt(FP16_MAX):.1f} or RMS > {math.sqrt(FP16_MAX / n):.3g}; the rewrite once RMS > "
-            f"{math.sqrt(FP16_MAX / (2 * n)):.3g} (with fp32 accumulation: the original past |x| > "
-            f"{math.sqrt(FP16_MAX):.1f}, the rewrite never)"
-        )
-    return notes

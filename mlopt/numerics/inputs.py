@@ -29,7 +29,7 @@ class InputTooLarge(ValueError):
         )
 
 
-def tensor_type(value_type):
+def input_tensor(value_type):
     """The tensor type of a function input (a state input's wrapped tensor)."""
     if value_type.WhichOneof("type") == "stateType":
         value_type = value_type.stateType.wrappedType
@@ -44,7 +44,7 @@ def input_shapes(spec, function):
             defaults[feature.name] = list(feature.type.multiArrayType.shape)
     shapes = {}
     for inp in function.inputs:
-        dims = tensor_type(inp.type).dimensions
+        dims = input_tensor(inp.type).dimensions
         default = defaults.get(inp.name, [])
         shape = []
         for i, d in enumerate(dims):
@@ -75,13 +75,13 @@ def random_inputs(spec, function, rng, scale=1.0, with_ranges=False, view=None):
     shapes = input_shapes(spec, function)
     check_budget(shapes)  # before anything is allocated
     if view is None:
-        from ..graph import FunctionView
+        from ..graph import SpecGraph
 
-        view = FunctionView("", function)
+        view = SpecGraph("", function)
     ranges = index_ranges(view)
     for inp in function.inputs:
         shape = shapes[inp.name]
-        dtype = tensor_type(inp.type).dataType
+        dtype = input_tensor(inp.type).dataType
         if dtype in FLOATS:
             feeds[inp.name] = (rng.standard_normal(shape) * scale).astype(NUMPY[dtype])
         elif dtype == BOOL:

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import MloptError
 from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
 from ..graph.values import decode_value, tensor_shape
-from ..graph.view import op_name
+from ..graph.spec_graph import op_name
 from .ops import IMPLEMENTATIONS
 from .weights import unpack_bits
 

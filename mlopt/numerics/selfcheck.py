@@ -1,27 +1,28 @@
-"""The self-check `optimize` runs on every rewrite before keeping it.
+"""The self-check `optimize` runs on every rewrite before keeping it, for every rule alike.
 
 Each chain is evaluated on inputs of several magnitudes - small (1e-2), typical (1) and large enough to overflow
 x^2 in fp16 (300) - each batch holding one all-zero row. Two things must hold:
 
 1. The match is read right: the original chain evaluated in float64 equals, to 1e-6, the formula the matcher
-   read from it (axes, epsilon, gamma, and for coremltools' max-scaled lowering its max|x| pre-scale). A chain
-   mlopt misunderstood is left alone, whatever the rewrite would do.
-2. The rewrite is right: the replacement, evaluated in its declared dtypes, equals RMSNorm(x; axes, eps) * gamma
-   computed in float64 within its dtype's tolerance. For ordinary chains that formula is also what the chain
-   computes; for the max-scaled lowering it is what the model author wrote (the lowering inflated eps).
+   read from it (the rule's `as_read`: axes, epsilon, gamma, and for RMSNorm's max-scaled spellings the max|x|
+   pre-scale). A chain mlopt misunderstood is left alone, whatever the rewrite would do.
+2. The rewrite is right: the replacement, evaluated in its declared dtypes, equals the rule's float64
+   `reference` (RMSNorm(x; axes, eps) * gamma, ...) within its dtype's tolerance. For ordinary chains that
+   formula is also what the chain computes; where the rewrite deliberately changes the arithmetic (an eps a
+   lowering inflated), it is what the model author wrote.
 
 The original chain's own error against the same formula is reported beside the rewrite's: at large magnitudes an
 fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor the chain reads (above its
 casts), and nothing else of the model is computed. Rows are independent, so all magnitudes share one input of a
-few rows (unless gamma varies along an axis that is not normalised): a (1, 512, 2048) activation is checked as
+few rows (unless an operand such as gamma varies along an axis that is not normalised): a (1, 512, 2048) activation is checked as
 (1, 7, 2048), and the check costs the same for any sequence length.
 
 Its memory is bounded whatever the model declares (a 1.5 KB file can declare a normalised size of 10**8): no
 input it builds holds more than BUDGET elements - the rows are split into several batches, down to one row
-each, when a row is large - and neither does any constant gamma is computed from. A chain that needs more is
+each, when a row is large - and neither does any constant an operand (gamma) is computed from. A chain that needs more is
 left alone with the reason; `--no-verify` rewrites it unchecked. A chain the interpreter cannot evaluate
 (declared and computed shapes disagree, an op it lacks) is left alone too, never an exception: the self-check
-runs on whatever a model file holds. Floating-point warnings are silenced: a gamma holding inf is the model's.
+runs on whatever a model file holds. Floating-point warnings are silenced: an operand holding inf is the model's.
 """
 
 import math
@@ -30,40 +31,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MloptError
+from ..graph.casts import cast_ancestry
 from ..graph.dtypes import NUMPY, name as dtype_name
-from ..patterns.walk import cast_ancestry
 from .compare import compare, tolerance_for
+from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
-UNKNOWN_DIM = 2
 ROWS_PER_MAGNITUDE = 2
 READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
-BUDGET = 2**20  # elements of any one input the check builds, and of any constant gamma is computed from
+BUDGET = 2**20  # elements of any one input the check builds, and of any constant an operand is computed from
 UNCHECKED = "not rewritten (--no-verify rewrites without the check)"
 
 
 @dataclass
 class CheckResult:
     passed: bool
-    error: float = 0.0  # worst relative error of the rewrite against float64 RMSNorm
+    error: float = 0.0  # worst relative error of the rewrite against the rule's float64 reference
     original_error: float = 0.0  # the original chain's worst relative error against it
-    magnitude: float = MAGNITUDES[0]  # the input magnitude of the worst rewrite error
     reason: str = None  # why the check failed
-
-
-def rms_norm_reference(x, axes, eps, gamma=None, max_scaled=False, mean_scale=1.0):
-    """RMSNorm in float64. With `max_scaled`/`mean_scale` it is exactly what a chain of that form computes:
-    x / (sqrt(mean((x/m)^2) * s + eps) * m) with m = max|x|, s = mean_scale."""
-    x = np.asarray(x, np.float64)
-    with np.errstate(all="ignore"):
-        ms = np.mean(x * x, axis=axes, keepdims=True) * mean_scale
-        if max_scaled:
-            m = np.max(np.abs(x), axis=axes, keepdims=True)
-            y = x / (np.sqrt(ms / (m * m) + eps) * m)
-        else:
-            y = x / np.sqrt(ms + eps)
-        return y if gamma is None else y * np.asarray(gamma, np.float64)
 
 
 @dataclass
@@ -74,18 +60,18 @@ class _Batch:
     parts: list  # [(magnitude, index into the output)]
 
 
-def self_check(view, blobs, match, new_ops, seed=0):
-    """Check `match` and its replacement `new_ops` numerically; never raises for what a model file holds."""
+def self_check(view, blobs, rule, match, new_ops, seed=0):
+    """Check `rule`'s `match` and its replacement `new_ops` numerically; never raises for what a model file holds."""
     with np.errstate(all="ignore"):
         try:
-            return _self_check(view, blobs, match, new_ops, seed)
+            return _self_check(view, blobs, rule, match, new_ops, seed)
         except MloptError:  # bad input found on the way (an unreadable weight file): the caller reports it
             raise
         except (InterpreterError, ValueError, ArithmeticError) as e:
             return CheckResult(False, reason=f"could not be evaluated: {e}; not rewritten")
 
 
-def _self_check(view, blobs, match, new_ops, seed):
+def _self_check(view, blobs, rule, match, new_ops, seed):
     source = cast_ancestry(view, match.x)[-1]
     refusal = _unfit(view, source, match) or _over_budget(view, source, match)
     if refusal:
@@ -93,7 +79,8 @@ def _self_check(view, blobs, match, new_ops, seed):
     batches, full = _batches(view, source, match, np.random.default_rng(seed))
     rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY.get(view.dtype(match.output), NUMPY[match.dtype]))
     overlay = {out.name: op for op in new_ops for out in op.outputs}
-    wanted = [match.output, match.x] + ([match.gamma] if match.gamma else [])
+    operands = {name: value for name, value in match.operands.items() if value is not None}
+    wanted = [match.output, match.x, *operands.values()]
     result = CheckResult(True)
     for batch in batches:
         strict = list(batch.x.shape) == full  # fed smaller than declared: check ranks only
@@ -102,28 +89,28 @@ def _self_check(view, blobs, match, new_ops, seed):
         rewritten = Evaluator(view, blobs, overlay=overlay, strict_shapes=strict)
         feeds = {source: batch.x.astype(NUMPY[view.dtype(source)])}
         values = exact.evaluate(wanted, feeds)
-        gamma = values.get(match.gamma) if match.gamma else None
-        if gamma is not None and not np.all(np.isfinite(gamma)):
-            return CheckResult(False, reason=f"gamma holds inf or nan: nothing to compare against; {UNCHECKED}")
-        as_read = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma, match.max_scaled, match.mean_scale)
-        truth = rms_norm_reference(values[match.x], match.axes, match.epsilon, gamma)
+        known = {name: values[value] for name, value in operands.items()}
+        for name, value in known.items():
+            if not np.all(np.isfinite(value)):
+                return CheckResult(False, reason=f"{name} holds inf or nan: nothing to compare against; {UNCHECKED}")
+        as_read = rule.as_read(match, values[match.x], known)
+        truth = rule.reference(values[match.x], known, match.axes, match.params)
         new = rewritten.evaluate([match.output], feeds)[match.output]
         old = original.evaluate([match.output], feeds)[match.output]
         for magnitude, part in batch.parts:
             read = compare(values[match.output][part], as_read[part], rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read[part]))
             if not read.passed:
                 return CheckResult(
-                    False, reason=f"mlopt misread this chain: in float64 it differs from the matched RMSNorm by "
+                    False, reason=f"mlopt misread this chain: in float64 it differs from the matched {rule.title} by "
                     f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"
                 )
             new_diff = compare(new[part], truth[part], rtol=rtol, atol=atol)
             result.original_error = max(result.original_error, _worst(compare(old[part], truth[part], rtol=rtol, atol=atol)))
-            if _worst(new_diff) >= result.error:
-                result.error, result.magnitude = _worst(new_diff), magnitude
+            result.error = max(result.error, _worst(new_diff))
             if not new_diff.passed and result.passed:
                 result.passed = False
                 result.reason = (
-                    f"self-check failed: the rewrite differs from RMSNorm by {_worst(new_diff):.2g} (relative) at "
+                    f"self-check failed: the rewrite differs from {rule.title} by {_worst(new_diff):.2g} (relative) at "
                     f"input magnitude {magnitude:g}; rolled back"
                 )
     return result
@@ -150,32 +137,36 @@ def _over_budget(view, source, match):
     if row > BUDGET:
         return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
     if _whole_shape(view, match, len(full)) and math.prod(full) > BUDGET:
+        varying = _varying_operands(view, match, len(full))
+        why = f"{varying[0]} varies along an axis that is not normalised" if varying else "every axis is normalised"
         return (
-            f"declared size {math.prod(full)} of '{source}' (checked whole: gamma varies along an axis that is not "
-            f"normalised) exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
+            f"declared size {math.prod(full)} of '{source}' (checked whole: {why}) exceeds the self-check's budget "
+            f"of {BUDGET} elements; {UNCHECKED}"
         )
-    if match.gamma is not None:
-        value, size = _largest_constant(view, match.gamma)
+    for name, operand in match.operands.items():
+        if operand is None:
+            continue
+        value, size = _largest_constant(view, operand)
         if size > BUDGET:
-            what = "gamma" if value == match.gamma else f"gamma is computed from '{value}', which"
+            what = name if value == operand else f"{name} is computed from '{value}', which"
             return f"{what} holds {size} elements, more than the self-check's budget of {BUDGET}; {UNCHECKED}"
-        if _whole_shape(view, match, len(full)):  # rows keep gamma's off-axis sizes 1; the whole shape may not
-            gamma = _shape(view, match.gamma)
-            rank = max(len(gamma), len(full))  # broadcasting aligns trailing axes
-            padded = [1] * (rank - len(full)) + full, [1] * (rank - len(gamma)) + gamma
+        if _whole_shape(view, match, len(full)):  # rows keep an operand's off-axis sizes 1; the whole shape may not
+            shape = _shape(view, operand)
+            rank = max(len(shape), len(full))  # broadcasting aligns trailing axes
+            padded = [1] * (rank - len(full)) + full, [1] * (rank - len(shape)) + shape
             size = math.prod(max(a, b) for a, b in zip(*padded))
             if size > BUDGET:
                 return (
-                    f"gamma of shape {gamma} broadcasts the checked input to {size} elements, more than the "
+                    f"{name} of shape {shape} broadcasts the checked input to {size} elements, more than the "
                     f"self-check's budget of {BUDGET}; {UNCHECKED}"
                 )
     return None
 
 
-def _largest_constant(view, gamma):
-    """(value, declared elements) of the largest value gamma's constant expression computes (gamma included).
-    Unknown dimensions count 1: only declared sizes are bounded here; the interpreter checks the rest."""
-    largest, seen, stack = (gamma, 0), {gamma}, [gamma]
+def _largest_constant(view, operand):
+    """(value, declared elements) of the largest value an operand's constant expression computes (itself
+    included). Unknown dimensions count 1: only declared sizes are bounded here; the interpreter checks the rest."""
+    largest, seen, stack = (operand, 0), {operand}, [operand]
     while stack:
         value = stack.pop()
         vt = view.types.get(value)
@@ -201,9 +192,15 @@ def _shape(view, source):
 
 
 def _whole_shape(view, match, rank):
-    """Whether each magnitude needs the whole declared shape: no axis to lay rows along, or gamma varies off the
-    normalised axes (rows along such an axis would see other gamma values than the declared shape pairs them with)."""
-    return len(match.axes) == rank or _gamma_varies_off_axes(view, match, rank)
+    """Whether each magnitude needs the whole declared shape: no axis to lay rows along, or an operand (gamma)
+    varies off the normalised axes (rows along such an axis would see other operand values than the declared
+    shape pairs them with)."""
+    return len(match.axes) == rank or bool(_varying_operands(view, match, rank))
+
+
+def _varying_operands(view, match, rank):
+    """Names of the operands that vary along an axis that is not normalised."""
+    return [name for name, v in match.operands.items() if v is not None and _varies_off_axes(view, v, match.axes, rank)]
 
 
 def _batches(view, source, match, rng):
@@ -211,8 +208,8 @@ def _batches(view, source, match, rng):
 
     Rows are independent, so normally the rows share one batch: every axis that is not normalised has size 1
     except one row axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude; when those rows
-    exceed BUDGET they are split over several batches, down to one row each. If gamma varies along an axis that
-    is not normalised (or there is none), each magnitude gets the declared shape instead."""
+    exceed BUDGET they are split over several batches, down to one row each. If an operand varies along an axis
+    that is not normalised (or there is none), each magnitude gets the declared shape instead."""
     full = _shape(view, source)
     if not _whole_shape(view, match, len(full)):
         row_axis = [i for i in range(len(full)) if i not in match.axes][-1]
@@ -275,13 +272,11 @@ def _whole_batches(full, axes, rng):
         yield _Batch(x, [(magnitude, ...)])
 
 
-def _gamma_varies_off_axes(view, match, rank):
-    if match.gamma is None:
-        return False
-    dims = view.types[match.gamma].tensorType.dimensions
+def _varies_off_axes(view, operand, axes, rank):
+    dims = view.types[operand].tensorType.dimensions
     offset = rank - len(dims)  # broadcasting aligns trailing axes
     return any(
-        not (d.WhichOneof("dimension") == "constant" and d.constant.size == 1) and (i + offset) not in match.axes
+        not (d.WhichOneof("dimension") == "constant" and d.constant.size == 1) and (i + offset) not in axes
         for i, d in enumerate(dims)
     )
 

@@ -1,5 +1,3 @@
-"""Patterns (the "fuse" stage): recognise RMSNorm chains in a FunctionView and explain the near-misses."""
-
-from .rmsnorm import Candidate, RMSNormMatch, find_rms_norms
-
-__all__ = ["Candidate", "RMSNormMatch", "find_rms_norms"]
+"""Matching machinery every rule's pattern uses: walks across casts (walk.py), the trace that records what a
+match attempt walked and why it stopped (trace.py), and the match status types (status.py). The patterns
+themselves live with their rules (rules/)."""

@@ -1,15 +1,19 @@
 """Tracing a match attempt: which ops it walked through, and why it stopped.
 
 A matcher records each op it accepts with `Trace.take`; `Trace.fail` aborts the attempt with a reason a user can
-act on ("power is 3, not 2"). The recorded op types become the chain's printed form in reports, for matches and
-near-misses alike, like onnxscript's rewriter tracer explains failed matches.
+act on ("power is 3, not 2"), `Trace.recognise` with a known form left alone on purpose. `attempt` runs a matcher
+body under a trace and turns the outcome into a status (patterns/status.py). The recorded op types become the
+chain's printed form in reports, for matches and near-misses alike, like onnxscript's rewriter tracer explains
+failed matches.
 """
 
+from .status import NOT_THIS_PATTERN, ConditionFailed, Matched, NotThisPattern, Recognised
 
-class NoMatch(Exception):
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
+
+class _Stop(Exception):
+    def __init__(self, make):
+        super().__init__()
+        self.make = make  # (form, ops) -> status
 
 
 class Trace:
@@ -25,7 +29,12 @@ class Trace:
                 self.labels.append(label or self.view.op_type(op))
 
     def fail(self, reason):
-        raise NoMatch(reason)
+        """Stop: the pattern is there, a condition is not."""
+        raise _Stop(lambda form, ops: ConditionFailed(reason, form, ops))
+
+    def recognise(self, kind, reason):
+        """Stop: a known spelling the rule leaves alone on purpose."""
+        raise _Stop(lambda form, ops: Recognised(kind, reason, form, ops))
 
     @property
     def form(self):
@@ -35,3 +44,15 @@ class Trace:
         """Names of the ops walked, once each, in program order."""
         ops = {id(op): op for op in self.ops}.values()
         return tuple(self.view.op_name(op) for op in sorted(ops, key=self.view.position))
+
+
+def attempt(view, body):
+    """Run `body(trace)`; it returns a match, NOT_THIS_PATTERN, or stops through trace.fail/recognise."""
+    trace = Trace(view)
+    try:
+        match = body(trace)
+    except _Stop as stop:
+        return stop.make(trace.form, trace.op_names())
+    if match is None or isinstance(match, NotThisPattern):
+        return NOT_THIS_PATTERN
+    return Matched(match, trace.form, trace.op_names())

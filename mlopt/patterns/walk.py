@@ -1,4 +1,4 @@
-"""Walking a FunctionView across `cast` ops, which mixed-precision conversion sprinkles on any edge of a chain.
+"""Walking a SpecGraph across `cast` ops, which mixed-precision conversion sprinkles on any edge of a chain.
 
 Upwards, a value's cast ancestry is the value and every value it was cast from. Downwards, `follow` finds the op a
 chain continues with, looking through casts, and returns the casts it crossed so they become part of the chain.
@@ -11,6 +11,7 @@ a cycle of casts must end a walk, not hang it.
 from collections import deque
 from dataclasses import dataclass
 
+from ..graph.casts import cast_ancestry  # noqa: F401  (re-exported: patterns walk with it)
 from ..graph.dtypes import FLOAT16, FLOAT32
 
 
@@ -20,20 +21,6 @@ class Step:
     via: str  # the value through which it consumes the chain (after the casts)
     param: str  # the input parameter bound to `via`
     casts: list  # cast ops crossed on the way, in order
-
-
-def cast_ancestry(view, value):
-    """[value, the value it was cast from, ...], up to the first value not produced by a cast."""
-    chain, seen = [value], {value}
-    op = view.producer(value) if value is not None else None
-    while op is not None and view.op_type(op) == "cast":
-        value = view.arg(op, "x")
-        if value is None or value in seen:
-            break
-        chain.append(value)
-        seen.add(value)
-        op = view.producer(value)
-    return chain
 
 
 def casts_between(view, start, end):

@@ -1,4 +1,4 @@
-"""Plan and apply rewrites: lower each match to its replacement ops, then splice them into the function.
+"""Plan and apply rewrites: lower each match with its rule to replacement ops, then splice them into the function.
 
 Planning is separate so a caller (the self-check) can drop a replacement before anything changes. Applying
 inserts each replacement where the chain's output op stood: everything it reads (x, gamma) is defined before
@@ -10,14 +10,14 @@ feeds another op, a block output) keeps its ops, so the model stays correct.
 from collections import Counter
 from dataclasses import dataclass
 
-from ..graph.view import FunctionView, op_name
-from .emitter import OpEmitter
-from .layer_norm_trick import lower_rms_norm
+from ..graph.spec_graph import SpecGraph, op_name
+from .spec_builder import OpEmitter, SpecBuilder
 
 
 @dataclass
 class PlannedRewrite:
-    match: object  # RMSNormMatch
+    rule: object  # the Rule that matched (rules/base.py)
+    match: object  # its Match
     ops: list  # the replacement ops; the last defines match.output
 
 
@@ -28,9 +28,15 @@ class RewriteStats:
 
 
 def plan_rewrites(view, matches):
-    """The replacement of every match, with names unique across all of them."""
+    """The replacement of every (rule, match) pair, with names unique across all of them."""
     emitter = OpEmitter(view.names_in_use())
-    return [PlannedRewrite(m, lower_rms_norm(m, view, emitter)) for m in matches]
+    return [PlannedRewrite(rule, m, lower(view, emitter, rule, m)) for rule, m in matches]
+
+
+def lower(view, emitter, rule, match):
+    """`rule.lower` on a SpecBuilder: the ops replacing `match.output_op`, in order; the last defines its output."""
+    builder = SpecBuilder(view, emitter, f"{match.output}_{rule.name}")
+    return builder.finish(rule.lower(builder, match.fused()), match.output_op)
 
 
 def apply_rewrites(view, planned):
@@ -46,7 +52,7 @@ def apply_rewrites(view, planned):
     _rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
 
     new_names = {op_name(op) for p in planned for op in p.ops}
-    spliced = FunctionView(view.name, view.function)  # one index of the spliced function serves both steps
+    spliced = SpecGraph(view.name, view.function)  # one index of the spliced function serves both steps
     dead = _dead_ops(spliced, candidates - new_names)
     _rebuild_blocks(spliced.blocks, lambda op: [] if op_name(op) in dead else [op])
     return RewriteStats(ops_removed=len(planned) + len(dead), ops_added=sum(len(p.ops) for p in planned))

@@ -6,19 +6,9 @@ output. Patterns ask it the questions of graph/interface.py; they never walk the
 parts (types, op_by_name, blocks) serve the rewriter and the interpreter.
 """
 
-from dataclasses import dataclass
-
 from .dtypes import FLOATS
+from .interface import Use
 from .values import decode_value
-
-
-@dataclass(frozen=True)
-class Use:
-    """One use of a value: input `param` of `op`, or (op None) an output of `block`."""
-
-    op: object
-    param: str
-    block: object
 
 
 def op_name(op):
@@ -28,7 +18,7 @@ def op_name(op):
     return op.outputs[0].name if op.outputs else op.type
 
 
-class FunctionView:
+class SpecGraph:
     def __init__(self, name, function):
         self.name = name
         self.function = function
@@ -174,8 +164,3 @@ class FunctionView:
         t = self.types.get(value)
         return t is not None and t.WhichOneof("type") == "tensorType" and t.tensorType.dataType in FLOATS
 
-
-def program_views(spec):
-    """One FunctionView per function of an ML program spec, in name order."""
-    functions = spec.mlProgram.functions
-    return [FunctionView(name, functions[name]) for name in sorted(functions)]

@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadInputError, CannotVerify
-from ..graph import FunctionView
-from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
-from ..graph.type_checks import element_count
-from ..graph.view import op_name
-from ..package import read_package
-from .compare import compare, tolerance_for
-from .diagnose import explain, identical_function, overflow_thresholds
-from .inputs import InputTooLarge, random_inputs, tensor_type
-from .interpreter import InterpreterError, run_function
-from .ops.registry import accumulating
-from .weights import check_blob_references
+from .errors import BadInputError, CannotVerify
+from .graph import SpecGraph
+from .graph.dtypes import FLOAT16, FLOAT32, NUMPY
+from .graph.spec_graph import op_name
+from .graph.type_checks import element_count
+from .numerics.compare import compare, tolerance_for
+from .numerics.diagnose import explain, identical_function
+from .numerics.inputs import InputTooLarge, random_inputs, input_tensor
+from .numerics.interpreter import InterpreterError, run_function
+from .numerics.ops.registry import accumulating
+from .numerics.weights import check_blob_references
+from .package import read_package
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
 MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
@@ -66,7 +66,7 @@ class VerifyReport:
                 + (f"; {c.note}" if c.note else "") for c in self.checks if not c.passed]
 
     def render(self, verbose=False):
-        from ..report import lines_text
+        from .report import lines_text
 
         lines = [f"mlopt verify {self.reference} {self.candidate} (reference, candidate; seed {self.seed}, scale "
                  f"{self.scale:g}, fp16 accumulated in {self.accumulate})"]
@@ -83,7 +83,7 @@ class VerifyReport:
         return lines_text(lines)
 
     def to_dict(self):
-        from ..report import SCHEMA, json_safe
+        from .report import SCHEMA, json_safe
 
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
@@ -134,10 +134,10 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         cand_fn = cand.spec.mlProgram.functions[name]
         if _signature(ref_fn) != _signature(cand_fn):
             raise BadInputError(candidate_path, f"function '{name}' takes other inputs than in {reference_path}")
-        ref_view = FunctionView(name, ref_fn)
-        cand_view = FunctionView(name, cand_fn)
+        ref_view = SpecGraph(name, ref_fn)
+        cand_view = SpecGraph(name, cand_fn)
         if report.accumulate == "fp16":
-            report.notes += [f"function '{name}': {note}" for note in overflow_thresholds(ref_view)]
+            report.notes += [f"function '{name}': {note}" for note in _accumulation_notes(ref_view)]
         if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
             note = "identical program and weights: equal without running"
             report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note) for out in ref_view.main.outputs]
@@ -250,7 +250,7 @@ def _check_npz_sizes(path):
 def _given_for(given, function, name, feeds, path):
     """Arrays for function `name` from an .npz: keys `name/input`, or plain `input` names. Each must have the
     input's rank and its static sizes (flexible dimensions take any size)."""
-    declared = {i.name: tensor_type(i.type) for i in function.inputs}
+    declared = {i.name: input_tensor(i.type) for i in function.inputs}
     picked = {}
     for input_name, value in feeds.items():
         key = f"{name}/{input_name}" if f"{name}/{input_name}" in given else input_name
@@ -268,3 +268,10 @@ def _given_for(given, function, name, feeds, path):
             raise BadInputError(path, f"array '{key}' holds {array.dtype}, not numbers")
         picked[input_name] = array.astype(value.dtype)
     return picked
+
+
+def _accumulation_notes(view):
+    """Each rule's word on its matches under fp16 accumulation (the RMSNorm rule: where each side overflows)."""
+    from .rules import find_candidates
+
+    return [note for c in find_candidates(view) if c.match is not None and (note := c.rule.accumulation_note(view, c.anchor, c.match))]

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.dtypes import FLOAT16, FLOATS, NUMPY, name as dtype_name
-from .trace import NoMatch, Trace
-from .walk import (
+from ..patterns.status import NOT_THIS_PATTERN
+from ..patterns.trace import attempt
+from ..patterns.walk import (
     cast_ancestry,
     casts_between,
     casts_up_to,
@@ -37,6 +38,7 @@ from .walk import (
     sole_consumer,
     unwrap_lossless,
 )
+from .base import Match
 
 RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
 MAX_SCALED_NOTE = (
@@ -45,67 +47,23 @@ MAX_SCALED_NOTE = (
 )
 
 
-@dataclass
-class RMSNormMatch:
-    """What the rewrite needs to know about one matched chain, and what the original chain computes."""
-
-    x: str  # the normalised tensor, outside any cast wrapper
-    axes: tuple  # non-negative reduction axes, in the chain's order
-    epsilon: float  # the chain's total: add(eps) + rsqrt's epsilon, as stored
-    gamma: str  # value multiplied in after normalising, or None
-    output: str  # the value the chain defines; the rewrite keeps its name and type
-    output_op: object  # the Operation producing `output`
-    ops: tuple  # names of the ops the chain covers (removed if nothing else uses them)
-    dtype: int  # compute dtype: x's dtype
-    max_scaled: bool = False  # the chain divides x by max|x| before squaring (eps inflated by max|x|^2)
-    mean_scale: float = 1.0  # reduce_sum's scale times N: the chain's mean is mean(x^2) * mean_scale
-    note: str = None  # what the rewrite changes beyond the arithmetic, for the report
-
-    @property
-    def axis(self):
-        """The axis the rewrite concatenates along: the first reduced axis."""
-        return self.axes[0]
-
-
-@dataclass
-class Candidate:
-    """An RMSNorm-like chain: a match, or a near-miss with the reason it was left alone."""
-
-    function: str
-    anchor: str  # the reduce op's name
-    form: str  # e.g. "pow -> reduce_mean -> add -> rsqrt -> mul -> mul(gamma)"
-    ops: tuple = ()  # names of the ops walked
-    match: RMSNormMatch = None
-    reason: str = None
-
-
-def find_rms_norms(view):
-    """Every RMSNorm-like candidate in the function `view` (any graph/interface.py adapter), in program order."""
-    found = []
-    for op in list(view.ops()):
-        if view.op_type(op) in ("reduce_mean", "reduce_sum"):
-            candidate = match_at(view, op)
-            if candidate is not None:
-                found.append(candidate)
-    return found
-
-
-def match_at(view, reduce_op):
-    """Try the pattern anchored at `reduce_op`. None if its input is not a square at all (a plain mean)."""
-    square = _square_of(view, reduce_op)
+def match_rms_norm(view, anchor):
+    """The RMSNorm pattern anchored at `anchor`, on any graph/interface.py adapter: a status (patterns/status.py)."""
+    if view.op_type(anchor) not in ("reduce_mean", "reduce_sum"):
+        return NOT_THIS_PATTERN
+    square = _square_of(view, anchor)
     if square is None:
-        return None
+        return NOT_THIS_PATTERN
     square_op, base, exponent = square
-    trace = Trace(view)
-    try:
+
+    def body(trace):
         prescale = _max_prescale(view, trace, base)
         trace.take(square_op)
-        trace.take(*casts_between(view, view.arg(reduce_op, "x"), view.output(square_op)))
-        trace.take(reduce_op)
-        match = _match_rest(view, trace, reduce_op, base, exponent, prescale)
-        return Candidate(view.name, view.op_name(reduce_op), trace.form, trace.op_names(), match=match)
-    except NoMatch as e:
-        return Candidate(view.name, view.op_name(reduce_op), trace.form, trace.op_names(), reason=e.reason)
+        trace.take(*casts_between(view, view.arg(anchor, "x"), view.output(square_op)))
+        trace.take(anchor)
+        return _match_rest(view, trace, anchor, base, exponent, prescale)
+
+    return attempt(view, body)
 
 
 def _square_of(view, reduce_op):
@@ -232,17 +190,16 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
         trace.fail("a normalised axis has size 0: nothing to normalise")
     if len({id(view.block(op)) for op in trace.ops}) != 1:
         trace.fail("chain spans several blocks")
-    return RMSNormMatch(
+    return Match(
         x=x,
         axes=axes,
-        epsilon=eps_add + eps_root,
-        gamma=gamma,
         output=view.output(output_op),
         output_op=output_op,
         ops=trace.op_names(),
         dtype=dtype,
-        max_scaled=prescale is not None,
-        mean_scale=mean_scale,
+        operands={"gamma": gamma},
+        params={"epsilon": eps_add + eps_root},
+        facts={"max_scaled": prescale is not None, "mean_scale": mean_scale},
         note=MAX_SCALED_NOTE if prescale else None,
     )
 

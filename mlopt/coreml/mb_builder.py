@@ -1,0 +1,79 @@
+"""The builder for pymil programs (rewrites/builder.py has the contract): `mb` calls inserted before one op.
+
+The conversion-time lowering pass hands it to a rule's `lower`, which thereby emits the very replacement
+`mlopt optimize` writes into saved specs. Values are pymil Vars; every new op is named after the op it replaces.
+"""
+
+import numpy as np
+
+from coremltools.converters.mil.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+
+from ..graph.dtypes import CAST_NAMES, NUMPY
+from ..rewrites.builder import slice_masks
+from ..rewrites.opset_rules import epsilon_dtype
+from .pymil_graph import DTYPES
+
+
+class MbBuilder:
+    def __init__(self, before_op, opset):
+        self.before_op = before_op
+        self.opset = opset
+        self.base = before_op.name
+        self._count = 0
+
+    def _name(self, suffix):
+        self._count += 1
+        return f"{self.base}_{suffix}_{self._count}"
+
+    def _args(self, suffix):
+        return {"before_op": self.before_op, "name": self._name(suffix)}
+
+    def dtype(self, value):
+        return DTYPES.get(value.dtype, -1)
+
+    def rank(self, value):
+        return value.rank
+
+    def dim(self, value, axis):
+        size = value.shape[axis]
+        return None if is_symbolic(size) else int(size)
+
+    def const(self, array, dtype):
+        return mb.const(val=np.asarray(array, NUMPY[dtype]), **self._args("const"))
+
+    def mul(self, x, y):
+        return mb.mul(x=x, y=y, **self._args("mul"))
+
+    def add(self, x, y):
+        return mb.add(x=x, y=y, **self._args("add"))
+
+    def concat(self, values, axis):
+        return mb.concat(values=list(values), axis=axis, **self._args("concat"))
+
+    def slice_along(self, x, axis, begin, end):
+        begins, ends, end_mask = slice_masks(x.rank, axis, begin, end)
+        return mb.slice_by_index(x=x, begin=begins, end=ends, end_mask=end_mask, **self._args("slice"))
+
+    def layer_norm(self, x, axes, epsilon, gamma=None, beta=None):
+        eps = NUMPY[epsilon_dtype(self.opset, self.dtype(x), epsilon)](epsilon)
+        return mb.layer_norm(x=x, axes=list(axes), epsilon=eps, gamma=gamma, beta=beta, **self._args("layer_norm"))
+
+    def cast(self, x, dtype):
+        return mb.cast(x=x, dtype=CAST_NAMES[dtype], **self._args("cast"))
+
+    def constant_as(self, value, shape):
+        if value.op is None or value.op.op_type != "const" or value.val is None:
+            return None
+        array = np.asarray(value.val)
+        if array.size != int(np.prod(shape, dtype=object)):
+            return None
+        return mb.const(val=array.reshape(shape), **self._args("const"))
+
+    def finish(self, value, old):
+        """Make `value` replace the Var `old` (cast to its dtype if needed) in everything after `before_op`."""
+        if value.dtype != old.dtype:
+            value = mb.cast(x=value, dtype=types.builtin_to_string(old.dtype), **self._args("cast"))
+        self.before_op.enclosing_block.replace_uses_of_var_after_op(anchor_op=self.before_op, old_var=old, new_var=value)
+        return value

@@ -1,0 +1,75 @@
+"""The builder contract a rule writes its replacement against, once, for both kinds of graph.
+
+`SpecBuilder` (rewrites/spec_builder.py) emits protobuf `Operation`s for a saved spec; `MbBuilder`
+(coreml/mb_builder.py) calls coremltools' `mb` inside the pass pipeline. A rule's `lower` sees only the methods
+below, the way its matcher sees only graph/interface.py. Values are opaque handles (names, or pymil Vars).
+
+Every op runs in its inputs' dtype; the builders apply the target opset's dtype rules for parameters
+(rewrites/opset_rules.py), so a rule never branches on the opset.
+"""
+
+from typing import Optional, Protocol, Sequence
+
+import numpy as np
+
+
+class Builder(Protocol):
+    opset: str  # "CoreML5" ... "CoreML9"
+
+    def dtype(self, value) -> int:
+        """The value's MIL DataType enum."""
+
+    def rank(self, value) -> int: ...
+
+    def dim(self, value, axis: int) -> Optional[int]:
+        """Static size along `axis`, None if unknown."""
+
+    def const(self, array, dtype: int):
+        """A literal tensor (or scalar) of `dtype`."""
+
+    def mul(self, x, y): ...
+
+    def add(self, x, y): ...
+
+    def concat(self, values: Sequence, axis: int): ...
+
+    def slice_along(self, x, axis: int, begin: int, end: int):
+        """x[begin:end] along `axis`, every other axis whole (only `axis` needs a static size)."""
+
+    def layer_norm(self, x, axes: Sequence[int], epsilon: float, gamma=None, beta=None):
+        """MIL layer_norm; gamma/beta, when given, are constants of shape x.shape[axes]."""
+
+    def cast(self, x, dtype: int): ...
+
+    def constant_as(self, value, shape: Sequence[int]):
+        """`value`'s data as a constant of `shape` (same element count), or None unless `value` is a plain
+        constant (not decompressed, not computed): how gamma/beta become layer_norm parameters."""
+
+
+def slice_masks(rank, axis, begin, end):
+    """slice_by_index `begin`, `end` and `end_mask` for x[begin:end] along `axis`, every other axis whole."""
+    begins = np.zeros(rank, np.int32)
+    begins[axis] = begin
+    ends = np.zeros(rank, np.int32)
+    ends[axis] = end
+    end_mask = np.ones(rank, bool)
+    end_mask[axis] = False
+    return begins, ends, end_mask
+
+
+def broadcast_dims(a, b):
+    """The broadcast of two shapes whose entries are ints or None (unknown): numpy's rules, trailing aligned."""
+    rank = max(len(a), len(b))
+    a = [1] * (rank - len(a)) + list(a)
+    b = [1] * (rank - len(b)) + list(b)
+    out = []
+    for p, q in zip(a, b):
+        if p == 1:
+            out.append(q)
+        elif q == 1 or q is None:
+            out.append(p)
+        elif p is None:
+            out.append(q)
+        else:
+            out.append(max(p, q))
+    return out

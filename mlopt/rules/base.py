@@ -1,0 +1,100 @@
+"""What a rule is: a pattern, a condition, a replacement and the formula that proves it, declared once.
+
+A rule (like onnxscript's `RewriteRule`: target pattern, condition, replacement) names the op types it anchors
+at and implements:
+
+- `match(graph, op)`: the pattern and its conditions, on any adapter of graph/interface.py. Returns a status
+  (patterns/status.py): Matched with a `Match`, ConditionFailed or Recognised with the reason, or
+  NOT_THIS_PATTERN. Write it with `patterns.trace.attempt`, so every op walked is recorded.
+- `lower(builder, fused)`: the replacement, written once against the builder contract (rewrites/builder.py).
+  Two builders implement it: protobuf ops for saved specs, `mb` calls inside coremltools' pass pipeline. It
+  returns the value that replaces the chain's output; the caller casts it to the output's dtype if it differs
+  and gives it the output's name.
+- `reference(x, operands, axes, params)`: the float64 meaning of the replacement. The self-check
+  (numerics/selfcheck.py) compares the rewritten chain with it; the fused op of the conversion-time passes uses
+  it as its value inference.
+- `as_read(match, x, operands)`: what the original chain computes as the matcher read it, in float64. The
+  self-check compares the original chain with it before trusting the match; it differs from `reference` only
+  when the rewrite deliberately changes the arithmetic (and `Match.note` says how).
+- `summary(match)` and `report_fields(match)`: what the report prints and what JSON carries about a match.
+
+Everything else - the engine, self-check, report, `inspect`, `--only/--skip`, provenance, the conversion-time
+passes - iterates over the registry (rules/__init__.py) and never names a rule.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from ..compute_units import REWRITING_UNITS
+
+
+@dataclass
+class Match:
+    """What the rewrite needs to know about one matched chain."""
+
+    x: str  # the tensor the chain reads, outside any cast wrapper
+    axes: Tuple[int, ...]  # non-negative axes the result mixes over; slices along the others are independent
+    output: str  # the value the chain defines; the rewrite keeps its name and type
+    output_op: object  # the op producing `output`
+    ops: Tuple[str, ...]  # names of the ops the chain covers (removed if nothing else uses them)
+    dtype: int  # compute dtype of the replacement: x's dtype
+    operands: dict = field(default_factory=dict)  # the rule's optional tensor operands: name -> value or None
+    params: dict = field(default_factory=dict)  # the rule's literal parameters besides axes (epsilon, ...)
+    facts: dict = field(default_factory=dict)  # what only the rule reads back (how the chain spelled itself)
+    note: Optional[str] = None  # what the rewrite changes beyond the arithmetic, for the report
+
+    def fused(self):
+        return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype)
+
+
+@dataclass
+class Fused:
+    """What a replacement is built from: the match, or the fused op of the conversion-time passes. Values are
+    builder handles (names for saved specs, pymil Vars in the pass pipeline)."""
+
+    x: object
+    operands: dict
+    axes: Tuple[int, ...]
+    params: dict
+    dtype: int
+
+
+class Rule:
+    name = None  # "rms_norm": --only/--skip, provenance ("com.github.mlopt.<name>_rewrites"), pass names
+    title = None  # "RMSNorm": what `inspect` calls a match
+    anchors = ()  # op types a match is anchored at
+    operands = ()  # optional tensor operands of the fused op besides x, e.g. ("gamma",)
+    params = ()  # literal float parameters of the fused op besides axes, e.g. ("epsilon",)
+    units = REWRITING_UNITS  # compute units the rewrite pays for; None: every setting
+    units_reason = None  # why it does not rewrite with other units (report note)
+    description = None  # one line for `--help` and README
+    looks_for = None  # what its anchors look like, for a function without candidates: "reduce_mean of a square"
+
+    def match(self, graph, op):
+        raise NotImplementedError
+
+    def lower(self, builder, fused):
+        raise NotImplementedError
+
+    def reference(self, x, operands, axes, params):
+        raise NotImplementedError
+
+    def as_read(self, match, x, operands):
+        return self.reference(x, operands, match.axes, match.params)
+
+    def summary(self, match):
+        return f"axes {','.join(map(str, match.axes))}"
+
+    def report_fields(self, match):
+        """JSON fields of a match besides x/output/dtype and the operands: axes and the literal parameters."""
+        return {"axes": list(match.axes), **match.params}
+
+    def accumulation_note(self, graph, anchor, match):
+        """What `verify --accumulate fp16` should tell about this match (where it overflows), or None."""
+        return None
+
+    def applies(self, compute_units):
+        return self.units is None or compute_units in self.units
+
+    def __repr__(self):
+        return f"<rule {self.name}>"
