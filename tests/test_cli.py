@@ -195,7 +195,7 @@ def test_inspect_lists_candidates_with_reasons(capsys):
         "function main (CoreML7): 7 candidate chains: 7 left alone",
         "  [1] left alone: mul -> reduce_mean -> add -> rsqrt -> mul",
         "      ops: mul_8, reduce_mean_1, add_0, rsqrt_0, mul_9",
-        "      reason: input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm",
+        "      reason: LayerNorm: input is mean-centred (x - mean(x)), not an RMSNorm",
     ]
     assert "      reason: keep_dims is false" in lines
 

@@ -52,7 +52,7 @@ def test_rewrites_every_norm_and_agrees(name, tmp_path):
 def test_cohere_layernorm_reason(name):
     report = optimize_package(path(name), dry_run=True)
     (chain,) = report.functions[0].chains
-    assert chain.reason == "input is mean-centred (x - mean(x)): a LayerNorm, not an RMSNorm"
+    assert chain.reason == "LayerNorm: input is mean-centred (x - mean(x)), not an RMSNorm"
 
 
 @pytest.mark.parametrize("name", ["torch_rmsnorm_fp32_ios17", "torch_rmsnorm_fp16_ios15", "functional_2d_fp32_ios17"])

@@ -59,7 +59,7 @@ def test_misread_chain_is_left_alone(monkeypatch, tmp_path):
     def misread(rule, graph, op):
         status = RIGHT_MATCH(rule, graph, op)
         if isinstance(status, Matched):
-            status.match.params["epsilon"] = 0.5
+            status.match.params["epsilon"] = status.match.facts["eps"] = 0.5
         return status
 
     monkeypatch.setattr(RMSNormRule, "match", misread)

@@ -67,6 +67,12 @@ class PymilGraph:
             bound = bound[0] if bound else None
         return None if bound is None else bound.name
 
+    def args(self, op, param):
+        bound = op.inputs.get(param)
+        if bound is None:
+            return []
+        return [v.name for v in (bound if isinstance(bound, (list, tuple)) else [bound])]
+
     def const(self, op, param):
         bound = op.inputs.get(param)
         if bound is None or isinstance(bound, (list, tuple)) or bound.val is None:

@@ -48,6 +48,9 @@ class GraphInterface(Protocol):
     def arg(self, op: Op, param: str) -> Optional[Value]:
         """The value bound to input `param` (its first binding), or None if absent or an inline literal."""
 
+    def args(self, op: Op, param: str) -> List[Optional[Value]]:
+        """Every binding of input `param` (a variadic input such as concat's values), None for inline literals."""
+
     def const(self, op: Op, param: str) -> Optional[np.ndarray]:
         """The literal value of input `param` if it is a known constant, else None."""
 

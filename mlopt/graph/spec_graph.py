@@ -100,6 +100,12 @@ class SpecGraph:
         binding = argument.arguments[0]
         return binding.name if binding.WhichOneof("binding") == "name" else None
 
+    def args(self, op, param):
+        argument = op.inputs.get(param)
+        if argument is None:
+            return []
+        return [b.name if b.WhichOneof("binding") == "name" else None for b in argument.arguments]
+
     def const(self, op, param):
         """numpy value of `param` of `op` if it is an immediate literal (inline or via a `const` op), else None."""
         argument = op.inputs.get(param)

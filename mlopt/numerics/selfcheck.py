@@ -138,7 +138,8 @@ def _over_budget(view, source, match):
         return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
     if _whole_shape(view, match, len(full)) and math.prod(full) > BUDGET:
         varying = _varying_operands(view, match, len(full))
-        why = f"{varying[0]} varies along an axis that is not normalised" if varying else "every axis is normalised"
+        why = (f"{varying[0]} varies along an axis that is not normalised" if varying else
+               "the chain reshapes to a constant shape" if match.whole_shape else "every axis is normalised")
         return (
             f"declared size {math.prod(full)} of '{source}' (checked whole: {why}) exceeds the self-check's budget "
             f"of {BUDGET} elements; {UNCHECKED}"
@@ -195,7 +196,7 @@ def _whole_shape(view, match, rank):
     """Whether each magnitude needs the whole declared shape: no axis to lay rows along, or an operand (gamma)
     varies off the normalised axes (rows along such an axis would see other operand values than the declared
     shape pairs them with)."""
-    return len(match.axes) == rank or bool(_varying_operands(view, match, rank))
+    return match.whole_shape or len(match.axes) == rank or bool(_varying_operands(view, match, rank))
 
 
 def _varying_operands(view, match, rank):

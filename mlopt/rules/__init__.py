@@ -1,7 +1,7 @@
 """The rewrite rules, one module each (rules/base.py says what a rule is). `RULES` is the only list: the engine,
 self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes iterate over it."""
 
-from ..patterns.status import Candidate, ConditionFailed, NotThisPattern
+from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
 from . import rms_norm
 
 RULES = (rms_norm.RULE,)
@@ -23,10 +23,14 @@ def skip_reason(compute_units, rules=RULES):
     return f"compute units {compute_units}: {reasons}; {titles} chains are reported, not rewritten"
 
 
+PREFERENCE = {Matched: 0, ConditionFailed: 1, Recognised: 2}
+
+
 def find_candidates(graph, rules=RULES):
     """Every candidate of every rule in the function `graph` (any graph/interface.py adapter), in program order.
 
-    Each anchor op is offered to every rule anchored at its type; a match wins over a near-miss there. Chains
+    Each anchor op is offered to every rule anchored at its type; a match wins there, then a near-miss (the
+    rule's reason is the one to act on), then a form recognised and left alone. Chains
     may not overlap: a near-miss anchored inside a matched chain is dropped (the chain explains it), and a match
     sharing ops with an earlier match is left alone (the splice replaces each op once)."""
     by_type = {}
@@ -38,7 +42,7 @@ def find_candidates(graph, rules=RULES):
         tried = [(rule, rule.match(graph, op)) for rule in by_type.get(graph.op_type(op), ())]
         tried = [(rule, status) for rule, status in tried if not isinstance(status, NotThisPattern)]
         if tried:
-            rule, status = next(((r, s) for r, s in tried if getattr(s, "match", None) is not None), tried[0])
+            rule, status = min(tried, key=lambda pair: PREFERENCE[type(pair[1])])
             found.append(Candidate(rule, graph.name, graph.op_name(op), status))
     taken, kept = {}, []
     for c in found:

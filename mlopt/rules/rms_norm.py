@@ -51,7 +51,7 @@ class RMSNormRule(Rule):
         return rms_norm(x, axes, params["epsilon"], operands.get("gamma"))
 
     def as_read(self, match, x, operands):
-        return rms_norm(x, match.axes, match.params["epsilon"], operands.get("gamma"), **match.facts)
+        return rms_norm(x, match.axes, gamma=operands.get("gamma"), **match.facts)
 
     def accumulation_note(self, graph, anchor, match):
         return overflow_note(graph, anchor, match)
@@ -60,19 +60,19 @@ class RMSNormRule(Rule):
         return f"axes {','.join(map(str, match.axes))}, eps {match.params['epsilon']:.3g}"
 
 
-def rms_norm(x, axes, eps, gamma=None, max_scaled=False, mean_scale=1.0, scaled_eps=False):
+def rms_norm(x, axes, eps, gamma=None, mean_scale=1.0, max_scaled=False, floor=0.0, eps_m2=0.0):
     """RMSNorm in float64: x / sqrt(mean(x^2, axes) + eps) [* gamma]. The keywords give exactly what a chain of
-    a scaled spelling computes, with m = max|x| over the axes and s = `mean_scale`:
-    `max_scaled` x / (sqrt(mean((x/m)^2) * s + eps) * m), and with `scaled_eps` (the chain never multiplies m
-    back) x / sqrt(mean(x^2) * s + eps * m^2), which is the same."""
+    a scaled spelling computes: the mean times `mean_scale` (a sum's 1/N as stored), and with `max_scaled`
+    m = max(max|x|, floor) over the axes and x / (sqrt(mean((x/m)^2) + eps + eps_m2 / m^2) * m) - an eps the
+    chain adds directly is inflated by m^2; one it adds as eps_m2 / m^2 is exact."""
     x = np.asarray(x, np.float64)
     with np.errstate(all="ignore"):
         ms = np.mean(x * x, axis=tuple(axes), keepdims=True) * mean_scale
-        if max_scaled or scaled_eps:
-            m = np.max(np.abs(x), axis=tuple(axes), keepdims=True)
-            y = x / (np.sqrt(ms / (m * m) + eps) * m)
+        if max_scaled:
+            m = np.maximum(np.max(np.abs(x), axis=tuple(axes), keepdims=True), floor)
+            y = x / (np.sqrt(ms / (m * m) + eps + eps_m2 / (m * m)) * m)
         else:
-            y = x / np.sqrt(ms + eps)
+            y = x / np.sqrt(ms + eps + eps_m2)
         return y if gamma is None else y * np.asarray(gamma, np.float64)
 
 

@@ -1,0 +1,331 @@
+"""Pieces every normalisation chain is made of, shared by the norm rules (RMSNorm, LayerNorm).
+
+A norm chain computes a statistic over some axes, takes its root and scales a tensor by it:
+
+    reduction (reduce_mean | reduce_sum [| reduce_sum_square]) of a square
+      -> the statistic's walk to its root: add/mul/real_div by constants (a mean from a sum, eps, eps folded
+         before the 1/N scale), reshape/expand_dims that put back the axes a keep_dims=False reduction dropped,
+         tile along the reduced axes, casts
+      -> root: rsqrt(epsilon) | pow(-0.5) | sqrt
+      -> normaliser: mul(t, inverse root) | real_div(t, sqrt) | mul(t, real_div(1, sqrt)), through tile/reshape
+      -> affine: [mul(gamma)] [add(beta)], constant per call, [cast back]
+
+`Statistic` records what the walk read: the value at the root is `mean * scale + offset` (+ `offset_m2 / m^2`
+for a max-scaled chain that rescales its eps), so eps and the mean's scale come out of the stored constants
+exactly, however they are folded. Each piece records the ops it accepts on the Trace and fails with a reason a
+user can act on.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.dtypes import FLOAT16, NUMPY
+from .walk import follow, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
+
+RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
+REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_sum_square")
+ROOTS = ("rsqrt", "sqrt", "pow")
+SHAPE_OPS = ("reshape", "expand_dims", "tile")
+AFFINE_OPS = ("add", "mul", "real_div")
+MAX_STEPS = 64  # a statistic's walk to its root; a longer one is not a norm
+
+
+def square_of(view, reduce_op):
+    """(square op or None, squared value, exponent) if the reduced value is a power of something, else None.
+    reduce_sum_square squares by itself (square op None)."""
+    if view.op_type(reduce_op) == "reduce_sum_square":
+        x = view.arg(reduce_op, "x")
+        return None if x is None else (None, x, 2.0)
+    op = producer_through_casts(view, view.arg(reduce_op, "x"))
+    if op is None:
+        return None
+    if view.op_type(op) == "square":
+        return op, view.arg(op, "x"), 2.0
+    if view.op_type(op) == "pow":
+        y = scalar_const(view, op, "y")
+        if y is None or view.arg(op, "x") is None:
+            return None
+        return op, view.arg(op, "x"), y
+    if view.op_type(op) == "mul":
+        a, b = view.arg(op, "x"), view.arg(op, "y")
+        if a is not None and b is not None and same_tensor(view, a, b):
+            return op, a, 2.0
+    return None
+
+
+def reduction_axes(view, trace, op, rank, what="reduction"):
+    """The op's constant axes, non-negative, checked against `rank`."""
+    axes = view.const(op, "axes")
+    if axes is None:
+        trace.fail(f"{what} axes are not constant")
+    axes = int_axes(axes)
+    if axes is None:
+        trace.fail(f"{what} axes are not integers")
+    if not axes or any(not -rank <= a < rank for a in axes):
+        trace.fail(f"axes {axes} out of range for rank {rank}")
+    axes = tuple(a % rank for a in axes)
+    if len(set(axes)) != len(axes):
+        trace.fail(f"axes {list(axes)} repeat")
+    return axes
+
+
+@dataclass
+class Statistic:
+    root: object  # the root op: rsqrt, sqrt or pow(-0.5)
+    scale: float  # the value under the root is mean * scale + offset (+ offset_m2 / m^2)
+    offset: float  # eps as added (plus rsqrt's own epsilon)
+    offset_m2: float = 0.0  # eps added as eps / m^2 (a max-scaled chain that rescales it: exact)
+
+
+def statistic_to_root(view, trace, reduction, like, axes, label="mean square", norm="RMSNorm", scale_of=None):
+    """Walk from the reduction's output to the root. `like` is the tensor reduced (its shape gives N and the
+    shape a keep_dims=False reduction must be reshaped back to). `scale_of(value)`, if given, reads a
+    non-constant added term as eps / m^2 and returns eps (or None). `label` and `norm` word the reasons."""
+    rank = view.rank(like)
+    is_sum = view.op_type(reduction) in ("reduce_sum", "reduce_sum_square")
+    n = None
+    if is_sum:
+        dims = [view.dim(like, a) for a in axes]
+        n = None if any(d is None for d in dims) else _as_float(math.prod(dims))
+    restored = flag(view.const(reduction, "keep_dims"))
+    value, k, e, e_m2 = view.output(reduction), 1.0, 0.0, 0.0
+    scale_ops, const_dtype = [], None
+    for _ in range(MAX_STEPS):
+        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS)
+        if step is None:
+            what = f"{label} + eps" if e else label
+            wanted = "a square root" if e else "add/rsqrt/sqrt/pow"
+            trace.fail(f"{what} feeds {consumer_types(view, value)}, not {wanted}")
+        op, kind = step.op, view.op_type(step.op)
+        if kind in ROOTS:
+            if not restored:
+                trace.fail("keep_dims is false")
+            trace.take(*step.casts, op)
+            e += _valid_epsilon(trace, root_epsilon(view, trace, op), norm)
+            break
+        if kind in SHAPE_OPS:
+            restored = _shape_step(view, trace, op, like, axes, restored)
+        elif kind == "add":
+            c = scalar_const(view, op, other_param(op, step.param))
+            if c is None:
+                c_m2 = scale_of(view.arg(op, other_param(op, step.param))) if scale_of else None
+                if c_m2 is None:
+                    trace.fail(f"adds a non-constant to the {label}")
+                e_m2 += c_m2
+            else:
+                e += _valid_epsilon(trace, c, norm)
+        elif kind == "mul":
+            c = scalar_const(view, op, other_param(op, step.param))
+            if c is None:
+                trace.fail(f"multiplies the {label} by a non-constant")
+            k, e, e_m2 = k * c, e * c, e_m2 * c
+            scale_ops.append((op, f"scaled by {c:g}", other_param(op, step.param)))
+        else:  # real_div
+            c = scalar_const(view, op, "y") if step.param == "x" else None
+            if c is None:
+                trace.fail(f"divides {'by' if step.param == 'x' else 'something by'} the {label}" + (
+                    "" if step.param == "y" else " by a non-constant"))
+            k, e, e_m2 = (k / c, e / c, e_m2 / c) if c != 0 else (math.inf, math.inf, math.inf)
+            scale_ops.append((op, f"divided by {c:g}", "y"))
+        trace.take(*step.casts, op)
+        value = view.output(op)
+    else:
+        trace.fail(f"no square root within {MAX_STEPS} ops of the {label}")
+    root = op
+    if is_sum:
+        mean_scale = _mean_scale(view, trace, reduction, k, n, scale_ops)
+    else:
+        mean_scale = k
+        if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
+            trace.fail(f"the {label} is {' and '.join(how for _, how, _ in scale_ops)}: not a mean")
+    for eps in (e, e_m2, e + e_m2):
+        if not math.isfinite(eps) or eps < 0:
+            trace.fail(f"epsilon is {eps:g}: not a valid {norm} epsilon")
+    return Statistic(root, mean_scale, e, e_m2)
+
+
+def _valid_epsilon(trace, eps, norm):
+    if not math.isfinite(eps) or eps < 0:
+        trace.fail(f"epsilon is {eps:g}: not a valid {norm} epsilon")
+    return eps
+
+
+def _mean_scale(view, trace, reduction, k, n, scale_ops):
+    """A sum's total scale k times N must be 1 (a mean) within the rounding of the constants' dtype."""
+    if not scale_ops:
+        trace.fail(f"{view.op_type(reduction)}, not reduce_mean: no 1/N scale")
+    if n is None:
+        trace.fail(f"{view.op_type(reduction)} over an axis of unknown size: cannot check its 1/N scale")
+    scale = k * n
+    if not math.isfinite(scale) or abs(scale - 1.0) > _tolerance(view, scale_ops):
+        op, how, _ = scale_ops[-1]
+        if len(scale_ops) == 1:
+            wanted = f"1/{n:g}" if view.op_type(op) == "mul" else f"{n:g}"
+            trace.fail(f"{view.op_type(reduction)} {how}, not {wanted}")
+        trace.fail(f"{view.op_type(reduction)} scaled by {k:g} in all, not 1/{n:g}")
+    return scale
+
+
+def _tolerance(view, scale_ops):
+    """1/N as the constants' dtype rounds it: fp16 keeps 11 bits."""
+    fp16 = any(view.dtype(view.arg(op, param) or view.output(op)) == FLOAT16 for op, _, param in scale_ops)
+    return 2.0**-10 * len(scale_ops) if fp16 else 1e-6
+
+
+def _shape_step(view, trace, op, like, axes, restored):
+    """reshape/expand_dims that put back the reduced axes as size 1, or tile along the reduced axes only.
+    Returns whether the statistic now has the keep_dims shape."""
+    kind, out, rank = view.op_type(op), view.output(op), view.rank(like)
+    if kind == "tile":
+        reps = int_axes(view.const(op, "reps"))
+        if not restored or reps is None or len(reps) != rank or any(r != 1 for i, r in enumerate(reps) if i not in axes):
+            trace.fail("tiles the statistic along an axis it does not reduce")
+        return True
+    if view.rank(out) != rank or any(view.dim(out, a) != 1 for a in axes):
+        trace.fail(f"{kind} of the statistic to another shape than the reduction with keep_dims")
+    for i in range(rank):
+        if i in axes:
+            continue
+        have, want = view.dim(out, i), view.dim(like, i)
+        if kind == "reshape" and (have is None or want is None) and not restored:
+            trace.fail("reshape of the statistic over an axis of unknown size: cannot check it restores the axes")
+        if have is not None and want is not None and have != want:
+            trace.fail(f"{kind} of the statistic to another shape than the reduction with keep_dims")
+    return True
+
+
+def root_epsilon(view, trace, root):
+    """rsqrt's own epsilon (MIL's default when absent); checks pow's exponent."""
+    if view.op_type(root) == "pow":
+        y = scalar_const(view, root, "y")
+        if y != -0.5:
+            trace.fail(f"root is pow({'?' if y is None else f'{y:g}'}), not pow(-0.5)")
+    if view.op_type(root) != "rsqrt":
+        return 0.0
+    if view.const(root, "epsilon") is None and not view.has_input(root, "epsilon"):
+        return float(NUMPY.get(view.dtype(view.arg(root, "x")), np.float32)(RSQRT_DEFAULT_EPSILON))
+    eps = scalar_const(view, root, "epsilon")
+    if eps is None:
+        trace.fail("rsqrt epsilon is not a constant scalar")
+    return eps
+
+
+def through_shape_ops(view, trace, value, axes):
+    """Follow a per-row statistic through tile (along the reduced axes only) and reshapes that keep its shape."""
+    for _ in range(MAX_STEPS):
+        use = sole_consumer(view, value)
+        if use is None or use.param != "x" or view.op_type(use.op) not in SHAPE_OPS:
+            return value
+        op, rank = use.op, view.rank(value)
+        if view.op_type(op) == "tile":
+            reps = int_axes(view.const(op, "reps"))
+            if reps is None or len(reps) != rank or any(r != 1 for i, r in enumerate(reps) if i not in axes):
+                return value
+        else:
+            out = view.output(op)
+            if view.rank(out) != rank or any(view.dim(out, i) != view.dim(value, i) for i in range(rank)):
+                return value
+        trace.take(op)
+        value = view.output(op)
+    return value
+
+
+def normaliser(view, trace, root, base, axes, label="square root"):
+    """The op that scales a tensor by the root: (op, the tensor scaled). `base` is the tensor the scale is
+    expected on (preferred where several consumers would do)."""
+    if view.op_type(root) != "sqrt":
+        return scale_by_inverse(view, trace, through_shape_ops(view, trace, view.output(root), axes), base)
+    s = through_shape_ops(view, trace, view.output(root), axes)
+    step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (scales(view, st, base) or is_one(view, st.op)))
+    step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
+    if step is None and follow(view, s, ("add", "inverse")) is not None:
+        trace.fail("epsilon added outside the square root")
+    if step is None:
+        trace.fail(f"{label} feeds {consumer_types(view, s)}, not real_div(x, sqrt)")
+    trace.take(*step.casts, step.op)
+    if view.const(step.op, "x") is None:
+        return step.op, view.arg(step.op, "x")
+    if not is_one(view, step.op):
+        trace.fail("divides a constant other than 1 by the square root")
+    return scale_by_inverse(view, trace, view.output(step.op), base)
+
+
+def scale_by_inverse(view, trace, inv, base):
+    """mul(t, inv) in either operand order; prefer the mul that scales `base` if there are several."""
+    step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(view, inv, ("mul",))
+    if step is None:
+        trace.fail(f"inverse root feeds {consumer_types(view, inv)}, not mul")
+    trace.take(*step.casts, step.op)
+    return step.op, view.arg(step.op, other_param(step.op, step.param))
+
+
+def scales(view, step, base):
+    other = view.arg(step.op, other_param(step.op, step.param))
+    return other is not None and same_tensor(view, base, other)
+
+
+def is_one(view, div_op):
+    return scalar_const(view, div_op, "x") == 1.0
+
+
+def affine(view, trace, norm_op, dtype, with_beta=False):
+    """Absorb a following `mul(gamma)` and (with_beta) `add(beta)`, each constant per call and either operand
+    order, casts between included, and a final cast back to x's dtype. Returns (output op, gamma, beta)."""
+    output_op, found = norm_op, {"gamma": None, "beta": None}
+    for name, kind, label in (("gamma", "mul", "mul(gamma)"), ("beta", "add", "add(beta)")):
+        if name == "beta" and not with_beta:
+            break
+        casts, use = [], sole_consumer(view, view.output(output_op))
+        while use is not None and view.op_type(use.op) == "cast" and all(use.op is not c for c in casts):  # a cycle ends it
+            casts.append(use.op)
+            use = sole_consumer(view, view.output(use.op))
+        if use is not None and view.op_type(use.op) == kind and use.param in ("x", "y"):
+            weight = view.arg(use.op, other_param(use.op, use.param))
+            if weight is not None and view.is_constant_expr(weight) and view.is_float_tensor(weight):
+                trace.take(*casts)
+                trace.take(use.op, label=label)
+                output_op, found[name] = use.op, weight
+    use = sole_consumer(view, view.output(output_op))
+    if use is not None and view.op_type(use.op) == "cast" and view.dtype(view.output(use.op)) == dtype:
+        trace.take(use.op)
+        output_op = use.op
+    return output_op, found["gamma"], found["beta"]
+
+
+def check_output(view, trace, x, axes, output_op):
+    """Conditions every norm's rewrite needs: a float output, a static first normalised size, no empty axis,
+    one block."""
+    if not view.is_float_tensor(view.output(output_op)):
+        trace.fail(f"the chain's output '{view.output(output_op)}' is not a float tensor")
+    if view.dim(x, axes[0]) is None:
+        trace.fail(f"normalised axis {axes[0]} has unknown size")
+    if any(view.dim(x, a) == 0 for a in axes):
+        trace.fail("a normalised axis has size 0: nothing to normalise")
+    if len({id(view.block(op)) for op in trace.ops}) != 1:
+        trace.fail("chain spans several blocks")
+
+
+def _as_float(n):
+    try:
+        return float(n)
+    except OverflowError:  # a product of declared sizes beyond float range
+        return math.inf
+
+
+def flag(value):
+    """A literal bool flag (keep_dims) as a bool; False unless it is a single element."""
+    return value is not None and value.size == 1 and bool(value.reshape(()))
+
+
+def int_axes(value):
+    """A literal axes tensor as Python ints (exact for any integer width); None unless it holds integers."""
+    if value is None or value.dtype.kind not in "iu":
+        return None
+    return [int(a) for a in value.reshape(-1)]
+
+
+def consumer_types(view, value):
+    types = sorted({view.op_type(u.op) if u.op is not None else "a block output" for u in view.consumers(value)})
+    return "/".join(types) or "nothing"
