@@ -193,9 +193,9 @@ def test_inspect_lists_candidates_with_reasons(capsys):
     assert lines[:5] == [
         f"mlopt inspect {fixture_path('near_misses_fp16_ios17')}",
         "function main (CoreML7): 7 candidate chains: 7 left alone",
-        "  [1] left alone: mul -> reduce_mean -> add -> rsqrt -> mul",
-        "      ops: mul_8, reduce_mean_1, add_0, rsqrt_0, mul_9",
-        "      reason: LayerNorm: input is mean-centred (x - mean(x)), not an RMSNorm",
+        "  [1] left alone: reduce_mean -> sub -> mul -> reduce_mean",
+        "      ops: reduce_mean_0, sub_0, mul_8, reduce_mean_1",
+        "      reason: mean over axes [1], variance over [2]: not one LayerNorm",
     ]
     assert "      reason: keep_dims is false" in lines
 

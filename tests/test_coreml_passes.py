@@ -17,6 +17,7 @@ from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
 from conftest import FIXTURES, op_types
 from mlopt.coreml import convert, fuse_pass_name, lower_pass_name, pass_pipeline
+from mlopt.rules import RULES
 from mlopt.rules.rms_norm import RULE
 from mlopt.verify import verify_packages
 from test_rewrite import EXPECTED
@@ -120,8 +121,9 @@ def test_lower_pass_compute_units(units):
 def test_pipeline_placement_and_options():
     pipeline = pass_pipeline()
     passes = pipeline.passes
-    assert passes.index(FUSE) == passes.index("common::fuse_reduce_mean") + 1
-    assert passes.index(LOWER) == passes.index("common::add_fp16_cast") + 1
+    fuse_at, lower_at = passes.index("common::fuse_reduce_mean") + 1, passes.index("common::add_fp16_cast") + 1
+    assert passes[fuse_at: fuse_at + len(RULES)] == [fuse_pass_name(r) for r in RULES]
+    assert passes[lower_at: lower_at + len(RULES)] == [lower_pass_name(r) for r in RULES]
     for name in (FUSE, LOWER):
         (option,) = pipeline.get_options(name)
         assert (option.option_name, option.option_val) == ("compute_units", "CPU_AND_NE")

@@ -19,9 +19,13 @@ def op_name(op):
 
 
 class SpecGraph:
-    def __init__(self, name, function):
+    def __init__(self, name, function, small_blob=None):
+        """`small_blob(value)`, if given, decodes a small weight-file constant (a `Value`) or returns None: how
+        patterns read constants converters store in weight.bin (StableHLO writes 1/N and eps as full tensors)."""
         self.name = name
         self.function = function
+        self.small_blob = small_blob
+        self._blob_memo = {}
         self.opset = function.opset
         self.main = function.block_specializations[function.opset]
         self.producers = {}  # value name -> producing Operation
@@ -118,9 +122,14 @@ class SpecGraph:
 
     def const_value(self, value):
         producer = self.producers.get(value)
-        if producer is None or producer.type != "const":
+        if producer is None or producer.type != "const" or "val" not in producer.attributes:
             return None
-        return decode_value(producer.attributes["val"])
+        stored = producer.attributes["val"]
+        if stored.WhichOneof("value") == "blobFileValue" and self.small_blob is not None:
+            if value not in self._blob_memo:
+                self._blob_memo[value] = self.small_blob(stored)
+            return self._blob_memo[value]
+        return decode_value(stored)
 
     def is_const(self, value):
         """True for the output of a `const` op (immediate or blob file)."""

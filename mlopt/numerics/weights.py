@@ -229,3 +229,24 @@ def check_blob_references(spec, blobs):
             packed = np.uint8 if tensor.dataType in SUB_BYTE else None  # check() sizes it by the blob's bits
             blob = value.blobFileValue
             blobs.check(blob.fileName, blob.offset, (NUMPY.get(tensor.dataType) or packed) if static else None, shape)
+
+
+SMALL_CONSTANT = 4096  # elements: a weight-file constant patterns may read (a 1/N or eps tensor, not a weight)
+
+
+def small_constants(blobs, limit=SMALL_CONSTANT):
+    """A reader for SpecGraph: the values of a weight-file constant (a MIL `Value`) of at most `limit` elements,
+    None for larger ones, unknown dtypes, or without a weight file."""
+    from ..graph.dtypes import NUMPY
+    from ..graph.values import tensor_shape
+
+    def read(value):
+        if blobs is None or value.type.WhichOneof("type") != "tensorType":
+            return None
+        shape, np_dtype = tensor_shape(value.type), NUMPY.get(value.type.tensorType.dataType)
+        if shape is None or np_dtype is None or math.prod(shape) > limit:
+            return None
+        blob = value.blobFileValue
+        return blobs.read(blob.fileName, blob.offset, np_dtype, shape, copy=True)
+
+    return read

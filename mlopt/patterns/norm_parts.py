@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.dtypes import FLOAT16, NUMPY
-from .walk import follow, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
+from .walk import cast_ancestry, follow, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
 
 RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
 REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_sum_square")
@@ -77,12 +77,15 @@ class Statistic:
     scale: float  # the value under the root is mean * scale + offset (+ offset_m2 / m^2)
     offset: float  # eps as added (plus rsqrt's own epsilon)
     offset_m2: float = 0.0  # eps added as eps / m^2 (a max-scaled chain that rescales it: exact)
+    restored: bool = True  # False: keep_dims=False and the reduced axes come back only after the root
 
 
-def statistic_to_root(view, trace, reduction, like, axes, label="mean square", norm="RMSNorm", scale_of=None):
+def statistic_to_root(view, trace, reduction, like, axes, label="mean square", norm="RMSNorm", scale_of=None, subtract=None):
     """Walk from the reduction's output to the root. `like` is the tensor reduced (its shape gives N and the
     shape a keep_dims=False reduction must be reshaped back to). `scale_of(value)`, if given, reads a
-    non-constant added term as eps / m^2 and returns eps (or None). `label` and `norm` word the reasons."""
+    non-constant added term as eps / m^2 and returns eps (or None). `subtract(value)`, if given, accepts
+    sub(statistic, value) (E[x^2] - E[x]^2: the caller checks the value and takes its ops); nothing may scale
+    the statistic after it. `label` and `norm` word the reasons."""
     rank = view.rank(like)
     is_sum = view.op_type(reduction) in ("reduce_sum", "reduce_sum_square")
     n = None
@@ -91,24 +94,24 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
         n = None if any(d is None for d in dims) else _as_float(math.prod(dims))
     restored = flag(view.const(reduction, "keep_dims"))
     value, k, e, e_m2 = view.output(reduction), 1.0, 0.0, 0.0
-    scale_ops, const_dtype = [], None
+    scale_ops, k_at_sub = [], None
     for _ in range(MAX_STEPS):
-        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS)
+        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + (("sub",) if subtract else ()))
         if step is None:
             what = f"{label} + eps" if e else label
             wanted = "a square root" if e else "add/rsqrt/sqrt/pow"
             trace.fail(f"{what} feeds {consumer_types(view, value)}, not {wanted}")
         op, kind = step.op, view.op_type(step.op)
         if kind in ROOTS:
-            if not restored:
-                trace.fail("keep_dims is false")
             trace.take(*step.casts, op)
             e += _valid_epsilon(trace, root_epsilon(view, trace, op), norm)
             break
         if kind in SHAPE_OPS:
             restored = _shape_step(view, trace, op, like, axes, restored)
+        elif kind == "sub" and subtract is not None and step.param == "x" and subtract(view.arg(op, "y")):
+            k_at_sub = k
         elif kind == "add":
-            c = scalar_const(view, op, other_param(op, step.param))
+            c = uniform_const(view, op, other_param(op, step.param))
             if c is None:
                 c_m2 = scale_of(view.arg(op, other_param(op, step.param))) if scale_of else None
                 if c_m2 is None:
@@ -117,13 +120,13 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
             else:
                 e += _valid_epsilon(trace, c, norm)
         elif kind == "mul":
-            c = scalar_const(view, op, other_param(op, step.param))
+            c = uniform_const(view, op, other_param(op, step.param))
             if c is None:
                 trace.fail(f"multiplies the {label} by a non-constant")
             k, e, e_m2 = k * c, e * c, e_m2 * c
             scale_ops.append((op, f"scaled by {c:g}", other_param(op, step.param)))
         else:  # real_div
-            c = scalar_const(view, op, "y") if step.param == "x" else None
+            c = uniform_const(view, op, "y") if step.param == "x" else None
             if c is None:
                 trace.fail(f"divides {'by' if step.param == 'x' else 'something by'} the {label}" + (
                     "" if step.param == "y" else " by a non-constant"))
@@ -134,6 +137,8 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     else:
         trace.fail(f"no square root within {MAX_STEPS} ops of the {label}")
     root = op
+    if subtract is not None and k_at_sub != k:
+        trace.fail(f"the {label} is scaled after E[x]^2 is subtracted" if k_at_sub is not None else "no E[x]^2 subtracted")
     if is_sum:
         mean_scale = _mean_scale(view, trace, reduction, k, n, scale_ops)
     else:
@@ -143,7 +148,26 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     for eps in (e, e_m2, e + e_m2):
         if not math.isfinite(eps) or eps < 0:
             trace.fail(f"epsilon is {eps:g}: not a valid {norm} epsilon")
-    return Statistic(root, mean_scale, e, e_m2)
+    return Statistic(root, mean_scale, e, e_m2, restored)
+
+
+def uniform_const(view, op, param):
+    """A literal input holding one number, as a float: a scalar, or a constant whose elements are all equal and
+    that does not broadcast the op's output beyond its other operand (StableHLO writes 1/N and eps as full
+    tensors). None otherwise."""
+    c = scalar_const(view, op, param)
+    if c is not None:
+        return c
+    value = view.const(op, param)
+    if value is None or value.size == 0 or value.dtype.kind not in "fiu" or not np.all(value == value.reshape(-1)[0]):
+        return None
+    other = view.arg(op, other_param(op, param))
+    out = view.output(op)
+    if other is None or view.rank(out) != view.rank(other):
+        return None
+    if any(view.dim(out, i) != view.dim(other, i) for i in range(view.rank(out))):
+        return None
+    return float(value.reshape(-1)[0])
 
 
 def _valid_epsilon(trace, eps, norm):
@@ -196,6 +220,73 @@ def _shape_step(view, trace, op, like, axes, restored):
     return True
 
 
+@dataclass
+class Mean:
+    """A mean over `axes` of `x`, read backwards from the value that broadcasts it."""
+
+    reduction: object
+    x: str
+    axes: tuple
+    ops: list  # every op from the reduction to the value, the reduction included
+
+
+def mean_of(view, value):
+    """The mean `value` holds: reduce_mean, or reduce_sum scaled by 1/N, through casts, constant scales,
+    reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one."""
+    ops, k, v = [], 1.0, value
+    for _ in range(MAX_STEPS):
+        op = view.producer(v) if v is not None else None
+        if op is None:
+            return None
+        kind = view.op_type(op)
+        ops.append(op)
+        if kind in ("reduce_mean", "reduce_sum"):
+            x, axes = view.arg(op, "x"), int_axes(view.const(op, "axes"))
+            if x is None or not axes or any(not -view.rank(x) <= a < view.rank(x) for a in axes):
+                return None
+            axes = tuple(sorted(a % view.rank(x) for a in axes))
+            if kind == "reduce_sum":
+                dims = [view.dim(x, a) for a in axes]
+                k = math.inf if None in dims else k * math.prod(dims)
+            if not math.isfinite(k) or abs(k - 1.0) > 2.0**-9:
+                return None
+            return Mean(op, x, axes, ops)
+        if kind in ("cast", "reshape", "expand_dims", "tile"):
+            v = view.arg(op, "x")
+        elif kind == "mul":
+            for param in ("x", "y"):
+                c = uniform_const(view, op, other_param(op, param))
+                if c is not None and view.arg(op, param) is not None:
+                    k, v = k * c, view.arg(op, param)
+                    break
+            else:
+                return None
+        elif kind == "real_div" and uniform_const(view, op, "y") not in (None, 0.0):
+            k, v = k / uniform_const(view, op, "y"), view.arg(op, "x")
+        else:
+            return None
+    return None
+
+
+@dataclass
+class Centred:
+    sub: object  # sub(x, mean)
+    x: str
+    mean: Mean
+
+
+def centred(view, value):
+    """`value` as sub(x, mean(x)) (through casts), or None."""
+    for v in cast_ancestry(view, value):
+        op = view.producer(v)
+        if op is None or view.op_type(op) != "sub":
+            continue
+        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
+        if x is not None and mean is not None and same_tensor(view, mean.x, x):
+            return Centred(op, x, mean)
+    return None
+
+
 def root_epsilon(view, trace, root):
     """rsqrt's own epsilon (MIL's default when absent); checks pow's exponent."""
     if view.op_type(root) == "pow":
@@ -212,32 +303,39 @@ def root_epsilon(view, trace, root):
     return eps
 
 
-def through_shape_ops(view, trace, value, axes):
-    """Follow a per-row statistic through tile (along the reduced axes only) and reshapes that keep its shape."""
+def through_shape_ops(view, trace, value, axes, like=None, restored=True):
+    """Follow a per-row statistic through tile (along the reduced axes only) and reshapes that keep its shape;
+    unless `restored`, the first reshape/expand_dims must put back the axes a keep_dims=False reduction dropped
+    (`like` is the tensor reduced)."""
     for _ in range(MAX_STEPS):
         use = sole_consumer(view, value)
         if use is None or use.param != "x" or view.op_type(use.op) not in SHAPE_OPS:
-            return value
+            break
         op, rank = use.op, view.rank(value)
-        if view.op_type(op) == "tile":
+        if not restored:
+            restored = _shape_step(view, trace, op, like, axes, False)
+        elif view.op_type(op) == "tile":
             reps = int_axes(view.const(op, "reps"))
             if reps is None or len(reps) != rank or any(r != 1 for i, r in enumerate(reps) if i not in axes):
-                return value
+                break
         else:
             out = view.output(op)
             if view.rank(out) != rank or any(view.dim(out, i) != view.dim(value, i) for i in range(rank)):
-                return value
+                break
         trace.take(op)
         value = view.output(op)
+    if not restored:
+        trace.fail("keep_dims is false")
     return value
 
 
-def normaliser(view, trace, root, base, axes, label="square root"):
+def normaliser(view, trace, stat, base, axes, label="square root"):
     """The op that scales a tensor by the root: (op, the tensor scaled). `base` is the tensor the scale is
-    expected on (preferred where several consumers would do)."""
+    expected on (preferred where several consumers would do), and the tensor that was reduced."""
+    root = stat.root
+    s = through_shape_ops(view, trace, view.output(root), axes, like=base, restored=stat.restored)
     if view.op_type(root) != "sqrt":
-        return scale_by_inverse(view, trace, through_shape_ops(view, trace, view.output(root), axes), base)
-    s = through_shape_ops(view, trace, view.output(root), axes)
+        return scale_by_inverse(view, trace, s, base)
     step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (scales(view, st, base) or is_one(view, st.op)))
     step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
     if step is None and follow(view, s, ("add", "inverse")) is not None:

@@ -2,9 +2,9 @@
 self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes iterate over it."""
 
 from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
-from . import rms_norm
+from . import layer_norm, rms_norm
 
-RULES = (rms_norm.RULE,)
+RULES = (layer_norm.RULE, rms_norm.RULE)
 
 
 def rule_names():

@@ -25,6 +25,7 @@ from ..graph.dtypes import FLOATS, name as dtype_name
 from ..patterns.norm_parts import (
     REDUCTIONS,
     affine,
+    centred,
     check_output,
     consumer_types,
     flag,
@@ -129,9 +130,9 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
 
     rescaled = False
     if prescale and view.op_type(stat.root) == "sqrt":
-        norm_op, scaled, rescaled = _divide_by_rescaled_root(view, trace, stat.root, prescale, base, axes)
+        norm_op, scaled, rescaled = _divide_by_rescaled_root(view, trace, stat, prescale, base, axes)
     else:
-        norm_op, scaled = normaliser(view, trace, stat.root, base, axes)
+        norm_op, scaled = normaliser(view, trace, stat, base, axes)
     if scaled is None or not same_tensor(view, squared if rescaled or not prescale else base, scaled):
         trace.fail("squares one tensor and scales another")
     x = unwrap_lossless(view, squared if prescale else scaled)
@@ -185,13 +186,13 @@ def _eps_over_m2(view, trace, value, m):
     return eps
 
 
-def _divide_by_rescaled_root(view, trace, sqrt_op, prescale, base, axes):
+def _divide_by_rescaled_root(view, trace, stat, prescale, base, axes):
     """Max-scaled form with sqrt: mul(sqrt, m) (either order) then real_div(x, .) - coremltools' lowering; or,
     without the rescale, the plain normaliser of the scaled tensor. Returns (op, tensor scaled, rescaled)."""
-    s = view.output(sqrt_op)
+    s = view.output(stat.root)
     step = follow(view, s, ("mul",), accept=lambda st: same_tensor(view, view.arg(st.op, other_param(st.op, st.param)) or "", prescale.m))
-    if step is None:
-        return (*normaliser(view, trace, sqrt_op, base, axes, label="max|x| pre-scaled root"), False)
+    if step is None or not stat.restored:
+        return (*normaliser(view, trace, stat, base, axes, label="max|x| pre-scaled root"), False)
     trace.take(*step.casts, step.op)
     rms = view.output(step.op)
     step = follow(view, rms, ("real_div",), accept=lambda st: st.param == "y")
@@ -216,15 +217,9 @@ def _prescale_note(prescale, stat, rescaled):
 
 
 def _check_not_mean_centred(view, trace, x):
-    """x = sub(y, reduce_mean(y)) makes the chain a LayerNorm: the layer_norm rule's, not this one's."""
-    for value in cast_ancestry(view, x):
-        op = view.producer(value)
-        if op is None or view.op_type(op) != "sub":
-            continue
-        y, mean_op = view.arg(op, "x"), producer_through_casts(view, view.arg(op, "y"))
-        if mean_op is not None and view.op_type(mean_op) == "reduce_mean" and y is not None:
-            if same_tensor(view, view.arg(mean_op, "x"), y):
-                trace.recognise("LayerNorm", "input is mean-centred (x - mean(x)), not an RMSNorm")
+    """x = sub(y, mean(y)) makes the chain a LayerNorm: the layer_norm rule's, not this one's."""
+    if centred(view, x) is not None:
+        trace.recognise("LayerNorm", "input is mean-centred (x - mean(x)), not an RMSNorm")
 
 
 # -- forms recognised and left alone -----------------------------------------------------------------------------

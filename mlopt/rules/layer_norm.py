@@ -1,0 +1,87 @@
+"""Decomposed LayerNorm -> one native `layer_norm`.
+
+coremltools fuses LayerNorm at conversion time only for the spellings its own pass knows; chains with fp32 cast
+wrappers (mixed precision), the E[x^2] - E[x]^2 variance, a division instead of rsqrt, a channel-axis norm, or
+programs from other converters stay decomposed. On the Neural Engine such a chain squares in fp16 (overflow past
+|x - mean| ~ 256) and its fp32 islands leave the engine; `layer_norm` does neither. As coremltools' own fusion,
+it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
+
+    y = layer_norm(x, axes, eps, gamma, beta)     gamma/beta folded in when they are plain constants of the
+                                                  normalised shape; otherwise
+    y = layer_norm(x, axes, eps) [* gamma] [+ beta]
+"""
+
+import math
+
+import numpy as np
+
+from .base import Rule
+from .layer_norm_pattern import match_layer_norm
+
+
+class LayerNormRule(Rule):
+    name = "layer_norm"
+    title = "LayerNorm"
+    description = "decomposed LayerNorm chains -> one layer_norm, with every compute-units setting"
+    looks_for = "reduce_mean of a squared, mean-centred tensor"
+    anchors = ("reduce_mean", "reduce_sum", "reduce_sum_square")
+    operands = ("gamma", "beta")
+    params = ("epsilon",)
+    units = None
+
+    def match(self, graph, op):
+        return match_layer_norm(graph, op)
+
+    def lower(self, b, m):
+        shape = [b.dim(m.x, a) for a in m.axes]
+        gamma, beta = m.operands.get("gamma"), m.operands.get("beta")
+        folded = {name: _as_parameter(b, value, m, shape) for name, value in (("gamma", gamma), ("beta", beta))}
+        if all(folded[name] is not None or value is None for name, value in (("gamma", gamma), ("beta", beta))):
+            return b.layer_norm(m.x, m.axes, m.params["epsilon"], folded["gamma"], folded["beta"])
+        out = b.layer_norm(m.x, m.axes, m.params["epsilon"])
+        if gamma is not None:
+            out = b.mul(out, gamma if b.dtype(gamma) == m.dtype else b.cast(gamma, m.dtype))
+        if beta is not None:
+            out = b.add(out, beta if b.dtype(beta) == m.dtype else b.cast(beta, m.dtype))
+        return out
+
+    def reference(self, x, operands, axes, params):
+        return layer_norm(x, axes, params["epsilon"], operands.get("gamma"), operands.get("beta"))
+
+    def as_read(self, match, x, operands):
+        return layer_norm(x, match.axes, match.params["epsilon"], operands.get("gamma"), operands.get("beta"), **match.facts)
+
+    def summary(self, match):
+        return f"axes {','.join(map(str, match.axes))}, eps {match.params['epsilon']:.3g}"
+
+
+def _as_parameter(b, value, m, shape):
+    """`value` as a layer_norm gamma/beta: a plain constant of x's dtype that varies along the normalised axes
+    only, reshaped to their sizes. None if it is not one (it is then applied after the layer_norm)."""
+    if value is None or b.dtype(value) != m.dtype or None in shape:
+        return None
+    rank, x_rank = b.rank(value), b.rank(m.x)
+    if rank > x_rank:
+        return None
+    dims = [1] * (x_rank - rank) + [b.dim(value, i) for i in range(rank)]
+    if any(dims[i] != 1 for i in range(x_rank) if i not in m.axes):
+        return None
+    if any(dims[a] != size for a, size in zip(m.axes, shape)):  # broadcast along a normalised axis: not folded
+        return None
+    return b.constant_as(value, shape)
+
+
+def layer_norm(x, axes, eps, gamma=None, beta=None, var_scale=1.0):
+    """LayerNorm in float64: (x - mean) / sqrt(var * var_scale + eps) [* gamma] [+ beta] over `axes`
+    (`var_scale`: a sum's 1/N as stored)."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(axes)
+    with np.errstate(all="ignore"):
+        d = x - np.mean(x, axis=axes, keepdims=True)
+        y = d / np.sqrt(np.mean(d * d, axis=axes, keepdims=True) * var_scale + eps)
+        if gamma is not None:
+            y = y * np.asarray(gamma, np.float64)
+        return y if beta is None else y + np.asarray(beta, np.float64)
+
+
+RULE = LayerNormRule()

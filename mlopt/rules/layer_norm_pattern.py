@@ -1,0 +1,148 @@
+"""The decomposed LayerNorm pattern: `(x - mean(x)) / sqrt(var(x) + eps) [* gamma] [+ beta]` as converters leave it.
+
+Target pattern (each arrow may cross `cast` ops; means may be reduce_sum * 1/N, broadcast back by
+reshape/expand_dims/tile):
+
+    mean = reduce_mean(x, axes)
+    d    = sub(x, mean)
+    var  = reduce_mean(square(d) | mul(d, d) | pow(d, 2), axes)          variance of the centred tensor
+         | reduce_mean(x^2, axes) - square(mean)                         E[x^2] - E[x]^2
+      -> [add(eps)] -> rsqrt(epsilon) | pow(-0.5) | sqrt
+      -> mul(d', .) | real_div(d', sqrt) | mul(d', real_div(1, sqrt))    d' = x - mean(x): the same sub, or another
+      -> [mul(gamma)] [add(beta)], constant per call, -> [cast back to x's dtype]
+
+Conditions: one tensor centred, squared and normalised; the mean and the variance over the same axes; a true
+mean (1/N of a sum, no unbiased N/(N-1)); eps inside the root. Matching is anchored at the variance's reduction,
+like RMSNorm's at its mean square; a chain whose numerator is not centred (x / std(x)) is left alone with the
+reason. A per-channel affine that comes after as `batch_norm`, or after a reshape back (grouped norms), stays as
+it is, after the new layer_norm.
+"""
+
+from ..graph.dtypes import FLOATS, name as dtype_name
+from ..patterns.norm_parts import (
+    REDUCTIONS,
+    affine,
+    centred,
+    check_output,
+    mean_of,
+    normaliser,
+    reduction_axes,
+    square_of,
+    statistic_to_root,
+)
+from ..patterns.status import NOT_THIS_PATTERN
+from ..patterns.trace import attempt
+from ..patterns.walk import cast_ancestry, casts_between, casts_up_to, producer_through_casts, same_tensor, unwrap_lossless
+from .base import Match
+
+
+def match_layer_norm(view, anchor):
+    """The LayerNorm pattern anchored at a variance's reduction: a status (patterns/status.py)."""
+    square = square_of(view, anchor) if view.op_type(anchor) in REDUCTIONS else None
+    if square is None:
+        return NOT_THIS_PATTERN
+    square_op, base, exponent = square
+    centre = centred(view, base)
+    if centre is None and _minus_mean_square(view, anchor, base, trace=None) is None:
+        return NOT_THIS_PATTERN
+
+    def body(trace):
+        if square_op is not None:
+            trace.take(square_op)
+            trace.take(*casts_between(view, view.arg(anchor, "x"), view.output(square_op)))
+        trace.take(anchor)
+        if exponent != 2.0:
+            trace.fail(f"power is {exponent:g}, not 2")
+        rank = view.rank(base)
+        axes = reduction_axes(view, trace, anchor, rank, what="variance")
+        if centre is not None:
+            trace.take(centre.sub, *centre.mean.ops)
+            mean, source, subtract = centre.mean, centre.x, None
+        else:
+            mean, source = _minus_mean_square(view, anchor, base, trace=None), base
+            subtract = lambda value: _minus_mean_square(view, anchor, base, trace, value) is not None  # noqa: E731
+        if tuple(sorted(axes)) != mean.axes:
+            trace.fail(f"mean over axes {list(mean.axes)}, variance over {sorted(axes)}: not one LayerNorm")
+        stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
+        norm_op, scaled = normaliser(view, trace, stat, base if centre else source, axes)
+        numerator = centred(view, scaled) if scaled is not None else None
+        if numerator is None:
+            trace.fail("normalises a tensor that is not mean-centred (x / std(x)): not a LayerNorm")
+        if not same_tensor(view, numerator.x, source) or numerator.mean.axes != mean.axes:
+            trace.fail("centres one tensor and normalises another")
+        trace.take(numerator.sub, *numerator.mean.ops)
+        x = unwrap_lossless(view, numerator.x)
+        above_x = set(cast_ancestry(view, x))
+        for value in (source, numerator.x, mean.x, numerator.mean.x):
+            trace.take(*casts_up_to(view, value, above_x))
+        dtype = view.dtype(x)
+        if dtype not in FLOATS or not view.is_float_tensor(x):
+            trace.fail(f"unsupported dtype {dtype_name(dtype)}")
+        if view.rank(x) != rank:
+            trace.fail(f"x has rank {view.rank(x)}, the centred tensor rank {rank}")
+        output_op, gamma, beta = affine(view, trace, norm_op, dtype, with_beta=True)
+        check_output(view, trace, x, axes, output_op)
+        return Match(
+            x=x,
+            axes=axes,
+            output=view.output(output_op),
+            output_op=output_op,
+            ops=trace.op_names(),
+            dtype=dtype,
+            operands={"gamma": gamma, "beta": beta},
+            params={"epsilon": stat.offset},
+            facts={"var_scale": stat.scale},
+            whole_shape=any(view.op_type(op) == "reshape" for op in trace.ops),
+        )
+
+    return attempt(view, body)
+
+
+def _minus_mean_square(view, anchor, base, trace, value=None):
+    """E[x^2] - E[x]^2: the mean of squares (of `base`, not centred) minus the square of a mean of `base`. With
+    `value` (the subtracted operand met on the walk), checks that one and takes its ops; without, looks for any
+    such sub after the anchor. Returns the Mean, or None."""
+    if value is None:
+        candidates = [u.op for v in _downstream(view, view.output(anchor)) for u in view.consumers(v)
+                      if u.op is not None and view.op_type(u.op) == "sub" and u.param == "x"]
+        for sub in candidates:
+            mean = _square_mean(view, view.arg(sub, "y"), base)
+            if mean is not None:
+                return mean[0]
+        return None
+    found = _square_mean(view, value, base)
+    if found is None:
+        return None
+    if trace is not None:
+        trace.take(found[1], *found[0].ops)
+    return found[0]
+
+
+def _square_mean(view, value, base):
+    """(Mean, square op) if `value` is square(mean(base)) | mul(m, m) | pow(m, 2)."""
+    op = producer_through_casts(view, value)
+    if op is None:
+        return None
+    kind = view.op_type(op)
+    if kind == "mul" and same_tensor(view, view.arg(op, "x") or "", view.arg(op, "y") or "-"):
+        m = view.arg(op, "x")
+    elif kind == "square" or (kind == "pow" and view.const(op, "y") is not None and float(view.const(op, "y").reshape(-1)[0]) == 2.0):
+        m = view.arg(op, "x")
+    else:
+        return None
+    mean = mean_of(view, m)
+    if mean is None or not same_tensor(view, mean.x, base):
+        return None
+    return mean, op
+
+
+def _downstream(view, value, limit=8):
+    """`value` and the values a few single-input scale/shape/cast ops make of it (where a sub may follow)."""
+    out = [value]
+    for _ in range(limit):
+        uses = view.consumers(out[-1])
+        nxt = [u.op for u in uses if u.op is not None and view.op_type(u.op) in ("mul", "real_div", "cast", "reshape", "expand_dims")]
+        if len(nxt) != 1:
+            break
+        out.append(view.output(nxt[0]))
+    return out
