@@ -177,3 +177,28 @@ def test_fused_rms_norm_ios15_epsilon_must_match_x():
             mb.mlopt_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32))
     with Function({}, opset_version=ct.target.iOS17):
         assert mb.mlopt_rms_norm(x=x, epsilon=np.float32(1e-5), axes=np.array([-1], np.int32)).dtype == types.fp16
+
+
+@pytest.mark.parametrize("units", [ct.ComputeUnit.CPU_ONLY, ct.ComputeUnit.ALL, ct.ComputeUnit.CPU_AND_NE])
+@pytest.mark.parametrize("precision", [ct.precision.FLOAT32, ct.precision.FLOAT16])
+def test_layer_norm_rule_at_conversion_time(units, precision, tmp_path):
+    """The second rule goes through the same passes: E[x^2] - E[x]^2 (which coremltools' own fusion does not
+    know) becomes one layer_norm for every compute-units setting, numerically equal to a plain conversion."""
+    h = 16
+    gamma = np.linspace(0.5, 1.5, h).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, h))], opset_version=ct.target.iOS17)
+    def prog(x):
+        mean = mb.reduce_mean(x=x, axes=[-1], keep_dims=True)
+        var = mb.sub(x=mb.reduce_mean(x=mb.square(x=x), axes=[-1], keep_dims=True), y=mb.mul(x=mean, y=mean))
+        return mb.mul(x=mb.mul(x=mb.sub(x=x, y=mean), y=mb.rsqrt(x=mb.add(x=var, y=np.float32(1e-5)))), y=gamma)
+
+    kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=precision,
+                  skip_model_load=True)
+    model = convert(prog, compute_units=units, **kwargs)
+    ops = main_ops(model)
+    assert ops == (["layer_norm"] if precision == ct.precision.FLOAT32 else ["cast", "layer_norm", "cast"])  # gamma folded in
+    model.save(str(tmp_path / "mlopt.mlpackage"))
+    ct.convert(prog, **kwargs).save(str(tmp_path / "plain.mlpackage"))
+    result = verify_packages(tmp_path / "plain.mlpackage", tmp_path / "mlopt.mlpackage")
+    assert result.passed, result.render()

@@ -64,7 +64,7 @@ class MbBuilder:
         return mb.cast(x=x, dtype=CAST_NAMES[dtype], **self._args("cast"))
 
     def constant_as(self, value, shape):
-        if value.op is None or value.op.op_type != "const" or value.val is None:
+        if value.val is None:  # known while converting: a const, or a cast of one before const elimination
             return None
         array = np.asarray(value.val)
         if array.size != int(np.prod(shape, dtype=object)):
