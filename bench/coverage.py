@@ -1,10 +1,17 @@
-"""Coverage of real RMSNorm implementations: for every package in fixtures/real/, rewritten or not, and the error.
+"""Coverage of real norm implementations: for every package of the three fixture sets, rewritten or not, and the
+error.
 
-    python bench/coverage.py            # a markdown table per implementation x precision, both opsets merged
+    python bench/coverage.py [real|converters|layernorm ...]     # a markdown table per set (default: all three)
 
-Each cell: chains rewritten / RMSNorms in the model code (expected.json) over iOS15 and iOS17 (or the opsets the
-package was built for), the worst self-check error of a rewrite against float64 RMSNorm, and whether `verify`
-(original vs optimized model, interpreter, random inputs) passed.
+- `real`: RMSNorm implementations from model code converted from PyTorch (fixtures/real/, rule rms_norm);
+- `converters`: RMSNorm spellings of other converters and hand-written MIL (fixtures/converters/, rule rms_norm;
+  the L2 forms and the trick itself must be left alone);
+- `layernorm`: decomposed LayerNorms (fixtures/layernorm/, rule layer_norm).
+
+Each cell: chains rewritten by the set's rule / the norms the model code holds (expected.json, written from the
+code, not by mlopt) over the opsets the packages were built for, the worst self-check error of a rewrite against
+the rule's float64 reference, and whether `verify` (original vs optimized model, interpreter, random inputs)
+passed. A negative (nothing to rewrite) reads "left alone" when the rule rewrote nothing there.
 """
 
 import json
@@ -14,52 +21,78 @@ import tempfile
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REAL = os.path.join(HERE, "..", "fixtures", "real")
+FIXTURES = os.path.join(HERE, "..", "fixtures")
+PRECISIONS = ("fp16", "fp32", "mixed")
 
 
-def main():
+def _precision(name):
+    return next((p for p in PRECISIONS if f"_{p}_" in name), "fp16")
+
+
+def _family(name):
+    """The name without its precision and target: `cohere_qk_norm_mixed_sub16_ios17` -> `cohere_qk_norm`."""
+    return name.split(f"_{_precision(name)}_")[0]
+
+
+# set -> (rule, expected.json entry -> (family, precision, norms to rewrite, negative))
+SETS = {
+    "real": ("rms_norm", lambda name, e: (e["implementation"], _precision(name), e["norms"], e["negative"])),
+    "converters": ("rms_norm", lambda name, e: (
+        f"{e['form']}: {_family(name)}", e["dtype"], e["norms"] if e["expect"] == "rewrite" else 0, e["expect"] != "rewrite")),
+    "layernorm": ("layer_norm", lambda name, e: (
+        e["implementation"], _precision(name), e["layer_norms"], e["negative"] or e["layer_norms"] == 0)),
+}
+
+
+def table(set_name):
     from mlopt import optimize_package
     from mlopt.verify import verify_packages
 
-    with open(os.path.join(REAL, "expected.json")) as f:
+    rule, read = SETS[set_name]
+    folder = os.path.join(FIXTURES, set_name)
+    with open(os.path.join(folder, "expected.json")) as f:
         expected = json.load(f)
-    cells = defaultdict(lambda: dict(rewritten=0, norms=0, error=0.0, verified=True, targets=[]))
+    cells = defaultdict(lambda: dict(rewritten=0, norms=0, error=0.0, verified=True, targets=[], negative=False))
     with tempfile.TemporaryDirectory() as tmp:
         for name, info in sorted(expected.items()):
-            kind = info["implementation"]
-            precision = next((p for p in ("fp16", "fp32", "mixed") if f"_{p}_" in name), "fp16")
-            src, out = os.path.join(REAL, f"{name}.mlpackage"), os.path.join(tmp, f"{name}.mlpackage")
+            family, precision, norms, negative = read(name, info)
+            src, out = os.path.join(folder, f"{name}.mlpackage"), os.path.join(tmp, f"{name}.mlpackage")
             report = optimize_package(src, out)
-            cell = cells[(kind, precision)]
-            cell["rewritten"] += report.rewrites
-            cell["norms"] += info["norms"]
+            chains = [c for f in report.functions for c in f.chains if c.rule == rule and c.status == "rewritten"]
+            cell = cells[(family, precision)]
+            cell["rewritten"] += len(chains)
+            cell["norms"] += norms
             cell["targets"].append(name.rsplit("_", 1)[-1])
-            errors = [c.error for f in report.functions for c in f.chains if c.error is not None and c.status == "rewritten"]
-            cell["error"] = max([cell["error"], *errors])
+            cell["error"] = max([cell["error"], *(c.error for c in chains if c.error is not None)])
             cell["verified"] &= verify_packages(src, out).passed
-            cell["negative"] = info["negative"]
-    kinds = sorted({k for k, _ in cells}, key=lambda k: (cells.get((k, "fp16"), {}).get("negative", False), k))
-    print("| implementation | fp16 | fp32 | mixed precision |")
-    print("|---|---|---|---|")
-    for kind in kinds:
-        row = [kind]
-        for precision in ("fp16", "fp32", "mixed"):
-            c = cells.get((kind, precision))
+            cell["negative"] = negative
+    lines = [f"{set_name} (rule {rule}):", "", "| implementation | fp16 | fp32 | mixed precision |", "|---|---|---|---|"]
+    families = sorted({k for k, _ in cells}, key=lambda k: (any(cells[(k, p)]["negative"] for p in PRECISIONS if (k, p) in cells), k))
+    for family in families:
+        row = [family]
+        for precision in PRECISIONS:
+            c = cells.get((family, precision))
             if c is None:
                 row.append("-")
                 continue
             targets = "+".join(sorted(set(c["targets"])))
-            if c["negative"]:
+            check = "verified" if c["verified"] else "VERIFY FAILED"
+            if c["negative"] and c["rewritten"] == 0:
                 row.append(f"left alone ({targets}){'' if c['verified'] else ' VERIFY FAILED'}")
             else:
-                check = "verified" if c["verified"] else "VERIFY FAILED"
                 row.append(f"{c['rewritten']}/{c['norms']} rewritten ({targets}), error {c['error']:.1e}, {check}")
-        print("| " + " | ".join(row) + " |")
-    total = sum(c["rewritten"] for c in cells.values())
+        lines.append("| " + " | ".join(row) + " |")
+    total = sum(c["rewritten"] for c in cells.values() if not c["negative"])
     wanted = sum(c["norms"] for c in cells.values())
-    print(f"\n{total}/{wanted} RMSNorms rewritten in {len(expected)} packages; near-misses untouched: "
-          f"{all(c['rewritten'] == 0 for c in cells.values() if c['negative'])}")
+    untouched = all(c["rewritten"] == 0 for c in cells.values() if c["negative"])
+    lines.append(f"\n{total}/{wanted} norms rewritten in {len(expected)} packages; negatives untouched: {untouched}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    for set_name in argv or SETS:
+        print(table(set_name) + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

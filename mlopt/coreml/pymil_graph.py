@@ -80,6 +80,13 @@ class PymilGraph:
         value = np.asarray(bound.val)
         return None if value.dtype == object else value
 
+    def const_value(self, value):
+        var = self.vars.get(value)
+        if var is None or var.op is None or var.op.op_type != "const" or var.val is None:
+            return None
+        array = np.asarray(var.val)
+        return None if array.dtype == object else array
+
     def producer(self, value):
         return self.vars[value].op
 

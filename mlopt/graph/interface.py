@@ -54,6 +54,10 @@ class GraphInterface(Protocol):
     def const(self, op: Op, param: str) -> Optional[np.ndarray]:
         """The literal value of input `param` if it is a known constant, else None."""
 
+    def const_value(self, value: Value) -> Optional[np.ndarray]:
+        """The literal `value` holds if a `const` op defines it (small weight-file constants included where the
+        adapter can read them), else None."""
+
     def producer(self, value: Value) -> Optional[Op]:
         """The op producing `value`; None for function inputs and block inputs."""
 

@@ -96,7 +96,7 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     value, k, e, e_m2 = view.output(reduction), 1.0, 0.0, 0.0
     scale_ops, k_at_sub = [], None
     for _ in range(MAX_STEPS):
-        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + (("sub",) if subtract else ()))
+        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + ("maximum",) + (("sub",) if subtract else ()))
         if step is None:
             what = f"{label} + eps" if e else label
             wanted = "a square root" if e else "add/rsqrt/sqrt/pow"
@@ -110,6 +110,8 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
             restored = _shape_step(view, trace, op, like, axes, restored)
         elif kind == "sub" and subtract is not None and step.param == "x" and subtract(view.arg(op, "y")):
             k_at_sub = k
+        elif kind == "maximum" and uniform_const(view, op, other_param(op, step.param)) == 0.0:
+            pass  # a floor at 0 under a mean of squares (E[x^2] - E[x]^2 rounding below 0): the value is unchanged
         elif kind == "add":
             c = uniform_const(view, op, other_param(op, step.param))
             if c is None:
@@ -159,6 +161,13 @@ def uniform_const(view, op, param):
     if c is not None:
         return c
     value = view.const(op, param)
+    source = view.arg(op, param)
+    for _ in range(MAX_STEPS):  # a const broadcast by tile/reshape/expand_dims/cast holds its one number still
+        producer = view.producer(source) if value is None and source is not None else None
+        if producer is None or view.op_type(producer) not in ("tile", "reshape", "expand_dims", "cast"):
+            break
+        source = view.arg(producer, "x")
+        value = view.const_value(source) if source is not None else None
     if value is None or value.size == 0 or value.dtype.kind not in "fiu" or not np.all(value == value.reshape(-1)[0]):
         return None
     other = view.arg(op, other_param(op, param))
@@ -329,9 +338,17 @@ def through_shape_ops(view, trace, value, axes, like=None, restored=True):
     return value
 
 
+@dataclass
+class Normalised:
+    op: object  # the op scaling the tensor: mul(t, inverse) or real_div(t, sqrt)
+    scaled: str  # the tensor it scales
+    inverse: str = None  # the value t is multiplied with (the inverse root, times gamma if folded in)
+    gamma: str = None  # a gamma multiplied into the inverse root before it scales t (Keras, Flax)
+
+
 def normaliser(view, trace, stat, base, axes, label="square root"):
-    """The op that scales a tensor by the root: (op, the tensor scaled). `base` is the tensor the scale is
-    expected on (preferred where several consumers would do), and the tensor that was reduced."""
+    """The op that scales a tensor by the root. `base` is the tensor the scale is expected on (preferred where
+    several consumers would do), and the tensor that was reduced."""
     root = stat.root
     s = through_shape_ops(view, trace, view.output(root), axes, like=base, restored=stat.restored)
     if view.op_type(root) != "sqrt":
@@ -344,19 +361,37 @@ def normaliser(view, trace, stat, base, axes, label="square root"):
         trace.fail(f"{label} feeds {consumer_types(view, s)}, not real_div(x, sqrt)")
     trace.take(*step.casts, step.op)
     if view.const(step.op, "x") is None:
-        return step.op, view.arg(step.op, "x")
+        return Normalised(step.op, view.arg(step.op, "x"))
     if not is_one(view, step.op):
         trace.fail("divides a constant other than 1 by the square root")
     return scale_by_inverse(view, trace, view.output(step.op), base)
 
 
 def scale_by_inverse(view, trace, inv, base):
-    """mul(t, inv) in either operand order; prefer the mul that scales `base` if there are several."""
-    step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(view, inv, ("mul",))
+    """mul(t, inv) in either operand order; prefer the mul that scales `base` if there are several. A gamma may
+    be multiplied into the inverse first (mul(inv, gamma), gamma constant per call), as Keras and Flax write it."""
+    step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base))
+    if step is None:
+        folded = follow(view, inv, ("mul",), accept=lambda st: _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
+        if folded is not None:
+            scaled_inv = view.output(folded.op)
+            step = follow(view, scaled_inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(
+                view, scaled_inv, ("mul",), accept=lambda st: not _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
+            if step is not None:
+                trace.take(*folded.casts)
+                trace.take(folded.op, label="mul(gamma)")
+                trace.take(*step.casts, step.op)
+                gamma = view.arg(folded.op, other_param(folded.op, folded.param))
+                return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via, gamma)
+    step = step or follow(view, inv, ("mul",))
     if step is None:
         trace.fail(f"inverse root feeds {consumer_types(view, inv)}, not mul")
     trace.take(*step.casts, step.op)
-    return step.op, view.arg(step.op, other_param(step.op, step.param))
+    return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via)
+
+
+def _constant_float(view, value):
+    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)
 
 
 def scales(view, step, base):
@@ -368,13 +403,16 @@ def is_one(view, div_op):
     return scalar_const(view, div_op, "x") == 1.0
 
 
-def affine(view, trace, norm_op, dtype, with_beta=False):
+def affine(view, trace, norm_op, dtype, with_beta=False, gamma=None, beta=None):
     """Absorb a following `mul(gamma)` and (with_beta) `add(beta)`, each constant per call and either operand
-    order, casts between included, and a final cast back to x's dtype. Returns (output op, gamma, beta)."""
-    output_op, found = norm_op, {"gamma": None, "beta": None}
+    order, casts between included, and a final cast back to x's dtype. `gamma`/`beta` already found (folded
+    into the inverse root, ...) are not looked for again. Returns (output op, gamma, beta)."""
+    output_op, found = norm_op, {"gamma": gamma, "beta": beta}
     for name, kind, label in (("gamma", "mul", "mul(gamma)"), ("beta", "add", "add(beta)")):
         if name == "beta" and not with_beta:
             break
+        if found[name] is not None:
+            continue
         casts, use = [], sole_consumer(view, view.output(output_op))
         while use is not None and view.op_type(use.op) == "cast" and all(use.op is not c for c in casts):  # a cycle ends it
             casts.append(use.op)

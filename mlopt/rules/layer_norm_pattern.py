@@ -32,7 +32,17 @@ from ..patterns.norm_parts import (
 )
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
-from ..patterns.walk import cast_ancestry, casts_between, casts_up_to, producer_through_casts, same_tensor, unwrap_lossless
+from ..patterns.walk import (
+    cast_ancestry,
+    casts_between,
+    casts_up_to,
+    other_param,
+    producer_through_casts,
+    same_tensor,
+    follow,
+    scalar_const,
+    unwrap_lossless,
+)
 from .base import Match
 
 
@@ -64,23 +74,29 @@ def match_layer_norm(view, anchor):
         if tuple(sorted(axes)) != mean.axes:
             trace.fail(f"mean over axes {list(mean.axes)}, variance over {sorted(axes)}: not one LayerNorm")
         stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
-        norm_op, scaled = normaliser(view, trace, stat, base if centre else source, axes)
-        numerator = centred(view, scaled) if scaled is not None else None
-        if numerator is None:
+        norm = normaliser(view, trace, stat, base if centre else source, axes)
+        numerator = centred(view, norm.scaled) if norm.scaled is not None else None
+        last, beta = norm.op, None
+        if numerator is None and centre is None and norm.scaled is not None and same_tensor(view, norm.scaled, source):
+            last, beta = _mean_subtracted_after(view, trace, norm, mean)
+            centred_x, centring = norm.scaled, mean
+        elif numerator is None:
             trace.fail("normalises a tensor that is not mean-centred (x / std(x)): not a LayerNorm")
-        if not same_tensor(view, numerator.x, source) or numerator.mean.axes != mean.axes:
-            trace.fail("centres one tensor and normalises another")
-        trace.take(numerator.sub, *numerator.mean.ops)
-        x = unwrap_lossless(view, numerator.x)
+        else:
+            if not same_tensor(view, numerator.x, source) or numerator.mean.axes != mean.axes:
+                trace.fail("centres one tensor and normalises another")
+            trace.take(numerator.sub, *numerator.mean.ops)
+            centred_x, centring = numerator.x, numerator.mean
+        x = unwrap_lossless(view, centred_x)
         above_x = set(cast_ancestry(view, x))
-        for value in (source, numerator.x, mean.x, numerator.mean.x):
+        for value in (source, centred_x, mean.x, centring.x):
             trace.take(*casts_up_to(view, value, above_x))
         dtype = view.dtype(x)
         if dtype not in FLOATS or not view.is_float_tensor(x):
             trace.fail(f"unsupported dtype {dtype_name(dtype)}")
         if view.rank(x) != rank:
             trace.fail(f"x has rank {view.rank(x)}, the centred tensor rank {rank}")
-        output_op, gamma, beta = affine(view, trace, norm_op, dtype, with_beta=True)
+        output_op, gamma, beta = affine(view, trace, last, dtype, with_beta=True, gamma=norm.gamma, beta=beta)
         check_output(view, trace, x, axes, output_op)
         return Match(
             x=x,
@@ -96,6 +112,54 @@ def match_layer_norm(view, anchor):
         )
 
     return attempt(view, body)
+
+
+def _mean_subtracted_after(view, trace, norm, mean):
+    """Keras 3's batch_normalization: x * inv + (beta - mean * inv), spelled add(x * inv, add(mul(mean, -1) * inv,
+    beta)) or with sub(beta, mean * inv); inv the inverse root (times gamma). Returns (the final add, beta)."""
+    use = follow(view, view.output(norm.op), ("add",))
+    if use is None:
+        trace.fail("normalises x itself, not x - mean(x), and subtracts no mean after: not a LayerNorm")
+    trace.take(*use.casts)
+    final, rest = use.op, view.arg(use.op, other_param(use.op, use.param))
+    op, beta, sign = producer_through_casts(view, rest), None, -1.0
+    if op is not None and view.op_type(op) in ("add", "sub"):
+        for param in ("x", "y") if view.op_type(op) == "add" else ("x",):
+            other = view.arg(op, other_param(op, param))
+            if _constant_tensor(view, view.arg(op, param)) and other is not None:
+                trace.take(op, label="add(beta)")
+                beta, rest, sign = view.arg(op, param), other, (-1.0 if view.op_type(op) == "add" else 1.0)
+                break
+    term = producer_through_casts(view, rest)
+    if term is None or view.op_type(term) != "mul":
+        trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
+    for param in ("x", "y"):
+        if same_tensor(view, view.arg(term, param) or "", norm.inverse):
+            if _is_mean(view, trace, view.arg(term, other_param(term, param)), mean, sign):
+                trace.take(term, final)
+                return final, beta
+    trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
+
+
+def _is_mean(view, trace, value, mean, sign):
+    """`value` is sign * the mean (the same reduction): mul(mean, -1) for sign -1, the mean itself for +1."""
+    op = producer_through_casts(view, value)
+    if sign < 0:
+        if op is None or view.op_type(op) != "mul":
+            return False
+        for param in ("x", "y"):
+            if scalar_const(view, op, other_param(op, param)) == -1.0:
+                found = mean_of(view, view.arg(op, param))
+                if found is not None and found.reduction is mean.reduction:
+                    trace.take(op)
+                    return True
+        return False
+    found = mean_of(view, value)
+    return found is not None and found.reduction is mean.reduction
+
+
+def _constant_tensor(view, value):
+    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)
 
 
 def _minus_mean_square(view, anchor, base, trace, value=None):

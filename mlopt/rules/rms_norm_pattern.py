@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ..graph.dtypes import FLOATS, name as dtype_name
 from ..patterns.norm_parts import (
     REDUCTIONS,
+    Normalised,
     affine,
     centred,
     check_output,
@@ -130,9 +131,10 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
 
     rescaled = False
     if prescale and view.op_type(stat.root) == "sqrt":
-        norm_op, scaled, rescaled = _divide_by_rescaled_root(view, trace, stat, prescale, base, axes)
+        norm, rescaled = _divide_by_rescaled_root(view, trace, stat, prescale, base, axes)
     else:
-        norm_op, scaled = normaliser(view, trace, stat, base, axes)
+        norm = normaliser(view, trace, stat, base, axes)
+    scaled = norm.scaled
     if scaled is None or not same_tensor(view, squared if rescaled or not prescale else base, scaled):
         trace.fail("squares one tensor and scales another")
     x = unwrap_lossless(view, squared if prescale else scaled)
@@ -144,7 +146,7 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
         trace.fail(f"unsupported dtype {dtype_name(dtype)}")
     if view.rank(x) != rank:
         trace.fail(f"x has rank {view.rank(x)}, the squared tensor rank {rank}")
-    output_op, gamma, _ = affine(view, trace, norm_op, dtype)
+    output_op, gamma, _ = affine(view, trace, norm.op, dtype, gamma=norm.gamma)
     check_output(view, trace, x, axes, output_op)
     facts = {"eps": stat.offset, "mean_scale": stat.scale, "max_scaled": prescale is not None,
              "floor": prescale.floor if prescale else 0.0, "eps_m2": stat.offset_m2}
@@ -188,18 +190,18 @@ def _eps_over_m2(view, trace, value, m):
 
 def _divide_by_rescaled_root(view, trace, stat, prescale, base, axes):
     """Max-scaled form with sqrt: mul(sqrt, m) (either order) then real_div(x, .) - coremltools' lowering; or,
-    without the rescale, the plain normaliser of the scaled tensor. Returns (op, tensor scaled, rescaled)."""
+    without the rescale, the plain normaliser of the scaled tensor. Returns (Normalised, rescaled)."""
     s = view.output(stat.root)
     step = follow(view, s, ("mul",), accept=lambda st: same_tensor(view, view.arg(st.op, other_param(st.op, st.param)) or "", prescale.m))
     if step is None or not stat.restored:
-        return (*normaliser(view, trace, stat, base, axes, label="max|x| pre-scaled root"), False)
+        return normaliser(view, trace, stat, base, axes, label="max|x| pre-scaled root"), False
     trace.take(*step.casts, step.op)
     rms = view.output(step.op)
     step = follow(view, rms, ("real_div",), accept=lambda st: st.param == "y")
     if step is None:
         trace.fail(f"rescaled root feeds {consumer_types(view, rms)}, not real_div(x, .)")
     trace.take(*step.casts, step.op)
-    return step.op, view.arg(step.op, "x"), True
+    return Normalised(step.op, view.arg(step.op, "x")), True
 
 
 def _prescale_note(prescale, stat, rescaled):
