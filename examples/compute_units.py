@@ -3,8 +3,10 @@
     pip install .
     python examples/compute_units.py
 
-Only CPU_AND_NE rewrites: the trick pays where the Neural Engine is targeted explicitly; ALL lets Core ML choose,
-and CPU/GPU run the original chain well. (No torch needed: the model is written with the MIL builder.)
+The RMSNorm rule rewrites only with CPU_AND_NE: the trick pays where the Neural Engine is targeted explicitly; ALL
+lets Core ML choose, and CPU/GPU run the original chain well. (The LayerNorm rule, not exercised here, rewrites
+with every setting, as coremltools' own LayerNorm fusion does.) No torch needed: the model is written with the
+MIL builder.
 """
 
 import os
