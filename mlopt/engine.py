@@ -35,7 +35,6 @@ def provenance_key(rule):
 OTHER_NORMS = {
     "layer_norm": "a native LayerNorm already",
     "reduce_l2_norm": "an L2 norm (x / ||x||, e.g. F.normalize or ScaleNorm), not a root mean square",
-    "reduce_sum_square": "a sum of squares mlopt does not read as a mean yet",
     "l2_norm": "an L2 norm op, not a root mean square",
     "batch_norm": "a BatchNorm, not an RMSNorm",
     "instance_norm": "an InstanceNorm, not an RMSNorm",
@@ -121,7 +120,8 @@ def _why_no_candidates(view):
     """Why a function has no candidate chain: what the rules look for, and norms of other kinds it saw."""
     others = sorted({op.type for op in view.ops() if op.type in OTHER_NORMS})
     seen = "; ".join(f"{t}: {OTHER_NORMS[t]}" for t in others)
-    return "; ".join(f"no {rule.looks_for}" for rule in RULES) + (f"; {seen}" if seen else "")
+    looked = " or ".join(rule.looks_for for rule in RULES)
+    return f"no {looked}" + (f"; {seen}" if seen else "")
 
 
 def _warn_unmatched(selection, reports, where):

@@ -11,7 +11,7 @@ def add_parser(commands):
     p = commands.add_parser(
         "inspect",
         help="list every candidate chain and why each would or would not be rewritten",
-        description="List every candidate chain (a reduction of a squared tensor) of MODEL: function, op names, the chain as read, or the reason it is left alone.",
+        description="List every candidate chain (a chain some rule recognised) of MODEL: function, op names, the chain as read, or the reason it is left alone.",
     )
     p.add_argument("input", metavar="MODEL", help="the .mlpackage to inspect")
     p.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")

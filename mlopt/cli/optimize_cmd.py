@@ -8,8 +8,8 @@ from .output import add_verbosity
 def add_parser(commands):
     p = commands.add_parser(
         "optimize",
-        help="rewrite RMSNorm chains to the ANE-friendly LayerNorm trick",
-        description="Rewrite every RMSNorm chain of IN to layer_norm(concat([x, -x])) and save OUT.",
+        help="rewrite the chains mlopt's rules match into ops the Neural Engine runs well",
+        description="Rewrite every chain of IN that one of mlopt's rules matches (README: What is matched) and save OUT.",
     )
     p.add_argument(
         "paths",
@@ -25,7 +25,8 @@ def add_parser(commands):
         choices=COMPUTE_UNITS,
         type=str.upper,
         default="CPU_AND_NE",
-        help="the compute units the model targets; only CPU_AND_NE rewrites (default: %(default)s)",
+        help="the compute units the model targets; each rule rewrites only for the units it pays for and reports its "
+        "other chains as matched (default: %(default)s)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing OUT (OUT may then be IN)")
     p.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
@@ -36,8 +37,8 @@ def add_parser(commands):
         help="hard-link the weights (and other unchanged files) instead of copying them; safe because packages are "
         "never edited in place, but an in-place edit of one would change both",
     )
-    p.add_argument("--only", action="append", metavar="NAME", help="rewrite only the chain anchored at op NAME (repeatable; names as the report shows them)")
-    p.add_argument("--skip", action="append", metavar="NAME", help="leave the chain anchored at op NAME alone (repeatable)")
+    p.add_argument("--only", action="append", metavar="NAME", help="rewrite only rule NAME or the chain anchored at op NAME (repeatable; names as the report shows them)")
+    p.add_argument("--skip", action="append", metavar="NAME", help="leave rule NAME or the chain anchored at op NAME alone (repeatable)")
     p.add_argument("--function", action="append", metavar="NAME", dest="functions", help="optimize only function NAME (repeatable)")
     p.add_argument("--skip-existing", action="store_true", help="batch mode: leave models whose output exists alone (listed as skipped)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")

@@ -23,7 +23,7 @@ class LayerNormRule(Rule):
     name = "layer_norm"
     title = "LayerNorm"
     description = "decomposed LayerNorm chains -> one layer_norm, with every compute-units setting"
-    looks_for = "reduce_mean of a squared, mean-centred tensor"
+    looks_for = "variance of a mean-centred tensor"
     anchors = ("reduce_mean", "reduce_sum", "reduce_sum_square")
     operands = ("gamma", "beta")
     params = ("epsilon",)

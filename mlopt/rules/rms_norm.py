@@ -25,7 +25,7 @@ class RMSNormRule(Rule):
     name = "rms_norm"
     title = "RMSNorm"
     description = "RMSNorm chains -> layer_norm(concat([x, -x])) (the LayerNorm trick), with CPU_AND_NE"
-    looks_for = "reduce_mean or reduce_sum of a squared tensor"
+    looks_for = "reduce_mean/reduce_sum of a squared tensor"
     anchors = ("reduce_mean", "reduce_sum", "reduce_sum_square", "reduce_l2_norm", "layer_norm")
     operands = ("gamma",)
     params = ("epsilon",)
