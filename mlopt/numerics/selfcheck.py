@@ -1,7 +1,8 @@
 """The self-check `optimize` runs on every rewrite before keeping it, for every rule alike.
 
 Each chain is evaluated on inputs of several magnitudes - small (1e-2), typical (1) and large enough to overflow
-x^2 in fp16 (300) - each batch holding one all-zero row. Two things must hold:
+x^2 in fp16 (300) - each batch holding one all-zero row, and every other row shifted off zero mean (a misread
+mean shows only there). Two things must hold:
 
 1. The match is read right: the original chain evaluated in float64 equals, to 1e-6, the formula the matcher
    read from it (the rule's `as_read`: axes, epsilon, gamma, and for RMSNorm's max-scaled spellings the max|x|
@@ -39,6 +40,7 @@ from .interpreter import Evaluator, InterpreterError
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
 ROWS_PER_MAGNITUDE = 2
+SHIFT = 3.0  # every other row is shifted by SHIFT * magnitude: a mean the chain must handle (LayerNorm's centring)
 READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
 BUDGET = 2**20  # elements of any one input the check builds, and of any constant an operand is computed from
 UNCHECKED = "not rewritten (--no-verify rewrites without the check)"
@@ -234,7 +236,8 @@ def _row_batches(row_shape, row_axis, rng, rows_per_batch):
             shape = list(row_shape)
             shape[row_axis] = ROWS_PER_MAGNITUDE
             block = rng.standard_normal(shape) * magnitude
-            rows = [block[_along(row_axis, len(shape), slice(r, r + 1))] for r in range(ROWS_PER_MAGNITUDE)]
+            rows = [block[_along(row_axis, len(shape), slice(r, r + 1))] + SHIFT * magnitude * (r % 2)
+                    for r in range(ROWS_PER_MAGNITUDE)]
             yield [(magnitude, row) for row in ([zero] if k == 0 else []) + rows]
 
     pending = []
@@ -266,10 +269,17 @@ def _along(axis, rank, index):
 
 
 def _whole_batches(full, axes, rng):
-    for magnitude in MAGNITUDES:
+    """One batch per magnitude at the declared shape: rows (along the axes not normalised) alternately centred
+    and shifted by SHIFT * magnitude, the first row zero; with no such axis, every other magnitude shifted."""
+    rows = [d for i, d in enumerate(full) if i not in axes]
+    for k, magnitude in enumerate(MAGNITUDES):
         x = rng.standard_normal(full) * magnitude
-        if len(axes) < len(full) and x.size:
+        if rows and x.size:
+            parity = np.indices(rows).sum(axis=0) % 2
+            x += SHIFT * magnitude * np.expand_dims(parity, tuple(axes))
             x[tuple(slice(None) if i in axes else 0 for i in range(len(full)))] = 0.0
+        elif k % 2:
+            x += SHIFT * magnitude
         yield _Batch(x, [(magnitude, ...)])
 
 

@@ -108,10 +108,16 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
             break
         if kind in SHAPE_OPS:
             restored = _shape_step(view, trace, op, like, axes, restored)
-        elif kind == "sub" and subtract is not None and step.param == "x" and subtract(view.arg(op, "y")):
+        elif kind == "sub":
+            if step.param != "x" or not subtract(view.arg(op, "y")):
+                trace.fail(f"subtracts something other than E[x]^2 from the {label}")
+            if k_at_sub is not None:
+                trace.fail(f"subtracts E[x]^2 from the {label} twice")
             k_at_sub = k
-        elif kind == "maximum" and uniform_const(view, op, other_param(op, step.param)) == 0.0:
-            pass  # a floor at 0 under a mean of squares (E[x^2] - E[x]^2 rounding below 0): the value is unchanged
+        elif kind == "maximum":
+            if uniform_const(view, op, other_param(op, step.param)) != 0.0:
+                trace.fail(f"clamps the {label} at something other than 0")
+            # max(., 0) under a mean of squares (E[x^2] - E[x]^2 rounding below 0) leaves the value as it is
         elif kind == "add":
             c = uniform_const(view, op, other_param(op, step.param))
             if c is None:
@@ -126,14 +132,15 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
             if c is None:
                 trace.fail(f"multiplies the {label} by a non-constant")
             k, e, e_m2 = k * c, e * c, e_m2 * c
-            scale_ops.append((op, f"scaled by {c:g}", other_param(op, step.param)))
+            scale_ops.append((op, other_param(op, step.param)))
         else:  # real_div
-            c = uniform_const(view, op, "y") if step.param == "x" else None
+            if step.param != "x":
+                trace.fail(f"divides by the {label}")
+            c = uniform_const(view, op, "y")
             if c is None:
-                trace.fail(f"divides {'by' if step.param == 'x' else 'something by'} the {label}" + (
-                    "" if step.param == "y" else " by a non-constant"))
+                trace.fail(f"divides the {label} by a non-constant")
             k, e, e_m2 = (k / c, e / c, e_m2 / c) if c != 0 else (math.inf, math.inf, math.inf)
-            scale_ops.append((op, f"divided by {c:g}", "y"))
+            scale_ops.append((op, "y"))
         trace.take(*step.casts, op)
         value = view.output(op)
     else:
@@ -146,7 +153,7 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     else:
         mean_scale = k
         if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
-            trace.fail(f"the {label} is {' and '.join(how for _, how, _ in scale_ops)}: not a mean")
+            trace.fail(f"the {label} is scaled by {k:g}: not a mean")
     for eps in (e, e_m2, e + e_m2):
         if not math.isfinite(eps) or eps < 0:
             trace.fail(f"epsilon is {eps:g}: not a valid {norm} epsilon")
@@ -193,18 +200,20 @@ def _mean_scale(view, trace, reduction, k, n, scale_ops):
         trace.fail(f"{view.op_type(reduction)} over an axis of unknown size: cannot check its 1/N scale")
     scale = k * n
     if not math.isfinite(scale) or abs(scale - 1.0) > _tolerance(view, scale_ops):
-        op, how, _ = scale_ops[-1]
-        if len(scale_ops) == 1:
-            wanted = f"1/{n:g}" if view.op_type(op) == "mul" else f"{n:g}"
-            trace.fail(f"{view.op_type(reduction)} {how}, not {wanted}")
+        (op, param), *more = scale_ops
+        if not more:
+            c = uniform_const(view, op, param)
+            mul = view.op_type(op) == "mul"
+            trace.fail(f"{view.op_type(reduction)} {'scaled' if mul else 'divided'} by {c:g}, not {'1/' if mul else ''}{n:g}")
         trace.fail(f"{view.op_type(reduction)} scaled by {k:g} in all, not 1/{n:g}")
     return scale
 
 
 def _tolerance(view, scale_ops):
-    """1/N as the constants' dtype rounds it: fp16 keeps 11 bits."""
-    fp16 = any(view.dtype(view.arg(op, param) or view.output(op)) == FLOAT16 for op, _, param in scale_ops)
-    return 2.0**-10 * len(scale_ops) if fp16 else 1e-6
+    """How far from 1 the product of the scale constants may be: 1/N as one fp16 constant rounds it (fp16 keeps
+    11 bits), or fp32 rounding. Fixed, not per op: exact constants (a mul by 1) earn no slack."""
+    fp16 = any(view.dtype(view.arg(op, param) or view.output(op)) == FLOAT16 for op, param in scale_ops)
+    return 2.0**-10 if fp16 else 1e-6
 
 
 def _shape_step(view, trace, op, like, axes, restored):
@@ -237,12 +246,14 @@ class Mean:
     x: str
     axes: tuple
     ops: list  # every op from the reduction to the value, the reduction included
+    scale: float = 1.0  # the value is the mean times this (1/N as its constant rounds it, for a sum)
 
 
 def mean_of(view, value):
     """The mean `value` holds: reduce_mean, or reduce_sum scaled by 1/N, through casts, constant scales,
-    reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one."""
-    ops, k, v = [], 1.0, value
+    reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one, or
+    if its scale is off 1 by more than its constants' rounding. The caller checks the value's shape."""
+    ops, k, v, scale_ops = [], 1.0, value, []
     for _ in range(MAX_STEPS):
         op = view.producer(v) if v is not None else None
         if op is None:
@@ -257,9 +268,9 @@ def mean_of(view, value):
             if kind == "reduce_sum":
                 dims = [view.dim(x, a) for a in axes]
                 k = math.inf if None in dims else k * math.prod(dims)
-            if not math.isfinite(k) or abs(k - 1.0) > 2.0**-9:
+            if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
                 return None
-            return Mean(op, x, axes, ops)
+            return Mean(op, x, axes, ops, k)
         if kind in ("cast", "reshape", "expand_dims", "tile"):
             v = view.arg(op, "x")
         elif kind == "mul":
@@ -267,14 +278,32 @@ def mean_of(view, value):
                 c = uniform_const(view, op, other_param(op, param))
                 if c is not None and view.arg(op, param) is not None:
                     k, v = k * c, view.arg(op, param)
+                    scale_ops.append((op, other_param(op, param)))
                     break
             else:
                 return None
         elif kind == "real_div" and uniform_const(view, op, "y") not in (None, 0.0):
             k, v = k / uniform_const(view, op, "y"), view.arg(op, "x")
+            scale_ops.append((op, "y"))
         else:
             return None
     return None
+
+
+def broadcasts_as_kept(view, value, x, axes):
+    """Whether `value` (a per-row statistic of `x` over `axes`, as an op uses it) lines up with x the way
+    keep_dims=True does: x's rank, x's sizes off the axes, 1 or x's size on them. Unknown sizes must agree."""
+    rank = view.rank(x)
+    if view.rank(value) != rank:
+        return False
+    for i in range(rank):
+        have, want = view.dim(value, i), view.dim(x, i)
+        if i in axes:
+            if have not in (1, want):
+                return False
+        elif have != want:
+            return False
+    return True
 
 
 @dataclass
@@ -285,14 +314,17 @@ class Centred:
 
 
 def centred(view, value):
-    """`value` as sub(x, mean(x)) (through casts), or None."""
+    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None."""
     for v in cast_ancestry(view, value):
         op = view.producer(v)
         if op is None or view.op_type(op) != "sub":
             continue
         x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
         if x is not None and mean is not None and same_tensor(view, mean.x, x):
-            return Centred(op, x, mean)
+            reshaped = any(view.op_type(o) == "reshape" for o in mean.ops)
+            unknown = any(view.dim(x, i) is None for i in range(view.rank(x)))
+            if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes) and not (reshaped and unknown):
+                return Centred(op, x, mean)
     return None
 
 
@@ -441,6 +473,29 @@ def check_output(view, trace, x, axes, output_op):
         trace.fail("a normalised axis has size 0: nothing to normalise")
     if len({id(view.block(op)) for op in trace.ops}) != 1:
         trace.fail("chain spans several blocks")
+
+
+def shape_bound(view, ops, x, axes):
+    """Whether the chain's ops assume x's declared size along an axis that is not normalised: a reshape to a
+    constant shape, or a constant operand that is not 1 there (StableHLO's full 1/N and eps tensors). The
+    self-check then feeds the declared shape, not a few rows."""
+    rank = view.rank(x)
+    for op in ops:
+        kind = view.op_type(op)
+        if kind == "reshape":
+            return True
+        if kind not in ("add", "sub", "mul", "real_div", "maximum"):
+            continue
+        out_rank = view.rank(view.output(op))
+        for param in ("x", "y"):
+            value = view.arg(op, param)
+            if value is None or not view.is_constant_expr(value):
+                continue
+            dims = [view.dim(value, i) for i in range(view.rank(value))]
+            offset = out_rank - len(dims)
+            if any(d != 1 and (out_rank != rank or i + offset not in axes) for i, d in enumerate(dims)):
+                return True
+    return False
 
 
 def _as_float(n):

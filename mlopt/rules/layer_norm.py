@@ -35,13 +35,13 @@ class LayerNormRule(Rule):
     def lower(self, b, m):
         shape = [b.dim(m.x, a) for a in m.axes]
         gamma, beta = m.operands.get("gamma"), m.operands.get("beta")
-        folded = {name: _as_parameter(b, value, m, shape) for name, value in (("gamma", gamma), ("beta", beta))}
-        if all(folded[name] is not None or value is None for name, value in (("gamma", gamma), ("beta", beta))):
-            return b.layer_norm(m.x, m.axes, m.params["epsilon"], folded["gamma"], folded["beta"])
-        out = b.layer_norm(m.x, m.axes, m.params["epsilon"])
-        if gamma is not None:
+        g = _as_parameter(b, gamma, m, shape)
+        # beta folds only where gamma does (or there is none): layer_norm applies gamma first
+        bt = _as_parameter(b, beta, m, shape) if g is not None or gamma is None else None
+        out = b.layer_norm(m.x, m.axes, m.params["epsilon"], g, bt)
+        if gamma is not None and g is None:
             out = b.mul(out, gamma if b.dtype(gamma) == m.dtype else b.cast(gamma, m.dtype))
-        if beta is not None:
+        if beta is not None and bt is None:
             out = b.add(out, beta if b.dtype(beta) == m.dtype else b.cast(beta, m.dtype))
         return out
 
@@ -71,14 +71,21 @@ def _as_parameter(b, value, m, shape):
     return b.constant_as(value, shape)
 
 
-def layer_norm(x, axes, eps, gamma=None, beta=None, var_scale=1.0):
-    """LayerNorm in float64: (x - mean) / sqrt(var * var_scale + eps) [* gamma] [+ beta] over `axes`
-    (`var_scale`: a sum's 1/N as stored)."""
+def layer_norm(x, axes, eps, gamma=None, beta=None, var_scale=1.0, mean_scale=1.0, var_mean_scale=1.0, moments=False):
+    """LayerNorm in float64: (x - mean) / sqrt(var + eps) [* gamma] [+ beta] over `axes`. The keywords give exactly
+    what a chain computes: its variance's scale (a sum's 1/N as stored), the scales of the mean it centres x with
+    and of the mean its variance uses, and whether the variance is E[x^2] - E[x]^2 (`moments`)."""
     x = np.asarray(x, np.float64)
     axes = tuple(axes)
     with np.errstate(all="ignore"):
-        d = x - np.mean(x, axis=axes, keepdims=True)
-        y = d / np.sqrt(np.mean(d * d, axis=axes, keepdims=True) * var_scale + eps)
+        mean = np.mean(x, axis=axes, keepdims=True)
+        d = x - mean * mean_scale
+        if moments:
+            var = np.mean(x * x, axis=axes, keepdims=True) * var_scale - (mean * var_mean_scale) ** 2
+        else:
+            dv = x - mean * var_mean_scale
+            var = np.mean(dv * dv, axis=axes, keepdims=True) * var_scale
+        y = d / np.sqrt(var + eps)
         if gamma is not None:
             y = y * np.asarray(gamma, np.float64)
         return y if beta is None else y + np.asarray(beta, np.float64)

@@ -22,11 +22,13 @@ from ..graph.dtypes import FLOATS, name as dtype_name
 from ..patterns.norm_parts import (
     REDUCTIONS,
     affine,
+    broadcasts_as_kept,
     centred,
     check_output,
     mean_of,
     normaliser,
     reduction_axes,
+    shape_bound,
     square_of,
     statistic_to_root,
 )
@@ -64,15 +66,15 @@ def match_layer_norm(view, anchor):
         if exponent != 2.0:
             trace.fail(f"power is {exponent:g}, not 2")
         rank = view.rank(base)
-        axes = reduction_axes(view, trace, anchor, rank, what="variance")
+        axes = tuple(sorted(reduction_axes(view, trace, anchor, rank, what="variance")))
         if centre is not None:
-            trace.take(centre.sub, *centre.mean.ops)
+            trace.take(*casts_up_to(view, base, {view.output(centre.sub)}), centre.sub, *centre.mean.ops)
             mean, source, subtract = centre.mean, centre.x, None
         else:
             mean, source = _minus_mean_square(view, anchor, base, trace=None), base
             subtract = lambda value: _minus_mean_square(view, anchor, base, trace, value) is not None  # noqa: E731
-        if tuple(sorted(axes)) != mean.axes:
-            trace.fail(f"mean over axes {list(mean.axes)}, variance over {sorted(axes)}: not one LayerNorm")
+        if axes != mean.axes:
+            trace.fail(f"mean over axes {list(mean.axes)}, variance over {list(axes)}: not one LayerNorm")
         stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
         norm = normaliser(view, trace, stat, base if centre else source, axes)
         numerator = centred(view, norm.scaled) if norm.scaled is not None else None
@@ -85,7 +87,7 @@ def match_layer_norm(view, anchor):
         else:
             if not same_tensor(view, numerator.x, source) or numerator.mean.axes != mean.axes:
                 trace.fail("centres one tensor and normalises another")
-            trace.take(numerator.sub, *numerator.mean.ops)
+            trace.take(*casts_up_to(view, norm.scaled, {view.output(numerator.sub)}), numerator.sub, *numerator.mean.ops)
             centred_x, centring = numerator.x, numerator.mean
         x = unwrap_lossless(view, centred_x)
         above_x = set(cast_ancestry(view, x))
@@ -107,8 +109,9 @@ def match_layer_norm(view, anchor):
             dtype=dtype,
             operands={"gamma": gamma, "beta": beta},
             params={"epsilon": stat.offset},
-            facts={"var_scale": stat.scale},
-            whole_shape=any(view.op_type(op) == "reshape" for op in trace.ops),
+            facts={"var_scale": stat.scale, "mean_scale": centring.scale, "var_mean_scale": mean.scale,
+                   "moments": centre is None},
+            whole_shape=shape_bound(view, trace.ops, x, axes),
         )
 
     return attempt(view, body)
@@ -131,6 +134,7 @@ def _mean_subtracted_after(view, trace, norm, mean):
                 beta, rest, sign = view.arg(op, param), other, (-1.0 if view.op_type(op) == "add" else 1.0)
                 break
     term = producer_through_casts(view, rest)
+    trace.take(*casts_up_to(view, rest, set()))
     if term is None or view.op_type(term) != "mul":
         trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
     for param in ("x", "y"):
@@ -150,12 +154,16 @@ def _is_mean(view, trace, value, mean, sign):
         for param in ("x", "y"):
             if scalar_const(view, op, other_param(op, param)) == -1.0:
                 found = mean_of(view, view.arg(op, param))
-                if found is not None and found.reduction is mean.reduction:
-                    trace.take(op)
+                if found is not None and found.reduction is mean.reduction and broadcasts_as_kept(
+                        view, view.arg(op, param), mean.x, mean.axes):
+                    trace.take(*casts_up_to(view, value, set()), op, *found.ops)
                     return True
         return False
     found = mean_of(view, value)
-    return found is not None and found.reduction is mean.reduction
+    if found is None or found.reduction is not mean.reduction or not broadcasts_as_kept(view, value, mean.x, mean.axes):
+        return False
+    trace.take(*found.ops)
+    return True
 
 
 def _constant_tensor(view, value):
@@ -178,7 +186,7 @@ def _minus_mean_square(view, anchor, base, trace, value=None):
     if found is None:
         return None
     if trace is not None:
-        trace.take(found[1], *found[0].ops)
+        trace.take(*casts_up_to(view, value, set()), found[1], *found[0].ops)
     return found[0]
 
 

@@ -21,7 +21,7 @@ is 1/N for the reduced size N; the input is not mean-centred (that is a LayerNor
 import math
 from dataclasses import dataclass
 
-from ..graph.dtypes import FLOATS, name as dtype_name
+from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
 from ..patterns.norm_parts import (
     REDUCTIONS,
     Normalised,
@@ -33,6 +33,7 @@ from ..patterns.norm_parts import (
     int_axes,
     normaliser,
     reduction_axes,
+    shape_bound,
     square_of,
     statistic_to_root,
 )
@@ -160,8 +161,8 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
         operands={"gamma": gamma},
         params={"epsilon": stat.offset + stat.offset_m2},
         facts=facts,
-        note=_prescale_note(prescale, stat, rescaled),
-        whole_shape=any(view.op_type(op) == "reshape" for op in trace.ops),
+        note=_prescale_note(prescale, stat, rescaled, dtype),
+        whole_shape=shape_bound(view, trace.ops, x, axes),
     )
 
 
@@ -204,7 +205,7 @@ def _divide_by_rescaled_root(view, trace, stat, prescale, base, axes):
     return Normalised(step.op, view.arg(step.op, "x")), True
 
 
-def _prescale_note(prescale, stat, rescaled):
+def _prescale_note(prescale, stat, rescaled, dtype):
     """What the rewrite changes for a max-scaled chain: an eps the chain multiplied by m^2 is made true. A chain
     that adds eps / m^2 was exact already: no note."""
     if prescale is None or stat.offset == 0:
@@ -214,7 +215,9 @@ def _prescale_note(prescale, stat, rescaled):
     else:
         who = "max|x| pre-scaled chain" + ("" if rescaled else " without a rescale by max|x| (as executorch's Core ML llama norm)")
     m = f"max(max|x|, {prescale.floor:g})" if prescale.floor else "max|x|"
-    nan = "" if prescale.floor else " and gave NaN on an all-zero row"
+    # an all-zero row divides 0 by sqrt(eps) * floor: 0/0 without a floor, or where that product underflows fp16
+    underflows = dtype == FLOAT16 and math.sqrt(stat.offset) * prescale.floor < 2.0**-25
+    nan = " and gave NaN on an all-zero row" if not prescale.floor or underflows else ""
     return f"{who}: it computed x / sqrt(mean(x^2) + eps * {m}^2){nan}; rewritten with the true eps"
 
 
@@ -311,6 +314,10 @@ def _trick_form(view, anchor):
             break
     else:
         return NOT_THIS_PATTERN
+    rank = view.rank(view.output(concat))
+    axis, axes = scalar_const(view, concat, "axis"), int_axes(view.const(anchor, "axes"))
+    if axis is None or not axes or int(axis) % rank not in {a % rank for a in axes}:
+        return NOT_THIS_PATTERN  # [x, -x] along an axis layer_norm does not normalise: not the trick
 
     def body(trace):
         trace.take(neg, concat, anchor)

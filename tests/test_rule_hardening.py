@@ -1,0 +1,148 @@
+"""Programs built to make the rules misread a chain (found by an adversarial review), end to end: each is saved as
+a package, optimized, and the result compared with the original on inputs the random ones of `verify` would not
+cover (a large mean), or checked for the exact reason it is left alone."""
+
+import numpy as np
+import pytest
+
+import coremltools as ct
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import types
+
+from conftest import op_types, run_package
+from mlopt import optimize_package
+
+f32, f16 = np.float32, np.float16
+
+
+def save(tmp_path, body, shape, dtype=types.fp32, name="in"):
+    prog = mb.program(input_specs=[mb.TensorSpec(shape=shape, dtype=dtype)], opset_version=ct.target.iOS17)(body)
+    path = str(tmp_path / f"{name}.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32 if dtype == types.fp32 else ct.precision.FLOAT16,
+               skip_model_load=True).save(path)
+    return path
+
+
+def chains(report):
+    return [c for f in report.functions for c in f.chains]
+
+
+def agree_off_zero_mean(src, out, shape, offset=30.0, rtol=1e-5):
+    x = (np.random.default_rng(1).standard_normal(shape) + offset).astype(np.float32)
+    (a,), (b,) = run_package(src, {"x": x}).values(), run_package(out, {"x": x}).values()
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol)
+
+
+def centred_chain(x, mean, axes=(2,)):
+    d = mb.sub(x=x, y=mean)
+    v = mb.reduce_mean(x=mb.mul(x=d, y=d), axes=list(axes), keep_dims=True)
+    return mb.mul(x=d, y=mb.rsqrt(x=mb.add(x=v, y=f32(1e-5))))
+
+
+def test_a_mean_scaled_slightly_off_is_no_layer_norm_mean(tmp_path):
+    """mean * (1 + 4e-4) is not the mean: the layer_norm rule must not drop the scale (only inputs with a large
+    mean would show it). What stays is an RMSNorm of the tensor the chain builds, rewritten as such."""
+    shape = (1, 2, 64)
+    src = save(tmp_path, lambda x: centred_chain(x, mb.mul(x=mb.reduce_mean(x=x, axes=[2], keep_dims=True), y=f32(1 + 4e-4))), shape)
+    out = str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out)
+    assert [c.rule for c in chains(report) if c.status == "rewritten"] == ["rms_norm"]
+    agree_off_zero_mean(src, out, shape)
+
+
+def test_a_mean_broadcast_along_the_wrong_axis_is_no_layer_norm_mean(tmp_path):
+    """reduce_mean(keep_dims=False) of (1, 8, 8) is (1, 8), which broadcasts as (1, 1, 8): along the axis it
+    reduced. That is no centring; whatever is rewritten computes what the original does."""
+    shape = (1, 8, 8)
+    src = save(tmp_path, lambda x: centred_chain(x, mb.reduce_mean(x=x, axes=[2], keep_dims=False)), shape)
+    out = str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out)
+    assert "layer_norm" not in [c.rule for c in chains(report) if c.status == "rewritten"]
+    agree_off_zero_mean(src, out, shape, offset=3.0)
+
+
+def test_many_exact_scales_earn_no_tolerance(tmp_path):
+    """fp16: forty mul(1.0) then mul(1.04) is a scale of 1.04, not a mean, however many exact constants precede it."""
+    def body(x):
+        v = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True)
+        for _ in range(40):
+            v = mb.mul(x=v, y=f16(1.0))
+        v = mb.mul(x=v, y=f16(1.04))
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=v, y=f16(1e-5))))
+
+    (chain,) = chains(optimize_package(save(tmp_path, body, (1, 4, 64), types.fp16), dry_run=True))
+    assert (chain.status, chain.reason) == ("left alone", f"the mean square is scaled by {float(f16(1.04)):g}: not a mean")
+
+
+@pytest.mark.parametrize("spelling, reason", [
+    (lambda var: mb.add(x=mb.sub(x=var, y=f32(1.0)), y=f32(1.5)), "subtracts something other than E[x]^2 from the variance"),
+    (lambda var: mb.real_div(x=f32(2.0), y=var), "divides by the variance"),
+], ids=["sub_constant", "divides_by"])
+def test_other_subtractions_from_the_variance(tmp_path, spelling, reason):
+    def body(x):
+        m = mb.reduce_mean(x=x, axes=[2], keep_dims=True)
+        var = mb.sub(x=mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True), y=mb.mul(x=m, y=m))
+        return mb.mul(x=mb.sub(x=x, y=m), y=mb.rsqrt(x=spelling(var)))
+
+    found = chains(optimize_package(save(tmp_path, body, (1, 4, 16)), dry_run=True))
+    assert [(c.rule, c.status, c.reason) for c in found if c.rule == "layer_norm"] == [("layer_norm", "left alone", reason)]
+
+
+def test_e_x2_subtracted_twice(tmp_path):
+    def body(x):
+        m = mb.reduce_mean(x=x, axes=[2], keep_dims=True)
+        m2 = mb.mul(x=m, y=m)
+        var = mb.sub(x=mb.sub(x=mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True), y=m2), y=m2)
+        return mb.mul(x=mb.sub(x=x, y=m), y=mb.rsqrt(x=mb.add(x=var, y=f32(1e-5))))
+
+    found = chains(optimize_package(save(tmp_path, body, (1, 4, 16)), dry_run=True))
+    assert [(c.rule, c.reason) for c in found] == [("layer_norm", "subtracts E[x]^2 from the variance twice")]
+
+
+def test_gamma_over_unsorted_axes_is_bound_in_ascending_order(tmp_path):
+    """A LayerNorm over axes [-1, -2] with a (4, 6) gamma: layer_norm's gamma has x's shape over the axes in
+    ascending order, so the rewrite reads the axes sorted; coremltools' own loader accepts the result."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    gamma = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+
+    def body(x):
+        d = mb.sub(x=x, y=mb.reduce_mean(x=x, axes=[-1, -2], keep_dims=True))
+        v = mb.reduce_mean(x=mb.mul(x=d, y=d), axes=[-1, -2], keep_dims=True)
+        return mb.mul(x=mb.mul(x=d, y=mb.rsqrt(x=mb.add(x=v, y=f32(1e-5)))), y=gamma)
+
+    src, out = save(tmp_path, body, (1, 8, 4, 6)), str(tmp_path / "o.mlpackage")
+    (chain,) = chains(optimize_package(src, out))
+    assert (chain.rule, chain.status, chain.axes) == ("layer_norm", "rewritten", [2, 3])
+    assert op_types(out) == ["layer_norm"]
+    model = ct.models.MLModel(out, skip_model_load=True)
+    spec = model.get_spec()
+    load(spec, spec.specificationVersion, model.weights_dir)  # raises on a gamma of the wrong shape
+    agree_off_zero_mean(src, out, (1, 8, 4, 6), offset=3.0)
+
+
+@pytest.mark.parametrize("rule", ["rms_norm", "layer_norm"])
+def test_full_tensor_constants_along_rows_are_checked_at_the_declared_shape(tmp_path, rule):
+    """StableHLO writes 1/N and eps as (1, 4, 1) tensors; the self-check then feeds the declared shape (its
+    usual few rows would not broadcast against them) and the chain is rewritten, checked."""
+    eps, inv_n = np.full((1, 4, 1), 1e-5, np.float32), np.full((1, 4, 1), 1 / 16, np.float32)
+
+    def body(x):
+        if rule == "layer_norm":
+            x = mb.sub(x=x, y=mb.reduce_mean(x=x, axes=[2], keep_dims=True))
+        ms = mb.mul(x=mb.reduce_sum(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True), y=inv_n)
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ms, y=eps)))
+
+    src, out = save(tmp_path, body, (1, 4, 16)), str(tmp_path / "o.mlpackage")
+    (chain,) = chains(optimize_package(src, out))
+    assert (chain.rule, chain.status) == (rule, "rewritten") and chain.error < 1e-5
+    agree_off_zero_mean(src, out, (1, 4, 16), offset=3.0)
+
+
+def test_concat_along_an_axis_layer_norm_does_not_normalise_is_not_the_trick(tmp_path):
+    def body(x):
+        both = mb.concat(values=[x, mb.mul(x=x, y=f32(-1))], axis=1)
+        return mb.layer_norm(x=both, axes=[-1], epsilon=f32(1e-5))
+
+    assert chains(optimize_package(save(tmp_path, body, (1, 4, 16)), dry_run=True)) == []
