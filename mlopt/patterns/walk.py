@@ -125,3 +125,20 @@ def scalar_const(view, op, param):
     if value is None or value.size != 1 or value.dtype.kind not in "fiub":
         return None
     return float(value.reshape(()))
+
+
+def flag(value):
+    """A literal bool flag (keep_dims) as a bool; False unless it is a single element."""
+    return value is not None and value.size == 1 and bool(value.reshape(()))
+
+
+def int_axes(value):
+    """A literal axes tensor as Python ints (exact for any integer width); None unless it holds integers."""
+    if value is None or value.dtype.kind not in "iu":
+        return None
+    return [int(a) for a in value.reshape(-1)]
+
+
+def consumer_types(view, value):
+    types = sorted({view.op_type(u.op) if u.op is not None else "a block output" for u in view.consumers(value)})
+    return "/".join(types) or "nothing"

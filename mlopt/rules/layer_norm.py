@@ -11,8 +11,6 @@ it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
     y = layer_norm(x, axes, eps) [* gamma] [+ beta]
 """
 
-import math
-
 import numpy as np
 
 from .base import Rule

@@ -19,7 +19,7 @@ it is, after the new layer_norm.
 """
 
 from ..graph.dtypes import FLOATS, name as dtype_name
-from ..patterns.norm_parts import (
+from ..patterns.norm import (
     REDUCTIONS,
     affine,
     broadcasts_as_kept,

@@ -22,15 +22,12 @@ import math
 from dataclasses import dataclass
 
 from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
-from ..patterns.norm_parts import (
+from ..patterns.norm import (
     REDUCTIONS,
     Normalised,
     affine,
     centred,
     check_output,
-    consumer_types,
-    flag,
-    int_axes,
     normaliser,
     reduction_axes,
     shape_bound,
@@ -43,7 +40,10 @@ from ..patterns.walk import (
     cast_ancestry,
     casts_between,
     casts_up_to,
+    consumer_types,
+    flag,
     follow,
+    int_axes,
     other_param,
     producer_through_casts,
     same_tensor,

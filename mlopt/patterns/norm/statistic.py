@@ -1,19 +1,10 @@
-"""Pieces every normalisation chain is made of, shared by the norm rules (RMSNorm, LayerNorm).
+"""A norm's statistic: the reduction of a square, and the walk from it to its root.
 
-A norm chain computes a statistic over some axes, takes its root and scales a tensor by it:
-
-    reduction (reduce_mean | reduce_sum [| reduce_sum_square]) of a square
-      -> the statistic's walk to its root: add/mul/real_div by constants (a mean from a sum, eps, eps folded
-         before the 1/N scale), reshape/expand_dims that put back the axes a keep_dims=False reduction dropped,
-         tile along the reduced axes, casts
-      -> root: rsqrt(epsilon) | pow(-0.5) | sqrt
-      -> normaliser: mul(t, inverse root) | real_div(t, sqrt) | mul(t, real_div(1, sqrt)), through tile/reshape
-      -> affine: [mul(gamma)] [add(beta)], constant per call, [cast back]
-
-`Statistic` records what the walk read: the value at the root is `mean * scale + offset` (+ `offset_m2 / m^2`
-for a max-scaled chain that rescales its eps), so eps and the mean's scale come out of the stored constants
-exactly, however they are folded. Each piece records the ops it accepts on the Trace and fails with a reason a
-user can act on.
+The walk reads the value under the root as `mean * scale + offset` (+ `offset_m2 / m^2` for a max-scaled chain
+that rescales its eps) from the stored constants, however converters fold them: eps before or after the 1/N
+scale, a sum scaled to a mean by `mul(1/N)` or `real_div(N)`, constants written as full tensors or broadcast by
+`tile`. It accepts `reshape`/`expand_dims` that only put back the axes a keep_dims=False reduction dropped, and
+`tile` along the reduced axes; anything else ends the attempt with the reason.
 """
 
 import math
@@ -21,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph.dtypes import FLOAT16, NUMPY
-from .walk import cast_ancestry, follow, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
+from ...graph.dtypes import FLOAT16, NUMPY
+from ..walk import consumer_types, flag, follow, int_axes, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
 
 RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
 REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_sum_square")
@@ -86,7 +77,6 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     non-constant added term as eps / m^2 and returns eps (or None). `subtract(value)`, if given, accepts
     sub(statistic, value) (E[x^2] - E[x]^2: the caller checks the value and takes its ops); nothing may scale
     the statistic after it. `label` and `norm` word the reasons."""
-    rank = view.rank(like)
     is_sum = view.op_type(reduction) in ("reduce_sum", "reduce_sum_square")
     n = None
     if is_sum:
@@ -238,96 +228,6 @@ def _shape_step(view, trace, op, like, axes, restored):
     return True
 
 
-@dataclass
-class Mean:
-    """A mean over `axes` of `x`, read backwards from the value that broadcasts it."""
-
-    reduction: object
-    x: str
-    axes: tuple
-    ops: list  # every op from the reduction to the value, the reduction included
-    scale: float = 1.0  # the value is the mean times this (1/N as its constant rounds it, for a sum)
-
-
-def mean_of(view, value):
-    """The mean `value` holds: reduce_mean, or reduce_sum scaled by 1/N, through casts, constant scales,
-    reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one, or
-    if its scale is off 1 by more than its constants' rounding. The caller checks the value's shape."""
-    ops, k, v, scale_ops = [], 1.0, value, []
-    for _ in range(MAX_STEPS):
-        op = view.producer(v) if v is not None else None
-        if op is None:
-            return None
-        kind = view.op_type(op)
-        ops.append(op)
-        if kind in ("reduce_mean", "reduce_sum"):
-            x, axes = view.arg(op, "x"), int_axes(view.const(op, "axes"))
-            if x is None or not axes or any(not -view.rank(x) <= a < view.rank(x) for a in axes):
-                return None
-            axes = tuple(sorted(a % view.rank(x) for a in axes))
-            if kind == "reduce_sum":
-                dims = [view.dim(x, a) for a in axes]
-                k = math.inf if None in dims else k * math.prod(dims)
-            if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
-                return None
-            return Mean(op, x, axes, ops, k)
-        if kind in ("cast", "reshape", "expand_dims", "tile"):
-            v = view.arg(op, "x")
-        elif kind == "mul":
-            for param in ("x", "y"):
-                c = uniform_const(view, op, other_param(op, param))
-                if c is not None and view.arg(op, param) is not None:
-                    k, v = k * c, view.arg(op, param)
-                    scale_ops.append((op, other_param(op, param)))
-                    break
-            else:
-                return None
-        elif kind == "real_div" and uniform_const(view, op, "y") not in (None, 0.0):
-            k, v = k / uniform_const(view, op, "y"), view.arg(op, "x")
-            scale_ops.append((op, "y"))
-        else:
-            return None
-    return None
-
-
-def broadcasts_as_kept(view, value, x, axes):
-    """Whether `value` (a per-row statistic of `x` over `axes`, as an op uses it) lines up with x the way
-    keep_dims=True does: x's rank, x's sizes off the axes, 1 or x's size on them. Unknown sizes must agree."""
-    rank = view.rank(x)
-    if view.rank(value) != rank:
-        return False
-    for i in range(rank):
-        have, want = view.dim(value, i), view.dim(x, i)
-        if i in axes:
-            if have not in (1, want):
-                return False
-        elif have != want:
-            return False
-    return True
-
-
-@dataclass
-class Centred:
-    sub: object  # sub(x, mean)
-    x: str
-    mean: Mean
-
-
-def centred(view, value):
-    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None."""
-    for v in cast_ancestry(view, value):
-        op = view.producer(v)
-        if op is None or view.op_type(op) != "sub":
-            continue
-        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
-        if x is not None and mean is not None and same_tensor(view, mean.x, x):
-            reshaped = any(view.op_type(o) == "reshape" for o in mean.ops)
-            unknown = any(view.dim(x, i) is None for i in range(view.rank(x)))
-            if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes) and not (reshaped and unknown):
-                return Centred(op, x, mean)
-    return None
-
-
 def root_epsilon(view, trace, root):
     """rsqrt's own epsilon (MIL's default when absent); checks pow's exponent."""
     if view.op_type(root) == "pow":
@@ -370,111 +270,6 @@ def through_shape_ops(view, trace, value, axes, like=None, restored=True):
     return value
 
 
-@dataclass
-class Normalised:
-    op: object  # the op scaling the tensor: mul(t, inverse) or real_div(t, sqrt)
-    scaled: str  # the tensor it scales
-    inverse: str = None  # the value t is multiplied with (the inverse root, times gamma if folded in)
-    gamma: str = None  # a gamma multiplied into the inverse root before it scales t (Keras, Flax)
-
-
-def normaliser(view, trace, stat, base, axes, label="square root"):
-    """The op that scales a tensor by the root. `base` is the tensor the scale is expected on (preferred where
-    several consumers would do), and the tensor that was reduced."""
-    root = stat.root
-    s = through_shape_ops(view, trace, view.output(root), axes, like=base, restored=stat.restored)
-    if view.op_type(root) != "sqrt":
-        return scale_by_inverse(view, trace, s, base)
-    step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (scales(view, st, base) or is_one(view, st.op)))
-    step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
-    if step is None and follow(view, s, ("add", "inverse")) is not None:
-        trace.fail("epsilon added outside the square root")
-    if step is None:
-        trace.fail(f"{label} feeds {consumer_types(view, s)}, not real_div(x, sqrt)")
-    trace.take(*step.casts, step.op)
-    if view.const(step.op, "x") is None:
-        return Normalised(step.op, view.arg(step.op, "x"))
-    if not is_one(view, step.op):
-        trace.fail("divides a constant other than 1 by the square root")
-    return scale_by_inverse(view, trace, view.output(step.op), base)
-
-
-def scale_by_inverse(view, trace, inv, base):
-    """mul(t, inv) in either operand order; prefer the mul that scales `base` if there are several. A gamma may
-    be multiplied into the inverse first (mul(inv, gamma), gamma constant per call), as Keras and Flax write it."""
-    step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base))
-    if step is None:
-        folded = follow(view, inv, ("mul",), accept=lambda st: _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
-        if folded is not None:
-            scaled_inv = view.output(folded.op)
-            step = follow(view, scaled_inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(
-                view, scaled_inv, ("mul",), accept=lambda st: not _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
-            if step is not None:
-                trace.take(*folded.casts)
-                trace.take(folded.op, label="mul(gamma)")
-                trace.take(*step.casts, step.op)
-                gamma = view.arg(folded.op, other_param(folded.op, folded.param))
-                return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via, gamma)
-    step = step or follow(view, inv, ("mul",))
-    if step is None:
-        trace.fail(f"inverse root feeds {consumer_types(view, inv)}, not mul")
-    trace.take(*step.casts, step.op)
-    return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via)
-
-
-def _constant_float(view, value):
-    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)
-
-
-def scales(view, step, base):
-    other = view.arg(step.op, other_param(step.op, step.param))
-    return other is not None and same_tensor(view, base, other)
-
-
-def is_one(view, div_op):
-    return scalar_const(view, div_op, "x") == 1.0
-
-
-def affine(view, trace, norm_op, dtype, with_beta=False, gamma=None, beta=None):
-    """Absorb a following `mul(gamma)` and (with_beta) `add(beta)`, each constant per call and either operand
-    order, casts between included, and a final cast back to x's dtype. `gamma`/`beta` already found (folded
-    into the inverse root, ...) are not looked for again. Returns (output op, gamma, beta)."""
-    output_op, found = norm_op, {"gamma": gamma, "beta": beta}
-    for name, kind, label in (("gamma", "mul", "mul(gamma)"), ("beta", "add", "add(beta)")):
-        if name == "beta" and not with_beta:
-            break
-        if found[name] is not None:
-            continue
-        casts, use = [], sole_consumer(view, view.output(output_op))
-        while use is not None and view.op_type(use.op) == "cast" and all(use.op is not c for c in casts):  # a cycle ends it
-            casts.append(use.op)
-            use = sole_consumer(view, view.output(use.op))
-        if use is not None and view.op_type(use.op) == kind and use.param in ("x", "y"):
-            weight = view.arg(use.op, other_param(use.op, use.param))
-            if weight is not None and view.is_constant_expr(weight) and view.is_float_tensor(weight):
-                trace.take(*casts)
-                trace.take(use.op, label=label)
-                output_op, found[name] = use.op, weight
-    use = sole_consumer(view, view.output(output_op))
-    if use is not None and view.op_type(use.op) == "cast" and view.dtype(view.output(use.op)) == dtype:
-        trace.take(use.op)
-        output_op = use.op
-    return output_op, found["gamma"], found["beta"]
-
-
-def check_output(view, trace, x, axes, output_op):
-    """Conditions every norm's rewrite needs: a float output, a static first normalised size, no empty axis,
-    one block."""
-    if not view.is_float_tensor(view.output(output_op)):
-        trace.fail(f"the chain's output '{view.output(output_op)}' is not a float tensor")
-    if view.dim(x, axes[0]) is None:
-        trace.fail(f"normalised axis {axes[0]} has unknown size")
-    if any(view.dim(x, a) == 0 for a in axes):
-        trace.fail("a normalised axis has size 0: nothing to normalise")
-    if len({id(view.block(op)) for op in trace.ops}) != 1:
-        trace.fail("chain spans several blocks")
-
-
 def shape_bound(view, ops, x, axes):
     """Whether the chain's ops assume x's declared size along an axis that is not normalised: a reshape to a
     constant shape, or a constant operand that is not 1 there (StableHLO's full 1/N and eps tensors). The
@@ -503,20 +298,3 @@ def _as_float(n):
         return float(n)
     except OverflowError:  # a product of declared sizes beyond float range
         return math.inf
-
-
-def flag(value):
-    """A literal bool flag (keep_dims) as a bool; False unless it is a single element."""
-    return value is not None and value.size == 1 and bool(value.reshape(()))
-
-
-def int_axes(value):
-    """A literal axes tensor as Python ints (exact for any integer width); None unless it holds integers."""
-    if value is None or value.dtype.kind not in "iu":
-        return None
-    return [int(a) for a in value.reshape(-1)]
-
-
-def consumer_types(view, value):
-    types = sorted({view.op_type(u.op) if u.op is not None else "a block output" for u in view.consumers(value)})
-    return "/".join(types) or "nothing"

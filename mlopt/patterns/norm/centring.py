@@ -1,0 +1,102 @@
+"""Centring: a mean read backwards from the value a chain subtracts, and `x - mean(x)` recognised.
+
+Converters broadcast a per-row mean in several spellings (keep_dims, or a keep_dims=False reduction put back by
+reshape/expand_dims, tiled, a sum scaled by 1/N); a mean must line up with x as keep_dims would, and its scale
+be 1 to its constants' rounding, or it is no centring.
+"""
+
+import math
+from dataclasses import dataclass
+
+from ..walk import cast_ancestry, int_axes, other_param, same_tensor
+from .statistic import MAX_STEPS, _tolerance, uniform_const
+
+
+@dataclass
+class Mean:
+    """A mean over `axes` of `x`, read backwards from the value that broadcasts it."""
+
+    reduction: object
+    x: str
+    axes: tuple
+    ops: list  # every op from the reduction to the value, the reduction included
+    scale: float = 1.0  # the value is the mean times this (1/N as its constant rounds it, for a sum)
+
+
+def mean_of(view, value):
+    """The mean `value` holds: reduce_mean, or reduce_sum scaled by 1/N, through casts, constant scales,
+    reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one, or
+    if its scale is off 1 by more than its constants' rounding. The caller checks the value's shape."""
+    ops, k, v, scale_ops = [], 1.0, value, []
+    for _ in range(MAX_STEPS):
+        op = view.producer(v) if v is not None else None
+        if op is None:
+            return None
+        kind = view.op_type(op)
+        ops.append(op)
+        if kind in ("reduce_mean", "reduce_sum"):
+            x, axes = view.arg(op, "x"), int_axes(view.const(op, "axes"))
+            if x is None or not axes or any(not -view.rank(x) <= a < view.rank(x) for a in axes):
+                return None
+            axes = tuple(sorted(a % view.rank(x) for a in axes))
+            if kind == "reduce_sum":
+                dims = [view.dim(x, a) for a in axes]
+                k = math.inf if None in dims else k * math.prod(dims)
+            if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
+                return None
+            return Mean(op, x, axes, ops, k)
+        if kind in ("cast", "reshape", "expand_dims", "tile"):
+            v = view.arg(op, "x")
+        elif kind == "mul":
+            for param in ("x", "y"):
+                c = uniform_const(view, op, other_param(op, param))
+                if c is not None and view.arg(op, param) is not None:
+                    k, v = k * c, view.arg(op, param)
+                    scale_ops.append((op, other_param(op, param)))
+                    break
+            else:
+                return None
+        elif kind == "real_div" and uniform_const(view, op, "y") not in (None, 0.0):
+            k, v = k / uniform_const(view, op, "y"), view.arg(op, "x")
+            scale_ops.append((op, "y"))
+        else:
+            return None
+    return None
+
+
+def broadcasts_as_kept(view, value, x, axes):
+    """Whether `value` (a per-row statistic of `x` over `axes`, as an op uses it) lines up with x the way
+    keep_dims=True does: x's rank, x's sizes off the axes, 1 or x's size on them. Unknown sizes must agree."""
+    rank = view.rank(x)
+    if view.rank(value) != rank:
+        return False
+    for i in range(rank):
+        have, want = view.dim(value, i), view.dim(x, i)
+        if i in axes:
+            if have not in (1, want):
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+@dataclass
+class Centred:
+    sub: object  # sub(x, mean)
+    x: str
+    mean: Mean
+
+
+def centred(view, value):
+    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None."""
+    for v in cast_ancestry(view, value):
+        op = view.producer(v)
+        if op is None or view.op_type(op) != "sub":
+            continue
+        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
+        if x is not None and mean is not None and same_tensor(view, mean.x, x):
+            reshaped = any(view.op_type(o) == "reshape" for o in mean.ops)
+            unknown = any(view.dim(x, i) is None for i in range(view.rank(x)))
+            if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes) and not (reshaped and unknown):
+                return Centred(op, x, mean)
+    return None
