@@ -20,7 +20,7 @@ from .numerics.selfcheck import CheckResult, self_check
 from .numerics.weights import BlobReader, small_constants
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
-from .rules import RULES, find_candidates
+from . import rules as registry
 from .selection import Selection
 
 log = logging.getLogger("mlopt")
@@ -59,7 +59,7 @@ def optimize_spec(
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
     selection = selection or Selection()
-    rewriting = {rule.name for rule in RULES if rule.applies(compute_units)}
+    rewriting = {rule.name for rule in registry.RULES if rule.applies(compute_units)}
     owned = blobs is None and model_dir is not None
     blobs = BlobReader(model_dir) if owned else blobs
     try:
@@ -85,7 +85,7 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
     before = op_counts(view)
     if selection.functions is not None and name not in selection.functions:
         report.note = "function not selected by --function"
-    candidates = find_candidates(view)
+    candidates = registry.find_candidates(view)
     if not candidates:
         report.note = report.note or _why_no_candidates(view)
     unselected = {id(c): selection.chain_reason(c.anchor, name, c.rule.name) for c in candidates}
@@ -120,13 +120,13 @@ def _why_no_candidates(view):
     """Why a function has no candidate chain: what the rules look for, and norms of other kinds it saw."""
     others = sorted({op.type for op in view.ops() if op.type in OTHER_NORMS})
     seen = "; ".join(f"{t}: {OTHER_NORMS[t]}" for t in others)
-    looked = " or ".join(rule.looks_for for rule in RULES)
+    looked = " or ".join(rule.looks_for_text for rule in registry.RULES)
     return f"no {looked}" + (f"; {seen}" if seen else "")
 
 
 def _warn_unmatched(selection, reports, where):
     """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
-    anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in RULES}
+    anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in registry.RULES}
     for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),
                                ("--function", selection.functions, {f.name for f in reports})):
         for missing in sorted((names or set()) - known):
@@ -179,7 +179,7 @@ def _record_provenance(spec, rewrites):
     """Add each rule's rewrites (a Counter by rule name) to its count in the model's metadata."""
     metadata = spec.description.metadata.userDefined
     metadata[PROVENANCE_VERSION] = __version__
-    for rule in RULES:
+    for rule in registry.RULES:
         if rewrites.get(rule.name):
             key = provenance_key(rule)
             text = metadata.get(key, "")

@@ -153,7 +153,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         report.notes += [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in from_file]
         report.notes += [f"function '{name}' input '{i}': from {inputs_path} (--seed and --scale do not apply)" for i in from_file]
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
-        cand_out = _run(cand, cand_view, cand_blobs, feeds)
+        cand_out = _paired_outputs(report, name, ref_view, cand_view, _run(cand, cand_view, cand_blobs, feeds))
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
         for out in ref_view.main.outputs:
             if out not in cand_out:
@@ -166,9 +166,21 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
             )
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
             report.checks.append(OutputCheck(name, out, d.max_abs, d.max_rel, d.rtol, d.atol, d.passed, problem))
-        failed = [c for c in report.checks if c.function == name and not c.passed and c.output in ref_out]
+        failed = [c for c in report.checks if c.function == name and not c.passed and c.output in ref_out and c.output in cand_out]
         if failed:
             explain(failed, ref_view, ref_blobs, feeds, ref_out, cand_out)
+
+
+def _paired_outputs(report, name, ref_view, cand_view, cand_out):
+    """The candidate's outputs keyed by the reference's output names. Two conversions of one model can name their
+    outputs differently (coremltools numbers ops with a global counter): with as many outputs and no name in
+    common they are paired by position, and a note says so."""
+    ref_names, cand_names = list(ref_view.main.outputs), list(cand_view.main.outputs)
+    if len(ref_names) != len(cand_names) or set(ref_names) & set(cand_names):
+        return cand_out
+    report.notes.append(f"function '{name}': no output name in common; outputs paired by position: " + ", ".join(
+        f"{r} ~ {c}" for r, c in zip(ref_names, cand_names)))
+    return {r: cand_out[c] for r, c in zip(ref_names, cand_names) if c in cand_out}
 
 
 def _check_declared_sizes(package, view):

@@ -187,18 +187,23 @@ def test_layer_norm_rule_at_conversion_time(units, precision, tmp_path):
     h = 16
     gamma = np.linspace(0.5, 1.5, h).astype(np.float32)
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, h))], opset_version=ct.target.iOS17)
-    def prog(x):
-        mean = mb.reduce_mean(x=x, axes=[-1], keep_dims=True)
-        var = mb.sub(x=mb.reduce_mean(x=mb.square(x=x), axes=[-1], keep_dims=True), y=mb.mul(x=mean, y=mean))
-        return mb.mul(x=mb.mul(x=mb.sub(x=x, y=mean), y=mb.rsqrt(x=mb.add(x=var, y=np.float32(1e-5)))), y=gamma)
+    def prog():  # a fresh program per conversion: ct.convert rewrites the one it is given in place
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, h))], opset_version=ct.target.iOS17)
+        def moments_layer_norm(x):
+            mean = mb.reduce_mean(x=x, axes=[-1], keep_dims=True)
+            var = mb.sub(x=mb.reduce_mean(x=mb.square(x=x), axes=[-1], keep_dims=True), y=mb.mul(x=mean, y=mean))
+            return mb.mul(x=mb.mul(x=mb.sub(x=x, y=mean), y=mb.rsqrt(x=mb.add(x=var, y=np.float32(1e-5)))), y=gamma)
+
+        return moments_layer_norm
 
     kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=precision,
                   skip_model_load=True)
-    model = convert(prog, compute_units=units, **kwargs)
+    model = convert(prog(), compute_units=units, **kwargs)
     ops = main_ops(model)
     assert ops == (["layer_norm"] if precision == ct.precision.FLOAT32 else ["cast", "layer_norm", "cast"])  # gamma folded in
     model.save(str(tmp_path / "mlopt.mlpackage"))
-    ct.convert(prog, **kwargs).save(str(tmp_path / "plain.mlpackage"))
+    plain = ct.convert(prog(), **kwargs)
+    assert "layer_norm" not in main_ops(plain)
+    plain.save(str(tmp_path / "plain.mlpackage"))
     result = verify_packages(tmp_path / "plain.mlpackage", tmp_path / "mlopt.mlpackage")
     assert result.passed, result.render()

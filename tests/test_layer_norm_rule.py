@@ -75,7 +75,8 @@ CORE = {
 MIXED = {
     "bert_mixed_ios15": "layer_norm cast mul add",
     "bert_mixed_ios17": "layer_norm cast mul add cast",
-    "bert_mixed_sub16_ios17": "cast layer_norm cast add",  # fp16 layer_norm, fp16 gamma bound; beta is fp32, after
+    # fp16 layer_norm; BERT's eps 1e-12 must stay fp32 (0 in fp16), and from iOS17 gamma/beta share its type: both after
+    "bert_mixed_sub16_ios17": "cast layer_norm mul cast add",
     "cohere_mixed_ios15": "layer_norm cast mul",
     "cohere_mixed_ios17": "layer_norm cast mul cast",
     "cohere_mixed_sub16_ios17": "cast layer_norm",  # fp16 layer_norm, fp16 gamma bound
@@ -107,7 +108,7 @@ MIXED = {
 BOUND = {"bert": {"gamma", "beta"}, "cohere": {"gamma"}, "restormer_withbias": {"gamma", "beta"},
          "dtln_instant_layernorm": {"gamma", "beta"}, "keras3": {"gamma", "beta"}}
 # gamma folds on its own where beta has the other dtype (beta then follows as an add; it cannot fold without gamma)
-MIXED_BOUND = {"cohere_mixed_sub16_ios17": {"gamma"}, "bert_mixed_sub16_ios17": {"gamma"},
+MIXED_BOUND = {"cohere_mixed_sub16_ios17": {"gamma"},
                "restormer_withbias_mixed_sub16_ios17": {"gamma"}, "keras3_mixed_ios15": {"gamma"},
                "keras3_mixed_ios17": {"gamma"}, "keras3_mixed_sub16_ios17": {"gamma"}}
 

@@ -248,3 +248,32 @@ def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
     assert code == 0, stderr
     assert weight_mb > 250
     assert peak_mb < 0.75 * weight_mb, f"peak RSS {peak_mb:.0f} MB verifying two packages of {weight_mb:.0f} MB weights"
+
+
+def _named_output(tmp_path, names, stem):
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))])
+    def prog(x):
+        outs = tuple(mb.mul(x=x, y=np.float32(k + 2), name=n) for k, n in enumerate(names))
+        return outs if len(outs) > 1 else outs[0]
+
+    path = tmp_path / f"{stem}.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", skip_model_load=True).save(str(path))
+    return path
+
+
+def test_outputs_named_differently_are_paired_by_position(tmp_path):
+    """Two conversions of one model may name their outputs differently (coremltools' global op counter)."""
+    result = verify_packages(_named_output(tmp_path, ["y"], "a"), _named_output(tmp_path, ["z"], "b"))
+    assert result.passed
+    assert "function 'main': no output name in common; outputs paired by position: y ~ z" in result.notes
+
+
+def test_an_output_missing_from_the_candidate_is_a_failed_check(tmp_path, capsys):
+    reference, candidate = _named_output(tmp_path, ["y", "w"], "c"), _named_output(tmp_path, ["y"], "a")
+    capsys.readouterr()  # coremltools' progress bars
+    code, out, err = run(capsys, reference, candidate)
+    assert code == 1 and err == ""
+    assert f"  FAIL  main/w: output missing in {tmp_path / 'a.mlpackage'}" in out.splitlines()

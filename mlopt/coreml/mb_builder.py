@@ -12,7 +12,7 @@ from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
 from ..graph.dtypes import CAST_NAMES, NUMPY
 from ..rewrites.builder import slice_masks
-from ..rewrites.opset_rules import epsilon_dtype
+from ..rewrites.opset_rules import epsilon_dtype, folds_params
 from .pymil_graph import DTYPES
 
 
@@ -57,8 +57,16 @@ class MbBuilder:
         return mb.slice_by_index(x=x, begin=begins, end=ends, end_mask=end_mask, **self._args("slice"))
 
     def layer_norm(self, x, axes, epsilon, gamma=None, beta=None):
-        eps = NUMPY[epsilon_dtype(self.opset, self.dtype(x), epsilon)](epsilon)
+        eps = NUMPY[epsilon_dtype(self.opset, self.dtype(x), epsilon, gamma is not None or beta is not None)](epsilon)
         return mb.layer_norm(x=x, axes=list(axes), epsilon=eps, gamma=gamma, beta=beta, **self._args("layer_norm"))
+
+    def elementwise(self, op_type, x, **literals):
+        typed = {k: (v if isinstance(v, (str, bool, np.bool_, int, np.integer)) else NUMPY[self.dtype(x)](v))
+                 for k, v in literals.items()}
+        return getattr(mb, op_type)(x=x, **typed, **self._args(op_type))
+
+    def folds_params(self, x, epsilon):
+        return folds_params(self.opset, self.dtype(x), epsilon)
 
     def cast(self, x, dtype):
         return mb.cast(x=x, dtype=CAST_NAMES[dtype], **self._args("cast"))

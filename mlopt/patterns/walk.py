@@ -120,10 +120,16 @@ def producer_through_casts(view, value):
 
 
 def scalar_const(view, op, param):
-    """A literal input that is a single number, as a float; None otherwise."""
+    """A literal input that is a single number, as a float; None otherwise. An operand of a binary op (x, y) of
+    shape (1, 1, 1) is one number too, but it raises the op's rank where the other operand's is lower: that is
+    no scalar (the chain's shape would change)."""
     value = view.const(op, param)
     if value is None or value.size != 1 or value.dtype.kind not in "fiub":
         return None
+    if value.ndim and param in ("x", "y"):
+        other = view.arg(op, other_param(op, param))
+        if other is None or value.ndim > view.rank(other):
+            return None
     return float(value.reshape(()))
 
 

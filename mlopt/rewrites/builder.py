@@ -39,7 +39,15 @@ class Builder(Protocol):
     def layer_norm(self, x, axes: Sequence[int], epsilon: float, gamma=None, beta=None):
         """MIL layer_norm; gamma/beta, when given, are constants of shape x.shape[axes]."""
 
+    def folds_params(self, x, epsilon: float) -> bool:
+        """Whether layer_norm can take gamma/beta and keep `epsilon` (nearly) as it is: from iOS17 they share
+        epsilon's type, so under fp16 x an epsilon fp16 would spoil (1e-7, 1e-12) needs them applied after."""
+
     def cast(self, x, dtype: int): ...
+
+    def elementwise(self, op_type: str, x, **literals):
+        """Any MIL op whose output has x's shape and dtype (an activation such as `gelu`, `silu`, `clip`), its
+        other inputs literals: str -> string, bool -> bool, int -> int32, float -> x's dtype."""
 
     def constant_as(self, value, shape: Sequence[int]):
         """`value`'s data as a constant of `shape` (same element count), or None unless `value` is a plain

@@ -15,7 +15,7 @@ from ..graph.spec_graph import op_name
 from ..graph.values import decode_value
 from ..package.proto import MIL_pb2
 from .builder import broadcast_dims, slice_masks
-from .opset_rules import epsilon_dtype
+from .opset_rules import epsilon_dtype, folds_params
 
 _INVALID = re.compile(r"[^A-Za-z0-9_@]")
 
@@ -194,11 +194,22 @@ class SpecBuilder:
     def layer_norm(self, x, axes, epsilon, gamma=None, beta=None):
         dtype = self.dtype(x)
         inputs = {"x": x, "axes": self._literal("axes", np.array(axes, np.int32), INT32),
-                  "epsilon": self._literal("epsilon", epsilon, epsilon_dtype(self.opset, dtype, epsilon))}
+                  "epsilon": self._literal("epsilon", epsilon, epsilon_dtype(self.opset, dtype, epsilon, gamma is not None or beta is not None))}
         for param, value in (("gamma", gamma), ("beta", beta)):
             if value is not None:
                 inputs[param] = value
         return self._emit("layer_norm", inputs, retyped(self._type(x)), "layer_norm")
+
+    def elementwise(self, op_type, x, **literals):
+        inputs = {"x": x}
+        for name, value in literals.items():
+            dtype = STRING if isinstance(value, str) else BOOL if isinstance(value, (bool, np.bool_)) else \
+                INT32 if isinstance(value, (int, np.integer)) else self.dtype(x)
+            inputs[name] = self._literal(name, value, dtype)
+        return self._emit(op_type, inputs, retyped(self._type(x)), op_type)
+
+    def folds_params(self, x, epsilon):
+        return folds_params(self.opset, self.dtype(x), epsilon)
 
     def cast(self, x, dtype):
         inputs = {"x": x, "dtype": self._literal("dtype", CAST_NAMES[dtype], STRING)}

@@ -1,5 +1,6 @@
 """The rewrite rules, one module each (rules/base.py says what a rule is). `RULES` is the only list: the engine,
-self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes iterate over it."""
+self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes iterate over it (read
+when used, so a test may add a rule of its own)."""
 
 from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
 from . import layer_norm, rms_norm
@@ -11,12 +12,13 @@ def rule_names():
     return tuple(rule.name for rule in RULES)
 
 
-def skip_reason(compute_units, rules=RULES):
+def skip_reason(compute_units, rules=None):
     """Why some rules do not rewrite with `compute_units` (their chains are only reported), or None."""
+    rules = RULES if rules is None else rules
     idle = [rule for rule in rules if not rule.applies(compute_units)]
     if not idle:
         return None
-    reasons = "; ".join(rule.units_reason for rule in idle)
+    reasons = "; ".join(rule.units_reason_text for rule in idle)
     if len(idle) == len(rules):
         return f"compute units {compute_units}: {reasons}; the model is copied unchanged"
     titles = ", ".join(rule.title for rule in idle)
@@ -26,31 +28,38 @@ def skip_reason(compute_units, rules=RULES):
 PREFERENCE = {Matched: 0, ConditionFailed: 1, Recognised: 2}
 
 
-def find_candidates(graph, rules=RULES):
+def find_candidates(graph, rules=None):
     """Every candidate of every rule in the function `graph` (any graph/interface.py adapter), in program order.
 
-    Each anchor op is offered to every rule anchored at its type; a match wins there, then a near-miss (the
-    rule's reason is the one to act on), then a form recognised and left alone. Chains
-    may not overlap: a near-miss anchored inside a matched chain is dropped (the chain explains it), and a match
-    sharing ops with an earlier match is left alone (the splice replaces each op once)."""
+    Each anchor op is offered to every rule anchored at its type. Every rule that matches there keeps its match
+    (an RMSNorm and an E[x^2] - E[x]^2 LayerNorm may share one mean of squares); without a match, the near-miss
+    (the rule's reason is the one to act on) wins over a form recognised and left alone. Matches may share
+    intermediate ops, not outputs: a match whose output op another match covers (or that covers another's) is
+    left alone, since the splice replaces each output once. A near-miss anchored inside a matched chain is
+    dropped: the chain explains it."""
     by_type = {}
-    for rule in rules:
+    for rule in RULES if rules is None else rules:
         for op_type in rule.anchors:
             by_type.setdefault(op_type, []).append(rule)
     found = []
     for op in list(graph.ops()):
         tried = [(rule, rule.match(graph, op)) for rule in by_type.get(graph.op_type(op), ())]
         tried = [(rule, status) for rule, status in tried if not isinstance(status, NotThisPattern)]
-        if tried:
-            rule, status = min(tried, key=lambda pair: PREFERENCE[type(pair[1])])
-            found.append(Candidate(rule, graph.name, graph.op_name(op), status))
-    taken, kept = {}, []
+        picks = [(r, s) for r, s in tried if isinstance(s, Matched)] or sorted(tried, key=lambda p: PREFERENCE[type(p[1])])[:1]
+        found += [Candidate(rule, graph.name, graph.op_name(op), status) for rule, status in picks]
+    kept = []
     for c in found:
-        if c.match is not None:
-            clash = next((taken[name] for name in c.match.ops if name in taken), None)
-            if clash is not None:
-                c.status = ConditionFailed(f"shares ops with the {clash.rule.title} chain at '{clash.anchor}'", c.form, c.ops)
-            else:
-                taken.update((name, c) for name in c.match.ops)
-        kept.append(c)
-    return [c for c in kept if c.match is not None or c.anchor not in taken]
+        if c.match is None:
+            continue
+        clash = next((k for k in kept if _overlap(graph, k.match, c.match)), None)
+        if clash is not None:
+            c.status = ConditionFailed(f"shares its output with the {clash.rule.title} chain at '{clash.anchor}'", c.form, c.ops)
+        else:
+            kept.append(c)
+    taken = {name for k in kept for name in k.match.ops}
+    return [c for c in found if c.match is not None or c.anchor not in taken]
+
+
+def _overlap(graph, a, b):
+    """Whether two matches claim one output: the same output op, or one's output op inside the other's chain."""
+    return a.output_op is b.output_op or graph.op_name(a.output_op) in b.ops or graph.op_name(b.output_op) in a.ops

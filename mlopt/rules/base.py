@@ -94,6 +94,14 @@ class Rule:
         """What `verify --accumulate fp16` should tell about this match (where it overflows), or None."""
         return None
 
+    @property
+    def looks_for_text(self):
+        return self.looks_for or f"{self.title} chain"
+
+    @property
+    def units_reason_text(self):
+        return self.units_reason or f"the {self.name} rule rewrites only with {', '.join(self.units)}"
+
     def applies(self, compute_units):
         return self.units is None or compute_units in self.units
 

@@ -7,7 +7,8 @@ programs from other converters stay decomposed. On the Neural Engine such a chai
 it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
 
     y = layer_norm(x, axes, eps, gamma, beta)     gamma/beta folded in when they are plain constants of the
-                                                  normalised shape; otherwise
+                                                  normalised shape in x's dtype, and eps keeps its value
+                                                  (to 1%) in the type they share with it; otherwise
     y = layer_norm(x, axes, eps) [* gamma] [+ beta]
 """
 
@@ -33,9 +34,10 @@ class LayerNormRule(Rule):
     def lower(self, b, m):
         shape = [b.dim(m.x, a) for a in m.axes]
         gamma, beta = m.operands.get("gamma"), m.operands.get("beta")
-        g = _as_parameter(b, gamma, m, shape)
+        fold = b.folds_params(m.x, m.params["epsilon"])
+        g = _as_parameter(b, gamma, m, shape) if fold else None
         # beta folds only where gamma does (or there is none): layer_norm applies gamma first
-        bt = _as_parameter(b, beta, m, shape) if g is not None or gamma is None else None
+        bt = _as_parameter(b, beta, m, shape) if fold and (g is not None or gamma is None) else None
         out = b.layer_norm(m.x, m.axes, m.params["epsilon"], g, bt)
         if gamma is not None and g is None:
             out = b.mul(out, gamma if b.dtype(gamma) == m.dtype else b.cast(gamma, m.dtype))

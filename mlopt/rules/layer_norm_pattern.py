@@ -72,10 +72,12 @@ def match_layer_norm(view, anchor):
             mean, source, subtract = centre.mean, centre.x, None
         else:
             mean, source = _minus_mean_square(view, anchor, base, trace=None), base
-            subtract = lambda value: _minus_mean_square(view, anchor, base, trace, value) is not None  # noqa: E731
+            subtract = lambda value: _minus_mean_square(view, anchor, base, None, value) is not None  # noqa: E731
         if axes != mean.axes:
             trace.fail(f"mean over axes {list(mean.axes)}, variance over {list(axes)}: not one LayerNorm")
         stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
+        if subtract is not None:
+            _minus_mean_square(view, anchor, base, trace, stat.subtracted)
         norm = normaliser(view, trace, stat, base if centre else source, axes)
         numerator = centred(view, norm.scaled) if norm.scaled is not None else None
         last, beta = norm.op, None
@@ -99,7 +101,7 @@ def match_layer_norm(view, anchor):
         if view.rank(x) != rank:
             trace.fail(f"x has rank {view.rank(x)}, the centred tensor rank {rank}")
         output_op, gamma, beta = affine(view, trace, last, dtype, with_beta=True, gamma=norm.gamma, beta=beta)
-        check_output(view, trace, x, axes, output_op)
+        check_output(view, trace, x, axes, norm.op, output_op)
         return Match(
             x=x,
             axes=axes,

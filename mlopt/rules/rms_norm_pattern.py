@@ -148,7 +148,7 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     if view.rank(x) != rank:
         trace.fail(f"x has rank {view.rank(x)}, the squared tensor rank {rank}")
     output_op, gamma, _ = affine(view, trace, norm.op, dtype, gamma=norm.gamma)
-    check_output(view, trace, x, axes, output_op)
+    check_output(view, trace, x, axes, norm.op, output_op)
     facts = {"eps": stat.offset, "mean_scale": stat.scale, "max_scaled": prescale is not None,
              "floor": prescale.floor if prescale else 0.0, "eps_m2": stat.offset_m2}
     return Match(

@@ -44,6 +44,8 @@ def mean_of(view, value):
                 k = math.inf if None in dims else k * math.prod(dims)
             if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
                 return None
+            if not _broadcast_back(view, ops, x, axes):
+                return None
             return Mean(op, x, axes, ops, k)
         if kind in ("cast", "reshape", "expand_dims", "tile"):
             v = view.arg(op, "x")
@@ -62,6 +64,26 @@ def mean_of(view, value):
         else:
             return None
     return None
+
+
+def _broadcast_back(view, ops, x, axes):
+    """The shape ops between a reduction and the value that uses its mean put the reduced axes back as size 1
+    (reshape/expand_dims, to the keep_dims shape exactly) before any tile, which may only repeat along them: a
+    mean put back on another axis (an expand_dims at the wrong place, then tiled) is no mean of these rows."""
+    kept = lambda v: broadcasts_as_kept(view, v, x, axes) and all(view.dim(v, a) == 1 for a in axes)  # noqa: E731
+    for op in ops[:-1]:  # the reduction is last
+        kind = view.op_type(op)
+        if kind in ("reshape", "expand_dims"):
+            out = view.output(op)
+            if not kept(out):
+                return False
+            if kind == "reshape" and any(view.dim(x, i) is None for i in range(view.rank(x))):
+                return False  # a reshape over unknown sizes may move an axis: cannot check it
+        elif kind == "tile":
+            source, reps = view.arg(op, "x"), int_axes(view.const(op, "reps"))
+            if source is None or not kept(source) or reps is None or any(r != 1 for i, r in enumerate(reps) if i not in axes):
+                return False
+    return True
 
 
 def broadcasts_as_kept(view, value, x, axes):
@@ -95,8 +117,6 @@ def centred(view, value):
             continue
         x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
         if x is not None and mean is not None and same_tensor(view, mean.x, x):
-            reshaped = any(view.op_type(o) == "reshape" for o in mean.ops)
-            unknown = any(view.dim(x, i) is None for i in range(view.rank(x)))
-            if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes) and not (reshaped and unknown):
+            if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes):
                 return Centred(op, x, mean)
     return None

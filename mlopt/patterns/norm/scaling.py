@@ -103,9 +103,12 @@ def affine(view, trace, norm_op, dtype, with_beta=False, gamma=None, beta=None):
     return output_op, found["gamma"], found["beta"]
 
 
-def check_output(view, trace, x, axes, output_op):
-    """Conditions every norm's rewrite needs: a float output, a static first normalised size, no empty axis,
-    one block."""
+def check_output(view, trace, x, axes, norm_op, output_op):
+    """Conditions every norm's rewrite needs: the normalised tensor has x's shape (nothing on the way broadcast
+    it to another), a float output, a static first normalised size, no empty axis, one block."""
+    normed = view.output(norm_op)
+    if view.rank(normed) != view.rank(x) or any(view.dim(normed, i) != view.dim(x, i) for i in range(view.rank(x))):
+        trace.fail("the normalised tensor has another shape than the tensor it normalises")
     if not view.is_float_tensor(view.output(output_op)):
         trace.fail(f"the chain's output '{view.output(output_op)}' is not a float tensor")
     if view.dim(x, axes[0]) is None:

@@ -69,14 +69,15 @@ class Statistic:
     offset: float  # eps as added (plus rsqrt's own epsilon)
     offset_m2: float = 0.0  # eps added as eps / m^2 (a max-scaled chain that rescales it: exact)
     restored: bool = True  # False: keep_dims=False and the reduced axes come back only after the root
+    subtracted: str = None  # the E[x]^2 a variance walk subtracted (its ops are the caller's to take)
 
 
 def statistic_to_root(view, trace, reduction, like, axes, label="mean square", norm="RMSNorm", scale_of=None, subtract=None):
     """Walk from the reduction's output to the root. `like` is the tensor reduced (its shape gives N and the
     shape a keep_dims=False reduction must be reshaped back to). `scale_of(value)`, if given, reads a
-    non-constant added term as eps / m^2 and returns eps (or None). `subtract(value)`, if given, accepts
-    sub(statistic, value) (E[x^2] - E[x]^2: the caller checks the value and takes its ops); nothing may scale
-    the statistic after it. `label` and `norm` word the reasons."""
+    non-constant added term as eps / m^2 and returns eps (or None). `subtract(value)`, if given, is a predicate
+    accepting sub(statistic, value) (E[x^2] - E[x]^2), preferred over other consumers; the caller takes the
+    value's ops (`Statistic.subtracted`). Nothing may scale the statistic after it. `label` and `norm` word the reasons."""
     is_sum = view.op_type(reduction) in ("reduce_sum", "reduce_sum_square")
     n = None
     if is_sum:
@@ -84,9 +85,12 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
         n = None if any(d is None for d in dims) else _as_float(math.prod(dims))
     restored = flag(view.const(reduction, "keep_dims"))
     value, k, e, e_m2 = view.output(reduction), 1.0, 0.0, 0.0
-    scale_ops, k_at_sub = [], None
+    scale_ops, k_at_sub, subtracted = [], None, None
     for _ in range(MAX_STEPS):
-        step = follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + ("maximum",) + (("sub",) if subtract else ()))
+        step = None
+        if subtract is not None and k_at_sub is None:  # E[x^2] may feed another chain too: the subtraction first
+            step = follow(view, value, ("sub",), accept=lambda st: st.param == "x" and subtract(view.arg(st.op, "y")))
+        step = step or follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + ("maximum",) + (("sub",) if subtract else ()))
         if step is None:
             what = f"{label} + eps" if e else label
             wanted = "a square root" if e else "add/rsqrt/sqrt/pow"
@@ -103,7 +107,9 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
                 trace.fail(f"subtracts something other than E[x]^2 from the {label}")
             if k_at_sub is not None:
                 trace.fail(f"subtracts E[x]^2 from the {label} twice")
-            k_at_sub = k
+            if not _same_shape(view, view.output(op), value):
+                trace.fail(f"subtracting E[x]^2 broadcasts the {label} to another shape")
+            k_at_sub, subtracted = k, view.arg(op, "y")
         elif kind == "maximum":
             if uniform_const(view, op, other_param(op, step.param)) != 0.0:
                 trace.fail(f"clamps the {label} at something other than 0")
@@ -147,7 +153,7 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     for eps in (e, e_m2, e + e_m2):
         if not math.isfinite(eps) or eps < 0:
             trace.fail(f"epsilon is {eps:g}: not a valid {norm} epsilon")
-    return Statistic(root, mean_scale, e, e_m2, restored)
+    return Statistic(root, mean_scale, e, e_m2, restored, subtracted)
 
 
 def uniform_const(view, op, param):
@@ -174,6 +180,10 @@ def uniform_const(view, op, param):
     if any(view.dim(out, i) != view.dim(other, i) for i in range(view.rank(out))):
         return None
     return float(value.reshape(-1)[0])
+
+
+def _same_shape(view, a, b):
+    return view.rank(a) == view.rank(b) and all(view.dim(a, i) == view.dim(b, i) for i in range(view.rank(a)))
 
 
 def _valid_epsilon(trace, eps, norm):
