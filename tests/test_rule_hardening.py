@@ -10,6 +10,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
 from conftest import op_types, run_package
+from mlopt.graph.dtypes import FLOAT32
 from mlopt import optimize_package
 
 f32, f16 = np.float32, np.float16
@@ -146,3 +147,32 @@ def test_concat_along_an_axis_layer_norm_does_not_normalise_is_not_the_trick(tmp
         return mb.layer_norm(x=both, axes=[-1], epsilon=f32(1e-5))
 
     assert chains(optimize_package(save(tmp_path, body, (1, 4, 16)), dry_run=True)) == []
+
+
+def test_sqrt_inverted_by_inverse_names_inverse(tmp_path):
+    def body(x):
+        ms = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True)
+        return mb.mul(x=x, y=mb.inverse(x=mb.sqrt(x=mb.add(x=ms, y=f32(1e-5)))))
+
+    (chain,) = chains(optimize_package(save(tmp_path, body, (1, 4, 16)), dry_run=True))
+    assert chain.reason == "square root inverted by `inverse`, which adds its own epsilon outside the root"
+
+
+def test_the_conversion_route_keeps_epsilon_as_the_fusion_read_it():
+    """Under FLOAT16, coremltools' add_fp16_cast puts a cast to fp16 before the fused op's epsilon; the lowering
+    reads the value before it, and the iOS17 layer_norm keeps 1e-6 in fp32 (fp16 would make it 1.013e-6)."""
+    import mlopt
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 16))], opset_version=ct.target.iOS17)
+    def prog(x):
+        ms = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ms, y=f32(1e-6)), epsilon=f32(0)))
+
+    model = mlopt.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True,
+                          compute_units=ct.ComputeUnit.CPU_AND_NE, compute_precision=ct.precision.FLOAT16)
+    function = model.get_spec().mlProgram.functions["main"]
+    ops = function.block_specializations[function.opset].operations
+    (ln,) = [op for op in ops if op.type == "layer_norm"]
+    (eps,) = [op for op in ops if op.type == "const" and op.outputs[0].name == ln.inputs["epsilon"].arguments[0].name]
+    assert eps.attributes["val"].type.tensorType.dataType == FLOAT32
+    assert eps.attributes["val"].immediateValue.tensor.floats.values[0] == f32(1e-6)

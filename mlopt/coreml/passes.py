@@ -118,13 +118,21 @@ class _Lower(_RulePass):
             x=op.x,
             operands={name: getattr(op, name) for name in rule.operands},
             axes=tuple(int(a) for a in np.asarray(op.axes.val).reshape(-1)),
-            params={name: float(getattr(op, name).val) for name in rule.params},
+            params={name: _exact(getattr(op, name)) for name in rule.params},
             dtype=DTYPES[op.x.dtype],
         )
         with block:
             builder = MbBuilder(op, opset)
             builder.finish(rule.lower(builder, fused), op.outputs[0])
             block.remove_ops([op])
+
+
+def _exact(var):
+    """A fused op's float parameter as the fusion wrote it: common::add_fp16_cast may have put a cast to fp16 in
+    front of it (1e-6 would become 1.013e-6, 1e-8 zero); the builder applies the opset's rules itself."""
+    while var.op is not None and var.op.op_type == "cast" and var.op.x.val is not None:
+        var = var.op.x
+    return float(var.val)
 
 
 def _register(rule):

@@ -317,19 +317,21 @@ class Evaluator:
         if vt is None or vt.WhichOneof("type") != "tensorType":
             return array
         dtype = vt.tensorType.dataType
-        if dtype in FLOATS and self.float_dtype is not None:
-            return array.astype(self.float_dtype)
-        return array.astype(NUMPY[dtype]) if dtype in NUMPY else array
+        with np.errstate(all="ignore"):
+            if dtype in FLOATS and self.float_dtype is not None:
+                return array.astype(self.float_dtype)
+            return array.astype(NUMPY[dtype]) if dtype in NUMPY else array
 
     def _checked(self, op, out, value):
         tt = out.type.tensorType if out.type.WhichOneof("type") == "tensorType" else None
         if tt is None:
             return value
         dtype = tt.dataType
-        if dtype in FLOATS and self.float_dtype is not None:
-            value = value.astype(self.float_dtype)
-        elif dtype in NUMPY:
-            value = value.astype(NUMPY[dtype])
+        with np.errstate(all="ignore"):  # rounding to the declared dtype may overflow it: inf, as the hardware gives
+            if dtype in FLOATS and self.float_dtype is not None:
+                value = value.astype(self.float_dtype)
+            elif dtype in NUMPY:
+                value = value.astype(NUMPY[dtype])
         dims = tt.dimensions
         if len(dims) != value.ndim or self.strict_shapes and any(
             d.WhichOneof("dimension") == "constant" and d.constant.size != n for d, n in zip(dims, value.shape)

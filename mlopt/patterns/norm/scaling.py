@@ -28,8 +28,10 @@ def normaliser(view, trace, stat, base, axes, label="square root"):
         return scale_by_inverse(view, trace, s, base)
     step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (scales(view, st, base) or is_one(view, st.op)))
     step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
-    if step is None and follow(view, s, ("add", "inverse")) is not None:
+    if step is None and follow(view, s, ("add",)) is not None:
         trace.fail("epsilon added outside the square root")
+    if step is None and follow(view, s, ("inverse",)) is not None:
+        trace.fail("square root inverted by `inverse`, which adds its own epsilon outside the root")
     if step is None:
         trace.fail(f"{label} feeds {consumer_types(view, s)}, not real_div(x, sqrt)")
     trace.take(*step.casts, step.op)
