@@ -89,12 +89,13 @@ def _skip_reason(units):
 
 
 def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False):
-    """Return a new `coremltools.models.MLModel` with every RMSNorm chain rewritten; with `report=True`, the pair
-    `(model, Report)`.
+    """Return a new `coremltools.models.MLModel` with every chain the rules match rewritten; with `report=True`,
+    the pair `(model, Report)`.
 
     `compute_units` is the target the model is optimized for, as on the command line: `CPU_AND_NE` (the default,
-    whatever the model was loaded with) rewrites; any other setting (a `ct.ComputeUnit` or its name) returns an
-    unchanged copy and warns (UserWarning) with the reason. The returned model carries the setting. Works on
+    whatever the model was loaded with) lets every rule rewrite; with any other setting (a `ct.ComputeUnit` or
+    its name) only the rules that pay there do (the LayerNorm rule, not the RMSNorm trick), and a UserWarning
+    says which were held back. The returned model carries the setting. Works on
     Linux, where the returned model is spec-only (`skip_model_load`) like the input.
     """
     import warnings

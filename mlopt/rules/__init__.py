@@ -8,10 +8,6 @@ from . import layer_norm, rms_norm
 RULES = (layer_norm.RULE, rms_norm.RULE)
 
 
-def rule_names():
-    return tuple(rule.name for rule in RULES)
-
-
 def skip_reason(compute_units, rules=None):
     """Why some rules do not rewrite with `compute_units` (their chains are only reported), or None."""
     rules = RULES if rules is None else rules
