@@ -176,3 +176,32 @@ def test_the_conversion_route_keeps_epsilon_as_the_fusion_read_it():
     (eps,) = [op for op in ops if op.type == "const" and op.outputs[0].name == ln.inputs["epsilon"].arguments[0].name]
     assert eps.attributes["val"].type.tensorType.dataType == FLOAT32
     assert eps.attributes["val"].immediateValue.tensor.floats.values[0] == f32(1e-6)
+
+
+@pytest.mark.parametrize("rule", ["rms_norm", "layer_norm"])
+def test_stablehlo_spellings_at_full_size_are_checked_by_rows(tmp_path, monkeypatch, rule):
+    """StableHLO bakes the row count in - a statistic reshaped to (1, S, 1), 1/N and eps as full (1, S, 1)
+    tensors, gamma tiled to (1, S, D) - and at S x D = 2048 x 1024 the declared shape is twice the self-check's
+    budget. The check feeds its few rows all the same, through stand-ins that hold for any row count
+    (numerics/row_free.py), and the chain is rewritten, checked."""
+    from conftest import record_fed
+
+    s, d = 2048, 1024
+    gamma = np.linspace(0.5, 1.5, d).astype(np.float32)
+
+    def body(x):
+        inv_n, eps = np.full((1, s, 1), 1.0 / d, np.float32), np.full((1, s, 1), 1e-6, np.float32)
+        if rule == "layer_norm":
+            mean = mb.tile(x=mb.mul(x=mb.reshape(x=mb.reduce_sum(x=x, axes=[2], keep_dims=False), shape=[1, s, 1]), y=inv_n),
+                           reps=[1, 1, d])
+            x = mb.sub(x=x, y=mean)
+        ms = mb.mul(x=mb.reshape(x=mb.reduce_sum(x=mb.mul(x=x, y=x), axes=[2], keep_dims=False), shape=[1, s, 1]), y=inv_n)
+        normed = mb.mul(x=x, y=mb.tile(x=mb.rsqrt(x=mb.add(x=ms, y=eps)), reps=[1, 1, d]))
+        return mb.mul(x=normed, y=mb.tile(x=mb.reshape(x=gamma, shape=[1, 1, d]), reps=[1, s, 1]))
+
+    src = save(tmp_path, body, (1, s, d))
+    fed = record_fed(monkeypatch)
+    (chain,) = chains(optimize_package(src, dry_run=True))
+    assert (chain.rule, chain.status) == (rule, "would rewrite"), chain.reason
+    assert chain.error < 1e-5
+    assert fed and all(shape[1] < s for shape in fed)  # rows, never the declared (1, 2048, 1024)

@@ -37,6 +37,7 @@ from ..graph.dtypes import NUMPY, name as dtype_name
 from .compare import compare, tolerance_for
 from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
+from .row_free import row_free_substitutes
 
 MAGNITUDES = (1e-2, 1.0, 300.0)
 ROWS_PER_MAGNITUDE = 2
@@ -75,19 +76,24 @@ def self_check(view, blobs, rule, match, new_ops, seed=0):
 
 def _self_check(view, blobs, rule, match, new_ops, seed):
     source = cast_ancestry(view, match.x)[-1]
-    refusal = _unfit(view, source, match) or _over_budget(view, source, match)
+    refusal = _unfit(view, source, match)
     if refusal:
         return CheckResult(False, reason=refusal)
-    batches, full = _batches(view, source, match, np.random.default_rng(seed))
+    subs, row_free = row_free_substitutes(view, match)
+    whole = len(match.axes) == view.rank(source) or not row_free
+    refusal = _over_budget(view, source, match, whole, subs)
+    if refusal:
+        return CheckResult(False, reason=refusal)
+    batches, full = _batches(view, source, match, whole, np.random.default_rng(seed))
     rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY.get(view.dtype(match.output), NUMPY[match.dtype]))
-    overlay = {out.name: op for op in new_ops for out in op.outputs}
+    overlay = {**subs, **{out.name: op for op in new_ops for out in op.outputs}}
     operands = {name: value for name, value in match.operands.items() if value is not None}
     wanted = [match.output, match.x, *operands.values()]
     result = CheckResult(True)
     for batch in batches:
         strict = list(batch.x.shape) == full  # fed smaller than declared: check ranks only
-        exact = Evaluator(view, blobs, float_dtype=np.float64, strict_shapes=strict)
-        original = Evaluator(view, blobs, strict_shapes=strict)
+        exact = Evaluator(view, blobs, float_dtype=np.float64, overlay=subs, strict_shapes=strict)
+        original = Evaluator(view, blobs, overlay=subs, strict_shapes=strict)
         rewritten = Evaluator(view, blobs, overlay=overlay, strict_shapes=strict)
         feeds = {source: batch.x.astype(NUMPY[view.dtype(source)])}
         values = exact.evaluate(wanted, feeds)
@@ -132,16 +138,19 @@ def _unfit(view, source, match):
     return None
 
 
-def _over_budget(view, source, match):
-    """Why checking this chain would need more than BUDGET elements in one input or constant, or None."""
+def _over_budget(view, source, match, whole, subs):
+    """Why checking this chain would need more than BUDGET elements in one input or constant, or None. `whole`:
+    each magnitude is fed the whole declared shape; `subs`: the row-free stand-ins evaluated instead."""
     full = _shape(view, source)
     row = math.prod(full[a] for a in match.axes)
     if row > BUDGET:
         return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
-    if _whole_shape(view, match, len(full)) and math.prod(full) > BUDGET:
-        varying = _varying_operands(view, match, len(full))
+    if whole and math.prod(full) > BUDGET:
+        varying = [name for name, v in match.operands.items() if v is not None and v not in subs
+                   and _varies_off_axes(view, v, match.axes, len(full))]
         why = (f"{varying[0]} varies along an axis that is not normalised" if varying else
-               "the chain reshapes to a constant shape" if match.whole_shape else "every axis is normalised")
+               "every axis is normalised" if len(match.axes) == len(full) else
+               "an op of the chain assumes the declared rows")
         return (
             f"declared size {math.prod(full)} of '{source}' (checked whole: {why}) exceeds the self-check's budget "
             f"of {BUDGET} elements; {UNCHECKED}"
@@ -149,11 +158,12 @@ def _over_budget(view, source, match):
     for name, operand in match.operands.items():
         if operand is None:
             continue
-        value, size = _largest_constant(view, operand)
+        evaluated = view.arg(subs[operand], "x") if operand in subs else operand  # a stand-in reads its source
+        value, size = _largest_constant(view, evaluated)
         if size > BUDGET:
             what = name if value == operand else f"{name} is computed from '{value}', which"
             return f"{what} holds {size} elements, more than the self-check's budget of {BUDGET}; {UNCHECKED}"
-        if _whole_shape(view, match, len(full)):  # rows keep an operand's off-axis sizes 1; the whole shape may not
+        if whole:  # rows keep an operand's off-axis sizes 1; the whole shape may not
             shape = _shape(view, operand)
             rank = max(len(shape), len(full))  # broadcasting aligns trailing axes
             padded = [1] * (rank - len(full)) + full, [1] * (rank - len(shape)) + shape
@@ -194,19 +204,7 @@ def _shape(view, source):
     return [d if d is not None else UNKNOWN_DIM for d in (view.dim(source, i) for i in range(view.rank(source)))]
 
 
-def _whole_shape(view, match, rank):
-    """Whether each magnitude needs the whole declared shape: no axis to lay rows along, or an operand (gamma)
-    varies off the normalised axes (rows along such an axis would see other operand values than the declared
-    shape pairs them with)."""
-    return match.whole_shape or len(match.axes) == rank or bool(_varying_operands(view, match, rank))
-
-
-def _varying_operands(view, match, rank):
-    """Names of the operands that vary along an axis that is not normalised."""
-    return [name for name, v in match.operands.items() if v is not None and _varies_off_axes(view, v, match.axes, rank)]
-
-
-def _batches(view, source, match, rng):
+def _batches(view, source, match, whole, rng):
     """The inputs to check with (a generator: one batch in memory at a time) and the declared shape.
 
     Rows are independent, so normally the rows share one batch: every axis that is not normalised has size 1
@@ -214,7 +212,7 @@ def _batches(view, source, match, rng):
     exceed BUDGET they are split over several batches, down to one row each. If an operand varies along an axis
     that is not normalised (or there is none), each magnitude gets the declared shape instead."""
     full = _shape(view, source)
-    if not _whole_shape(view, match, len(full)):
+    if not whole:
         row_axis = [i for i in range(len(full)) if i not in match.axes][-1]
         row_shape = [d if i in match.axes else 1 for i, d in enumerate(full)]
         rows_per_batch = min(1 + ROWS_PER_MAGNITUDE * len(MAGNITUDES), BUDGET // max(1, math.prod(row_shape)))

@@ -42,7 +42,6 @@ class Match:
     params: dict = field(default_factory=dict)  # the rule's literal parameters besides axes (epsilon, ...)
     facts: dict = field(default_factory=dict)  # what only the rule reads back (how the chain spelled itself)
     note: Optional[str] = None  # what the rewrite changes beyond the arithmetic, for the report
-    whole_shape: bool = False  # the chain reshapes to a constant shape: check it at its declared shape, not by rows
 
     def fused(self):
         return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype)

@@ -28,7 +28,6 @@ from ..patterns.norm import (
     mean_of,
     normaliser,
     reduction_axes,
-    shape_bound,
     square_of,
     statistic_to_root,
 )
@@ -113,7 +112,6 @@ def match_layer_norm(view, anchor):
             params={"epsilon": stat.offset},
             facts={"var_scale": stat.scale, "mean_scale": centring.scale, "var_mean_scale": mean.scale,
                    "moments": centre is None},
-            whole_shape=shape_bound(view, trace.ops, x, axes),
         )
 
     return attempt(view, body)

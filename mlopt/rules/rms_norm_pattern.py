@@ -30,7 +30,6 @@ from ..patterns.norm import (
     check_output,
     normaliser,
     reduction_axes,
-    shape_bound,
     square_of,
     statistic_to_root,
 )
@@ -162,7 +161,6 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
         params={"epsilon": stat.offset + stat.offset_m2},
         facts=facts,
         note=_prescale_note(prescale, stat, rescaled, dtype),
-        whole_shape=shape_bound(view, trace.ops, x, axes),
     )
 
 

@@ -12,10 +12,10 @@ Each piece records the ops it accepts on the Trace and fails with a reason a use
 
 from .centring import Centred, Mean, broadcasts_as_kept, centred, mean_of
 from .scaling import Normalised, affine, check_output, normaliser
-from .statistic import REDUCTIONS, Statistic, reduction_axes, shape_bound, square_of, statistic_to_root, uniform_const
+from .statistic import REDUCTIONS, Statistic, reduction_axes, square_of, statistic_to_root, uniform_const
 
 __all__ = [
     "REDUCTIONS", "Centred", "Mean", "Normalised", "Statistic", "affine", "broadcasts_as_kept", "centred",
-    "check_output", "mean_of", "normaliser", "reduction_axes", "shape_bound", "square_of", "statistic_to_root",
+    "check_output", "mean_of", "normaliser", "reduction_axes", "square_of", "statistic_to_root",
     "uniform_const",
 ]

@@ -280,29 +280,6 @@ def through_shape_ops(view, trace, value, axes, like=None, restored=True):
     return value
 
 
-def shape_bound(view, ops, x, axes):
-    """Whether the chain's ops assume x's declared size along an axis that is not normalised: a reshape to a
-    constant shape, or a constant operand that is not 1 there (StableHLO's full 1/N and eps tensors). The
-    self-check then feeds the declared shape, not a few rows."""
-    rank = view.rank(x)
-    for op in ops:
-        kind = view.op_type(op)
-        if kind == "reshape":
-            return True
-        if kind not in ("add", "sub", "mul", "real_div", "maximum"):
-            continue
-        out_rank = view.rank(view.output(op))
-        for param in ("x", "y"):
-            value = view.arg(op, param)
-            if value is None or not view.is_constant_expr(value):
-                continue
-            dims = [view.dim(value, i) for i in range(view.rank(value))]
-            offset = out_rank - len(dims)
-            if any(d != 1 and (out_rank != rank or i + offset not in axes) for i, d in enumerate(dims)):
-                return True
-    return False
-
-
 def _as_float(n):
     try:
         return float(n)
