@@ -67,7 +67,7 @@ class Rule:
     params = ()  # literal float parameters of the fused op besides axes, e.g. ("epsilon",)
     units = REWRITING_UNITS  # compute units the rewrite pays for; None: every setting
     units_reason = None  # why it does not rewrite with other units (report note)
-    description = None  # one line for `--help` and README
+    description = None  # one line on what it rewrites (the fused op's docstring at conversion time)
     looks_for = None  # what its anchors look like, for a function without candidates: "reduce_mean of a square"
 
     def match(self, graph, op):
@@ -83,7 +83,9 @@ class Rule:
         return self.reference(x, operands, match.axes, match.params)
 
     def summary(self, match):
-        return f"axes {','.join(map(str, match.axes))}"
+        """The report's reading of a match: "axes 2, epsilon 1e-05"."""
+        params = "".join(f", {k} {v:.3g}" for k, v in match.params.items() if isinstance(v, (int, float)))
+        return f"axes {','.join(map(str, match.axes))}{params}"
 
     def report_fields(self, match):
         """JSON fields of a match besides x/output/dtype and the operands: axes and the literal parameters."""
