@@ -57,7 +57,10 @@ def _reshape(view, emitter, op, rank, axes):
     source, out = view.arg(op, "x"), op.outputs[0]
     if source is None or view.rank(out.name) != rank:
         return None
-    if view.rank(source) == rank - len(axes):
+    reduced = _reduced_from(view, op)
+    kept = reduced is not None and view.rank(reduced) == rank and all(
+        view.dim(out.name, i) == (1 if i in axes else view.dim(reduced, i)) for i in range(rank))
+    if view.rank(source) == rank - len(axes) and kept:
         axes_op, axes_name = emitter.const(f"{out.name}_rows_axes", np.array(axes, np.int32), INT32)
         stand_in, _ = emitter.op("expand_dims", {"x": source, "axes": axes_name}, out.type, output_name=out.name,
                                  name=op_name(op))
@@ -65,6 +68,20 @@ def _reshape(view, emitter, op, rank, axes):
     if view.rank(source) == rank and all(view.dim(source, i) == view.dim(out.name, i) for i in range(rank)):
         stand_in, _ = emitter.op("identity", {"x": source}, out.type, output_name=out.name, name=op_name(op))
         return {out.name: stand_in}
+    return None
+
+
+def _reduced_from(view, reshape_op):
+    """The tensor the statistic a reshape restores was reduced from (through casts and constant scales), or
+    None: the reshape's target must be that tensor's shape with the reduced axes 1, whatever the matcher saw."""
+    value = view.arg(reshape_op, "x")
+    for _ in range(64):
+        op = view.producer(value) if value is not None else None
+        if op is None:
+            return None
+        if op.type in ("reduce_mean", "reduce_sum", "reduce_sum_square"):
+            return view.arg(op, "x")
+        value = view.arg(op, "x")
     return None
 
 

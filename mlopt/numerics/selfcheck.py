@@ -15,13 +15,14 @@ mean shows only there). Two things must hold:
 The original chain's own error against the same formula is reported beside the rewrite's: at large magnitudes an
 fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor the chain reads (above its
 casts), and nothing else of the model is computed. Rows are independent, so all magnitudes share one input of a
-few rows (unless an operand such as gamma varies along an axis that is not normalised): a (1, 512, 2048) activation is checked as
-(1, 7, 2048), and the check costs the same for any sequence length.
+few rows: a (1, 512, 2048) activation is checked as (1, 7, 2048), and the check costs the same for any sequence
+length. Ops that bake the declared row count in are evaluated through row-free stand-ins (row_free.py); where
+one has none (an operand such as gamma that varies along the rows), each magnitude gets the declared shape.
 
 Its memory is bounded whatever the model declares (a 1.5 KB file can declare a normalised size of 10**8): no
 input it builds holds more than BUDGET elements - the rows are split into several batches, down to one row
-each, when a row is large - and neither does any constant an operand (gamma) is computed from. A chain that needs more is
-left alone with the reason; `--no-verify` rewrites it unchecked. A chain the interpreter cannot evaluate
+each, when a row is large - and neither does any constant an operand (gamma) is computed from. A chain that
+needs more is left alone with the reason; `--no-verify` rewrites it unchecked. A chain the interpreter cannot evaluate
 (declared and computed shapes disagree, an op it lacks) is left alone too, never an exception: the self-check
 runs on whatever a model file holds. Floating-point warnings are silenced: an operand holding inf is the model's.
 """
