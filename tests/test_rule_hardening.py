@@ -205,3 +205,25 @@ def test_stablehlo_spellings_at_full_size_are_checked_by_rows(tmp_path, monkeypa
     assert (chain.rule, chain.status) == (rule, "would rewrite"), chain.reason
     assert chain.error < 1e-5
     assert fed and all(shape[1] < s for shape in fed)  # rows, never the declared (1, 2048, 1024)
+
+
+def test_a_reshape_to_a_shape_computed_at_run_time_is_refused(tmp_path):
+    """The statistic reshaped by its own shape read backwards: with flexible sizes, rows move at run time. The
+    declared shapes (all unknown) cannot show it, so such a reshape is no restoring reshape."""
+    from coremltools.converters.mil.mil import get_new_symbol
+
+    s0, s1 = get_new_symbol(), get_new_symbol()
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(s0, s1, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        ms = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
+        r = mb.reshape(x=ms, shape=mb.gather(x=mb.shape(x=ms), indices=np.array([1, 0, 2], np.int32), axis=0))
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=r, y=f32(1e-5))))
+
+    path = str(tmp_path / "in.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               inputs=[ct.TensorType(name="x", shape=(ct.RangeDim(1, 16), ct.RangeDim(1, 16), 8))],
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(path)
+    (chain,) = chains(optimize_package(path, dry_run=True))
+    assert (chain.status, chain.reason) == (
+        "left alone", "reshape of the statistic to a shape computed at run time: cannot check it keeps the rows")

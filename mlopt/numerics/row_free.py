@@ -65,7 +65,8 @@ def _reshape(view, emitter, op, rank, axes):
         stand_in, _ = emitter.op("expand_dims", {"x": source, "axes": axes_name}, out.type, output_name=out.name,
                                  name=op_name(op))
         return {axes_name: axes_op, out.name: stand_in}
-    if view.rank(source) == rank and all(view.dim(source, i) == view.dim(out.name, i) for i in range(rank)):
+    dims = [view.dim(out.name, i) for i in range(rank)]
+    if view.rank(source) == rank and None not in dims and all(view.dim(source, i) == d for i, d in enumerate(dims)):
         stand_in, _ = emitter.op("identity", {"x": source}, out.type, output_name=out.name, name=op_name(op))
         return {out.name: stand_in}
     return None

@@ -227,12 +227,14 @@ def _shape_step(view, trace, op, like, axes, restored):
         return True
     if view.rank(out) != rank or any(view.dim(out, a) != 1 for a in axes):
         trace.fail(f"{kind} of the statistic to another shape than the reduction with keep_dims")
+    if kind == "reshape" and view.const(op, "shape") is None:
+        trace.fail("reshape of the statistic to a shape computed at run time: cannot check it keeps the rows")
     for i in range(rank):
         if i in axes:
             continue
         have, want = view.dim(out, i), view.dim(like, i)
-        if kind == "reshape" and (have is None or want is None) and not restored:
-            trace.fail("reshape of the statistic over an axis of unknown size: cannot check it restores the axes")
+        if kind == "reshape" and (have is None or want is None):
+            trace.fail("reshape of the statistic over an axis of unknown size: cannot check it keeps the rows")
         if have is not None and want is not None and have != want:
             trace.fail(f"{kind} of the statistic to another shape than the reduction with keep_dims")
     return True
@@ -269,9 +271,11 @@ def through_shape_ops(view, trace, value, axes, like=None, restored=True):
             reps = int_axes(view.const(op, "reps"))
             if reps is None or len(reps) != rank or any(r != 1 for i, r in enumerate(reps) if i not in axes):
                 break
-        else:
+        else:  # a reshape/expand_dims to the shape the value has; a reshape only where that shape is known
             out = view.output(op)
             if view.rank(out) != rank or any(view.dim(out, i) != view.dim(value, i) for i in range(rank)):
+                break
+            if view.op_type(op) == "reshape" and (view.const(op, "shape") is None or None in (view.dim(out, i) for i in range(rank))):
                 break
         trace.take(op)
         value = view.output(op)
