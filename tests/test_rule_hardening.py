@@ -227,3 +227,19 @@ def test_a_reshape_to_a_shape_computed_at_run_time_is_refused(tmp_path):
     (chain,) = chains(optimize_package(path, dry_run=True))
     assert (chain.status, chain.reason) == (
         "left alone", "reshape of the statistic to a shape computed at run time: cannot check it keeps the rows")
+
+
+def test_a_gamma_beyond_the_compute_dtype_is_named(tmp_path):
+    """fp16 x normalised in an fp32 island, times an fp32 gamma of 1e5: the rewrite computes in x's fp16, where
+    that gamma is inf. The chain is left alone, and the reason says why."""
+    def body(x):
+        x32 = mb.cast(x=x, dtype="fp32")
+        ms = mb.reduce_mean(x=mb.mul(x=x32, y=x32), axes=[-1], keep_dims=True)
+        return mb.mul(x=mb.mul(x=x32, y=mb.rsqrt(x=mb.add(x=ms, y=f32(1e-5)))), y=np.full(16, 1e5, np.float32))
+
+    prog = mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 16), dtype=types.fp16)], opset_version=ct.target.iOS17)(body)
+    path = str(tmp_path / "in.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(path)
+    (chain,) = chains(optimize_package(path, dry_run=True))
+    assert (chain.status, chain.reason) == ("left alone", "gamma holds 100000, beyond the fp16 range the rewrite computes in; not rewritten")

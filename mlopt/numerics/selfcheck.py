@@ -99,9 +99,14 @@ def _self_check(view, blobs, rule, match, new_ops, seed):
         feeds = {source: batch.x.astype(NUMPY[view.dtype(source)])}
         values = exact.evaluate(wanted, feeds)
         known = {name: values[value] for name, value in operands.items()}
+        limit = float(np.finfo(NUMPY[match.dtype]).max)
         for name, value in known.items():
             if not np.all(np.isfinite(value)):
                 return CheckResult(False, reason=f"{name} holds inf or nan: nothing to compare against; {UNCHECKED}")
+            if value.size and float(np.max(np.abs(value))) > limit:
+                return CheckResult(False, reason=(
+                    f"{name} holds {float(np.max(np.abs(value))):g}, beyond the {dtype_name(match.dtype)} range the "
+                    f"rewrite computes in; not rewritten"))
         as_read = rule.as_read(match, values[match.x], known)
         truth = rule.reference(values[match.x], known, match.axes, match.params)
         new = rewritten.evaluate([match.output], feeds)[match.output]
