@@ -24,7 +24,7 @@ INTERPRETER_OPS = {"const", "cond", "while_loop", "read_state", "write_state"}  
 
 
 def writable_ops():
-    """Ops coremltools itself defines for the opsets (other tests register ops of their own, e.g. ane_rms_norm)."""
+    """Ops coremltools itself defines for the opsets (other tests register ops of their own, e.g. mlopt_rms_norm)."""
     return sorted(
         op
         for op, versions in SSAOpRegistry.core_ops.items()
