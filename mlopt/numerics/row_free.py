@@ -19,6 +19,7 @@ its rewrite alike; the program is not changed. Where some op has no stand-in, th
 import numpy as np
 
 from ..graph.dtypes import INT32
+from ..graph.shapes import same_shape, varies_off
 from ..graph.spec_graph import op_name
 from ..rewrites.spec_builder import OpEmitter
 
@@ -46,7 +47,7 @@ def row_free_substitutes(view, match):
                 complete &= made is not False
                 subs.update(made or {})
     for operand in match.operands.values():
-        if operand is not None and _varies_off(view, operand, rank, axes):
+        if operand is not None and varies_off(view, operand, rank, axes):
             made = _untiled(view, emitter, operand, rank, axes)
             complete &= made is not None
             subs.update(made or {})
@@ -65,8 +66,7 @@ def _reshape(view, emitter, op, rank, axes):
         stand_in, _ = emitter.op("expand_dims", {"x": source, "axes": axes_name}, out.type, output_name=out.name,
                                  name=op_name(op))
         return {axes_name: axes_op, out.name: stand_in}
-    dims = [view.dim(out.name, i) for i in range(rank)]
-    if view.rank(source) == rank and None not in dims and all(view.dim(source, i) == d for i, d in enumerate(dims)):
+    if same_shape(view, source, out.name) and None not in (view.dim(source, i) for i in range(rank)):
         stand_in, _ = emitter.op("identity", {"x": source}, out.type, output_name=out.name, name=op_name(op))
         return {out.name: stand_in}
     return None
@@ -91,7 +91,7 @@ def _uniform(view, emitter, value, rank, axes):
     varies there (no stand-in)."""
     if value is None or not view.is_const(value):
         return {}
-    if not _varies_off(view, value, rank, axes):
+    if not varies_off(view, value, rank, axes):
         return {}
     array = view.const_value(value)
     if array is None or array.size == 0 or not np.all(array == array.reshape(-1)[0]):
@@ -115,17 +115,10 @@ def _untiled(view, emitter, operand, rank, axes):
         if op.type != "tile":
             return None
         source = view.arg(op, "x")
-        if source is None or view.rank(source) != rank or _varies_off(view, source, rank, axes):
+        if source is None or view.rank(source) != rank or varies_off(view, source, rank, axes):
             return None
         if view.dtype(source) != view.dtype(operand):
             return None
         stand_in, _ = emitter.op("identity", {"x": source}, view.types[operand], output_name=operand,
                                  name=f"{operand}_rows")
         return {operand: stand_in}
-
-
-def _varies_off(view, value, rank, axes):
-    """Whether `value` (aligned to x's rank, trailing) is other than 1 along an axis that is not normalised."""
-    r = view.rank(value)
-    return any(view.dim(value, i) != 1 and (i + rank - r) not in axes for i in range(r))
-

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import MloptError
 from ..graph.casts import cast_ancestry
 from ..graph.dtypes import NUMPY, name as dtype_name
+from ..graph.shapes import varies_off
 from .compare import compare, tolerance_for
 from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
@@ -153,7 +154,7 @@ def _over_budget(view, source, match, whole, subs):
         return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
     if whole and math.prod(full) > BUDGET:
         varying = [name for name, v in match.operands.items() if v is not None and v not in subs
-                   and _varies_off_axes(view, v, match.axes, len(full))]
+                   and varies_off(view, v, len(full), match.axes)]
         why = (f"{varying[0]} varies along an axis that is not normalised" if varying else
                "every axis is normalised" if len(match.axes) == len(full) else
                "an op of the chain assumes the declared rows")
@@ -285,15 +286,6 @@ def _whole_batches(full, axes, rng):
         elif k % 2:
             x += SHIFT * magnitude
         yield _Batch(x, [(magnitude, ...)])
-
-
-def _varies_off_axes(view, operand, axes, rank):
-    dims = view.types[operand].tensorType.dimensions
-    offset = rank - len(dims)  # broadcasting aligns trailing axes
-    return any(
-        not (d.WhichOneof("dimension") == "constant" and d.constant.size == 1) and (i + offset) not in axes
-        for i, d in enumerate(dims)
-    )
 
 
 def _worst(difference):

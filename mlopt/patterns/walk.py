@@ -148,3 +148,8 @@ def int_axes(value):
 def consumer_types(view, value):
     types = sorted({view.op_type(u.op) if u.op is not None else "a block output" for u in view.consumers(value)})
     return "/".join(types) or "nothing"
+
+
+def constant_float(view, value):
+    """True for a float tensor constant per call (a gamma, a beta): no function input or state behind it."""
+    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)

@@ -37,10 +37,11 @@ from ..patterns.walk import (
     cast_ancestry,
     casts_between,
     casts_up_to,
+    constant_float,
+    follow,
     other_param,
     producer_through_casts,
     same_tensor,
-    follow,
     scalar_const,
     unwrap_lossless,
 )
@@ -54,7 +55,8 @@ def match_layer_norm(view, anchor):
         return NOT_THIS_PATTERN
     square_op, base, exponent = square
     centre = centred(view, base)
-    if centre is None and _minus_mean_square(view, anchor, base, trace=None) is None:
+    moments = None if centre is not None else _moments_mean(view, anchor, base)
+    if centre is None and moments is None:
         return NOT_THIS_PATTERN
 
     def body(trace):
@@ -70,13 +72,14 @@ def match_layer_norm(view, anchor):
             trace.take(*casts_up_to(view, base, {view.output(centre.sub)}), centre.sub, *centre.mean.ops)
             mean, source, subtract = centre.mean, centre.x, None
         else:
-            mean, source = _minus_mean_square(view, anchor, base, trace=None), base
-            subtract = lambda value: _minus_mean_square(view, anchor, base, None, value) is not None  # noqa: E731
+            mean, source = moments, base
+            subtract = lambda value: _square_mean(view, value, base) is not None  # noqa: E731
         if axes != mean.axes:
             trace.fail(f"mean over axes {list(mean.axes)}, variance over {list(axes)}: not one LayerNorm")
         stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
-        if subtract is not None:
-            _minus_mean_square(view, anchor, base, trace, stat.subtracted)
+        if subtract is not None:  # the E[x]^2 the walk subtracted: its ops are the chain's
+            mean_squared, squaring = _square_mean(view, stat.subtracted, base)
+            trace.take(*casts_up_to(view, stat.subtracted, set()), squaring, *mean_squared.ops)
         norm = normaliser(view, trace, stat, base if centre else source, axes)
         numerator = centred(view, norm.scaled) if norm.scaled is not None else None
         last, beta = norm.op, None
@@ -129,7 +132,7 @@ def _mean_subtracted_after(view, trace, norm, mean):
     if op is not None and view.op_type(op) in ("add", "sub"):
         for param in ("x", "y") if view.op_type(op) == "add" else ("x",):
             other = view.arg(op, other_param(op, param))
-            if _constant_tensor(view, view.arg(op, param)) and other is not None:
+            if constant_float(view, view.arg(op, param)) and other is not None:
                 trace.take(op, label="add(beta)")
                 beta, rest, sign = view.arg(op, param), other, (-1.0 if view.op_type(op) == "add" else 1.0)
                 break
@@ -166,28 +169,16 @@ def _is_mean(view, trace, value, mean, sign):
     return True
 
 
-def _constant_tensor(view, value):
-    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)
-
-
-def _minus_mean_square(view, anchor, base, trace, value=None):
-    """E[x^2] - E[x]^2: the mean of squares (of `base`, not centred) minus the square of a mean of `base`. With
-    `value` (the subtracted operand met on the walk), checks that one and takes its ops; without, looks for any
-    such sub after the anchor. Returns the Mean, or None."""
-    if value is None:
-        candidates = [u.op for v in _downstream(view, view.output(anchor)) for u in view.consumers(v)
-                      if u.op is not None and view.op_type(u.op) == "sub" and u.param == "x"]
-        for sub in candidates:
-            mean = _square_mean(view, view.arg(sub, "y"), base)
-            if mean is not None:
-                return mean[0]
-        return None
-    found = _square_mean(view, value, base)
-    if found is None:
-        return None
-    if trace is not None:
-        trace.take(*casts_up_to(view, value, set()), found[1], *found[0].ops)
-    return found[0]
+def _moments_mean(view, anchor, base):
+    """E[x^2] - E[x]^2: the Mean whose square a sub after the anchor (a mean of squares of `base`, not centred)
+    subtracts, or None."""
+    for value in _downstream(view, view.output(anchor)):
+        for use in view.consumers(value):
+            if use.op is not None and view.op_type(use.op) == "sub" and use.param == "x":
+                found = _square_mean(view, view.arg(use.op, "y"), base)
+                if found is not None:
+                    return found[0]
+    return None
 
 
 def _square_mean(view, value, base):
@@ -198,7 +189,7 @@ def _square_mean(view, value, base):
     kind = view.op_type(op)
     if kind == "mul" and same_tensor(view, view.arg(op, "x") or "", view.arg(op, "y") or "-"):
         m = view.arg(op, "x")
-    elif kind == "square" or (kind == "pow" and view.const(op, "y") is not None and float(view.const(op, "y").reshape(-1)[0]) == 2.0):
+    elif kind == "square" or (kind == "pow" and scalar_const(view, op, "y") == 2.0):
         m = view.arg(op, "x")
     else:
         return None

@@ -7,7 +7,8 @@
 
 from dataclasses import dataclass
 
-from ..walk import consumer_types, follow, other_param, same_tensor, scalar_const, sole_consumer
+from ...graph.shapes import same_shape
+from ..walk import constant_float, consumer_types, follow, other_param, same_tensor, scalar_const, sole_consumer
 from .statistic import through_shape_ops
 
 
@@ -47,11 +48,11 @@ def scale_by_inverse(view, trace, inv, base):
     be multiplied into the inverse first (mul(inv, gamma), gamma constant per call), as Keras and Flax write it."""
     step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base))
     if step is None:
-        folded = follow(view, inv, ("mul",), accept=lambda st: _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
+        folded = follow(view, inv, ("mul",), accept=lambda st: constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
         if folded is not None:
             scaled_inv = view.output(folded.op)
             step = follow(view, scaled_inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(
-                view, scaled_inv, ("mul",), accept=lambda st: not _constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
+                view, scaled_inv, ("mul",), accept=lambda st: not constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
             if step is not None:
                 trace.take(*folded.casts)
                 trace.take(folded.op, label="mul(gamma)")
@@ -63,10 +64,6 @@ def scale_by_inverse(view, trace, inv, base):
         trace.fail(f"inverse root feeds {consumer_types(view, inv)}, not mul")
     trace.take(*step.casts, step.op)
     return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via)
-
-
-def _constant_float(view, value):
-    return value is not None and view.is_float_tensor(value) and view.is_constant_expr(value)
 
 
 def scales(view, step, base):
@@ -94,7 +91,7 @@ def affine(view, trace, norm_op, dtype, with_beta=False, gamma=None, beta=None):
             use = sole_consumer(view, view.output(use.op))
         if use is not None and view.op_type(use.op) == kind and use.param in ("x", "y"):
             weight = view.arg(use.op, other_param(use.op, use.param))
-            if weight is not None and view.is_constant_expr(weight) and view.is_float_tensor(weight):
+            if constant_float(view, weight):
                 trace.take(*casts)
                 trace.take(use.op, label=label)
                 output_op, found[name] = use.op, weight
@@ -108,8 +105,7 @@ def affine(view, trace, norm_op, dtype, with_beta=False, gamma=None, beta=None):
 def check_output(view, trace, x, axes, norm_op, output_op):
     """Conditions every norm's rewrite needs: the normalised tensor has x's shape (nothing on the way broadcast
     it to another), a float output, a static first normalised size, no empty axis, one block."""
-    normed = view.output(norm_op)
-    if view.rank(normed) != view.rank(x) or any(view.dim(normed, i) != view.dim(x, i) for i in range(view.rank(x))):
+    if not same_shape(view, view.output(norm_op), x):
         trace.fail("the normalised tensor has another shape than the tensor it normalises")
     if not view.is_float_tensor(view.output(output_op)):
         trace.fail(f"the chain's output '{view.output(output_op)}' is not a float tensor")

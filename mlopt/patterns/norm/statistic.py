@@ -13,7 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...graph.dtypes import FLOAT16, NUMPY
-from ..walk import consumer_types, flag, follow, int_axes, other_param, producer_through_casts, same_tensor, scalar_const, sole_consumer
+from ...graph.shapes import same_shape
+from ..walk import (
+    consumer_types,
+    flag,
+    follow,
+    int_axes,
+    other_param,
+    producer_through_casts,
+    same_tensor,
+    scalar_const,
+    sole_consumer,
+)
 
 RSQRT_DEFAULT_EPSILON = 1e-12  # MIL's default for rsqrt(epsilon)
 REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_sum_square")
@@ -87,9 +98,9 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
     value, k, e, e_m2 = view.output(reduction), 1.0, 0.0, 0.0
     scale_ops, k_at_sub, subtracted = [], None, None
     for _ in range(MAX_STEPS):
-        step = None
+        step = accepted = None
         if subtract is not None and k_at_sub is None:  # E[x^2] may feed another chain too: the subtraction first
-            step = follow(view, value, ("sub",), accept=lambda st: st.param == "x" and subtract(view.arg(st.op, "y")))
+            step = accepted = follow(view, value, ("sub",), accept=lambda st: st.param == "x" and subtract(view.arg(st.op, "y")))
         step = step or follow(view, value, ROOTS + AFFINE_OPS + SHAPE_OPS + ("maximum",) + (("sub",) if subtract else ()))
         if step is None:
             what = f"{label} + eps" if e else label
@@ -103,11 +114,11 @@ def statistic_to_root(view, trace, reduction, like, axes, label="mean square", n
         if kind in SHAPE_OPS:
             restored = _shape_step(view, trace, op, like, axes, restored)
         elif kind == "sub":
-            if step.param != "x" or not subtract(view.arg(op, "y")):
+            if step is not accepted and (step.param != "x" or not subtract(view.arg(op, "y"))):
                 trace.fail(f"subtracts something other than E[x]^2 from the {label}")
             if k_at_sub is not None:
                 trace.fail(f"subtracts E[x]^2 from the {label} twice")
-            if not _same_shape(view, view.output(op), value):
+            if not same_shape(view, view.output(op), value):
                 trace.fail(f"subtracting E[x]^2 broadcasts the {label} to another shape")
             k_at_sub, subtracted = k, view.arg(op, "y")
         elif kind == "maximum":
@@ -180,10 +191,6 @@ def uniform_const(view, op, param):
     if any(view.dim(out, i) != view.dim(other, i) for i in range(view.rank(out))):
         return None
     return float(value.reshape(-1)[0])
-
-
-def _same_shape(view, a, b):
-    return view.rank(a) == view.rank(b) and all(view.dim(a, i) == view.dim(b, i) for i in range(view.rank(a)))
 
 
 def _valid_epsilon(trace, eps, norm):
@@ -273,7 +280,7 @@ def through_shape_ops(view, trace, value, axes, like=None, restored=True):
                 break
         else:  # a reshape/expand_dims to the shape the value has; a reshape only where that shape is known
             out = view.output(op)
-            if view.rank(out) != rank or any(view.dim(out, i) != view.dim(value, i) for i in range(rank)):
+            if not same_shape(view, out, value):
                 break
             if view.op_type(op) == "reshape" and (view.const(op, "shape") is None or None in (view.dim(out, i) for i in range(rank))):
                 break
