@@ -6,6 +6,7 @@ Output types are inferred for the few ops a replacement uses (broadcast for mul/
 concat, ...); the final value takes the replaced output's declared type exactly.
 """
 
+import math
 import re
 
 import numpy as np
@@ -163,7 +164,9 @@ class SpecBuilder:
         return out
 
     def _literal(self, suffix, array, dtype):
-        op, out = self.emitter.const(f"{self.base}_{suffix}", array, dtype)
+        return self._keep_const(*self.emitter.const(f"{self.base}_{suffix}", array, dtype))
+
+    def _keep_const(self, op, out):
         self.ops.append(op)
         self._types[out] = op.outputs[0].type
         self._consts[out] = op
@@ -220,24 +223,17 @@ class SpecBuilder:
         if op is None or op.type != "const" or "val" not in op.attributes:
             return None
         stored = op.attributes["val"]
-        if stored.type.WhichOneof("type") != "tensorType":
+        dims = [self.dim(value, i) for i in range(self.rank(value))]
+        if stored.type.WhichOneof("type") != "tensorType" or None in dims or math.prod(dims) != math.prod(shape):
             return None
-        new = MIL_pb2.Value()
-        new.CopyFrom(stored)
-        new.type.CopyFrom(tensor_type(stored.type.tensorType.dataType, shape))
-        old_dims = [self.dim(value, i) for i in range(self.rank(value))]
-        if None in old_dims or int(np.prod(old_dims, dtype=object)) != int(np.prod(shape, dtype=object)):
-            return None
+        dtype = stored.type.tensorType.dataType
         if stored.WhichOneof("value") == "immediateValue":  # re-encoded: an immediate payload has no shape of its own
             array = decode_value(stored)
-            if array is None:
-                return None
-            return self._literal("const", array.reshape(shape), stored.type.tensorType.dataType)
-        op, out = self.emitter.const_value(f"{self.base}_const", new)  # a blob file value: the same bytes, reshaped
-        self.ops.append(op)
-        self._types[out] = new.type
-        self._consts[out] = op
-        return out
+            return None if array is None else self._literal("const", array.reshape(shape), dtype)
+        reshaped = MIL_pb2.Value()  # a blob file value: the same bytes, read with another shape
+        reshaped.CopyFrom(stored)
+        reshaped.type.CopyFrom(tensor_type(dtype, shape))
+        return self._keep_const(*self.emitter.const_value(f"{self.base}_const", reshaped))
 
     # -- the end -----------------------------------------------------------------------------------------------------
     def finish(self, value, output_op):
