@@ -31,8 +31,10 @@ def chains(report):
 
 def agree_off_zero_mean(src, out, shape, offset=30.0, rtol=1e-5):
     x = (np.random.default_rng(1).standard_normal(shape) + offset).astype(np.float32)
-    (a,), (b,) = run_package(src, {"x": x}).values(), run_package(out, {"x": x}).values()
-    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol)
+    before, after = run_package(src, {"x": x}), run_package(out, {"x": x})
+    assert sorted(before) == sorted(after)
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], rtol=rtol, atol=rtol)
 
 
 def centred_chain(x, mean, axes=(2,)):
@@ -243,3 +245,71 @@ def test_a_gamma_beyond_the_compute_dtype_is_named(tmp_path):
                compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(path)
     (chain,) = chains(optimize_package(path, dry_run=True))
     assert (chain.status, chain.reason) == ("left alone", "gamma holds 100000, beyond the fp16 range the rewrite computes in; not rewritten")
+
+
+def test_a_size_one_constant_that_raises_the_rank_is_no_scalar(tmp_path):
+    """pow(x, (1, 1, 1)-shaped 2) makes a (4, 8) x a (1, 4, 8) square: read as a scalar, the chain's axes would be
+    read against the wrong rank and the output shape would change. It is not read as the exponent 2."""
+    def body(x):
+        ms = mb.reduce_mean(x=mb.pow(x=x, y=np.full((1, 1, 1), 2.0, np.float32)), axes=[1], keep_dims=True)
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ms, y=f32(1e-6))))
+
+    src, out = save(tmp_path, body, (4, 8)), str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out)
+    assert report.rewrites == 0
+    assert op_types(out) == op_types(src)
+
+
+def test_an_rms_norm_and_a_moments_layer_norm_sharing_one_mean_square(tmp_path):
+    """Both chains start at one reduce_mean(x^2): each rule keeps its match there, both are rewritten, nothing of
+    the old chains is left, and a second run finds nothing to do."""
+    def body(x):
+        ex2 = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[2], keep_dims=True)
+        rms = mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ex2, y=f32(1e-6))))
+        m = mb.reduce_mean(x=x, axes=[2], keep_dims=True)
+        var = mb.sub(x=ex2, y=mb.mul(x=m, y=m))
+        ln = mb.mul(x=mb.sub(x=x, y=m), y=mb.rsqrt(x=mb.add(x=var, y=f32(1e-5))))
+        return rms, ln
+
+    src, out = save(tmp_path, body, (1, 4, 16)), str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out)
+    assert sorted((c.rule, c.status) for c in chains(report)) == [("layer_norm", "rewritten"), ("rms_norm", "rewritten")]
+    assert sorted(op_types(out)) == sorted(["mul", "concat", "layer_norm", "slice_by_index", "layer_norm"])
+    assert optimize_package(out, dry_run=True).rewrites == 0
+    agree_off_zero_mean(src, out, (1, 4, 16), offset=3.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("route", ["optimize", "convert"])
+def test_fp16_gamma_and_an_epsilon_fp16_would_spoil(tmp_path, route):
+    """fp16 x in an fp32 LayerNorm island with an fp32 gamma, eps 1e-7 (19% off in fp16). From iOS17 layer_norm's
+    gamma and epsilon share one type: the rewrite keeps eps fp32 and applies gamma after, and coremltools' own
+    loader accepts the program (an fp16 gamma beside an fp32 epsilon it rejects, and the conversion route
+    crashed on it)."""
+    import mlopt
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    gamma = np.linspace(0.5, 1.5, 16).astype(np.float32)
+
+    def prog():
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 16), dtype=types.fp16)], opset_version=ct.target.iOS17)
+        def island(x):
+            x32 = mb.cast(x=x, dtype="fp32")
+            d = mb.sub(x=x32, y=mb.reduce_mean(x=x32, axes=[-1], keep_dims=True))
+            v = mb.reduce_mean(x=mb.mul(x=d, y=d), axes=[-1], keep_dims=True)
+            return mb.mul(x=mb.real_div(x=d, y=mb.sqrt(x=mb.add(x=v, y=f32(1e-7)))), y=gamma)
+
+        return island
+
+    kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True,
+                  compute_precision=ct.precision.FLOAT32)
+    out = str(tmp_path / "o.mlpackage")
+    if route == "optimize":
+        src = str(tmp_path / "in.mlpackage")
+        ct.convert(prog(), pass_pipeline=ct.PassPipeline.EMPTY, **kwargs).save(src)
+        assert optimize_package(src, out).rewrites == 1
+    else:
+        mlopt.convert(prog(), compute_units=ct.ComputeUnit.CPU_ONLY, **kwargs).save(out)
+    assert "layer_norm" in op_types(out)
+    model = ct.models.MLModel(out, skip_model_load=True)
+    spec = model.get_spec()
+    load(spec, spec.specificationVersion, model.weights_dir)
