@@ -111,15 +111,28 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     skipped = _skip_reason(units)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
+    from .graph.validate import validate_program
+    from .numerics.weights import BlobReader, check_blob_references
+
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
-    model_dir = os.path.dirname(mlmodel.weights_dir)
+    validate_program(spec, source)
     result = Report(input=source, output=None, compute_units=units, note=skipped)
-    result.functions = _optimize_spec()(spec, units, model_dir=model_dir, verify=verify, model_path=source)
-    model = ct.models.MLModel(
-        spec,
-        weights_dir=mlmodel.weights_dir,
-        compute_units=ct.ComputeUnit[units],
-        skip_model_load=getattr(mlmodel, "__proxy__", None) is None,
-    )
+    # every weight the program names is checked first, as for a package: with verify=False too, a weight file
+    # that is a FIFO or truncated is bad input here, not a failure inside coremltools' copy below
+    blobs = BlobReader(os.path.dirname(mlmodel.weights_dir))
+    try:
+        check_blob_references(spec, blobs)
+        result.functions = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source)
+    finally:
+        blobs.close()
+    try:
+        model = ct.models.MLModel(
+            spec,
+            weights_dir=mlmodel.weights_dir,
+            compute_units=ct.ComputeUnit[units],
+            skip_model_load=getattr(mlmodel, "__proxy__", None) is None,
+        )
+    except (RuntimeError, OSError) as e:  # coremltools copies the weights folder: an unreadable file in it
+        raise BadInputError(mlmodel.weights_dir, f"coremltools could not copy the weights: {e}") from None
     return (model, result) if report else model

@@ -140,3 +140,21 @@ def test_no_submodule_shadows_a_function_of_its_package():
         if not module.name.startswith(("mlopt.coreml", "mlopt.__main__")):
             importlib.import_module(module.name)
     assert callable(mlopt.optimize) and callable(mlopt.optimize_package) and callable(mlopt.cli.main)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_optimize_mlmodel_refuses_a_special_weight_file_whatever_verify_says(tmp_path, verify):
+    """A FIFO as weight.bin is bad input for mlopt.optimize as for the command line, also with verify=False (which
+    reads no weight otherwise): it must not reach coremltools' copy of the weights folder."""
+    import os
+    import shutil
+
+    src = tmp_path / "m.mlpackage"
+    shutil.copytree(os.path.join(os.path.dirname(fixture_path("decoder_fp16_ios17")), "converters",
+                                 "stablehlo_reshape_fp32_ios17.mlpackage"), src)
+    weight = src / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    weight.unlink()
+    os.mkfifo(weight)
+    model = ct.models.MLModel(str(src), skip_model_load=True)
+    with pytest.raises(BadInputError, match=r"weight\.bin.* is a FIFO, not a regular file"):
+        optimize(model, verify=verify)

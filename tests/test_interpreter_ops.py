@@ -206,3 +206,23 @@ def test_concat_interleave_as_documented():
     expected = np.array([[1, 2], [7, 8], [3, 4], [9, 10], [5, 6], [11, 12]], np.float32)
     (got,) = run_interpreter("concat", dict(values=(in1, in2), axis=np.int32(0), interleave=True), [(expected, types.fp32)])
     np.testing.assert_array_equal(got, expected)
+
+
+def test_an_op_without_a_required_input_is_named():
+    """A malformed program (a linear without its weight): the error names the input, not Python's wording."""
+    from mlopt.numerics.interpreter import InterpreterError, _required
+    from mlopt.numerics.ops import IMPLEMENTATIONS
+
+    assert "weight" in _required(IMPLEMENTATIONS["linear"])
+    emit = OpEmitter([])
+    op, out = emit.op("linear", {"x": "x"}, tensor_type(FLOAT32, [2, 3]), output_name="y")
+    function = MIL_pb2.Function()
+    function.opset = "CoreML7"
+    inp = function.inputs.add()
+    inp.name = "x"
+    inp.type.CopyFrom(tensor_type(FLOAT32, [2, 3]))
+    block = function.block_specializations["CoreML7"]
+    block.operations.append(op)
+    block.outputs.append("y")
+    with pytest.raises(InterpreterError, match=r"^op 'linear' \(linear\) has no input 'weight', which it requires$"):
+        Evaluator(SpecGraph("f", function), None).evaluate(["y"], {"x": np.ones((2, 3), np.float32)})

@@ -23,6 +23,8 @@ value that depends on itself, a control-flow op without its blocks. Callers (the
 reason, not a crash.
 """
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -217,6 +219,9 @@ class Evaluator:
             if op.type.startswith("constexpr_"):  # before iOS18 their parameters are attributes
                 what = f"op '{op_name(op)}' ({op.type}) attribute"
                 kwargs.update({k: self._value(v, f"{what} '{k}'") for k, v in op.attributes.items() if k != "name"})
+            missing = [p for p in _required(impl) if p not in kwargs]
+            if missing:  # a malformed program: say which input, not how Python words a missing argument
+                raise InterpreterError(f"op '{op_name(op)}' ({op.type}) has no input '{missing[0]}', which it requires")
             with np.errstate(all="ignore"):
                 result = impl(**kwargs)
         results = result if isinstance(result, tuple) else (result,)
@@ -376,6 +381,13 @@ class Evaluator:
         raise InterpreterError(
             f"while_loop '{op_name(op)}' did not finish: stopped after {done} iterations ({self._ops_run - start} ops)"
         )
+
+
+@functools.lru_cache(maxsize=None)
+def _required(impl):
+    """The inputs an op implementation cannot do without (its parameters without defaults)."""
+    return tuple(p.name for p in inspect.signature(impl).parameters.values()
+                 if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def run_function(view, blobs, inputs, float_dtype=None, keep=()):
