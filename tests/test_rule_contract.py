@@ -1,6 +1,6 @@
 """The rule contract, proven with a rule no module of mlopt knows: `mul(x, x)` -> `square`, declared in this
 file and added to the registry for one test. Everything else - the self-check, the report and JSON,
-`--skip`, provenance, the no-candidate note - must work for it without a line of rule-specific code, as README's
+`--skip`, provenance, the no-candidate note - must work for it without a line of rule-specific code, as docs/writing-a-rule.md's
 "Writing a rule" promises."""
 
 import json

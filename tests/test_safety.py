@@ -1,4 +1,4 @@
-"""File-system safety: each rule of README's "Safety" section, attacked the way a tester would.
+"""File-system safety: each rule of docs/safety.md, attacked the way a tester would.
 
 Every test builds its layout in tmp_path from a fixture copy, runs mlopt, and checks that nothing outside what
 mlopt created changed: the input tree (links included), files beside it, files links point to.

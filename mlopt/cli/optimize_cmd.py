@@ -9,7 +9,7 @@ def add_parser(commands):
     p = commands.add_parser(
         "optimize",
         help="rewrite the chains mlopt's rules match into ops the Neural Engine runs well",
-        description="Rewrite every chain of IN that one of mlopt's rules matches (README: What is matched) and save OUT.",
+        description="Rewrite every chain of IN that one of mlopt's rules matches (docs/rules.md) and save OUT.",
     )
     p.add_argument(
         "paths",

@@ -1,6 +1,6 @@
 """Where the output goes, and what `--force` may replace there. Checked before anything is written.
 
-The rules (README, "Safety"):
+The rules (docs/safety.md):
 - OUT's folder is found the way the OS finds it: links in it are resolved before `..` (`link/../x` is the `x`
   beside the link's target, not beside the link).
 - OUT may not be inside the input package, at any depth, by any path: folders are compared by device and

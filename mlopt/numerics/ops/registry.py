@@ -20,7 +20,7 @@ ACCUMULATOR = [np.float32]  # what fp16 reductions, norms and products accumulat
 
 
 def accumulate(x):
-    """fp16 operands of reductions, norms and matrix products are accumulated in fp32, as hardware does (README,
+    """fp16 operands of reductions, norms and matrix products are accumulated in fp32, as hardware does (docs/numerics.md,
     "The accumulation model"); under `accumulating(np.float16)`, the pessimistic model, they stay fp16."""
     x = np.asarray(x)
     return x.astype(ACCUMULATOR[0]) if x.dtype == np.float16 else x
