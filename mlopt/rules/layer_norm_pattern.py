@@ -62,7 +62,7 @@ def match_layer_norm(view, anchor):
     centre = centred(view, base)
     moments = None if centre is not None else _moments_mean(view, anchor, base)
     if centre is None and moments is None:
-        return NOT_THIS_PATTERN
+        return _off_scale_centring(view, anchor, square_op, base)
 
     def body(trace):
         if square_op is not None:
@@ -129,6 +129,20 @@ def match_layer_norm(view, anchor):
             facts={"var_scale": stat.scale, "mean_scale": centring.scale, "var_mean_scale": mean.scale,
                    "moments": centre is None},
         )
+
+    return attempt(view, body)
+
+
+def _off_scale_centring(view, anchor, square_op, base):
+    """x - k * sum(x) squared and reduced, k not 1/N (or a mean scaled off 1): the variance of a tensor centred
+    by no mean. Left alone with the scale it has, or NOT_THIS_PATTERN if `base` is no such subtraction."""
+    centre = centred(view, base, exact=False)
+    if centre is None:
+        return NOT_THIS_PATTERN
+
+    def body(trace):
+        trace.take(*[op for op in (square_op, anchor) if op is not None], centre.sub, *centre.mean.ops)
+        trace.fail(centre.mean.off_scale_reason(view))
 
     return attempt(view, body)
 

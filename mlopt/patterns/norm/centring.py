@@ -121,13 +121,14 @@ class Centred:
     mean: Mean
 
 
-def centred(view, value):
-    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None."""
+def centred(view, value, exact=True):
+    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None. With
+    exact=False the mean's scale may be off 1 (Mean.exact says so), for a matcher to name it."""
     for v in cast_ancestry(view, value):
         op = view.producer(v)
         if op is None or view.op_type(op) != "sub":
             continue
-        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
+        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"), exact=exact)
         if x is not None and mean is not None and same_tensor(view, mean.x, x):
             if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes):
                 return Centred(op, x, mean)
