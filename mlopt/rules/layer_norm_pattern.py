@@ -175,13 +175,12 @@ def _mean_subtracted_after(view, trace, norm, mean, missing):
                 term = producer_through_casts(view, rest)
                 trace.take(*casts_up_to(view, rest, set()))
                 break
-    if term is None or view.op_type(term) != "mul":
-        trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
-    for param in ("x", "y"):
-        if same_tensor(view, view.arg(term, param) or "", norm.inverse):
-            if _is_mean(view, trace, view.arg(term, other_param(term, param)), mean, sign):
-                trace.take(term, final)
-                return final, beta
+    if term is None or view.op_type(term) != "mul":  # no product added: x is normalised uncentred (x / std(x))
+        trace.fail(missing)
+    for param in [p for p in ("x", "y") if same_tensor(view, view.arg(term, p) or "", norm.inverse)]:
+        if _is_mean(view, trace, view.arg(term, other_param(term, param)), mean, sign):
+            trace.take(term, final)
+            return final, beta
     trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
 
 

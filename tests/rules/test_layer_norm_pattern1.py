@@ -183,8 +183,15 @@ def scaled_x_alone(x):
     return mb.mul(x=mb.mul(x=x, y=inv), y=GAMMA)
 
 
+def scaled_x_plus_residual(x):
+    """x * inv + x: a residual added after an uncentred x / std(x), no mean term."""
+    _, inv = statistics(x)
+    return mb.add(x=mb.mul(x=x, y=inv), y=x)
+
+
 @pytest.mark.parametrize("body, reason", [
     (wrong_sign, NOT_MEAN_AFTER),
+    (scaled_x_plus_residual, NOT_CENTRED),
     (another_mean, NOT_MEAN_AFTER),
     (another_inverse, NOT_MEAN_AFTER),
     (scaled_x_alone, NOT_CENTRED),
