@@ -16,7 +16,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.frontend.milproto.load import load
 from coremltools.converters.mil.mil import types
 
-from conftest import FIXTURES, file_digest, main_view, op_types, run_package
+from conftest import FIXTURES, file_digest, main_view, op_types, run_package, tree_digest
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.coreml import convert
@@ -101,6 +101,13 @@ def test_per_channel_gamma_and_beta_become_instance_norm_parameters(name, tmp_pa
     for var, seed in zip((op.gamma, op.beta), source):
         np.testing.assert_array_equal(var.val, make.rand((1, 5, 1, 1), seed, dtype).reshape(5))
     assert op.epsilon.val.dtype == (f16 if dtype == "fp16" else f32)
+
+
+@pytest.mark.parametrize("name", ["in_p1_nchw_fp16_ios15", "in_p1_transposed_fp32_ios17"])
+def test_the_same_input_gives_the_same_bytes(name, tmp_path):
+    optimize_package(path(name), tmp_path / "a.mlpackage")
+    optimize_package(path(name), tmp_path / "b.mlpackage")
+    assert tree_digest(tmp_path / "a.mlpackage") == tree_digest(tmp_path / "b.mlpackage")
 
 
 def test_pattern_3_has_no_gamma_or_beta(tmp_path):
