@@ -17,6 +17,7 @@ LayerNorm rule keeps that chain.
 
 from .layer_norm_pattern import match_layer_norm
 from ..patterns.status import NOT_THIS_PATTERN, Matched
+from ..patterns.walk import int_axes
 
 RANK = 4
 CHANNEL_AXIS = {(2, 3): 1, (1, 2): 3}  # normalised axes -> the channel axis
@@ -26,6 +27,8 @@ LAYOUTS = {1: "channels first", 3: "channels last"}
 def match_instance_norm(view, anchor):
     """The InstanceNorm pattern anchored at a variance's reduction: Matched with the LayerNorm matcher's Match
     (facts["layout"] added), or NOT_THIS_PATTERN - a near-miss is the LayerNorm rule's to explain."""
+    if not _spatial_reduction(view, anchor):  # cheap: most anchors (transformer norms) end here
+        return NOT_THIS_PATTERN
     status = match_layer_norm(view, anchor)
     if not isinstance(status, Matched):
         return NOT_THIS_PATTERN
@@ -34,6 +37,14 @@ def match_instance_norm(view, anchor):
         return NOT_THIS_PATTERN
     status.match.facts = dict(status.match.facts, layout=LAYOUTS[channel])
     return status
+
+
+def _spatial_reduction(view, anchor):
+    """Whether the anchor reduces a rank-4 tensor over the spatial axes of one of the layouts."""
+    x, axes = view.arg(anchor, "x"), int_axes(view.const(anchor, "axes"))
+    if x is None or axes is None or view.rank(x) != RANK or any(not -RANK <= a < RANK for a in axes):
+        return False
+    return tuple(sorted(a % RANK for a in axes)) in CHANNEL_AXIS
 
 
 def channel_axis(view, match):
