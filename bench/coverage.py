@@ -1,12 +1,14 @@
 """Coverage of real norm implementations: for every package of the three fixture sets, rewritten or not, and the
 error.
 
-    python bench/coverage.py [real|converters|layernorm ...]     # a markdown table per set (default: all three)
+    python bench/coverage.py [real|converters|layernorm|coreml_norms ...]     # a markdown table per set (default: all)
 
 - `real`: RMSNorm implementations from model code converted from PyTorch (fixtures/real/, rule rms_norm);
 - `converters`: RMSNorm spellings of other converters and hand-written MIL (fixtures/converters/, rule rms_norm;
   the L2 forms and the trick itself must be left alone);
-- `layernorm`: decomposed LayerNorms (fixtures/layernorm/, rule layer_norm).
+- `layernorm`: decomposed LayerNorms (fixtures/layernorm/, rule layer_norm);
+- `coreml_norms`: the LayerNorm and InstanceNorm programs of coremltools' own fusion tests, saved unfused
+  (fixtures/coreml_norms/, rules layer_norm and instance_norm; a row per test variant, its kind first).
 
 Each cell: chains rewritten by the set's rule / the norms the model code holds (expected.json, written from the
 code, not by mlopt) over the opsets the packages were built for, the worst self-check error of a rewrite against
@@ -41,6 +43,9 @@ SETS = {
         f"{e['form']}: {_family(name)}", e["dtype"], e["norms"] if e["expect"] == "rewrite" else 0, e["expect"] != "rewrite")),
     "layernorm": ("layer_norm", lambda name, e: (
         e["implementation"], _precision(name), e["layer_norms"], e["negative"] or e["layer_norms"] == 0)),
+    "coreml_norms": (("layer_norm", "instance_norm"), lambda name, e: (
+        f"{e['kind'] if e['expect'] == 'rewrite' else 'no norm'}: {_family(name)}", e["dtype"], e["norms"],
+        e["expect"] != "rewrite")),
 }
 
 
@@ -49,6 +54,7 @@ def table(set_name):
     from mlopt.verify import verify_packages
 
     rule, read = SETS[set_name]
+    rules = (rule,) if isinstance(rule, str) else rule
     folder = os.path.join(FIXTURES, set_name)
     with open(os.path.join(folder, "expected.json")) as f:
         expected = json.load(f)
@@ -58,7 +64,7 @@ def table(set_name):
             family, precision, norms, negative = read(name, info)
             src, out = os.path.join(folder, f"{name}.mlpackage"), os.path.join(tmp, f"{name}.mlpackage")
             report = optimize_package(src, out)
-            chains = [c for f in report.functions for c in f.chains if c.rule == rule and c.status == "rewritten"]
+            chains = [c for f in report.functions for c in f.chains if c.rule in rules and c.status == "rewritten"]
             cell = cells[(family, precision)]
             cell["rewritten"] += len(chains)
             cell["norms"] += norms
@@ -66,7 +72,7 @@ def table(set_name):
             cell["error"] = max([cell["error"], *(c.error for c in chains if c.error is not None)])
             cell["verified"] &= verify_packages(src, out).passed
             cell["negative"] = negative
-    lines = [f"{set_name} (rule {rule}):", "", "| implementation | fp16 | fp32 | mixed precision |", "|---|---|---|---|"]
+    lines = [f"{set_name} (rule{'s' if len(rules) > 1 else ''} {', '.join(rules)}):", "", "| implementation | fp16 | fp32 | mixed precision |", "|---|---|---|---|"]
     families = sorted({k for k, _ in cells}, key=lambda k: (any(cells[(k, p)]["negative"] for p in PRECISIONS if (k, p) in cells), k))
     for family in families:
         row = [family]

@@ -60,6 +60,10 @@ class MbBuilder:
         eps = NUMPY[epsilon_dtype(self.opset, self.dtype(x), epsilon, gamma is not None or beta is not None)](epsilon)
         return mb.layer_norm(x=x, axes=list(axes), epsilon=eps, gamma=gamma, beta=beta, **self._args("layer_norm"))
 
+    def instance_norm(self, x, epsilon, gamma=None, beta=None):
+        eps = NUMPY[epsilon_dtype(self.opset, self.dtype(x), epsilon, gamma is not None or beta is not None)](epsilon)
+        return mb.instance_norm(x=x, epsilon=eps, gamma=gamma, beta=beta, **self._args("instance_norm"))
+
     def elementwise(self, op_type, x, **literals):
         typed = {k: (v if isinstance(v, (str, bool, np.bool_, int, np.integer)) else NUMPY[self.dtype(x)](v))
                  for k, v in literals.items()}

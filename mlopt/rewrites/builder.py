@@ -39,6 +39,10 @@ class Builder(Protocol):
     def layer_norm(self, x, axes: Sequence[int], epsilon: float, gamma=None, beta=None):
         """MIL layer_norm; gamma/beta, when given, are constants of shape x.shape[axes]."""
 
+    def instance_norm(self, x, epsilon: float, gamma=None, beta=None):
+        """MIL instance_norm (x of rank 3-4, channels on axis 1, normalised over the axes after it); gamma/beta,
+        when given, are constants of shape (C,). Its parameters follow layer_norm's dtype rules."""
+
     def folds_params(self, x, epsilon: float) -> bool:
         """Whether layer_norm can take gamma/beta and keep `epsilon` (nearly) as it is: from iOS17 they share
         epsilon's type, so under fp16 x an epsilon fp16 would spoil (1e-7, 1e-12) needs them applied after."""

@@ -195,13 +195,20 @@ class SpecBuilder:
         return self._emit("slice_by_index", inputs, retyped(self._type(x), axis=axis, size=end - begin), "slice")
 
     def layer_norm(self, x, axes, epsilon, gamma=None, beta=None):
+        return self._norm("layer_norm", x, epsilon, gamma, beta, axes=self._literal("axes", np.array(axes, np.int32), INT32))
+
+    def instance_norm(self, x, epsilon, gamma=None, beta=None):
+        return self._norm("instance_norm", x, epsilon, gamma, beta)
+
+    def _norm(self, op_type, x, epsilon, gamma, beta, **more):
+        """layer_norm / instance_norm: one dtype rule for their epsilon, gamma and beta (rewrites/opset_rules.py)."""
         dtype = self.dtype(x)
-        inputs = {"x": x, "axes": self._literal("axes", np.array(axes, np.int32), INT32),
-                  "epsilon": self._literal("epsilon", epsilon, epsilon_dtype(self.opset, dtype, epsilon, gamma is not None or beta is not None))}
+        inputs = {"x": x, **more, "epsilon": self._literal(
+            "epsilon", epsilon, epsilon_dtype(self.opset, dtype, epsilon, gamma is not None or beta is not None))}
         for param, value in (("gamma", gamma), ("beta", beta)):
             if value is not None:
                 inputs[param] = value
-        return self._emit("layer_norm", inputs, retyped(self._type(x)), "layer_norm")
+        return self._emit(op_type, inputs, retyped(self._type(x)), op_type)
 
     def elementwise(self, op_type, x, **literals):
         inputs = {"x": x}

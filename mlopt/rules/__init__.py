@@ -3,9 +3,9 @@ self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-ti
 when used, so a test may add a rule of its own)."""
 
 from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
-from . import layer_norm, rms_norm
+from . import instance_norm, layer_norm, rms_norm
 
-RULES = (layer_norm.RULE, rms_norm.RULE)
+RULES = (layer_norm.RULE, rms_norm.RULE, instance_norm.RULE)
 
 
 def skip_reason(compute_units, rules=None):

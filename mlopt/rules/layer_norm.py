@@ -4,7 +4,8 @@ coremltools fuses LayerNorm at conversion time only for the spellings its own pa
 wrappers (mixed precision), the E[x^2] - E[x]^2 variance, a division instead of rsqrt, a channel-axis norm, or
 programs from other converters stay decomposed. On the Neural Engine such a chain squares in fp16 (overflow past
 |x - mean| ~ 256) and its fp32 islands leave the engine; `layer_norm` does neither. As coremltools' own fusion,
-it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
+it rewrites for every compute-unit setting (`--skip layer_norm` turns it off). A chain that normalises each channel
+of an image over its spatial axes is the InstanceNorm rule's (instance_norm.py): this rule reports it as such.
 
     y = layer_norm(x, axes, eps, gamma, beta)     gamma/beta folded in when they are plain constants of the
                                                   normalised shape in x's dtype, and eps keeps its value
@@ -14,7 +15,9 @@ it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
 
 import numpy as np
 
+from ..patterns.status import Matched, Recognised
 from .base import Rule
+from .instance_norm_pattern import channel_axis
 from .layer_norm_pattern import match_layer_norm
 
 
@@ -29,7 +32,10 @@ class LayerNormRule(Rule):
     units = None
 
     def match(self, graph, op):
-        return match_layer_norm(graph, op)
+        status = match_layer_norm(graph, op)
+        if isinstance(status, Matched) and channel_axis(graph, status.match) is not None:
+            return Recognised("InstanceNorm", "the instance_norm rule rewrites it", status.form, status.ops)
+        return status
 
     def lower(self, b, m):
         shape = [b.dim(m.x, a) for a in m.axes]

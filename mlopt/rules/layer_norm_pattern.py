@@ -7,14 +7,17 @@ reshape/expand_dims/tile):
     d    = sub(x, mean)
     var  = reduce_mean(square(d) | mul(d, d) | pow(d, 2), axes)          variance of the centred tensor
          | reduce_mean(x^2, axes) - square(mean)                         E[x^2] - E[x]^2
-      -> [add(eps)] -> rsqrt(epsilon) | pow(-0.5) | sqrt
+      -> [add(eps)] -> rsqrt(epsilon) | pow(-0.5) | sqrt | pow(0.5)
       -> mul(d', .) | real_div(d', sqrt) | mul(d', real_div(1, sqrt))    d' = x - mean(x): the same sub, or another
+       | mul(x, inv) + (beta - mean * inv)                               the mean subtracted after scaling
       -> [mul(gamma)] [add(beta)], constant per call, -> [cast back to x's dtype]
 
 Conditions: one tensor centred, squared and normalised; the mean and the variance over the same axes; a true
 mean (1/N of a sum, no unbiased N/(N-1)); eps inside the root. Matching is anchored at the variance's reduction,
 like RMSNorm's at its mean square; a chain whose numerator is not centred (x / std(x)) is left alone with the
-reason. A per-channel affine that comes after as `batch_norm`, or after a reshape back (grouped norms), stays as
+reason. The mean may be subtracted after scaling x (`x * inv + (beta - mean * inv)`, inv the inverse root, gamma
+folded into it or not: TensorFlow's BERT, TensorFlow-Addons, Keras 3, coremltools' pattern 1), with the same
+conditions. A per-channel affine that comes after as `batch_norm`, or after a reshape back (grouped norms), stays as
 it is, after the new layer_norm.
 """
 
@@ -47,6 +50,8 @@ from ..patterns.walk import (
 )
 from .base import Match
 
+NOT_CENTRED = "normalises a tensor that is not mean-centred (x / std(x)): not a LayerNorm"
+
 
 def match_layer_norm(view, anchor):
     """The LayerNorm pattern anchored at a variance's reduction: a status (patterns/status.py)."""
@@ -57,7 +62,7 @@ def match_layer_norm(view, anchor):
     centre = centred(view, base)
     moments = None if centre is not None else _moments_mean(view, anchor, base)
     if centre is None and moments is None:
-        return NOT_THIS_PATTERN
+        return _off_scale_centring(view, anchor, square_op, base)
 
     def body(trace):
         if square_op is not None:
@@ -76,18 +81,26 @@ def match_layer_norm(view, anchor):
             subtract = lambda value: _square_mean(view, value, base) is not None  # noqa: E731
         if axes != mean.axes:
             trace.fail(f"mean over axes {list(mean.axes)}, variance over {list(axes)}: not one LayerNorm")
+        if not mean.exact:
+            trace.take(*mean.ops)
+            trace.fail(mean.off_scale_reason(view))
         stat = statistic_to_root(view, trace, anchor, base, axes, label="variance", norm="LayerNorm", subtract=subtract)
         if subtract is not None:  # the E[x]^2 the walk subtracted: its ops are the chain's
             mean_squared, squaring = _square_mean(view, stat.subtracted, base)
             trace.take(*casts_up_to(view, stat.subtracted, set()), squaring, *mean_squared.ops)
-        norm = normaliser(view, trace, stat, base if centre else source, axes)
+            if not mean_squared.exact:
+                trace.fail(mean_squared.off_scale_reason(view))
+        plain = centre.x if centre is not None else source  # the tensor before centring
+        norm = normaliser(view, trace, stat, base if centre else source, axes, prefer=(plain,))
         numerator = centred(view, norm.scaled) if norm.scaled is not None else None
         last, beta = norm.op, None
-        if numerator is None and centre is None and norm.scaled is not None and same_tensor(view, norm.scaled, source):
-            last, beta = _mean_subtracted_after(view, trace, norm, mean)
+        if numerator is None and norm.scaled is not None and same_tensor(view, norm.scaled, plain):
+            missing = (NOT_CENTRED if centre is not None else
+                       "normalises x itself, not x - mean(x), and subtracts no mean after: not a LayerNorm")
+            last, beta = _mean_subtracted_after(view, trace, norm, mean, missing)
             centred_x, centring = norm.scaled, mean
         elif numerator is None:
-            trace.fail("normalises a tensor that is not mean-centred (x / std(x)): not a LayerNorm")
+            trace.fail(NOT_CENTRED)
         else:
             if not same_tensor(view, numerator.x, source) or numerator.mean.axes != mean.axes:
                 trace.fail("centres one tensor and normalises another")
@@ -120,16 +133,32 @@ def match_layer_norm(view, anchor):
     return attempt(view, body)
 
 
-def _mean_subtracted_after(view, trace, norm, mean):
-    """Keras 3's batch_normalization: x * inv + (beta - mean * inv), spelled add(x * inv, add(mul(mean, -1) * inv,
-    beta)) or with sub(beta, mean * inv); inv the inverse root (times gamma). Returns (the final add, beta)."""
-    use = follow(view, view.output(norm.op), ("add",))
+def _off_scale_centring(view, anchor, square_op, base):
+    """x - k * sum(x) squared and reduced, k not 1/N (or a mean scaled off 1): the variance of a tensor centred
+    by no mean. Left alone with the scale it has, or NOT_THIS_PATTERN if `base` is no such subtraction."""
+    centre = centred(view, base, exact=False)
+    if centre is None:
+        return NOT_THIS_PATTERN
+
+    def body(trace):
+        trace.take(*[op for op in (square_op, anchor) if op is not None], centre.sub, *centre.mean.ops)
+        trace.fail(centre.mean.off_scale_reason(view))
+
+    return attempt(view, body)
+
+
+def _mean_subtracted_after(view, trace, norm, mean, missing):
+    """The mean subtracted after x is scaled: x * inv + (beta - mean * inv) (TensorFlow's BERT, coremltools'
+    pattern 1), x * inv + mean * inv * -1 (TensorFlow-Addons), x * inv + (mul(mean, -1) * inv + beta) (Keras 3's
+    batch_normalization), x * inv - mean * inv; inv the inverse root (times gamma). Returns (the final op, beta)."""
+    use = follow(view, view.output(norm.op), ("add", "sub"), accept=lambda st: view.op_type(st.op) == "add" or st.param == "x")
     if use is None:
-        trace.fail("normalises x itself, not x - mean(x), and subtracts no mean after: not a LayerNorm")
+        trace.fail(missing)
     trace.take(*use.casts)
     final, rest = use.op, view.arg(use.op, other_param(use.op, use.param))
-    op, beta, sign = producer_through_casts(view, rest), None, -1.0
-    if op is not None and view.op_type(op) in ("add", "sub"):
+    sign = -1.0 if view.op_type(final) == "add" else 1.0  # the term `rest` must be sign * mean * inv
+    op, beta = producer_through_casts(view, rest), None
+    if op is not None and sign < 0 and view.op_type(op) in ("add", "sub"):
         for param in ("x", "y") if view.op_type(op) == "add" else ("x",):
             other = view.arg(op, other_param(op, param))
             if constant_float(view, view.arg(op, param)) and other is not None:
@@ -138,13 +167,20 @@ def _mean_subtracted_after(view, trace, norm, mean):
                 break
     term = producer_through_casts(view, rest)
     trace.take(*casts_up_to(view, rest, set()))
-    if term is None or view.op_type(term) != "mul":
-        trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
-    for param in ("x", "y"):
-        if same_tensor(view, view.arg(term, param) or "", norm.inverse):
-            if _is_mean(view, trace, view.arg(term, other_param(term, param)), mean, sign):
-                trace.take(term, final)
-                return final, beta
+    if term is not None and view.op_type(term) == "mul":  # mean * inv * -1: the sign after the product
+        for param in ("x", "y"):
+            if scalar_const(view, term, other_param(term, param)) == -1.0 and view.arg(term, param) is not None:
+                trace.take(term)
+                rest, sign = view.arg(term, param), -sign
+                term = producer_through_casts(view, rest)
+                trace.take(*casts_up_to(view, rest, set()))
+                break
+    if term is None or view.op_type(term) != "mul":  # no product added: x is normalised uncentred (x / std(x))
+        trace.fail(missing)
+    for param in [p for p in ("x", "y") if same_tensor(view, view.arg(term, p) or "", norm.inverse)]:
+        if _is_mean(view, trace, view.arg(term, other_param(term, param)), mean, sign):
+            trace.take(term, final)
+            return final, beta
     trace.fail("adds something other than -mean(x) * inverse root after scaling x: not a LayerNorm")
 
 
@@ -193,7 +229,7 @@ def _square_mean(view, value, base):
         m = view.arg(op, "x")
     else:
         return None
-    mean = mean_of(view, m)
+    mean = mean_of(view, m, exact=False)  # an off scale is the matcher's reason to give
     if mean is None or not same_tensor(view, mean.x, base):
         return None
     return mean, op

@@ -28,6 +28,7 @@ from ..patterns.norm import (
     affine,
     centred,
     check_output,
+    is_square_root,
     normaliser,
     reduction_axes,
     square_of,
@@ -130,7 +131,7 @@ def _match_rest(view, trace, reduce_op, base, exponent, prescale):
     stat = statistic_to_root(view, trace, reduce_op, base, axes, scale_of=scale_of)
 
     rescaled = False
-    if prescale and view.op_type(stat.root) == "sqrt":
+    if prescale and is_square_root(view, stat.root):
         norm, rescaled = _divide_by_rescaled_root(view, trace, stat, prescale, base, axes)
     else:
         norm = normaliser(view, trace, stat, base, axes)

@@ -21,12 +21,21 @@ class Mean:
     axes: tuple
     ops: list  # every op from the reduction to the value, the reduction included
     scale: float = 1.0  # the value is the mean times this (1/N as its constant rounds it, for a sum)
+    count: float = 1.0  # N for a reduce_sum (the 1/N its scale should be), 1 for a reduce_mean
+    exact: bool = True  # the scale is 1 to its constants' rounding (False only from mean_of(exact=False))
+
+    def off_scale_reason(self, view):
+        """Why a scaled reduction read with mean_of(exact=False) is no mean."""
+        kind, k = view.op_type(self.reduction), self.scale / self.count
+        want = f"1/{self.count:g}" if self.count != 1 else "1"
+        return f"the mean's {kind} is scaled by {k:g}, not {want}: not a mean"
 
 
-def mean_of(view, value):
+def mean_of(view, value, exact=True):
     """The mean `value` holds: reduce_mean, or reduce_sum scaled by 1/N, through casts, constant scales,
     reshape/expand_dims/tile (the spellings converters broadcast a per-row mean with). None if it is not one, or
-    if its scale is off 1 by more than its constants' rounding. The caller checks the value's shape."""
+    if its scale is off 1 by more than its constants' rounding (with exact=False: a Mean with `exact` False, for
+    a matcher to name the scale). The caller checks the value's shape."""
     ops, k, v, scale_ops = [], 1.0, value, []
     for _ in range(MAX_STEPS):
         op = view.producer(v) if v is not None else None
@@ -39,14 +48,17 @@ def mean_of(view, value):
             if x is None or not axes or any(not -view.rank(x) <= a < view.rank(x) for a in axes):
                 return None
             axes = tuple(sorted(a % view.rank(x) for a in axes))
+            count = 1.0
             if kind == "reduce_sum":
                 dims = [view.dim(x, a) for a in axes]
-                k = math.inf if None in dims else k * math.prod(dims)
-            if not math.isfinite(k) or abs(k - 1.0) > _tolerance(view, scale_ops):
+                count = math.inf if None in dims else float(math.prod(dims))
+                k = k * count
+            close = math.isfinite(k) and abs(k - 1.0) <= _tolerance(view, scale_ops)
+            if (exact and not close) or not math.isfinite(k):
                 return None
             if not _broadcast_back(view, ops, x, axes):
                 return None
-            return Mean(op, x, axes, ops, k)
+            return Mean(op, x, axes, ops, k, count, close)
         if kind in ("cast", "reshape", "expand_dims", "tile"):
             v = view.arg(op, "x")
         elif kind == "mul":
@@ -109,13 +121,14 @@ class Centred:
     mean: Mean
 
 
-def centred(view, value):
-    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None."""
+def centred(view, value, exact=True):
+    """`value` as sub(x, mean(x)) (through casts), the mean lined up with x as keep_dims does; or None. With
+    exact=False the mean's scale may be off 1 (Mean.exact says so), for a matcher to name it."""
     for v in cast_ancestry(view, value):
         op = view.producer(v)
         if op is None or view.op_type(op) != "sub":
             continue
-        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"))
+        x, mean = view.arg(op, "x"), mean_of(view, view.arg(op, "y"), exact=exact)
         if x is not None and mean is not None and same_tensor(view, mean.x, x):
             if broadcasts_as_kept(view, view.arg(op, "y"), x, mean.axes):
                 return Centred(op, x, mean)

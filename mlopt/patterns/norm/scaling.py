@@ -1,6 +1,7 @@
 """Scaling by the root: the op that normalises a tensor, and the affine (gamma, beta) after it.
 
-    normaliser: mul(t, inverse root) | real_div(t, sqrt) | mul(t, real_div(1, sqrt)), through tile/reshape,
+    normaliser: mul(t, inverse root) | real_div(t, sqrt) | mul(t, real_div(1, sqrt)), through tile/reshape
+                (sqrt: also pow(0.5)),
                 a gamma possibly multiplied into the inverse root first (Keras, Flax)
     affine:     [mul(gamma)] [add(beta)], constant per call, casts between, [cast back]
 """
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 from ...graph.shapes import same_shape
 from ..walk import constant_float, consumer_types, follow, other_param, same_tensor, scalar_const, sole_consumer
-from .statistic import through_shape_ops
+from .statistic import is_square_root, through_shape_ops
 
 
 @dataclass
@@ -20,14 +21,17 @@ class Normalised:
     gamma: str = None  # a gamma multiplied into the inverse root before it scales t (Keras, Flax)
 
 
-def normaliser(view, trace, stat, base, axes, label="square root"):
+def normaliser(view, trace, stat, base, axes, label="square root", prefer=()):
     """The op that scales a tensor by the root. `base` is the tensor the scale is expected on (preferred where
-    several consumers would do), and the tensor that was reduced."""
+    several consumers would do), and the tensor that was reduced; `prefer` are tensors preferred next (x itself,
+    for a LayerNorm that subtracts the scaled mean after scaling x)."""
     root = stat.root
     s = through_shape_ops(view, trace, view.output(root), axes, like=base, restored=stat.restored)
-    if view.op_type(root) != "sqrt":
-        return scale_by_inverse(view, trace, s, base)
+    if not is_square_root(view, root):
+        return scale_by_inverse(view, trace, s, base, prefer)
     step = follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and (scales(view, st, base) or is_one(view, st.op)))
+    for other in prefer:
+        step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y" and scales(view, st, other))
     step = step or follow(view, s, ("real_div",), accept=lambda st: st.param == "y")
     if step is None and follow(view, s, ("add",)) is not None:
         trace.fail("epsilon added outside the square root")
@@ -40,18 +44,19 @@ def normaliser(view, trace, stat, base, axes, label="square root"):
         return Normalised(step.op, view.arg(step.op, "x"))
     if not is_one(view, step.op):
         trace.fail("divides a constant other than 1 by the square root")
-    return scale_by_inverse(view, trace, view.output(step.op), base)
+    return scale_by_inverse(view, trace, view.output(step.op), base, prefer)
 
 
-def scale_by_inverse(view, trace, inv, base):
-    """mul(t, inv) in either operand order; prefer the mul that scales `base` if there are several. A gamma may
-    be multiplied into the inverse first (mul(inv, gamma), gamma constant per call), as Keras and Flax write it."""
-    step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, base))
+def scale_by_inverse(view, trace, inv, base, prefer=()):
+    """mul(t, inv) in either operand order; prefer the mul that scales `base`, then one that scales a tensor of
+    `prefer`, if there are several. A gamma may be multiplied into the inverse first (mul(inv, gamma), gamma
+    constant per call), as Keras, Flax and TensorFlow's BERT write it."""
+    step = _preferred(view, inv, base, prefer)
     if step is None:
         folded = follow(view, inv, ("mul",), accept=lambda st: constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
         if folded is not None:
             scaled_inv = view.output(folded.op)
-            step = follow(view, scaled_inv, ("mul",), accept=lambda st: scales(view, st, base)) or follow(
+            step = _preferred(view, scaled_inv, base, prefer) or follow(
                 view, scaled_inv, ("mul",), accept=lambda st: not constant_float(view, view.arg(st.op, other_param(st.op, st.param))))
             if step is not None:
                 trace.take(*folded.casts)
@@ -64,6 +69,15 @@ def scale_by_inverse(view, trace, inv, base):
         trace.fail(f"inverse root feeds {consumer_types(view, inv)}, not mul")
     trace.take(*step.casts, step.op)
     return Normalised(step.op, view.arg(step.op, other_param(step.op, step.param)), step.via)
+
+
+def _preferred(view, inv, base, prefer):
+    """The mul that scales `base` by `inv`, else the first that scales a tensor of `prefer`, or None."""
+    for t in (base, *prefer):
+        step = follow(view, inv, ("mul",), accept=lambda st: scales(view, st, t))  # noqa: B023 (called at once)
+        if step is not None:
+            return step
+    return None
 
 
 def scales(view, step, base):

@@ -247,12 +247,17 @@ def _shape_step(view, trace, op, like, axes, restored):
     return True
 
 
+def is_square_root(view, root):
+    """sqrt, or pow(0.5), which is the same function (NaN below 0, exact at 0): the root a chain divides by."""
+    return view.op_type(root) == "sqrt" or (view.op_type(root) == "pow" and scalar_const(view, root, "y") == 0.5)
+
+
 def root_epsilon(view, trace, root):
-    """rsqrt's own epsilon (MIL's default when absent); checks pow's exponent."""
+    """rsqrt's own epsilon (MIL's default when absent); checks pow's exponent (-0.5, or 0.5: a square root)."""
     if view.op_type(root) == "pow":
         y = scalar_const(view, root, "y")
-        if y != -0.5:
-            trace.fail(f"root is pow({'?' if y is None else f'{y:g}'}), not pow(-0.5)")
+        if y not in (-0.5, 0.5):
+            trace.fail(f"root is pow({'?' if y is None else f'{y:g}'}), not pow(-0.5) or pow(0.5)")
     if view.op_type(root) != "rsqrt":
         return 0.0
     if view.const(root, "epsilon") is None and not view.has_input(root, "epsilon"):
