@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 
 from ._version import __version__
+from .analyses.lint import changes as lint_changes, lint_function
 from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
 from .graph.validate import validate_program
@@ -82,7 +83,7 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
         function = copy
     view = SpecGraph(name, function, small_blob=small_constants(blobs))
     report = FunctionReport(name=name, opset=view.opset)
-    before = op_counts(view)
+    before, lint_before = op_counts(view), lint_function(view)
     if selection.functions is not None and name not in selection.functions:
         report.note = "function not selected by --function"
     candidates = registry.find_candidates(view)
@@ -106,8 +107,10 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
         report.chains.append(chain)
         log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))
     apply_rewrites(view, keep)
-    after = op_counts(SpecGraph(name, function)) if keep else before
+    rewritten = SpecGraph(name, function) if keep else None
+    after = op_counts(rewritten) if keep else before
     report.ops = {t: [before.get(t, 0), after.get(t, 0)] for t in sorted(set(before) | set(after))}
+    report.lint = lint_changes(lint_before, lint_function(rewritten) if keep else lint_before)
     return report
 
 

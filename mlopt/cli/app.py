@@ -1,8 +1,9 @@
-"""The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
+"""The `mlopt` command line: `optimize`, `inspect`, `verify` and `lint`, over the Python API.
 
 Exit codes (README, "Exit codes"): 0 success; 2 bad input (one line naming the file and the problem, no
 traceback); 3 `verify` cannot run a model in its interpreter (nothing was compared); 1 failed (outputs differ,
-the output could not be written, or an internal error: one line, MLOPT_DEBUG=1 shows the traceback); 128 + N
+the output could not be written, or an internal error: one line, MLOPT_DEBUG=1 shows the traceback), and from
+`lint`, findings (docs/lint.md); 128 + N
 when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 when the reader of stdout went away
 (`| head`). Never imports coremltools itself: start-up stays fast.
 """
@@ -16,10 +17,10 @@ import traceback
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
 from ..report import SCHEMA, printable
-from . import inspect_cmd, optimize_cmd, signals, verify_cmd
+from . import inspect_cmd, lint_cmd, optimize_cmd, signals, verify_cmd
 from .output import logging_to_stderr
 
-COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
+COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "lint": lint_cmd}
 CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
