@@ -250,3 +250,99 @@ def test_optimize_compares_lint_before_and_after_on_the_written_model(capsys, tm
 def test_optimize_says_nothing_about_lint_on_a_clean_model(capsys):
     code, out, _ = run_cli(capsys, "optimize", fixture_path("decoder_fp16_ios17"), "--dry-run")
     assert code == 0 and "lint:" not in out
+
+
+# -- the rules on hand-built programs (tests/test_validate.py's Program builder) ------------------------------------
+def lint_program(program):
+    from mlopt.analyses.lint import lint_function
+    from mlopt.graph import SpecGraph
+    from mlopt.graph.validate import validate_program
+
+    validate_program(program.spec, "test")
+    return lint_function(SpecGraph("main", program.function))
+
+
+def test_gather_rows_are_read_along_the_gathered_axes():
+    import numpy as np
+
+    from test_validate import Program, ttype
+
+    p = Program({"i": ttype([2, 1], "INT32"), "j": ttype([2, 3], "INT32")})
+    p.const("wide_rows", np.zeros((16385, 2), np.float32))  # 16385 rows
+    p.const("wide_cols", np.zeros((3, 16385), np.float32))  # 3 rows, 16385 columns
+    p.const("minus_one", np.int32(-1), "INT32")
+    p.const("zero", np.int32(0), "INT32")
+    p.op("gather_nd", "nd", ttype([2, 2]), x="wide_rows", indices="i")  # indexes axis 0: 16385 rows
+    p.op("gather_along_axis", "along_last", ttype([2, 16385]), x="wide_cols", indices="j", axis="minus_one")
+    p.op("gather", "along_first", ttype([2, 1, 16385]), x="wide_cols", indices="i", axis="zero")  # 3 rows
+    report = lint_program(p.output("nd", "along_last", "along_first"))
+    codes = {(f.op, f.code) for f in report.findings if f.code in ("large-gather", "unsupported-op")}
+    assert codes == {("nd", "large-gather"), ("along_last", "large-gather"), ("along_first", "unsupported-op")}
+    assert ("along_last", "dim-over-16384") in {(f.op, f.code) for f in report.findings}  # its output is wide too
+
+
+def test_constants_and_constexpr_ops_are_neither_ops_nor_findings():
+    import numpy as np
+
+    from test_validate import Program, ttype
+
+    p = Program({"x": ttype([1, 4], "FLOAT16")})
+    p.const("lut", np.zeros((16, 4), np.float32))  # fp32, as a palettized weight's table may be
+    p.op("constexpr_lut_to_dense", "w", ttype([1, 4]), lut="lut")  # fp32 output: not an op that runs
+    p.op("cast", "x32", ttype([1, 4]), x="x", dtype=literal_string("fp32"))
+    p.op("mul", "y", ttype([1, 4]), x="x32", y="w")  # reads fp32: the finding is here
+    report = lint_program(p.output("y"))
+    assert report.ops == 2 and [(f.op, f.code) for f in report.findings] == [("y", "fp32")]
+    assert report.switches == 1  # cast -> mul; the constexpr is no producer
+
+
+def literal_string(text):
+    from mlopt.package.proto import MIL_pb2
+
+    value = MIL_pb2.Value()
+    value.type.tensorType.dataType = MIL_pb2.DataType.Value("STRING")
+    value.immediateValue.tensor.strings.values.append(text)
+    return value
+
+
+def test_switches_count_each_producer_consumer_pair_once():
+    from test_validate import Program, ttype
+
+    p = Program({"x": ttype([1, 4], "FLOAT16")})
+    half = ttype([1, 4], "FLOAT16")
+    p.op("relu", "a", half, x="x")  # clean
+    p.op("exp", "b", ttype([1, 4]), x="a")  # fp32 output: at risk
+    p.op("mul", "c", half, x="a", y="a")  # clean, reads a twice: no switch (both clean)
+    p.op("add", "d", ttype([1, 4]), x="b", y="b")  # fp32: at risk, reads b twice: no switch
+    p.op("sub", "e", half, x="c", y="d")  # clean, reads d (risk): one switch
+    report = lint_program(p.output("e"))
+    assert [(f.op, f.code) for f in report.findings] == [("b", "fp32"), ("d", "fp32"), ("e", "fp32")]
+    # e reads the fp32 d, so it is at risk too: pairs a->b (switch), a->c, b->d, c->e (switch), d->e
+    assert report.switches == 2
+
+
+def test_integer_width_decides_int_arith():
+    from test_validate import Program, ttype
+
+    p = Program({"a": ttype([4], "INT8"), "b": ttype([4], "INT16")})
+    p.op("add", "a2", ttype([4], "INT8"), x="a", y="a")  # 8-bit: a type the Neural Engine is reported to hold
+    p.op("add", "b2", ttype([4], "INT16"), x="b", y="b")
+    p.op("shape", "s", ttype([1], "INT32"), x="b2")  # an integer result, but no arithmetic
+    report = lint_program(p.output("a2", "b2", "s"))
+    assert [(f.op, f.code) for f in report.findings] == [("b2", "int-arith")]
+    assert report.findings[0].detail == "computes on int16 (output 'b2')"
+
+
+def test_unknown_sizes_and_non_tensor_values_do_not_break_the_walk():
+    """A list output is no tensor: only the tensor the op reads is checked."""
+    from test_validate import Program, ttype
+
+    p = Program({"x": ttype([1, None], "FLOAT16")})
+    p.op("relu", "r", ttype([1, None], "FLOAT16"), x="x")
+    op = p.op("make_list", None, x="r")
+    listed = op.outputs.add(name="l")
+    listed.type.listType.type.CopyFrom(ttype([1, None], "FLOAT16"))
+    report = lint_program(p.output("r"))
+    assert [(f.op, f.code) for f in report.findings] == [("r", "dynamic-shape"), ("l", "dynamic-shape")]
+    assert report.findings[0].detail == "output 'r' is (1, ?): a size known only at run time"
+    assert report.findings[1].detail == "input 'r' is (1, ?): a size known only at run time"
