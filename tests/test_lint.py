@@ -65,7 +65,7 @@ def test_every_code_has_a_fixture_and_a_source():
     assert found == set(ane_limits.LIMITS)
     for limit in ane_limits.LIMITS.values():
         assert limit.sources and all(s.url.startswith("https://") and s.title and s.kind for s in limit.sources)
-    for what, sources in ane_limits.UNSUPPORTED_OPS.values():
+    for what, why, sources in ane_limits.UNSUPPORTED_OPS.values():
         assert sources and all(s.url.startswith("https://") for s in sources)
 
 
@@ -346,3 +346,12 @@ def test_unknown_sizes_and_non_tensor_values_do_not_break_the_walk():
     assert [(f.op, f.code) for f in report.findings] == [("r", "dynamic-shape"), ("l", "dynamic-shape")]
     assert report.findings[0].detail == "output 'r' is (1, ?): a size known only at run time"
     assert report.findings[1].detail == "input 'r' is (1, ?): a size known only at run time"
+
+
+def test_the_output_quoted_in_the_docs_is_what_lint_prints(capsys, monkeypatch):
+    """docs/lint.md quotes a real run on a fixture; it must stay true."""
+    with open(os.path.join(os.path.dirname(FIXTURES), "docs", "lint.md")) as f:
+        quoted = f.read().split("```\n")[1]
+    monkeypatch.chdir(os.path.dirname(FIXTURES))
+    code, out, _ = run_cli(capsys, "lint", "fixtures/lint/wide_linear_fp16_ios17.mlpackage")
+    assert code == 1 and out == quoted

@@ -200,15 +200,17 @@ ARITHMETIC_OPS = frozenset({
 # Gathers: op type -> the input holding the table (what large-gather measures).
 GATHER_OPS = {"gather": "x", "gather_nd": "x", "gather_along_axis": "x"}
 
-# Op types reported not to run on the Neural Engine at all: type -> (what it is, its sources).
+# Op types reported not to run on the Neural Engine at all: type -> (what it is, who reports what, its sources).
+_RNN = "a coremltools maintainer: RNNs are not supported on the Neural Engine"
+_GATHER = "reported off the Neural Engine whatever the table size"
 UNSUPPORTED_OPS = {
-    "lstm": ("an LSTM", (ISSUE_1780, ISSUE_337, HOLLANCE_LAYERS)),
-    "gru": ("a GRU", (ISSUE_1780, HOLLANCE_LAYERS)),
-    "rnn": ("an RNN", (ISSUE_1780, HOLLANCE_LAYERS)),
-    "gather": ("a gather", (HOLLANCE_LAYERS, SMPANARO_NOTES, ISSUE_1103)),
-    "gather_nd": ("a gather", (HOLLANCE_LAYERS, SMPANARO_NOTES, ISSUE_1103)),
-    "gather_along_axis": ("a gather", (HOLLANCE_LAYERS, ISSUE_1103)),
-    "while_loop": ("a while loop", (ISSUE_2208,)),
+    "lstm": ("an LSTM", _RNN, (ISSUE_1780, ISSUE_337, HOLLANCE_LAYERS)),
+    "gru": ("a GRU", _RNN, (ISSUE_1780, HOLLANCE_LAYERS)),
+    "rnn": ("an RNN", _RNN, (ISSUE_1780, HOLLANCE_LAYERS)),
+    "gather": ("a gather", _GATHER, (HOLLANCE_LAYERS, SMPANARO_NOTES, ISSUE_1103)),
+    "gather_nd": ("a gather", _GATHER, (HOLLANCE_LAYERS, SMPANARO_NOTES, ISSUE_1103)),
+    "gather_along_axis": ("a gather", _GATHER, (HOLLANCE_LAYERS, ISSUE_1103)),
+    "while_loop": ("a while loop", "one user report: no success getting it onto the Neural Engine", (ISSUE_2208,)),
 }
 
 PLACEMENT_NOTE = (

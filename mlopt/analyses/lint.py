@@ -222,8 +222,8 @@ def _unsupported(view, op, tensors):
     known = limits.UNSUPPORTED_OPS.get(op.type)
     if known is None or _large_gather(view, op, tensors) is not None:  # a large gather has its own code
         return None
-    what, sources = known
-    return "unsupported-op", f"{what}, an op type reported not to run on the Neural Engine", sources
+    what, why, sources = known
+    return "unsupported-op", f"{what} ({why})", sources
 
 
 CHECKS = (_dim_over, _rank_over, _int_arith, _large_gather, _dynamic_shape, _fp32, _unsupported)  # in ORDER
