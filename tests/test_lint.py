@@ -355,3 +355,29 @@ def test_the_output_quoted_in_the_docs_is_what_lint_prints(capsys, monkeypatch):
     monkeypatch.chdir(os.path.dirname(FIXTURES))
     code, out, _ = run_cli(capsys, "lint", "fixtures/lint/wide_linear_fp16_ios17.mlpackage")
     assert code == 1 and out == quoted
+
+
+# -- malformed programs (tests/fuzz/programs.py): handled or refused as bad input, never a crash -----------------------
+@pytest.mark.parametrize("fixture", ["lint/unsupported_ops_fp16_ios17", "real/decoder_llama_mixed_ios18"])
+def test_malformed_programs_are_linted_or_refused(capsys, tmp_path, fixture):
+    from fuzz.programs import PROGRAM_MUTATIONS, NotApplicable, mutate_program
+
+    tried = 0
+    for how in sorted(PROGRAM_MUTATIONS):
+        package = tmp_path / how / "in.mlpackage"
+        shutil.copytree(fixture_path(fixture), package)
+        try:
+            mutate_program(str(package), how, seed=0)
+        except NotApplicable:
+            continue
+        tried += 1
+        before = tree_digest(package)
+        code, out, err = run_cli(capsys, "lint", package)
+        assert code in (0, 1, 2), (how, code, err)
+        assert "Traceback" not in err and "internal error" not in err, (how, err)
+        if code == 2:
+            assert err.startswith("mlopt: error: ") and err.count("\n") == 1 and out == "", (how, err)
+        else:  # linted: a report on stdout, nothing on stderr (weights are never read, so blob damage is no error)
+            assert err == "" and out.startswith(f"mlopt lint {package}"), (how, err)
+        assert tree_digest(package) == before
+    assert tried >= 30
