@@ -40,10 +40,6 @@ class Finding:
     def limit(self):
         return limits.LIMITS[self.code].limit
 
-    @property
-    def message(self):
-        return f"{self.detail} (limit: {self.limit}): {limits.RISK}"
-
     def to_dict(self):
         return dict(op=self.op, op_type=self.op_type, code=self.code, detail=self.detail, limit=self.limit,
                     risk=limits.RISK, sources=list(self.sources))
