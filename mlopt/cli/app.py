@@ -1,9 +1,8 @@
-"""The `mlopt` command line: `optimize`, `inspect`, `verify` and `lint`, over the Python API.
+"""The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
 
 Exit codes (README, "Exit codes"): 0 success; 2 bad input (one line naming the file and the problem, no
 traceback); 3 `verify` cannot run a model in its interpreter (nothing was compared); 1 failed (outputs differ,
-the output could not be written, or an internal error: one line, MLOPT_DEBUG=1 shows the traceback), and from
-`lint`, findings (docs/lint.md); 128 + N
+the output could not be written, or an internal error: one line, MLOPT_DEBUG=1 shows the traceback); 128 + N
 when stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP); 141 when the reader of stdout went away
 (`| head`). Never imports coremltools itself: start-up stays fast.
 """
