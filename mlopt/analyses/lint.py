@@ -114,6 +114,13 @@ def changes(before, after):
     )
 
 
+def rewrite_changes(view):
+    """Lint one function before `optimize` rewrites it; returns `finish(rewritten view, or None if nothing was
+    rewritten)`, which gives `changes` between then and after (the engine's `lint` hook)."""
+    before = lint_function(view)
+    return lambda rewritten: changes(before, lint_function(rewritten) if rewritten is not None else before)
+
+
 def lint_spec(spec, functions=None):
     """One FunctionLint per function of `spec` (a validated ML program), sorted by name; `functions` limits them."""
     names = sorted(spec.mlProgram.functions)
