@@ -381,3 +381,15 @@ def test_malformed_programs_are_linted_or_refused(capsys, tmp_path, fixture):
             assert err == "" and out.startswith(f"mlopt lint {package}"), (how, err)
         assert tree_digest(package) == before
     assert tried >= 30
+
+
+def test_an_op_without_outputs_is_named_by_its_name_attribute():
+    from test_validate import Program, ttype
+
+    p = Program({"x": ttype([1, 4], "FLOAT16")})
+    p.op("exp", "e", ttype([1, 4]), x="x")  # fp32
+    store = p.op("write_state", None, input="e", data="e")
+    store.attributes["name"].CopyFrom(literal_string("store"))
+    report = lint_program(p.output("e"))
+    assert [(f.op, f.code) for f in report.findings] == [("e", "fp32"), ("store", "fp32")]
+    assert report.findings[1].detail == "input 'e' is fp32"

@@ -30,7 +30,7 @@ _INTS = {v for n, v in DT.items() if n.startswith(("INT", "UINT"))} - _NARROW_IN
 @dataclass
 class Finding:
     function: str
-    op: str  # the op's first output (what a report and Xcode show)
+    op: str  # the op's first output (what a report and Xcode show), or its name if it has none
     op_type: str
     code: str  # a key of ane_limits.LIMITS
     detail: str  # what the op does that the limit is about: "output 'logits' is (1, 1, 16385)"
@@ -84,7 +84,7 @@ def lint_function(view):
         tensors = list(_tensors(view, op))
         found = [f for f in (check(view, op, tensors) for check in CHECKS) if f is not None]
         for code, detail, sources in found:
-            report.findings.append(Finding(view.name, _output_name(op), op.type, code, detail, [s.url for s in sources]))
+            report.findings.append(Finding(view.name, _output_name(view, op), op.type, code, detail, [s.url for s in sources]))
         if found:
             risky.add(id(op))
         for producer in _producers(view, op):
@@ -233,8 +233,9 @@ CHECKS = (_dim_over, _rank_over, _int_arith, _large_gather, _dynamic_shape, _fp3
 
 
 # -- reading the op ---------------------------------------------------------------------------------------------------
-def _output_name(op):
-    return op.outputs[0].name if op.outputs else op.type
+def _output_name(view, op):
+    """The op's first output; its name attribute for an op without outputs (`write_state`)."""
+    return op.outputs[0].name if op.outputs else view.op_name(op)
 
 
 def _tensors(view, op):
