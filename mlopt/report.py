@@ -204,7 +204,8 @@ def _lint_line(f):
         return f" ({', '.join(f'{code} {n}' for code, n in sorted(by_code.items()))})" if findings else ""
 
     fixed, remaining, introduced = f.lint["fixed"], f.lint["remaining"], f.lint["introduced"]
-    line = f"    lint: {len(fixed)} finding{'s' * (len(fixed) != 1)} fixed{counted(fixed)}, {len(remaining)} remain{'s' * (len(remaining) == 1)}{counted(remaining)}"
+    line = f"    lint: {len(fixed)} finding{'s' * (len(fixed) != 1)} fixed{counted(fixed)}, "
+    line += f"{len(remaining)} remain{'s' * (len(remaining) == 1)}{counted(remaining)}"
     if introduced:
         line += f", {len(introduced)} introduced{counted(introduced)}"
     return [line + " (mlopt lint lists them)"]
