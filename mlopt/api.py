@@ -69,7 +69,7 @@ def _analyse(package, units, verify, selection, dry_run=False):
         check_blob_references(package.spec, blobs)
         return _optimize_spec()(
             package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
-            model_path=package.model_path, label=package.path,
+            model_path=package.model_path, label=package.path, lint=_lint_changes(),
         )
     finally:
         blobs.close()
@@ -80,6 +80,13 @@ def _optimize_spec():
     from .engine import optimize_spec
 
     return optimize_spec
+
+
+def _lint_changes():
+    """The Neural Engine lint findings each function's rewrites fix, keep and add (docs/lint.md)."""
+    from .analyses.lint import rewrite_changes
+
+    return rewrite_changes
 
 
 def _skip_reason(units):
@@ -123,7 +130,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     blobs = BlobReader(os.path.dirname(mlmodel.weights_dir))
     try:
         check_blob_references(spec, blobs)
-        result.functions = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source)
+        result.functions = _optimize_spec()(
+            spec, units, blobs=blobs, verify=verify, validated=True, model_path=source, lint=_lint_changes(),
+        )
     finally:
         blobs.close()
     try:

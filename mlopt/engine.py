@@ -43,7 +43,7 @@ OTHER_NORMS = {
 
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
-    validated=False, selection=None, label=None,
+    validated=False, selection=None, label=None, lint=None,
 ):
     """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
@@ -54,7 +54,9 @@ def optimize_spec(
     BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
     the chains and functions touched (a selection naming nothing is warned about, naming `label`). A malformed
     program raises BadInputError naming `model_path` (else `model_dir`); `validated` says the package reader has
-    checked it already.
+    checked it already. `lint(view)`, if given, is called on each function before its rewrites and returns
+    `finish(rewritten view or None)`, whose result the function's report keeps (`FunctionReport.lint`): the API
+    passes analyses/lint.rewrite_changes, which sits above this layer.
     """
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
@@ -63,7 +65,7 @@ def optimize_spec(
     owned = blobs is None and model_dir is not None
     blobs = BlobReader(model_dir) if owned else blobs
     try:
-        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewriting, dry_run, blobs, verify, selection)
+        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewriting, dry_run, blobs, verify, selection, lint)
                    for name in sorted(spec.mlProgram.functions)]
     finally:
         if owned:
@@ -75,7 +77,7 @@ def optimize_spec(
     return reports
 
 
-def _optimize_function(name, function, rewriting, dry_run, blobs, verify, selection):
+def _optimize_function(name, function, rewriting, dry_run, blobs, verify, selection, lint=None):
     if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
         copy = type(function)()
         copy.CopyFrom(function)
@@ -83,6 +85,7 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
     view = SpecGraph(name, function, small_blob=small_constants(blobs))
     report = FunctionReport(name=name, opset=view.opset)
     before = op_counts(view)
+    finish_lint = lint(view) if lint is not None else None
     if selection.functions is not None and name not in selection.functions:
         report.note = "function not selected by --function"
     candidates = registry.find_candidates(view)
@@ -106,8 +109,11 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
         report.chains.append(chain)
         log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))
     apply_rewrites(view, keep)
-    after = op_counts(SpecGraph(name, function)) if keep else before
+    rewritten = SpecGraph(name, function) if keep else None
+    after = op_counts(rewritten) if keep else before
     report.ops = {t: [before.get(t, 0), after.get(t, 0)] for t in sorted(set(before) | set(after))}
+    if finish_lint is not None:
+        report.lint = finish_lint(rewritten)
     return report
 
 

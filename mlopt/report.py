@@ -58,6 +58,7 @@ class FunctionReport:
     chains: list = field(default_factory=list)
     ops: dict = field(default_factory=dict)  # op type -> [count before, count after], constants excluded
     note: str = None  # why the function has no candidates, or was not selected
+    lint: dict = None  # Neural Engine lint findings the rewrite fixed, left and introduced (analyses/lint.changes)
 
     def count(self, *statuses):
         return sum(c.status in statuses for c in self.chains)
@@ -116,6 +117,7 @@ class Report:
             for c in f.chains:
                 lines += _chain_lines(c, verbose)
             lines += _op_table(f, "after (dry run)" if self.dry_run else "after")
+            lines += _lint_line(f)
         return lines_text(lines + self._footer())
 
     def _footer(self):
@@ -189,6 +191,24 @@ def _op_table(f, after):
     lines = [f"    {'op type':<{width}}  before  {after}"]
     lines += [f"    {t:<{width}}  {before:>6}  {now:>{len(after)}}" for t, (before, now) in changed.items()]
     return lines
+
+
+def _lint_line(f):
+    """'lint: 4 findings fixed (fp32 4), 2 remain (fp32 2)', when the function has Neural Engine lint findings
+    before or after (mlopt lint lists them)."""
+    if not f.lint or not any(f.lint.values()):
+        return []
+
+    def counted(findings):
+        by_code = Counter(x["code"] for x in findings)
+        return f" ({', '.join(f'{code} {n}' for code, n in sorted(by_code.items()))})" if findings else ""
+
+    fixed, remaining, introduced = f.lint["fixed"], f.lint["remaining"], f.lint["introduced"]
+    line = f"    lint: {len(fixed)} finding{'s' * (len(fixed) != 1)} fixed{counted(fixed)}, "
+    line += f"{len(remaining)} remain{'s' * (len(remaining) == 1)}{counted(remaining)}"
+    if introduced:
+        line += f", {len(introduced)} introduced{counted(introduced)}"
+    return [line + " (mlopt lint lists them)"]
 
 
 def printable(text):

@@ -16,10 +16,10 @@ import traceback
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
 from ..report import SCHEMA, printable
-from . import inspect_cmd, optimize_cmd, signals, verify_cmd
+from . import inspect_cmd, lint_cmd, optimize_cmd, signals, verify_cmd
 from .output import logging_to_stderr
 
-COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd}
+COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "lint": lint_cmd}
 CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
