@@ -34,6 +34,7 @@ from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
 from ..graph.values import decode_value, tensor_shape
 from ..graph.spec_graph import op_name
 from .ops import IMPLEMENTATIONS
+from .ops.lists import TensorList
 from .weights import unpack_bits
 
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
@@ -45,6 +46,10 @@ VARIADIC = {
     ("while_loop", "loop_vars"),
     ("stack", "values"),
     ("reshape_like", "ref_tensors"),
+    ("reshape_like", "begins"),
+    ("reshape_like", "ends"),
+    ("reshape_like", "end_masks"),
+    ("make_list", "elem_shape"),  # sizes and names (symbolic sizes): see ops/lists.py
 }
 
 
@@ -228,8 +233,10 @@ class Evaluator:
         if len(results) != len(op.outputs):
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) gave {len(results)} outputs, declares {len(op.outputs)}")
         for out, value in zip(op.outputs, results):
-            if isinstance(value, list):  # a tensor list (make_list, list_write, ...): its elements are arrays
+            if isinstance(value, TensorList):  # make_list, list_write, ...: held as it is, its bytes counted
                 env[out.name] = value
+                if env is self._top:
+                    self._count(op, out.name, value)
                 continue
             env[out.name] = self._checked(op, out, np.asarray(value))
             if env is self._top and op.type != "const":
@@ -238,7 +245,7 @@ class Evaluator:
     def _count(self, op, name, value):
         """Memory stays bounded whatever the shapes say: holding more than MAX_LIVE_BYTES of computed values at
         once stops the run with an error naming the op (weights are not counted: one at a time is held)."""
-        if value.base is None or value.flags.owndata:
+        if isinstance(value, TensorList) or value.base is None or value.flags.owndata:
             self._live_bytes += value.nbytes - self._sizes.get(name, 0)
             self._sizes[name] = value.nbytes
         if self._live_bytes > MAX_LIVE_BYTES:
