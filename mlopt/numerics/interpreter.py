@@ -306,7 +306,8 @@ class Evaluator:
             blob = value.blobFileValue
             if dtype in SUB_BYTE:
                 return self.blobs.read_packed(blob.fileName, blob.offset, *SUB_BYTE[dtype], shape)
-            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights), dtype)
+            widen = self.float_dtype if dtype in FLOATS and self.float_dtype is not None else None
+            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights, widen_to=widen), dtype)
         if dtype in SUB_BYTE and kind == "immediateValue" and value.immediateValue.tensor.WhichOneof("value") == "bytes":
             shape = tensor_shape(value.type)
             if shape is None:
@@ -319,7 +320,7 @@ class Evaluator:
 
     def _as_compute(self, array, dtype):
         if dtype in FLOATS and self.float_dtype is not None:
-            return array.astype(self.float_dtype)
+            return array.astype(self.float_dtype, copy=False)
         return array
 
     def _typed(self, name, array):
@@ -341,9 +342,9 @@ class Evaluator:
         dtype = tt.dataType
         with np.errstate(all="ignore"):  # rounding to the declared dtype may overflow it: inf, as the hardware gives
             if dtype in FLOATS and self.float_dtype is not None:
-                value = value.astype(self.float_dtype)
+                value = value.astype(self.float_dtype, copy=False)
             elif dtype in NUMPY:
-                value = value.astype(NUMPY[dtype])
+                value = value.astype(NUMPY[dtype], copy=False)
         dims = tt.dimensions
         if len(dims) != value.ndim or self.strict_shapes and any(
             d.WhichOneof("dimension") == "constant" and d.constant.size != n for d, n in zip(dims, value.shape)
