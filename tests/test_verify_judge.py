@@ -1,0 +1,187 @@
+"""`verify`'s float64 judge passes correct rewrites and still fails wrong ones.
+
+Each wrong rewrite is made by editing an optimized package's program (the spec), as a bug in a rule's lowering
+would leave it: a wrong epsilon, the norm over the wrong axis, gamma dropped, `concat([x, x])` in place of
+`concat([x, -x])`. Each must FAIL on a shallow model (one norm) and on a deep one (the 16-layer, 33-norm fp16
+decoder of bench/bench_large.py at hidden size 64), where the reference's own fp16 rounding is largest.
+"""
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, ROOT, fixture_path
+from mlopt import optimize_package
+from mlopt.graph.dtypes import FLOAT16
+from mlopt.package import read_package
+from mlopt.rewrites.spec_builder import OpEmitter
+from mlopt.verify import verify_packages
+from test_interpreter_ops import literal_dtype
+
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from bench_large import build  # noqa: E402
+
+RMS_SHALLOW = fixture_path("hf_fp16_ios17")
+LN_SHALLOW = os.path.join(FIXTURES, "layernorm", "dtln_instant_layernorm_fp16_ios17.mlpackage")
+WRONG_EPS = 0.1  # a misread constant (1/N for N = 10 in place of 1e-6): large beside a mean square of ~1
+
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    """(reference, its rewrite): 16 layers of attention and MLP, 33 RMSNorms, fp16."""
+    folder = tmp_path_factory.mktemp("deep")
+    reference, optimized = folder / "deep.mlpackage", folder / "deep.opt.mlpackage"
+    build(str(reference), layers=16, hidden=64, mlp=128)
+    optimize_package(reference, optimized)
+    return reference, optimized
+
+
+@pytest.fixture(scope="module")
+def shallow(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shallow")
+    out = {}
+    for name, path in (("rms", RMS_SHALLOW), ("ln", LN_SHALLOW)):
+        out[name] = (path, folder / f"{name}.opt.mlpackage")
+        optimize_package(path, out[name][1])
+    return out
+
+
+# --- editing a rewritten program ------------------------------------------------------------------------------
+def _edited(source, dest, edit):
+    """A copy of package `source` at `dest` whose main program `edit(block)` changed; returns dest."""
+    shutil.copytree(source, dest)
+    package = read_package(source)
+    try:
+        spec = package.spec
+    finally:
+        package.close()
+    function = spec.mlProgram.functions["main"]
+    block = function.block_specializations[function.opset]
+    assert edit(block), "the edit found nothing to change"
+    with open(os.path.join(dest, "Data", "com.apple.CoreML", "model.mlmodel"), "wb") as f:
+        f.write(spec.SerializeToString())
+    return dest
+
+
+def _rebind(block, op, param, value):
+    """Bind `op`'s `param` to a new const holding `value` (placed first in the block)."""
+    const, name = OpEmitter([]).const(f"{op.outputs[0].name}_{param}_broken", np.asarray(value), literal_dtype(value))
+    del op.inputs[param].arguments[:]
+    op.inputs[param].arguments.add().name = name
+    ops = [const] + list(block.operations)  # copies: `op` is edited before
+    del block.operations[:]
+    block.operations.extend(ops)
+
+
+def _norms(block):
+    return [op for op in block.operations if op.type == "layer_norm"]
+
+
+def wrong_eps(block):
+    declared = {out.name: out.type.tensorType.dataType for op in block.operations for out in op.outputs}
+    for index in range(len(_norms(block))):
+        op = _norms(block)[index]  # _rebind rebuilds the block: look the op up again
+        dtype = np.float16 if declared[op.inputs["epsilon"].arguments[0].name] == FLOAT16 else np.float32
+        _rebind(block, op, "epsilon", dtype(WRONG_EPS))
+    return _norms(block)
+
+
+def wrong_axis(block):
+    for index in range(len(_norms(block))):
+        _rebind(block, _norms(block)[index], "axes", np.array([-2], np.int32))
+    return _norms(block)
+
+
+def dropped_gamma(block):
+    """The LayerNorm rule's gamma is layer_norm's input; the RMSNorm rule's is the mul after the slice."""
+    changed = []
+    for op in _norms(block):
+        if "gamma" in op.inputs:
+            del op.inputs["gamma"]
+            changed.append(op)
+    slices = {op.outputs[0].name for op in block.operations if op.type == "slice_by_index" and op.outputs[0].name.endswith("_rms_norm_slice")}
+    for op in block.operations:
+        if op.type == "mul" and op.inputs["x"].arguments[0].name in slices:
+            op.type = "identity"
+            del op.inputs["y"]
+            changed.append(op)
+    return changed
+
+
+def concat_x_x(block):
+    changed = []
+    for op in block.operations:
+        if op.type == "concat" and len(op.inputs["values"].arguments) == 2:
+            op.inputs["values"].arguments[1].name = op.inputs["values"].arguments[0].name
+            changed.append(op)
+    return changed
+
+
+BROKEN = {"wrong eps": wrong_eps, "wrong axis": wrong_axis, "dropped gamma": dropped_gamma, "concat([x, x])": concat_x_x}
+
+
+# --- correct rewrites pass --------------------------------------------------------------------------------------
+def test_the_deep_models_correct_rewrite_passes(deep):
+    report = verify_packages(*deep)
+    assert report.passed, report.render()
+    (check,) = report.checks
+    assert check.candidate_error <= 2.0 * check.reference_error
+    assert check.note.startswith(f"against float64: reference {check.reference_error:.2g}, candidate {check.candidate_error:.2g}")
+
+
+def test_past_a_tighter_tolerance_the_deep_models_rewrite_passes_by_float64(deep):
+    """With --rtol/--atol 1e-3 the rewrite differs from the reference past tolerance (fp16 rounds in other places
+    across 16 layers), and passes because it is no further from float64 than the reference; the wrong ones still
+    fail under the same tolerance (test below)."""
+    report = verify_packages(*deep, rtol=1e-3, atol=1e-3)
+    (check,) = report.checks
+    assert check.passed and check.passed_by == "float64" and check.max_abs > 1e-3
+    assert check.note.endswith("beyond tolerance of the reference, but no further from float64 than 2x the reference's error")
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_wrong_rewrite_of_the_deep_model_fails_past_a_tighter_tolerance(deep, tmp_path, name):
+    broken = _edited(deep[1], tmp_path / "broken.mlpackage", BROKEN[name])
+    (check,) = verify_packages(deep[0], broken, rtol=1e-3, atol=1e-3).checks
+    assert not check.passed
+
+
+@pytest.mark.parametrize("kind", ["rms", "ln"])
+def test_a_shallow_models_correct_rewrite_passes_by_tolerance(shallow, kind):
+    report = verify_packages(*shallow[kind])
+    assert report.passed and [c.passed_by for c in report.checks] == ["tolerance"]
+
+
+# --- wrong rewrites fail --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BROKEN)
+def test_a_wrong_rewrite_of_the_deep_model_fails(deep, tmp_path, name):
+    broken = _edited(deep[1], tmp_path / "broken.mlpackage", BROKEN[name])
+    report = verify_packages(deep[0], broken)
+    (check,) = report.checks
+    assert not check.passed and check.passed_by is None, report.render()
+    assert check.candidate_error > 10 * check.reference_error  # far past the factor of 2
+    assert check.note.endswith("the candidate departs from the mathematics more than the reference")
+
+
+@pytest.mark.parametrize("kind, name", [("rms", n) for n in BROKEN] + [("ln", n) for n in ("wrong eps", "dropped gamma")])
+def test_a_wrong_rewrite_of_a_shallow_model_fails(shallow, tmp_path, kind, name):
+    reference, optimized = shallow[kind]
+    broken = _edited(optimized, tmp_path / "broken.mlpackage", BROKEN[name])
+    report = verify_packages(reference, broken)
+    (check,) = report.checks
+    assert not check.passed and check.passed_by is None, report.render()
+    assert check.candidate_error > 10 * check.reference_error
+
+
+def test_a_layer_norm_over_the_wrong_axis_with_its_gamma_cannot_pass(shallow, tmp_path):
+    """Over axis -2 the LayerNorm's gamma (64 values for the last axis) no longer fits: the program cannot run, and
+    verify says so (exit 3), it does not pass."""
+    from mlopt.errors import CannotVerify
+
+    reference, optimized = shallow["ln"]
+    broken = _edited(optimized, tmp_path / "broken.mlpackage", wrong_axis)
+    with pytest.raises(CannotVerify, match="op 'add_1_cast_fp16' \\(layer_norm\\) failed: ValueError: cannot reshape"):
+        verify_packages(reference, broken)
