@@ -187,6 +187,18 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         overflow = overflow_op([v for _, v in verdicts], ref_view, ref_blobs, feeds)
         for check, verdict in verdicts:
             check.note = explain(verdict, report.float64_factor, overflow)
+            if _nothing_finite(ref_out[check.output], cand_out[check.output]):
+                check.note = "; ".join(filter(None, [NOTHING_COMPARED, check.note]))
+
+
+NOTHING_COMPARED = ("no element is finite in either model: nothing was compared (inputs outside the model's domain, "
+                    "such as the log of a negative value? give real ones with --inputs)")
+
+
+def _nothing_finite(*arrays):
+    """True if no array holds a finite float element: equal NaN/inf positions then pass without comparing a value."""
+    with np.errstate(all="ignore"):
+        return all(np.asarray(a).dtype.kind == "f" and not np.isfinite(a).any() for a in arrays)
 
 
 def _float64_outputs(view, blobs, feeds, outputs):

@@ -179,3 +179,18 @@ def test_dtln_rewrite_verifies(tmp_path, name):
     assert [c.output for c in report.checks] == ["Identity", "Identity_1"]
     assert all(c.max_abs < c.atol / 10 for c in report.checks)  # far inside tolerance
     assert max(c.max_abs for c in report.checks) > 0  # the rewritten program did run: fp16 rounds differently
+
+
+def test_outputs_with_nothing_finite_say_nothing_was_compared(tmp_path):
+    """DTLN's model 1 takes log(mag + 1e-7): on random normal inputs every output is NaN in both models (and in
+    float64). That passes, as equal, but the note says no value was compared and how to give real inputs."""
+    name = DTLN_MODELS[0]
+    out = tmp_path / "o.mlpackage"
+    optimize_package(_path(name), out)
+    report = verify_packages(_path(name), out)
+    assert report.passed
+    for check in report.checks:
+        assert check.note.startswith("no element is finite in either model: nothing was compared (inputs outside the "
+                                     "model's domain, such as the log of a negative value? give real ones with --inputs)")
+    report = verify_packages(_path(name), out, inputs_path=dtln_inputs(tmp_path, name))
+    assert not any(c.note.startswith("no element is finite") for c in report.checks)
