@@ -194,3 +194,24 @@ def test_outputs_with_nothing_finite_say_nothing_was_compared(tmp_path):
                                      "model's domain, such as the log of a negative value? give real ones with --inputs)")
     report = verify_packages(_path(name), out, inputs_path=dtln_inputs(tmp_path, name))
     assert not any(c.note.startswith("no element is finite") for c in report.checks)
+
+
+def test_a_weight_whose_declared_size_is_a_name_is_refused():
+    """A const stored in weight.bin must declare every size: a name (unknown dimension) is an error naming it,
+    never a size of 0 read from the unset field."""
+    from conftest import fixture_path
+    from mlopt.package import read_package
+
+    package = read_package(fixture_path("hf_fp16_ios17"))
+    try:
+        function = package.spec.mlProgram.functions["main"]
+        view = SpecGraph("main", function)
+        (weight,) = [op for op in view.main.operations if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue"]
+        weight.attributes["val"].type.tensorType.dimensions[0].unknown.SetInParent()
+        with pytest.raises(InterpreterError) as e:
+            Evaluator(view, package.blob_reader()).evaluate([weight.outputs[0].name], {})
+    finally:
+        package.close()
+    assert str(e.value) == (
+        f"const '{weight.outputs[0].name}' is stored in a weight file with a size unknown until run time"
+    )

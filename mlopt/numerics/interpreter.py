@@ -297,7 +297,10 @@ class Evaluator:
         if kind == "blobFileValue":
             if dtype not in NUMPY and dtype not in SUB_BYTE:
                 raise UnsupportedOp(f"{what} holds {dtype_name(dtype)} weights, which the interpreter does not read")
-            shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
+            shape = tensor_shape(value.type)
+            if shape is None:  # a size given by a name: stored bytes have no such shape
+                raise InterpreterError(f"{what} is stored in a weight file with a size unknown until run time")
+            shape = list(shape)
             itemsize = np.dtype(NUMPY[dtype]).itemsize if dtype in NUMPY else 1
             if math.prod(shape) * itemsize > MAX_BLOB_BYTES:
                 raise InterpreterError(f"{what} declares shape {shape}, larger than any weight file")
