@@ -105,3 +105,21 @@ def test_a_layer_norm_over_the_wrong_axis_with_its_gamma_cannot_pass(shallow, tm
     broken = _edited(optimized, tmp_path / "broken.mlpackage", wrong_axis)
     with pytest.raises(CannotVerify, match="op 'add_1_cast_fp16' \\(layer_norm\\) failed: ValueError: cannot reshape"):
         verify_packages(reference, broken)
+
+
+def test_a_float64_run_past_the_memory_budget_leaves_the_tolerance_judgement(tmp_path, monkeypatch):
+    """The float64 run obeys the interpreter's budget like any run (its values take 4x fp16's bytes): past it,
+    verify judges by tolerance alone and says so, with no error figures, rather than failing or exceeding memory."""
+    from mlopt.numerics import interpreter
+
+    reference = fixture_path("decoder_fp16_ios17")
+    optimize_package(reference, tmp_path / "o.mlpackage")
+    monkeypatch.setattr(interpreter, "MAX_LIVE_BYTES", 2000)  # the fp16 runs hold at most 1024 bytes at once
+    report = verify_packages(reference, tmp_path / "o.mlpackage")
+    (check,) = report.checks
+    assert check.passed and check.passed_by == "tolerance"
+    assert check.reference_error is None and check.candidate_error is None and check.note is None
+    assert report.notes == [
+        "function 'main': no float64 run (op 'mul_1' (mul): the values held at once take 2048 bytes, more than the "
+        "interpreter's budget of 2000); judged by tolerance alone"
+    ]
