@@ -177,7 +177,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
                 rtol=default_rtol if rtol is None else rtol,
                 atol=default_atol if atol is None else atol,
             )
-            verdict = judge(ref_out[out], cand_out[out], exact.get(out), d)
+            verdict = judge(ref_out[out], cand_out[out], exact.get(out), d, report.float64_factor)
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
             report.checks.append(OutputCheck(
                 name, out, d.max_abs, d.max_rel, d.rtol, d.atol, verdict.passed, problem,

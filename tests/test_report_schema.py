@@ -52,7 +52,7 @@ def test_a_failed_command_prints_a_json_error_object(capsys):
 def test_the_validator_rejects_what_does_not_fit():
     """The schema test can fail: an infinite error written as a string, a missing field, an unknown status."""
     good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "scale": 1.0, "accumulate": "fp32", "notes": [],
-            "float64_factor": 2.0, "passed": True, "checks": []}
+            "float64_factor": 4.0, "passed": True, "checks": []}
     assert errors(good, SCHEMA) == []
     check = {"function": "main", "output": "y", "max_abs": 0.5, "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False,
              "problem": None, "note": None, "reference_error": 0.1, "candidate_error": 0.2, "passed_by": None}
@@ -75,7 +75,7 @@ def test_verify_json_carries_both_errors_against_float64(capsys, tmp_path):
     out = tmp_path / "o.mlpackage"
     optimize_package(fixture_path("hf_fp16_ios17"), out)
     code, doc = json_of(capsys, "verify", fixture_path("hf_fp16_ios17"), str(out), "--scale", "300")
-    assert code == 0 and errors(doc, SCHEMA) == [] and doc["float64_factor"] == 2.0
+    assert code == 0 and errors(doc, SCHEMA) == [] and doc["float64_factor"] == 4.0
     (check,) = doc["checks"]
     assert check["passed_by"] == "float64" and check["max_rel"] is None and check["max_rel_nonfinite"] == "inf"
     assert check["reference_error"] == 1.0 and 0 < check["candidate_error"] < 1e-3

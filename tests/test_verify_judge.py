@@ -48,7 +48,7 @@ def test_the_deep_models_correct_rewrite_passes(deep):
     report = verify_packages(*deep)
     assert report.passed, report.render()
     (check,) = report.checks
-    assert check.candidate_error <= 2.0 * check.reference_error
+    assert check.candidate_error <= 4.0 * check.reference_error
     assert check.note.startswith(f"against float64: reference {check.reference_error:.2g}, candidate {check.candidate_error:.2g}")
 
 
@@ -59,7 +59,7 @@ def test_past_a_tighter_tolerance_the_deep_models_rewrite_passes_by_float64(deep
     report = verify_packages(*deep, rtol=1e-3, atol=1e-3)
     (check,) = report.checks
     assert check.passed and check.passed_by == "float64" and check.max_abs > 1e-3
-    assert check.note.endswith("beyond tolerance of the reference, but no further from float64 than 2x the reference's error")
+    assert check.note.endswith("beyond tolerance of the reference, but no further from float64 than 4x the reference's error")
 
 
 @pytest.mark.parametrize("name", BROKEN)
@@ -82,7 +82,7 @@ def test_a_wrong_rewrite_of_the_deep_model_fails(deep, tmp_path, name):
     report = verify_packages(deep[0], broken)
     (check,) = report.checks
     assert not check.passed and check.passed_by is None, report.render()
-    assert check.candidate_error > 10 * check.reference_error  # far past the factor of 2
+    assert check.candidate_error > 10 * check.reference_error  # far past the factor of 4
     assert check.note.endswith("the candidate departs from the mathematics more than the reference")
 
 

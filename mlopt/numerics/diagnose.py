@@ -24,9 +24,10 @@ from .exact import departs, error_against, first_departure
 from .weights import blob_values
 
 # B may be up to this many times further from float64 than A and still pass. A correct rewrite rounds in other
-# places than the reference, not more: its error against float64 is of the reference's order (measured ratios
-# in docs/verify.md), while each deliberately wrong rewrite the tests build is 10x or more past it.
-FLOAT64_FACTOR = 2.0
+# places than the reference: its error against float64 is of the reference's order (up to 1.96x measured on the
+# fp16 and mixed-precision fixtures, where a rewrite computing fp32 islands in fp16 gives some precision back),
+# while every deliberately wrong rewrite the tests build is 27x or more (docs/verify.md, bench/verify_judge.py).
+FLOAT64_FACTOR = 4.0
 
 
 def identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
