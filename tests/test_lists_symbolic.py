@@ -179,6 +179,10 @@ def test_dtln_rewrite_verifies(tmp_path, name):
     assert [c.output for c in report.checks] == ["Identity", "Identity_1"]
     assert all(c.max_abs < c.atol / 10 for c in report.checks)  # far inside tolerance
     assert max(c.max_abs for c in report.checks) > 0  # the rewritten program did run: fp16 rounds differently
+    from mlopt.cli import main
+
+    assert main(["verify", _path(name), str(out), "--inputs", str(dtln_inputs(tmp_path, name)), "-q"]) == 0
+    assert main(["verify", _path(name), str(out), "-q"]) == 0  # random inputs (model 1: NaN in both, noted)
 
 
 def test_outputs_with_nothing_finite_say_nothing_was_compared(tmp_path):
