@@ -3,11 +3,14 @@
 The tolerance follows the precision the function computes in, not only its output dtype: a fp16 model with fp32
 outputs (the converter casts them back) is held to fp16 tolerance. `rtol`/`atol` override it.
 
+The reference is a rounded computation too, so both models are also measured against a float64 run of the
+reference's program (numerics/exact.py), and an output passes when the candidate is within tolerance of the
+reference or no further from float64 than the reference (numerics/diagnose.py judge; docs/verify.md).
+
 A function whose program is byte-identical in both packages, reading weight files that are byte-identical too
 (what `optimize` leaves where it rewrote nothing), is equal without running it. Integer inputs that index an
 embedding (`gather`) are drawn from its vocabulary; `--scale` applies to float inputs only, and the report says
-so. When outputs differ, both models are compared with a float64 run of the reference (diagnose.py), so the
-report says which one departs from the mathematics, and where the reference first overflows.
+so.
 """
 
 import math
@@ -22,7 +25,8 @@ from .graph.dtypes import FLOAT16, FLOAT32, NUMPY
 from .graph.spec_graph import op_name
 from .graph.type_checks import element_count
 from .numerics.compare import compare, tolerance_for
-from .numerics.diagnose import explain, identical_function
+from .numerics.diagnose import FLOAT64_FACTOR, explain, identical_function, judge, overflow_op
+from .numerics.exact import run_float64
 from .numerics.inputs import InputTooLarge, random_inputs, input_tensor
 from .numerics.interpreter import InterpreterError, run_function
 from .numerics.ops.registry import accumulating
@@ -43,7 +47,10 @@ class OutputCheck:
     atol: float
     passed: bool
     problem: str = None
-    note: str = None  # how it was decided ("identical program and weights") or what explains a failure
+    note: str = None  # how it was decided ("identical program and weights"), both errors against float64, why
+    reference_error: float = None  # the reference's error against its float64 run (None: not run)
+    candidate_error: float = None  # the candidate's error against the same float64 run
+    passed_by: str = None  # "tolerance", "float64" (no further from float64 than the reference), "identical"
 
 
 @dataclass
@@ -53,6 +60,7 @@ class VerifyReport:
     seed: int
     scale: float = 1.0
     accumulate: str = "fp32"  # what fp16 reductions and norms accumulate in: fp32 (hardware), fp16 (pessimistic)
+    float64_factor: float = FLOAT64_FACTOR  # how much further from float64 than the reference the candidate may be
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # about the inputs: integer ranges, where --scale does not apply
 
@@ -73,7 +81,7 @@ class VerifyReport:
         lines += [f"  note: {note}" for note in self.notes]
         for c in self.checks:
             verdict = "pass" if c.passed else "FAIL"
-            if c.passed and c.note:  # decided without a run
+            if c.passed_by == "identical":  # decided without a run
                 detail = c.note
             else:
                 detail = c.problem or f"max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
@@ -87,7 +95,8 @@ class VerifyReport:
 
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
-                 scale=self.scale, accumulate=self.accumulate, passed=self.passed, notes=self.notes,
+                 scale=self.scale, accumulate=self.accumulate, float64_factor=self.float64_factor,
+                 passed=self.passed, notes=self.notes,
                  checks=[c.__dict__ for c in self.checks])
         )
 
@@ -140,7 +149,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
             report.notes += [f"function '{name}': {note}" for note in _accumulation_notes(ref_view)]
         if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
             note = "identical program and weights: equal without running"
-            report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note) for out in ref_view.main.outputs]
+            report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note, passed_by="identical") for out in ref_view.main.outputs]
             continue
         for package, view in ((ref, ref_view), (cand, cand_view)):
             _check_declared_sizes(package, view)
@@ -154,7 +163,11 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         report.notes += [f"function '{name}' input '{i}': from {inputs_path} (--seed and --scale do not apply)" for i in from_file]
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
         cand_out = _paired_outputs(report, name, ref_view, cand_view, _run(cand, cand_view, cand_blobs, feeds))
+        exact, no_float64 = _float64_outputs(ref_view, ref_blobs, feeds, [o for o in ref_view.main.outputs if o in cand_out])
+        if no_float64:
+            report.notes.append(f"function '{name}': no float64 run ({no_float64}); judged by tolerance alone")
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
+        verdicts = []
         for out in ref_view.main.outputs:
             if out not in cand_out:
                 report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=f"output missing in {candidate_path}"))
@@ -164,11 +177,37 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
                 rtol=default_rtol if rtol is None else rtol,
                 atol=default_atol if atol is None else atol,
             )
+            verdict = judge(ref_out[out], cand_out[out], exact.get(out), d, report.float64_factor)
             problem = f"{d.mismatched_nonfinite} NaN/inf elements differ" if d.mismatched_nonfinite else None
-            report.checks.append(OutputCheck(name, out, d.max_abs, d.max_rel, d.rtol, d.atol, d.passed, problem))
-        failed = [c for c in report.checks if c.function == name and not c.passed and c.output in ref_out and c.output in cand_out]
-        if failed:
-            explain(failed, ref_view, ref_blobs, feeds, ref_out, cand_out)
+            report.checks.append(OutputCheck(
+                name, out, d.max_abs, d.max_rel, d.rtol, d.atol, verdict.passed, problem,
+                reference_error=verdict.reference_error, candidate_error=verdict.candidate_error, passed_by=verdict.passed_by,
+            ))
+            verdicts.append((report.checks[-1], verdict))
+        overflow = overflow_op([v for _, v in verdicts], ref_view, ref_blobs, feeds)
+        for check, verdict in verdicts:
+            check.note = explain(verdict, report.float64_factor, overflow)
+            if _nothing_finite(ref_out[check.output], cand_out[check.output]):
+                check.note = "; ".join(filter(None, [NOTHING_COMPARED, check.note]))
+
+
+NOTHING_COMPARED = ("no element is finite in either model: nothing was compared (inputs outside the model's domain, "
+                    "such as the log of a negative value? give real ones with --inputs)")
+
+
+def _nothing_finite(*arrays):
+    """True if no array holds a finite float element: equal NaN/inf positions then pass without comparing a value."""
+    with np.errstate(all="ignore"):
+        return all(np.asarray(a).dtype.kind == "f" and not np.isfinite(a).any() for a in arrays)
+
+
+def _float64_outputs(view, blobs, feeds, outputs):
+    """({output: float64 value}, None), or ({}, why) when the float64 run cannot be made (an op the interpreter
+    cannot run in float64, or values past its memory budget: float64 takes 4x fp16's bytes)."""
+    try:
+        return run_float64(view, blobs, feeds, outputs), None
+    except InterpreterError as e:
+        return {}, str(e)
 
 
 def _paired_outputs(report, name, ref_view, cand_view, cand_out):

@@ -52,10 +52,42 @@ def test_a_failed_command_prints_a_json_error_object(capsys):
 def test_the_validator_rejects_what_does_not_fit():
     """The schema test can fail: an infinite error written as a string, a missing field, an unknown status."""
     good = {"schema": 1, "command": "verify", "reference": "a", "candidate": "b", "seed": 0, "scale": 1.0, "accumulate": "fp32", "notes": [],
-            "passed": True, "checks": []}
+            "float64_factor": 4.0, "passed": True, "checks": []}
     assert errors(good, SCHEMA) == []
-    bad_check = {"function": "main", "output": "y", "max_abs": "inf", "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False,
-                 "problem": None, "note": None}
-    assert errors({**good, "checks": [bad_check]}, SCHEMA)
+    check = {"function": "main", "output": "y", "max_abs": 0.5, "max_rel": 0.0, "rtol": 0.0, "atol": 0.0, "passed": False,
+             "problem": None, "note": None, "reference_error": 0.1, "candidate_error": 0.2, "passed_by": None}
+    assert errors({**good, "checks": [check]}, SCHEMA) == []
+    assert errors({**good, "checks": [{**check, "max_abs": "inf"}]}, SCHEMA)
+    assert errors({**good, "checks": [{**check, "passed_by": "luck"}]}, SCHEMA)
+    assert errors({**good, "checks": [{k: v for k, v in check.items() if k != "candidate_error"}]}, SCHEMA)
+    assert errors({k: v for k, v in good.items() if k != "float64_factor"}, SCHEMA)
     assert errors({k: v for k, v in good.items() if k != "passed"}, SCHEMA)
     assert errors({**good, "command": "convert"}, SCHEMA)
+
+
+def test_verify_json_carries_both_errors_against_float64(capsys, tmp_path):
+    """A rewrite judged by float64 (scale 300: the reference overflows, its relative difference is inf) and a
+    broken one: both fit the schema and carry the reference's and the candidate's errors."""
+    from conftest import concat_without_negation
+    from mlopt import optimize_package
+    from mlopt.rules.rms_norm import RMSNormRule
+
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("hf_fp16_ios17"), out)
+    code, doc = json_of(capsys, "verify", fixture_path("hf_fp16_ios17"), str(out), "--scale", "300")
+    assert code == 0 and errors(doc, SCHEMA) == [] and doc["float64_factor"] == 4.0
+    (check,) = doc["checks"]
+    assert check["passed_by"] == "float64" and check["max_rel"] is None and check["max_rel_nonfinite"] == "inf"
+    assert check["reference_error"] == 1.0 and 0 < check["candidate_error"] < 1e-3
+
+    broken = tmp_path / "broken.mlpackage"
+    original = RMSNormRule.lower
+    RMSNormRule.lower = concat_without_negation
+    try:
+        optimize_package(fixture_path("hf_fp32_ios15"), broken, verify=False)
+    finally:
+        RMSNormRule.lower = original
+    code, doc = json_of(capsys, "verify", fixture_path("hf_fp32_ios15"), str(broken))
+    assert code == 1 and errors(doc, SCHEMA) == []
+    (check,) = doc["checks"]
+    assert check["passed_by"] is None and check["candidate_error"] > 100 * check["reference_error"]

@@ -43,7 +43,8 @@ def test_optimized_model_agrees(capsys, tmp_path):
     code, out, _ = run(capsys, fixture_path("decoder_fp16_ios17"), tmp_path / "o.mlpackage")
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].startswith("  pass  main/mul_9: max abs ") and lines[1].endswith("(rtol 0.01, atol 0.01)")
+    assert lines[1].startswith("  pass  main/mul_9: max abs ")
+    assert "(rtol 0.01, atol 0.01); against float64: reference " in lines[1] and ", candidate " in lines[1]
     assert lines[-1] == "  all outputs agree"
 
 
@@ -59,13 +60,16 @@ def test_tolerance_override(capsys, broken):
 
 
 def test_inputs_from_npz(capsys, tmp_path):
-    """Inputs of magnitude 300 from a file: x^2 overflows fp16 in the original, so the two models differ."""
+    """Inputs of magnitude 300 from a file: x^2 overflows fp16 in the original, so the two models differ, and the
+    rewrite passes because it agrees with float64 where the original carries no signal."""
     optimize_package(fixture_path("hf_fp16_ios17"), tmp_path / "o.mlpackage")
     x = (np.random.default_rng(1).standard_normal((1, 4, 16)) * 300).astype(np.float16)
     np.savez(tmp_path / "in.npz", x=x)
-    assert run(capsys, fixture_path("hf_fp16_ios17"), tmp_path / "o.mlpackage")[0] == 0
+    code, out, _ = run(capsys, fixture_path("hf_fp16_ios17"), tmp_path / "o.mlpackage")
+    assert code == 0 and "the reference departs" not in out
     code, out, _ = run(capsys, fixture_path("hf_fp16_ios17"), tmp_path / "o.mlpackage", "--inputs", tmp_path / "in.npz")
-    assert code == 1 and "FAIL  main/mul_1" in out
+    assert code == 0 and "pass  main/mul_1: max abs " in out
+    assert "the reference departs from the mathematics: not finite first at op 'pow_0'" in out
 
 
 def test_inputs_follow_seed_and_flexible_shape_defaults():
@@ -119,15 +123,20 @@ def test_same_program_other_weights_is_run(tmp_path):
     assert not report.passed and report.checks[0].note != "identical program and weights: equal without running"
 
 
-def test_a_failure_says_which_model_departs_from_float64(tmp_path):
-    """At scale 300 the original fp16 chain's x^2 overflows: the report names the op and clears the rewrite."""
+def test_a_reference_that_overflows_does_not_fail_its_rewrite(tmp_path):
+    """At scale 300 the original fp16 chain's x^2 overflows and its output collapses to 0 (error 1 against
+    float64: no signal): the rewrite, within tolerance of float64, passes; the report names the op that overflowed."""
     out = tmp_path / "o.mlpackage"
     optimize_package(fixture_path("hf_fp16_ios17"), out)
     report = verify_packages(fixture_path("hf_fp16_ios17"), out, scale=300)
     (check,) = report.checks
-    assert not check.passed
+    assert check.passed and check.passed_by == "float64" and check.max_rel == float("inf")
+    assert check.reference_error == 1.0 and 0 < check.candidate_error < 1e-3
     assert check.note.startswith("against float64: reference 1, candidate ")
-    assert check.note.endswith("; the reference departs from the mathematics: not finite first at op 'pow_0'; the candidate agrees with float64")
+    assert check.note.endswith(
+        "; the reference departs from the mathematics: not finite first at op 'pow_0'; beyond tolerance of the "
+        "reference, which carries no signal here; the candidate agrees with float64 within tolerance"
+    )
     assert report.render().splitlines()[0].endswith("(reference, candidate; seed 0, scale 300, fp16 accumulated in fp32)")
 
 
@@ -197,12 +206,11 @@ def test_accumulation_model_is_restored_even_when_verify_fails():
     assert ACCUMULATOR == [np.float32]
 
 
-def test_quiet_verify_still_prints_what_differs(tmp_path, capsys):
-    out = tmp_path / "o.mlpackage"
-    optimize_package(fixture_path("hf_fp16_ios17"), out)
-    code, text, err = run(capsys, fixture_path("hf_fp16_ios17"), out, "--scale", "300", "-q")
+def test_quiet_verify_still_prints_what_differs(capsys, broken):
+    code, text, err = run(capsys, fixture_path("hf_fp32_ios15"), broken, "-q")
     assert code == 1 and text == ""
-    assert err.startswith("mlopt: verify: main/mul_1 differs: max rel inf; against float64: reference 1") and err.count("\n") == 1
+    assert err.startswith("mlopt: verify: main/mul_1 differs: max rel ") and err.count("\n") == 1
+    assert err.endswith("; the candidate departs from the mathematics more than the reference\n")
 
 
 def test_inputs_from_a_file_say_seed_and_scale_do_not_apply(tmp_path):
@@ -218,7 +226,9 @@ def test_inputs_from_a_file_say_seed_and_scale_do_not_apply(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
 def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
     """Two packages of 8 x 32 MB fp16 weights each (512 MB in all): verify reads each weight when an op needs it
-    and drops it after, so its peak RSS stays below even one package's weights."""
+    and drops it after, so its peak RSS stays below even one package's weights. The float64 run of the reference
+    holds one weight widened to float64 at a time (128 MB here, 4x its fp16 bytes, converted a chunk at a time),
+    which this model of few large weights makes half a package."""
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -247,7 +257,7 @@ def test_verify_memory_follows_the_working_set_not_the_model(tmp_path):
     code, stderr, peak_mb = cli_peak_rss_mb("verify", reference, candidate)
     assert code == 0, stderr
     assert weight_mb > 250
-    assert peak_mb < 0.75 * weight_mb, f"peak RSS {peak_mb:.0f} MB verifying two packages of {weight_mb:.0f} MB weights"
+    assert peak_mb < weight_mb, f"peak RSS {peak_mb:.0f} MB verifying two packages of {weight_mb:.0f} MB weights"
 
 
 def _named_output(tmp_path, names, stem):

@@ -7,7 +7,9 @@ def add_parser(commands):
     p = commands.add_parser(
         "verify",
         help="compare two packages' outputs on the same inputs in mlopt's numpy interpreter",
-        description="Run A (the reference) and B on the same inputs, for every function, and compare each output.",
+        description="Run A (the reference) and B on the same inputs, for every function, and compare each output. "
+        "Both are also measured against a float64 run of A: an output passes when B is within tolerance of A, or "
+        "no further from float64 than 4x A's error (docs/verify.md).",
     )
     p.add_argument("reference", metavar="A", help="the reference .mlpackage (e.g. the original)")
     p.add_argument("candidate", metavar="B", help="the .mlpackage to check (e.g. the optimized one)")

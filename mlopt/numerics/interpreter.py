@@ -34,6 +34,7 @@ from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
 from ..graph.values import decode_value, tensor_shape
 from ..graph.spec_graph import op_name
 from .ops import IMPLEMENTATIONS
+from .ops.lists import TensorList
 from .weights import unpack_bits
 
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
@@ -45,6 +46,10 @@ VARIADIC = {
     ("while_loop", "loop_vars"),
     ("stack", "values"),
     ("reshape_like", "ref_tensors"),
+    ("reshape_like", "begins"),
+    ("reshape_like", "ends"),
+    ("reshape_like", "end_masks"),
+    ("make_list", "elem_shape"),  # sizes and names (symbolic sizes): see ops/lists.py
 }
 
 
@@ -228,8 +233,10 @@ class Evaluator:
         if len(results) != len(op.outputs):
             raise InterpreterError(f"op '{op_name(op)}' ({op.type}) gave {len(results)} outputs, declares {len(op.outputs)}")
         for out, value in zip(op.outputs, results):
-            if isinstance(value, list):  # a tensor list (make_list, list_write, ...): its elements are arrays
+            if isinstance(value, TensorList):  # make_list, list_write, ...: held as it is, its bytes counted
                 env[out.name] = value
+                if env is self._top:
+                    self._count(op, out.name, value)
                 continue
             env[out.name] = self._checked(op, out, np.asarray(value))
             if env is self._top and op.type != "const":
@@ -238,7 +245,7 @@ class Evaluator:
     def _count(self, op, name, value):
         """Memory stays bounded whatever the shapes say: holding more than MAX_LIVE_BYTES of computed values at
         once stops the run with an error naming the op (weights are not counted: one at a time is held)."""
-        if value.base is None or value.flags.owndata:
+        if isinstance(value, TensorList) or value.base is None or value.flags.owndata:
             self._live_bytes += value.nbytes - self._sizes.get(name, 0)
             self._sizes[name] = value.nbytes
         if self._live_bytes > MAX_LIVE_BYTES:
@@ -290,7 +297,10 @@ class Evaluator:
         if kind == "blobFileValue":
             if dtype not in NUMPY and dtype not in SUB_BYTE:
                 raise UnsupportedOp(f"{what} holds {dtype_name(dtype)} weights, which the interpreter does not read")
-            shape = [int(d.constant.size) for d in value.type.tensorType.dimensions]
+            shape = tensor_shape(value.type)
+            if shape is None:  # a size given by a name: stored bytes have no such shape
+                raise InterpreterError(f"{what} is stored in a weight file with a size unknown until run time")
+            shape = list(shape)
             itemsize = np.dtype(NUMPY[dtype]).itemsize if dtype in NUMPY else 1
             if math.prod(shape) * itemsize > MAX_BLOB_BYTES:
                 raise InterpreterError(f"{what} declares shape {shape}, larger than any weight file")
@@ -299,7 +309,8 @@ class Evaluator:
             blob = value.blobFileValue
             if dtype in SUB_BYTE:
                 return self.blobs.read_packed(blob.fileName, blob.offset, *SUB_BYTE[dtype], shape)
-            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights), dtype)
+            widen = self.float_dtype if dtype in FLOATS and self.float_dtype is not None else None
+            return self._as_compute(self.blobs.read(blob.fileName, blob.offset, NUMPY[dtype], shape, copy=copy_weights, widen_to=widen), dtype)
         if dtype in SUB_BYTE and kind == "immediateValue" and value.immediateValue.tensor.WhichOneof("value") == "bytes":
             shape = tensor_shape(value.type)
             if shape is None:
@@ -312,7 +323,7 @@ class Evaluator:
 
     def _as_compute(self, array, dtype):
         if dtype in FLOATS and self.float_dtype is not None:
-            return array.astype(self.float_dtype)
+            return array.astype(self.float_dtype, copy=False)
         return array
 
     def _typed(self, name, array):
@@ -334,9 +345,9 @@ class Evaluator:
         dtype = tt.dataType
         with np.errstate(all="ignore"):  # rounding to the declared dtype may overflow it: inf, as the hardware gives
             if dtype in FLOATS and self.float_dtype is not None:
-                value = value.astype(self.float_dtype)
+                value = value.astype(self.float_dtype, copy=False)
             elif dtype in NUMPY:
-                value = value.astype(NUMPY[dtype])
+                value = value.astype(NUMPY[dtype], copy=False)
         dims = tt.dimensions
         if len(dims) != value.ndim or self.strict_shapes and any(
             d.WhichOneof("dimension") == "constant" and d.constant.size != n for d, n in zip(dims, value.shape)

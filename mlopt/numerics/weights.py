@@ -28,6 +28,7 @@ SENTINEL = 0xDEADBEEF
 HEADER = 64  # file header and per-blob metadata record, bytes
 VERSION = 2
 SMALL = 1 << 20
+WIDEN_CHUNK = 1 << 22  # bytes of stored weight converted at a time by read(widen_to=...)
 MODEL_PATH = "@model_path/"
 # blob dtype code -> numpy dtype (whole-byte types) ...
 BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 6: np.int16, 7: np.uint16, 14: np.int32, 15: np.uint32}
@@ -124,16 +125,30 @@ class BlobReader:
             raise BlobError(self.path(file_name), f"blob at offset {offset} holds {size} bytes; the program's shape {list(shape)} needs {needed}")
         return np_dtype, count, data_offset, code
 
-    def read(self, file_name, offset, np_dtype, shape, copy=False):
+    def read(self, file_name, offset, np_dtype, shape, copy=False, widen_to=None):
         """The blob at `offset` as a read-only array of `np_dtype` and `shape`: a view into the file's memory map
         if it is large, unless `copy`: then an array of its own, whose memory goes when the array does (a run
-        that drops each weight after its last use then holds one weight at a time, not every page it touched)."""
+        that drops each weight after its last use then holds one weight at a time, not every page it touched).
+        `widen_to` (a wider dtype, float64 for an exact run) gives an array of its own in that dtype, converted
+        WIDEN_CHUNK bytes at a time: the stored copy is never held whole beside the wide one."""
         np_dtype, count, data_offset, _ = self.check(file_name, offset, np_dtype, shape)
         fd, _ = self._file(file_name)
         nbytes = count * np.dtype(np_dtype).itemsize
+        if widen_to is not None:
+            return self._widened(fd, file_name, data_offset, np_dtype, count, np.dtype(widen_to)).reshape(shape)
         if nbytes <= self.small or copy:
             return _pread_exactly(fd, nbytes, data_offset, self.path(file_name)).view(np_dtype).reshape(shape)
         return np.frombuffer(self._map(file_name), dtype=np_dtype, count=count, offset=data_offset).reshape(shape)
+
+    def _widened(self, fd, file_name, data_offset, np_dtype, count, wide):
+        out = np.empty(count, wide)
+        step = max(1, WIDEN_CHUNK // np.dtype(np_dtype).itemsize)
+        for start in range(0, count, step):
+            n = min(step, count - start)
+            chunk = _pread_exactly(fd, n * np.dtype(np_dtype).itemsize, data_offset + start * np.dtype(np_dtype).itemsize, self.path(file_name))
+            out[start : start + n] = chunk.view(np_dtype)
+        out.flags.writeable = False
+        return out
 
     def read_packed(self, file_name, offset, bits, signed, shape):
         """The sub-byte blob (`bits` per element, packed LSB first) at `offset`, unpacked into a fresh int8 (if
