@@ -167,7 +167,7 @@ class PackageWriter:
             return
         fd = create_file(self._folders[parent], name)
         try:
-            data = memoryview(spec.SerializeToString())
+            data = memoryview(spec.SerializeToString(deterministic=True))  # map fields (metadata) in key order
             while data:
                 data = data[os.write(fd, data):]
             os.fsync(fd)
