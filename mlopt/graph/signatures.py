@@ -54,34 +54,53 @@ def _unknown_op(op_type, opset):
     return f"has an unknown op type '{op_type}'"
 
 
+@lru_cache(maxsize=None)
+def _compiled(key):
+    """A signature as the check reads it: {input: (required, kind, allowed dtype codes, domain)}."""
+    sig = table()["signatures"][key]
+    return {
+        name: (spec["required"] and spec["kind"] != "internal",  # internal: cond's _true_fn, while_loop's _body:
+               # a saved program holds blocks instead, and coremltools' loader makes them up
+               spec["kind"], frozenset(MIL_pb2.DataType.Value(d) for d in spec.get("dtypes", ())), spec.get("domain"))
+        for name, spec in sig.items()
+    }
+
+
 def op_problem(op, opset, type_of):
     """What is wrong with `op` against its signature in `opset` (a phrase to follow the op's description), or None.
-    `type_of(name)` gives the ValueType of a value the op reads by name (defined before it: validate.py checks)."""
-    if opset not in table()["opsets"]:  # an alternative body for an opset mlopt does not know: not checked here
+    `type_of(name)` gives the ValueType of a value the op reads by name (defined before it: validate.py checks).
+    When several things are wrong, the first in input-name order is reported, whatever order the file holds."""
+    ops = table()["opsets"].get(opset)
+    if ops is None:  # an alternative body for an opset mlopt does not know: not checked here
         return None
-    sig = signature(op.type, opset)
-    if sig is None:
+    key = ops.get(op.type)
+    if key is None:
         return _unknown_op(op.type, opset)
-    const_like = op.type == "const" or op.type.startswith("constexpr_")
+    if op.type == "const" and not op.inputs:  # its one parameter, `val`, is checked by validate.py
+        return None
+    sig = _compiled(key)
+    return _problem(op, sig, type_of, ordered=False) and _problem(op, sig, type_of, ordered=True)
+
+
+def _problem(op, sig, type_of, ordered):
     bound = {}  # input name -> list of ValueTypes of its bindings
-    for param, argument in sorted(op.inputs.items()):
+    items = sorted(op.inputs.items()) if ordered else op.inputs.items()
+    for param, argument in items:
         bound[param] = [type_of(b.name) if b.WhichOneof("binding") == "name" else b.value.type for b in argument.arguments]
-    if const_like:
-        for param in sorted(op.attributes):
+    if op.type == "const" or op.type.startswith("constexpr_"):  # parameters as attributes count as bound
+        for param in sorted(op.attributes) if ordered else op.attributes:
             if param != "name":
                 bound.setdefault(param, [op.attributes[param].type])
     for param in bound:
         if param not in sig:
             return f"has an input '{param}' that {op.type} does not take (it takes {', '.join(sorted(sig)) or 'none'})"
-    for param, spec in sorted(sig.items()):
-        if spec["required"] and param not in bound and spec["kind"] != "internal":  # internal: cond's _true_fn,
-            # while_loop's _body: a saved program holds blocks instead, and coremltools' loader makes them up
+    for param in sorted(sig) if ordered else sig:
+        if sig[param][0] and param not in bound:
             return f"lacks its required input '{param}'"
     domains = {}  # domain id -> (input, dtype) of the first input bound in it
     for param, types in bound.items():
-        spec = sig[param]
-        kind = spec["kind"]
-        if kind in ("tuple", "internal"):
+        _, kind, allowed, domain = sig[param]
+        if kind == "tuple" or kind == "internal":
             continue
         if len(types) != 1:
             return f"input '{param}' binds {len(types)} values; {op.type} takes one there"
@@ -90,11 +109,9 @@ def op_problem(op, opset, type_of):
             if held != "tensorType":
                 return f"input '{param}' is {_KINDS.get(held, 'untyped')}; {op.type} takes a tensor there"
             dtype = types[0].tensorType.dataType
-            allowed = spec["dtypes"]
-            if _dtype_key(dtype) not in allowed:
-                names = " or ".join(_allowed_names(allowed))
+            if dtype not in allowed:
+                names = " or ".join(sorted(dtype_name(d) for d in allowed))
                 return f"input '{param}' is {dtype_name(dtype)}; {op.type} takes {names} there"
-            domain = spec.get("domain")
             if domain is not None:
                 first = domains.setdefault(domain, (param, dtype))
                 if first[1] != dtype:
@@ -103,14 +120,3 @@ def op_problem(op, opset, type_of):
         elif held not in _ACCEPTS[kind]:
             return f"input '{param}' is {_KINDS.get(held, 'untyped')}; {op.type} takes {_DESCRIBE[kind]} there"
     return None
-
-
-def _dtype_key(dtype):
-    try:
-        return MIL_pb2.DataType.Name(dtype)
-    except ValueError:
-        return None
-
-
-def _allowed_names(allowed):
-    return [dtype_name(MIL_pb2.DataType.Value(a)) for a in allowed]
