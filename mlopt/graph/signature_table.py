@@ -84,6 +84,8 @@ def build_table():
                 cls = _get_version_of_op(variants, version)
             except ValueError:  # no version of the op in this opset
                 continue
+            if not cls.__module__.startswith("coremltools."):  # registered by someone else (mlopt's own fused
+                continue  # mlopt_<rule> ops of the conversion-time passes, lowered before anything is saved)
             key = f"{op_type}@{first_target(variants, cls)}"
             signatures.setdefault(key, _signature(cls, types_to_proto))
             ops[op_type] = key
