@@ -163,6 +163,10 @@ def _refuse_out_dir_inside_an_input(out_dir, items):
             raise BadInputError(out_dir, f"--out-dir is inside the input package {item.input}; write the outputs outside it")
 
 
+NOT_STARTED = "the batch stopped before this model started; nothing was written"
+CUT_SHORT = "stopped while being optimized; nothing was written"
+
+
 def optimize_one(input_path, output_path, options):
     """Worker: optimize one model; never raises for a bad model, nor for a signal that interrupts it in a worker
     process. Returns (status, error, seconds, report dict)."""
@@ -172,23 +176,23 @@ def optimize_one(input_path, output_path, options):
 
     start = time.perf_counter()
     if _stopping[0]:
-        return "interrupted", "interrupted; nothing was written", 0.0, None
+        return "interrupted", NOT_STARTED, 0.0, None
     _in_task[0] = writer.COMMITS[0] + 1  # interruptible until this task's package is in place
     try:
         report = optimize_package(input_path, output_path, **options)
         status = "rewritten" if report.rewrites else "unchanged"  # in a dry run: what a real run would do
         return status, None, time.perf_counter() - start, report.to_dict()
-    except BadInputError as e:
-        return "bad input", str(e), time.perf_counter() - start, None
+    except BadInputError as e:  # batches run from the command line: its wording (--force)
+        return "bad input", e.cli_text, time.perf_counter() - start, None
     except MloptError as e:
-        return "failed", str(e), time.perf_counter() - start, None
+        return "failed", e.cli_text, time.perf_counter() - start, None
     except KeyboardInterrupt:
         from .package.writer import abort_all
 
         abort_all()  # a signal may have cut a writer's own cleanup short
         if not _is_worker():
             raise  # in the main process an interrupt stops the batch
-        return "interrupted", "interrupted; nothing was written", time.perf_counter() - start, None
+        return "interrupted", CUT_SHORT, time.perf_counter() - start, None
     except Exception as e:  # noqa: BLE001 - reported per model, the batch goes on
         return "failed", f"{input_path}: internal error: {type(e).__name__}: {e}", time.perf_counter() - start, None
     finally:
@@ -223,10 +227,12 @@ def run(items, jobs=1, progress=None, **options):
     for item in items:
         if item.status != "pending" and progress:
             progress(item)
+    current = None  # the model being optimized in this process (jobs 1), if any
     try:
         if jobs <= 1:
-            for item in pending:
-                _finish(item, optimize_one(item.input, item.output, options), progress)
+            for current in pending:
+                _finish(current, optimize_one(current.input, current.output, options), progress)
+            current = None
         else:
             _run_pool(pending, jobs, progress, options)
     except KeyboardInterrupt as e:
@@ -237,7 +243,7 @@ def run(items, jobs=1, progress=None, **options):
 
         for item in pending:
             if item.status == "pending":
-                item.status, item.error = "interrupted", "interrupted; nothing was written"
+                item.status, item.error = "interrupted", CUT_SHORT if item is current else NOT_STARTED
         return BatchResult(items, interrupted=True, signal_exit=signals.exit_code(e), dry_run=options.get("dry_run", False))
     return BatchResult(items, dry_run=options.get("dry_run", False))
 

@@ -10,12 +10,18 @@ exit 1, nothing left behind. Anything else escaping mlopt is our bug and exits 1
 
 
 class MloptError(Exception):
-    """Base class of the errors mlopt raises on purpose."""
+    """Base class of the errors mlopt raises on purpose. `problem` is worded for Python callers; `cli_problem`, if
+    the command line says it differently (`--force` where Python has `force=True`), for the command line."""
 
-    def __init__(self, path, problem):
+    def __init__(self, path, problem, cli_problem=None):
         self.path = str(path)
         self.problem = problem
+        self.cli_problem = cli_problem or problem
         super().__init__(f"{self.path}: {problem}")
+
+    @property
+    def cli_text(self):
+        return f"{self.path}: {self.cli_problem}"
 
 
 class BadInputError(MloptError):

@@ -1,4 +1,5 @@
-"""Shared helpers: fixture paths, op listings, running packages in mlopt's interpreter."""
+"""Shared helpers: fixture paths, op listings, running packages in mlopt's interpreter; and the check that every
+package a test writes loads with coremltools' own program loader."""
 
 import hashlib
 import os
@@ -10,7 +11,7 @@ from mlopt.graph import SpecGraph
 from mlopt.numerics.inputs import random_inputs
 from mlopt.numerics.interpreter import run_function
 from mlopt.numerics.weights import BlobReader
-from mlopt.package import read_package
+from mlopt.package import PackageWriter, read_package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
@@ -65,6 +66,64 @@ def tree_digest(path):
 def file_digest(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+PROVENANCE = b"com.github.mlopt.version"  # engine.PROVENANCE_VERSION: in every model file mlopt rewrote
+
+
+def load_in_coremltools(path):
+    """The package's program read by coremltools' own loader (`milproto.load`), which re-runs coremltools' type
+    inference on every op: what compression, `ct.optimize` or a re-save would do with it. Raises what it raises."""
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    package = read_package(path)
+    spec = package.spec
+    if spec.WhichOneof("Type") != "mlProgram":
+        return None
+    return load(spec, spec.specificationVersion, os.path.join(os.path.dirname(package.model_path), "weights"))
+
+
+def _rewritten_packages(folder):
+    """Packages under `folder` whose root model file mlopt rewrote (it carries mlopt's provenance key): outputs
+    of an `mlopt` child process, which the in-process hook below does not see."""
+    found = []
+    for root, dirs, _ in os.walk(folder):
+        for name in [d for d in dirs if d.endswith(".mlpackage")]:
+            dirs.remove(name)
+            model = os.path.join(root, name, "Data", "com.apple.CoreML", "model.mlmodel")
+            try:
+                with open(model, "rb") as f:
+                    if PROVENANCE in f.read():
+                        found.append(os.path.join(root, name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def written_packages_load_in_coremltools(request, monkeypatch):
+    """Every package the test had mlopt write (in this process, or rewritten by a child process under the
+    test's tmp_path) must still load with coremltools' program loader when the test ends."""
+    written = []
+    commit = PackageWriter.commit
+
+    def recording_commit(self, spec):
+        methods = commit(self, spec)
+        written.append(self.dest.path)
+        return methods
+
+    monkeypatch.setattr(PackageWriter, "commit", recording_commit)
+    yield
+    tmp_path = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if tmp_path is not None:
+        written += _rewritten_packages(str(tmp_path))
+    for path in dict.fromkeys(os.path.abspath(p) for p in written):
+        if not os.path.isdir(path):  # removed or moved by the test itself
+            continue
+        try:
+            load_in_coremltools(path)
+        except Exception as e:
+            pytest.fail(f"{path}: mlopt wrote a package coremltools' program loader rejects: {type(e).__name__}: {e}")
 
 
 @pytest.fixture

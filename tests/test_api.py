@@ -101,6 +101,25 @@ def test_optimize_package_bad_input_raises():
         optimize_package("/nonexistent/x.mlpackage", "/tmp/never")
 
 
+def test_optimize_package_names_its_own_force_keyword(tmp_path):
+    """Python callers read `force=True` where the command line says `--force`, for the same refusal."""
+    src = fixture_path("hf_fp16_ios17")
+    out = tmp_path / "o.mlpackage"
+    out.mkdir()
+    with pytest.raises(BadInputError) as refused:
+        optimize_package(src, out)
+    assert str(refused.value) == f"{out}: already exists (use force=True to replace it)"
+    assert refused.value.cli_text == f"{out}: already exists (use --force to replace it)"
+    with pytest.raises(BadInputError) as in_place:
+        optimize_package(src, src)
+    assert str(in_place.value) == f"{src}: is the input package (in-place needs force=True)"
+    with pytest.raises(BadInputError) as not_a_package:
+        optimize_package(src, out, force=True)
+    assert str(not_a_package.value) == (
+        f"{out}: is a folder but not an .mlpackage (no Manifest.json); force=True replaces only a package, so it is left alone"
+    )
+
+
 def test_unknown_compute_units():
     with pytest.raises(ValueError, match="unknown compute units 'NPU'"):
         optimize_package(fixture_path("hf_fp16_ios17"), dry_run=True, compute_units="NPU")

@@ -156,3 +156,11 @@ def test_interrupt_during_a_model_stops_the_batch(models, tmp_path, monkeypatch)
     ]
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.mlpackage")) == ["hf_fp16_ios17.mlpackage"]
     assert [p for p in (tmp_path / "out").rglob("*") if ".mlopt-" in p.name] == []
+    # the model that was cut short and the ones that never started say which they are
+    statuses = {os.path.basename(i.input): i.status + ": " + i.error for i in result.items if i.status == "interrupted"}
+    assert statuses == {
+        "decoder_fp16_ios17.mlpackage": "interrupted: stopped while being optimized; nothing was written",
+        "gemma_casts_fp16_ios17.mlpackage": "interrupted: the batch stopped before this model started; nothing was written",
+        "near_misses_fp16_ios17.mlpackage": "interrupted: the batch stopped before this model started; nothing was written",
+    }
+    assert "interrupted: the batch stopped before this model started; nothing was written" in result.render().splitlines()[-2]

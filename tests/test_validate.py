@@ -308,7 +308,7 @@ def test_op_without_outputs():
 
 
 def test_write_state_has_no_outputs():
-    p = Program({"s": MIL_pb2.ValueType(stateType=MIL_pb2.StateType(wrappedType=ttype([1, 4]))), "x": ttype([1, 4])})
+    p = Program({"s": MIL_pb2.ValueType(stateType=MIL_pb2.StateType(wrappedType=ttype([1, 4]))), "x": ttype([1, 4])}, opset="CoreML8")
     p.op("write_state", None, input="s", data="x")
     p.op("read_state", "r", input="s")
     assert problem(p.output("r")) is None

@@ -71,13 +71,14 @@ def run_cli(argv=None):
         return BROKEN_PIPE
     except UsageError as e:
         wanted_json = argparse.Namespace(json=True, command=_command_in(argv)) if "--json" in (argv or sys.argv[1:]) else None
-        return _fail(wanted_json, 2, e.path, e.problem, f"mlopt: error: {e}")
+        where = "" if e.path == "mlopt" else f"{e.path}: "  # "mlopt optimize: ..." names the subcommand
+        return _fail(wanted_json, 2, e.path, e.problem, f"mlopt: error: {where}{e.problem}")
     except Exception as e:
         if signals.received():  # whatever failed after a signal (an import cut short) is that interruption
             return _interrupted(signals.received(), args, wrote=_commits() > committed)
         if isinstance(e, MloptError):
             code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1
-            return _fail(args, code, e.path, e.problem, f"mlopt: error: {e}")
+            return _fail(args, code, e.path, e.cli_problem, f"mlopt: error: {e.cli_text}")
         if os.environ.get("MLOPT_DEBUG"):  # our bug or limitation: one line, traceback on request
             traceback.print_exc()
         command = getattr(args, "command", "mlopt")

@@ -18,11 +18,15 @@ saves as a constant dimension of size 0) and its proto loader reads them back; o
 refused (MIL sizes are int32; the proto field is uint64, so there are no negative ones). List, tuple, dictionary
 and state types are accepted (a state must wrap a tensor).
 
+Every op is also checked against its signature in the function's opset (graph/signatures.py: a known op type,
+its required inputs bound, each input of an allowed kind and dtype), as coremltools' op registry defines them.
+
 One pass over the program, linear in its size; declared shapes are multiplied as Python ints and nothing is
 allocated from them.
 """
 
 from ..errors import BadInputError
+from .signatures import op_problem
 from .type_checks import MAX_DIM, element_count, immediate_tensor_problem, type_problem, type_text
 from .spec_graph import op_name
 
@@ -69,20 +73,22 @@ def _owner(op):
 
 
 def _check_function(name, function):
-    inputs = set()
+    inputs = {}
     for inp in function.inputs:
         _check_type(inp.type, lambda: f"input '{inp.name}'")
         if inp.name in inputs:
             raise _Invalid(f"input '{inp.name}' is defined twice")
-        inputs.add(inp.name)
-    for key in function.block_specializations:  # alternative bodies: each its own namespace
-        _BlockWalker(inputs).walk(function.block_specializations[key])
+        inputs[inp.name] = inp.type
+    for key in sorted(function.block_specializations):  # alternative bodies: each its own namespace and opset
+        _BlockWalker(inputs, key).walk(function.block_specializations[key])
 
 
 class _BlockWalker:
     """Walks a block tree in program order with an explicit stack (no recursion, whatever the nesting)."""
 
-    def __init__(self, inputs):
+    def __init__(self, inputs, opset):
+        self.opset = opset  # the signatures every op is checked against
+        self.types = dict(inputs)  # value name -> its declared ValueType
         self.visible = set(inputs)  # defined and in scope at the current point
         self.by_ops = set(inputs)  # function inputs and op outputs defined so far, in any block
         self.block_inputs = set()  # block inputs defined so far, in any block
@@ -107,6 +113,7 @@ class _BlockWalker:
                     where = lambda inp=inp: f"{_owner(owner)}: block input '{inp.name}'"
                     _check_type(inp.type, where)
                     self.define(inp.name, lambda: f"{where()} is already defined", block_input=True)
+                    self.types[inp.name] = inp.type
             elif event == "exit":
                 for out in item.outputs:
                     if out not in self.visible:
@@ -152,10 +159,14 @@ class _BlockWalker:
                 raise _Invalid(f"{_describe(op)} has no 'val' attribute")
             _check_value(op.attributes["val"], lambda: _describe(op))
             _check_const_type(op)
+        problem = op_problem(op, self.opset, self.types.__getitem__)
+        if problem:
+            raise _Invalid(f"{_describe(op)} {problem}")
 
     def _define_outputs(self, op):
         for out in op.outputs:
             self.define(out.name, lambda: f"{_describe(op)} defines '{out.name}', which is already defined")
+            self.types[out.name] = out.type
 
 
 def _check_const_type(op):

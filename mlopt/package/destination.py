@@ -26,6 +26,12 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXE
 _PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+def needs_force(path, problem):
+    """The BadInputError for an OUT that only the force option may replace; `problem` names it as {force}:
+    `force=True` for Python callers, `--force` on the command line."""
+    return BadInputError(path, problem.format(force="force=True"), cli_problem=problem.format(force="--force"))
+
+
 def write_failure(out, error, folder, action=None):
     """The one-line error for a write in `folder` for OUT that failed, naming OUT (never a hidden staging
     folder): a folder the user may not write in is bad input (exit 2); anything else - a full disk, an I/O
@@ -152,9 +158,9 @@ def _check_replaceable(shown, absolute, package, force):
     st = os.lstat(absolute)
     same = os.path.exists(absolute) and _identity(os.stat(absolute)) == package.tree.identity
     if not force:
-        raise BadInputError(shown, "is the input package (in-place needs --force)" if same else "already exists (use --force to replace it)")
+        raise needs_force(shown, "is the input package (in-place needs {force})" if same else "already exists (use {force} to replace it)")
     if stat.S_ISLNK(st.st_mode):
-        raise BadInputError(shown, "is a symbolic link; --force replaces only an .mlpackage folder, never a link (name the package itself)")
+        raise needs_force(shown, "is a symbolic link; {force} replaces only an .mlpackage folder, never a link (name the package itself)")
     if not stat.S_ISDIR(st.st_mode):
         raise BadInputError(shown, "exists and is not a folder; refusing to replace it")
     try:
@@ -162,7 +168,7 @@ def _check_replaceable(shown, absolute, package, force):
     except OSError:
         manifest = None
     if manifest is None or not stat.S_ISREG(manifest.st_mode):
-        raise BadInputError(shown, f"is a folder but not an .mlpackage (no {MANIFEST}); --force replaces only a package, so it is left alone")
+        raise needs_force(shown, f"is a folder but not an .mlpackage (no {MANIFEST}); {{force}} replaces only a package, so it is left alone")
     if not same and (_identity(st) in ancestors(package.path) or _tree_contains(absolute, package.tree.identity)):
         raise BadInputError(shown, f"contains the input package {package.path}; refusing to replace it")
     return _identity(st)

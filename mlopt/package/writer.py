@@ -167,7 +167,7 @@ class PackageWriter:
             return
         fd = create_file(self._folders[parent], name)
         try:
-            data = memoryview(spec.SerializeToString())
+            data = memoryview(spec.SerializeToString(deterministic=True))  # map fields (metadata) in key order
             while data:
                 data = data[os.write(fd, data):]
             os.fsync(fd)
@@ -187,7 +187,7 @@ class PackageWriter:
             claim.claim(fd, self.staging, name)
         except FileExistsError:
             what = "already exists: it appeared while mlopt was writing" if self.dest.replaces is None else "changed while mlopt was writing"
-            raise BadInputError(self.dest.path, f"{what}; nothing was replaced (use --force to replace it)") from None
+            raise destination.needs_force(self.dest.path, f"{what}; nothing was replaced (use {{force}} to replace it)") from None
         self.staging = None
         return None
 

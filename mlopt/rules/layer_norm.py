@@ -9,7 +9,8 @@ of an image over its spatial axes is the InstanceNorm rule's (instance_norm.py):
 
     y = layer_norm(x, axes, eps, gamma, beta)     gamma/beta folded in when they are plain constants of the
                                                   normalised shape in x's dtype, and eps keeps its value
-                                                  (to 1%) in the type they share with it; otherwise
+                                                  (to 1%) in the type they share with it (a folded beta
+                                                  without a gamma gets a gamma of ones); otherwise
     y = layer_norm(x, axes, eps) [* gamma] [+ beta]
 """
 
@@ -44,6 +45,8 @@ class LayerNormRule(Rule):
         g = _as_parameter(b, gamma, m, shape) if fold else None
         # beta folds only where gamma does (or there is none): layer_norm applies gamma first
         bt = _as_parameter(b, beta, m, shape) if fold and (g is not None or gamma is None) else None
+        if bt is not None and g is None:  # coremltools' layer_norm checks beta's shape against gamma's (iOS15
+            g = b.const(np.ones(shape), m.dtype)  # type_inference reads gamma.shape): a beta needs a gamma
         out = b.layer_norm(m.x, m.axes, m.params["epsilon"], g, bt)
         if gamma is not None and g is None:
             out = b.mul(out, gamma if b.dtype(gamma) == m.dtype else b.cast(gamma, m.dtype))

@@ -397,6 +397,89 @@ def clear_input_type(spec, rng, package):
     _choice(rng, list(function.inputs)).type.Clear()
 
 
+# --- ops that break their signature (graph/signatures.py) -------------------------------------------------------
+
+def _ops_by_opset(spec, keep=lambda op: True):
+    """(opset, block, op) for every op of every function's body (nested blocks too) passing `keep`."""
+    found = []
+
+    def visit(opset, block):
+        for op in block.operations:
+            if keep(op):
+                found.append((opset, block, op))
+            for nested in op.blocks:
+                visit(opset, nested)
+
+    for name in sorted(spec.mlProgram.functions):
+        function = spec.mlProgram.functions[name]
+        if function.opset in function.block_specializations:
+            visit(function.opset, function.block_specializations[function.opset])
+    return found
+
+
+def _computes(op):
+    return op.type != "const" and not op.type.startswith("constexpr_")
+
+
+def missing_required_input(spec, rng, package):
+    """Take away an input the op's signature requires (an `rsqrt` without its `x`)."""
+    from mlopt.graph.signatures import signature
+
+    candidates = []
+    for opset, _, op in _ops_by_opset(spec, _computes):
+        sig = signature(op.type, opset) or {}
+        candidates += [(op, p) for p in sorted(op.inputs) if sig.get(p, {}).get("required") and sig[p]["kind"] != "internal"]
+    op, param = _choice(rng, candidates)
+    del op.inputs[param]
+
+
+def op_from_a_later_opset(spec, rng, package):
+    """An op's type becomes one its function's opset does not have yet (an iOS18 op in an iOS15 program)."""
+    from mlopt.graph.signatures import table
+
+    opsets = table()["opsets"]
+    candidates = [(opset, op) for opset, _, op in _ops_by_opset(spec, _computes) if set(opsets["CoreML8"]) - set(opsets[opset])]
+    opset, op = _choice(rng, candidates)
+    op.type = rng.choice(sorted(set(opsets["CoreML8"]) - set(opsets[opset])))
+
+
+_LITERALS = {  # dtype code -> how an immediate scalar of it is written
+    2: lambda t: t.strings.values.append("fuzz"),  # STRING
+    1: lambda t: t.bools.values.append(True),  # BOOL
+    23: lambda t: t.ints.values.append(1),  # INT32
+    11: lambda t: t.floats.values.append(1.0),  # FLOAT32
+    10: lambda t: setattr(t.bytes, "values", np.float16(1).tobytes()),  # FLOAT16
+}
+
+
+def wrong_input_dtype(spec, rng, package):
+    """Bind a tensor input to a new scalar const of a dtype the op does not take there (a string into `rsqrt`)."""
+    from mlopt.graph.signatures import signature
+    from mlopt.package.proto import MIL_pb2
+
+    candidates = []
+    for opset, block, op in _ops_by_opset(spec, _computes):
+        sig = signature(op.type, opset) or {}
+        for param in sorted(op.inputs):
+            spec_in = sig.get(param, {})
+            if spec_in.get("kind") == "tensor" and len(op.inputs[param].arguments) == 1:
+                wrong = [d for d in _LITERALS if MIL_pb2.DataType.Name(d) not in spec_in["dtypes"]]
+                if wrong:
+                    candidates.append((block, op, param, wrong[0]))
+    block, op, param, dtype = _choice(rng, candidates)
+    value = MIL_pb2.Value()
+    value.type.tensorType.dataType = dtype
+    _LITERALS[dtype](value.immediateValue.tensor)
+    op.inputs[param].arguments[0].Clear()
+    op.inputs[param].arguments[0].name = "fuzz_wrong_dtype"
+    const = _new_op("const", {}, "fuzz_wrong_dtype", value.type)
+    const.attributes["val"].CopyFrom(value)
+    _insert(block, op, [const])
+
+
+SIGNATURE_MUTATIONS = ("input-missing-required", "op-unknown-type", "op-from-later-opset", "input-wrong-dtype")
+
+
 def _assign(name, value):
     """blob() edit: set attribute `name` to `value`, or to `value(target, rng)`."""
     return lambda target, rng: setattr(target, name, value(target, rng) if callable(value) else value)
@@ -446,4 +529,7 @@ PROGRAM_MUTATIONS = {
     "rank-huge": set_rank(2**62),
     "dtype-invalid": set_dtype(999),
     "input-type-cleared": clear_input_type,
+    "input-missing-required": missing_required_input,
+    "op-from-later-opset": op_from_a_later_opset,
+    "input-wrong-dtype": wrong_input_dtype,
 }
