@@ -287,8 +287,12 @@ def test_constants_and_constexpr_ops_are_neither_ops_nor_findings():
     from test_validate import Program, ttype
 
     p = Program({"x": ttype([1, 4], "FLOAT16")})
-    p.const("lut", np.zeros((16, 4), np.float32))  # fp32, as a palettized weight's table may be
-    p.op("constexpr_lut_to_dense", "w", ttype([1, 4]), lut="lut")  # fp32 output: not an op that runs
+    w = p.op("constexpr_lut_to_dense", "w", ttype([1, 4]))  # fp32 output: not an op that runs
+    for param, array, dtype in (("lut", np.zeros(16, np.float32), "FLOAT32"), ("indices", np.zeros(2, np.uint8), "UINT8"),
+                                ("shape", np.array([1, 4], np.uint32), "UINT32")):  # iOS16 form: all attributes
+        value = w.attributes[param]
+        value.type.CopyFrom(ttype(array.shape, dtype))
+        value.immediateValue.tensor.bytes.values = array.tobytes()
     p.op("cast", "x32", ttype([1, 4]), x="x", dtype=literal_string("fp32"))
     p.op("mul", "y", ttype([1, 4]), x="x32", y="w")  # reads fp32: the finding is here
     report = lint_program(p.output("y"))
@@ -311,37 +315,43 @@ def test_switches_count_each_producer_consumer_pair_once():
     p = Program({"x": ttype([1, 4], "FLOAT16")})
     half = ttype([1, 4], "FLOAT16")
     p.op("relu", "a", half, x="x")  # clean
-    p.op("exp", "b", ttype([1, 4]), x="a")  # fp32 output: at risk
+    p.op("cast", "a32", ttype([1, 4]), x="a", dtype=literal_string("fp32"))  # a cast is exempt: clean
+    p.op("exp", "b", ttype([1, 4]), x="a32")  # fp32: at risk
     p.op("mul", "c", half, x="a", y="a")  # clean, reads a twice: no switch (both clean)
     p.op("add", "d", ttype([1, 4]), x="b", y="b")  # fp32: at risk, reads b twice: no switch
-    p.op("sub", "e", half, x="c", y="d")  # clean, reads d (risk): one switch
+    p.op("cast", "d16", half, x="d", dtype=literal_string("fp16"))  # back to fp16: clean
+    p.op("sub", "e", half, x="c", y="d16")  # clean
     report = lint_program(p.output("e"))
-    assert [(f.op, f.code) for f in report.findings] == [("b", "fp32"), ("d", "fp32"), ("e", "fp32")]
-    # e reads the fp32 d, so it is at risk too: pairs a->b (switch), a->c, b->d, c->e (switch), d->e
+    assert [(f.op, f.code) for f in report.findings] == [("b", "fp32"), ("d", "fp32")]
+    # pairs a->a32, a32->b (switch), a->c, b->d, d->d16 (switch), c->e, d16->e
     assert report.switches == 2
 
 
 def test_integer_width_decides_int_arith():
     from test_validate import Program, ttype
 
-    p = Program({"a": ttype([4], "INT8"), "b": ttype([4], "INT16")})
-    p.op("add", "a2", ttype([4], "INT8"), x="a", y="a")  # 8-bit: a type the Neural Engine is reported to hold
-    p.op("add", "b2", ttype([4], "INT16"), x="b", y="b")
-    p.op("shape", "s", ttype([1], "INT32"), x="b2")  # an integer result, but no arithmetic
-    report = lint_program(p.output("a2", "b2", "s"))
-    assert [(f.op, f.code) for f in report.findings] == [("b2", "int-arith")]
-    assert report.findings[0].detail == "computes on int16 (output 'b2')"
+    p = Program({"a": ttype([4], "INT32")})
+    p.op("add", "a2", ttype([4], "INT32"), x="a", y="a")  # int32 arithmetic (MIL's add takes no narrower integer)
+    p.op("shape", "s", ttype([1], "INT32"), x="a2")  # an integer result, but no arithmetic
+    report = lint_program(p.output("a2", "s"))
+    assert [(f.op, f.code) for f in report.findings] == [("a2", "int-arith")]
+    assert report.findings[0].detail == "computes on int32 (output 'a2')"
 
 
 def test_unknown_sizes_and_non_tensor_values_do_not_break_the_walk():
     """A list output is no tensor: only the tensor the op reads is checked."""
-    from test_validate import Program, ttype
+    import numpy as np
+
+    from test_validate import MIL_pb2, Program, literal, ttype
 
     p = Program({"x": ttype([1, None], "FLOAT16")})
     p.op("relu", "r", ttype([1, None], "FLOAT16"), x="x")
-    op = p.op("make_list", None, x="r")
-    listed = op.outputs.add(name="l")
-    listed.type.listType.type.CopyFrom(ttype([1, None], "FLOAT16"))
+    p.const("zero", np.int32(0), "INT32")
+    listed = MIL_pb2.ValueType(listType=MIL_pb2.ListType(type=ttype([1, None], "FLOAT16")))
+    listed.listType.length.unknown.variadic = False
+    p.op("make_list", "empty", listed, init_length=literal(np.int32(1), "INT32"), dynamic_length=literal(np.bool_(True), "BOOL"),
+         elem_shape=[literal(np.int32(1), "INT32"), literal(np.str_("is0"), "STRING")], dtype=literal(np.str_("fp16"), "STRING"))
+    p.op("list_write", "l", listed, ls="empty", index="zero", value="r")
     report = lint_program(p.output("r"))
     assert [(f.op, f.code) for f in report.findings] == [("r", "dynamic-shape"), ("l", "dynamic-shape")]
     assert report.findings[0].detail == "output 'r' is (1, ?): a size known only at run time"
@@ -386,9 +396,12 @@ def test_malformed_programs_are_linted_or_refused(capsys, tmp_path, fixture):
 def test_an_op_without_outputs_is_named_by_its_name_attribute():
     from test_validate import Program, ttype
 
-    p = Program({"x": ttype([1, 4], "FLOAT16")})
+    from test_validate import MIL_pb2
+
+    state = MIL_pb2.ValueType(stateType=MIL_pb2.StateType(wrappedType=ttype([1, 4])))
+    p = Program({"x": ttype([1, 4]), "s": state}, opset="CoreML8")
     p.op("exp", "e", ttype([1, 4]), x="x")  # fp32
-    store = p.op("write_state", None, input="e", data="e")
+    store = p.op("write_state", None, input="s", data="e")
     store.attributes["name"].CopyFrom(literal_string("store"))
     report = lint_program(p.output("e"))
     assert [(f.op, f.code) for f in report.findings] == [("e", "fp32"), ("store", "fp32")]
