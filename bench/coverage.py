@@ -46,7 +46,7 @@ SETS = {
 
 def table(set_name):
     from mlopt import optimize_package
-    from mlopt.verify import verify_packages
+    from mlopt.analyses.verify import verify_packages
 
     rule, read = SETS[set_name]
     folder = os.path.join(FIXTURES, set_name)

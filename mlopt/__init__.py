@@ -6,7 +6,7 @@ its saved-spec adapter), `patterns` (matching machinery: walks across casts, tra
 (one module per rewrite: pattern, replacement, float64 reference; `rules/__init__.py` is the registry),
 `rewrites` (the builder contract, its protobuf builder, splicing), `numerics` (interpreter, self-check),
 `coreml` (the pymil adapter, the mb builder and the conversion-time passes), `cli` (the `mlopt` command).
-`engine.py` ties them together on a parsed spec, `verify.py` compares two packages, `api.py` holds the Python
+`engine.py` ties them together on a parsed spec, `analyses/verify.py` compares two packages, `api.py` holds the Python
 entry points.
 
 The public names load on first use (PEP 562): `mlopt optimize` starts copying the weights before numpy and the

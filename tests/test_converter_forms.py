@@ -20,7 +20,7 @@ import pytest
 from conftest import FIXTURES, file_digest, main_view, op_types, run_package
 from mlopt import optimize_package
 from mlopt.cli import main
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 CONVERTERS = os.path.join(FIXTURES, "converters")
 with open(os.path.join(CONVERTERS, "expected.json")) as f:

@@ -18,7 +18,7 @@ from conftest import FIXTURES, file_digest, main_view, op_types
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.package import read_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 LAYERNORM = os.path.join(FIXTURES, "layernorm")
 with open(os.path.join(LAYERNORM, "expected.json")) as f:

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FIXTURES, file_digest, main_view, run_package
 from mlopt import optimize_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 REAL = os.path.join(FIXTURES, "real")
 with open(os.path.join(REAL, "expected.json")) as f:

@@ -653,7 +653,7 @@ def test_jobs_never_exceeds_the_models(tmp_path, monkeypatch):
 def test_verify_inputs_too_large_are_refused_before_loading(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from mlopt import verify
+    from mlopt.analyses import verify
 
     monkeypatch.setattr(verify, "MAX_INPUT_BYTES", 1000)
     npz = tmp_path / "bomb.npz"

@@ -10,7 +10,7 @@ import pytest
 from conftest import cli_peak_rss_mb, fixture_path
 from mlopt import optimize_package
 from mlopt.cli import main
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 from mlopt.rules.rms_norm import RMSNormRule
 from conftest import concat_without_negation
 
@@ -92,7 +92,7 @@ def test_bad_input_exit_2(capsys, tmp_path):
 
 def test_identical_programs_and_weights_are_equal_without_running(tmp_path, monkeypatch, capsys):
     from mlopt.cli import main
-    from mlopt import verify
+    from mlopt.analyses import verify
 
     out = tmp_path / "same.mlpackage"
     optimize_package(fixture_path("decoder_fp16_ios17"), out, compute_units="CPU_ONLY")  # an unchanged copy

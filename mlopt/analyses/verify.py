@@ -16,18 +16,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BadInputError, CannotVerify
-from .graph import SpecGraph
-from .graph.dtypes import FLOAT16, FLOAT32, NUMPY
-from .graph.spec_graph import op_name
-from .graph.type_checks import element_count
-from .numerics.compare import compare, tolerance_for
-from .numerics.diagnose import explain, identical_function
-from .numerics.inputs import InputTooLarge, random_inputs, input_tensor
-from .numerics.interpreter import InterpreterError, run_function
-from .numerics.ops.registry import accumulating
-from .numerics.weights import check_blob_references
-from .package import read_package
+from ..errors import BadInputError, CannotVerify
+from ..graph import SpecGraph
+from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
+from ..graph.spec_graph import op_name
+from ..graph.type_checks import element_count
+from ..numerics.compare import compare, tolerance_for
+from ..numerics.diagnose import explain, identical_function
+from ..numerics.inputs import InputTooLarge, random_inputs, input_tensor
+from ..numerics.interpreter import InterpreterError, run_function
+from ..numerics.ops.registry import accumulating
+from ..numerics.weights import check_blob_references
+from ..package import read_package
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
 MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
@@ -66,7 +66,7 @@ class VerifyReport:
                 + (f"; {c.note}" if c.note else "") for c in self.checks if not c.passed]
 
     def render(self, verbose=False):
-        from .report import lines_text
+        from ..report import lines_text
 
         lines = [f"mlopt verify {self.reference} {self.candidate} (reference, candidate; seed {self.seed}, scale "
                  f"{self.scale:g}, fp16 accumulated in {self.accumulate})"]
@@ -83,7 +83,7 @@ class VerifyReport:
         return lines_text(lines)
 
     def to_dict(self):
-        from .report import SCHEMA, json_safe
+        from ..report import SCHEMA, json_safe
 
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
@@ -284,6 +284,6 @@ def _given_for(given, function, name, feeds, path):
 
 def _accumulation_notes(view):
     """Each rule's word on its matches under fp16 accumulation (the RMSNorm rule: where each side overflows)."""
-    from .rules import find_candidates
+    from ..rules import find_candidates
 
     return [note for c in find_candidates(view) if c.match is not None and (note := c.rule.accumulation_note(view, c.anchor, c.match))]
