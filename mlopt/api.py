@@ -61,7 +61,7 @@ def _write(package, report, out_path, force, link, units, verify, selection):
 
 def _analyse(package, units, verify, selection, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it."""
-    from .numerics.weights import check_blob_references
+    from .package.weights import check_blob_references
 
     load_spec(package)
     blobs = package.blob_reader()
@@ -112,7 +112,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
     from .graph.validate import validate_program
-    from .numerics.weights import BlobReader, check_blob_references
+    from .package.weights import BlobReader, check_blob_references
 
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())

@@ -17,7 +17,7 @@ from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
 from .graph.validate import validate_program
 from .numerics.selfcheck import CheckResult, self_check
-from .numerics.weights import BlobReader, small_constants
+from .package.weights import BlobReader, small_constants
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
 from . import rules as registry

@@ -9,7 +9,7 @@ import pytest
 from mlopt.graph import SpecGraph
 from mlopt.numerics.inputs import random_inputs
 from mlopt.numerics.interpreter import run_function
-from mlopt.numerics.weights import BlobReader
+from mlopt.package.weights import BlobReader
 from mlopt.package import read_package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,7 +26,7 @@ from ..numerics.diagnose import explain, identical_function
 from ..numerics.inputs import InputTooLarge, random_inputs, input_tensor
 from ..numerics.interpreter import InterpreterError, run_function
 from ..numerics.ops.registry import accumulating
-from ..numerics.weights import check_blob_references
+from ..package.weights import check_blob_references
 from ..package import read_package
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26

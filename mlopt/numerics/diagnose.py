@@ -15,7 +15,7 @@ import numpy as np
 from ..graph.spec_graph import op_name
 from .compare import compare
 from .interpreter import Evaluator, InterpreterError
-from .weights import blob_values
+from ..package.weights import blob_values
 
 def identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
     """True if both functions are the same bytes and every weight file they read holds the same bytes."""

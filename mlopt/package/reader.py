@@ -42,7 +42,7 @@ class ModelPackage:
 
     def blob_reader(self):
         """A BlobReader for this package's weights, confined to the package."""
-        from ..numerics.weights import BlobReader
+        from .weights import BlobReader
 
         return BlobReader(self.tree, self.model_dir_rel)
 

@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from ..errors import BadInputError
-from ..package.tree import PackageTree, refuse_lfs_pointer, split_relative
+from .tree import PackageTree, refuse_lfs_pointer, split_relative
 
 SENTINEL = 0xDEADBEEF
 HEADER = 64  # file header and per-blob metadata record, bytes
