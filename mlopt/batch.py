@@ -204,7 +204,7 @@ def _is_worker():
 def _worker_init():
     """Worker processes: a signal interrupts the model being optimized (its writer cleans up), and is ignored
     between models, where the parent is shutting the pool down anyway."""
-    from .cli import signals
+    from . import signals
 
     from .package import writer
 
@@ -230,7 +230,7 @@ def run(items, jobs=1, progress=None, **options):
         else:
             _run_pool(pending, jobs, progress, options)
     except KeyboardInterrupt as e:
-        from .cli import signals
+        from . import signals
         from .package.writer import abort_all
 
         abort_all()
