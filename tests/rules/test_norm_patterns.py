@@ -1,6 +1,6 @@
 """Pattern tests in memory: each spelling as an `@mb.program`, matched through the pymil adapter (PymilGraph), with
 the match read back or the exact reason - no fixture to regenerate. The committed fixtures cover the same forms
-end to end (tests/test_converter_forms.py, tests/test_layer_norm_rule.py, tests/test_rewrite.py)."""
+end to end (tests/rules/test_rms_norm_converter_forms.py, tests/rules/test_layer_norm.py, tests/test_rewrite.py)."""
 
 import numpy as np
 import pytest
