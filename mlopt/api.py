@@ -61,9 +61,11 @@ def _write(package, report, out_path, force, link, units, verify, selection):
 
 def _analyse(package, units, verify, selection, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it."""
-    from .package.weights import check_blob_references
+    from .graph.stored_constants import check_blob_references
+    from .graph.validate import validate_program
 
     load_spec(package)
+    validate_program(package.spec, package.model_path)
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
@@ -111,8 +113,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     skipped = _skip_reason(units)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
+    from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
-    from .package.weights import BlobReader, check_blob_references
+    from .package.weights import BlobReader
 
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())

@@ -17,7 +17,8 @@ from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
 from .graph.validate import validate_program
 from .numerics.selfcheck import CheckResult, self_check
-from .package.weights import BlobReader, small_constants
+from .graph.stored_constants import StoredConstants
+from .package.weights import BlobReader
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
 from . import rules as registry
@@ -80,7 +81,7 @@ def _optimize_function(name, function, rewriting, dry_run, blobs, verify, select
         copy = type(function)()
         copy.CopyFrom(function)
         function = copy
-    view = SpecGraph(name, function, small_blob=small_constants(blobs))
+    view = SpecGraph(name, function, stored=StoredConstants(blobs))
     report = FunctionReport(name=name, opset=view.opset)
     before = op_counts(view)
     if selection.functions is not None and name not in selection.functions:

@@ -245,7 +245,8 @@ def test_sub_byte_blob_read_with_other_bits_is_bad_input(tmp_path):
     import os
 
     from conftest import main_view
-    from mlopt.package.weights import BlobError, BlobReader, check_blob_references
+    from mlopt.graph.stored_constants import check_blob_references
+    from mlopt.package.weights import BlobError, BlobReader
     from mlopt.package import read_package
 
     idx = rng.integers(0, 16, (8, 12)).astype(U4)

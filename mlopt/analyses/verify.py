@@ -26,7 +26,8 @@ from ..numerics.diagnose import explain, identical_function
 from ..numerics.inputs import InputTooLarge, random_inputs, input_tensor
 from ..numerics.interpreter import InterpreterError, run_function
 from ..numerics.ops.registry import accumulating
-from ..package.weights import check_blob_references
+from ..graph.stored_constants import check_blob_references
+from ..graph.validate import validate_program
 from ..package import read_package
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
@@ -95,6 +96,17 @@ class VerifyReport:
 ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
 
 
+def _read(path):
+    """The package at `path`, its program checked well formed (graph/validate.py) before anything runs it."""
+    package = read_package(path)
+    try:
+        validate_program(package.spec, package.model_path)
+    except BaseException:
+        package.close()
+        raise
+    return package
+
+
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
     if accumulate not in ACCUMULATE:
         raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
@@ -104,9 +116,9 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise BadInputError(name, f"{value!r}: a tolerance must be a finite number >= 0")
     given = _load_inputs(inputs_path)
-    ref = read_package(reference_path)
+    ref = _read(reference_path)
     try:
-        cand = read_package(candidate_path)
+        cand = _read(candidate_path)
     except BaseException:
         ref.close()
         raise
