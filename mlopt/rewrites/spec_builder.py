@@ -8,12 +8,12 @@ import math
 
 import numpy as np
 
-from ..graph.dtypes import BOOL, CAST_NAMES, INT32, STRING
+from ..graph.dtypes import BOOL, CAST_NAMES, INT32, NUMPY, STRING
 from ..graph.emit import OpEmitter, literal, retyped, string_value, tensor_type  # noqa: F401  (re-exported)
 from ..graph.spec_graph import op_name
 from ..graph.values import decode_value
 from ..package.proto import MIL_pb2
-from .builder import broadcast_dims, slice_masks
+from .builder import LoweringFailed, broadcast_dims, slice_masks
 from .opset_rules import epsilon_dtype, folds_params
 
 
@@ -21,8 +21,9 @@ class SpecBuilder:
     """Emits one replacement into `ops`, over a SpecGraph `view` (rewrites/builder.py has the contract). New names
     start with `base` and avoid every name `emitter` has seen."""
 
-    def __init__(self, view, emitter, base):
+    def __init__(self, view, emitter, base, new_blobs=None):
         self.view, self.emitter, self.base = view, emitter, base
+        self.new_blobs = new_blobs  # package/weight_writer.NewBlobs: where new stored weights go (None: nowhere)
         self.opset = view.opset
         self.ops = []
         self._types = {}  # new value -> ValueType
@@ -107,6 +108,80 @@ class SpecBuilder:
         inputs = {"x": x, "dtype": self._literal("dtype", CAST_NAMES[dtype], STRING)}
         return self._emit("cast", inputs, retyped(self._type(x), dtype=dtype), "cast")
 
+    def linear(self, x, weight, bias=None):
+        dims = self._dims(x)[:-1] + [self.dim(weight, 0)]
+        inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {})}
+        return self._emit("linear", inputs, tensor_type(self.dtype(x), dims), "linear")
+
+    def _stored(self, value):
+        """The const op defining `value` and its `val`, or (None, None)."""
+        op = self._consts.get(value) or self.view.producer(value)
+        if op is None or op.type != "const" or "val" not in op.attributes:
+            return None, None
+        return op, op.attributes["val"]
+
+    def constant_value(self, value):
+        op, stored = self._stored(value)
+        if op is None:
+            return None
+        if stored.WhichOneof("value") == "immediateValue":
+            return decode_value(stored)
+        return self.view.const_value(value)
+
+    def _blob_layout(self, value, stored):
+        dims = self._dims(value)
+        dtype = self.dtype(value)
+        if None in dims or dtype not in NUMPY:
+            raise LoweringFailed(f"'{value}' is stored with a shape or dtype a new weight cannot be cut from")
+        if self.new_blobs is None:
+            raise LoweringFailed(f"'{value}' is a stored weight, and this run writes no weight file")
+        return dims, dtype
+
+    def constant_slice(self, value, axis, begin, end):
+        op, stored = self._stored(value)
+        if op is None:
+            raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be split")
+        if stored.WhichOneof("value") != "blobFileValue":
+            array = self.constant_value(value)
+            if array is None:
+                raise LoweringFailed(f"'{value}' holds a constant the builder cannot read")
+            index = tuple(slice(begin, end) if i == axis else slice(None) for i in range(array.ndim))
+            return self._literal("const", array[index], self.dtype(value))
+        dims, dtype = self._blob_layout(value, stored)
+        blob = stored.blobFileValue
+        try:
+            offset = self.new_blobs.add_slice(blob.fileName, blob.offset, NUMPY[dtype], dims, axis, begin, end)
+        except ValueError as e:
+            raise LoweringFailed(str(e)) from None
+        shape = list(dims)
+        shape[axis] = end - begin
+        return self._stored_const(blob.fileName, offset, dtype, shape)
+
+    def scaled_constant(self, value, factor):
+        op, stored = self._stored(value)
+        if op is None:
+            raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be scaled")
+        if stored.WhichOneof("value") != "blobFileValue":
+            array = self.constant_value(value)
+            if array is None or array.dtype.kind != "f":
+                raise LoweringFailed(f"'{value}' holds no float constant the builder can read")
+            with np.errstate(all="ignore"):
+                return self._literal("const", (array.astype(np.float64) * factor).astype(array.dtype), self.dtype(value))
+        dims, dtype = self._blob_layout(value, stored)
+        blob = stored.blobFileValue
+        try:
+            offset = self.new_blobs.add_scaled(blob.fileName, blob.offset, NUMPY[dtype], dims, factor)
+        except ValueError as e:
+            raise LoweringFailed(str(e)) from None
+        return self._stored_const(blob.fileName, offset, dtype, dims)
+
+    def _stored_const(self, file_name, offset, dtype, shape):
+        stored = MIL_pb2.Value()
+        stored.type.CopyFrom(tensor_type(dtype, shape))
+        stored.blobFileValue.fileName = file_name
+        stored.blobFileValue.offset = offset
+        return self._keep_const(*self.emitter.const_value(f"{self.base}_const", stored))
+
     def constant_as(self, value, shape):
         op = self._consts.get(value) or self.view.producer(value)
         if op is None or op.type != "const" or "val" not in op.attributes:
@@ -131,10 +206,22 @@ class SpecBuilder:
         output = output_op.outputs[0]
         if self.dtype(value) != output.type.tensorType.dataType:
             value = self.cast(value, output.type.tensorType.dataType)
+        if value in self._consts:  # a constant result: its const op moves last and becomes the output
+            op = self._consts.pop(value)
+            if _dims_of(op.outputs[0].type) != _dims_of(output.type):
+                raise LoweringFailed(f"the constant it returns has shape {_dims_of(op.outputs[0].type)}, the chain's output {_dims_of(output.type)}")
+            self.ops.remove(op)
+            self.ops.append(op)
+        elif value not in self._types:  # a value the chain reads (x itself): passed on by an identity
+            value = self._emit("identity", {"x": value}, retyped(self._type(value)), "identity")
         last = self.ops[-1] if self.ops else None
-        if last is None or last.outputs[0].name != value or last.type == "const":
-            raise ValueError(f"a replacement must end with the op defining its result, not '{value}'")
+        if last is None or last.outputs[0].name != value:
+            raise LoweringFailed(f"a replacement must end with the op defining its result, not '{value}'")
         last.outputs[0].name = output.name
         last.outputs[0].type.CopyFrom(output.type)
         last.attributes["name"].CopyFrom(string_value(op_name(output_op)))
         return self.ops
+
+
+def _dims_of(value_type):
+    return [int(d.constant.size) if d.WhichOneof("dimension") == "constant" else None for d in value_type.tensorType.dimensions]

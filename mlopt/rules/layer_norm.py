@@ -15,10 +15,11 @@ it rewrites for every compute-unit setting (`--skip layer_norm` turns it off).
 import numpy as np
 
 from .base import Rule
+from .norm_family import NormFamily
 from .layer_norm_pattern import match_layer_norm
 
 
-class LayerNormRule(Rule):
+class LayerNormRule(NormFamily, Rule):
     name = "layer_norm"
     title = "LayerNorm"
     description = "decomposed LayerNorm chains -> one layer_norm, with every compute-units setting"
