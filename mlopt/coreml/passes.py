@@ -20,10 +20,11 @@ from coremltools.converters.mil.mil.passes.pass_registry import register_pass
 from ..compute_units import compute_units_name
 from ..graph.dtypes import CAST_NAMES, NUMPY
 from ..rewrites.opset_rules import epsilon_dtype
-from ..rules import RULES, find_candidates
-from ..rules.base import Fused
+from ..rules import find_candidates
+from ..rules.base import EPSILON, INT, Fused
+from . import ops
 from .mb_builder import MbBuilder
-from .ops import fused_op_type
+from .ops import fused_op_type, param_value
 from .pymil_graph import DTYPES, PymilGraph
 
 
@@ -81,7 +82,7 @@ class _Fuse(_RulePass):
                     if DTYPES.get(var.dtype) != match.dtype:
                         var = mb.cast(x=var, dtype=CAST_NAMES[match.dtype], before_op=anchor)
                     operands[name] = var
-            params = {name: NUMPY[epsilon_dtype(opset, match.dtype, v)](v) for name, v in match.params.items()}
+            params = {name: _typed_param(self.rule, name, v, opset, match.dtype) for name, v in match.params.items()}
             fused = getattr(mb, fused_op_type(self.rule))(
                 x=x, axes=np.array(match.axes, np.int32), **operands, **params, before_op=anchor,
                 name=f"{anchor.name}_{fused_op_type(self.rule)}",
@@ -90,6 +91,14 @@ class _Fuse(_RulePass):
                 fused = mb.cast(x=fused, dtype=CAST_NAMES[DTYPES[out.dtype]], before_op=anchor)
             block.replace_uses_of_var_after_op(anchor_op=anchor, old_var=out, new_var=fused)
         _remove_dead(graph, match.ops)
+
+
+def _typed_param(rule, name, value, opset, dtype):
+    """A literal parameter as the fused op takes it: int32, x's dtype, or the opset's epsilon dtype."""
+    kind = rule.param_type(name)
+    if kind == INT:
+        return np.int32(value)
+    return NUMPY[epsilon_dtype(opset, dtype, value) if kind == EPSILON else dtype](value)
 
 
 def _remove_dead(graph, names):
@@ -118,12 +127,18 @@ class _Lower(_RulePass):
             x=op.x,
             operands={name: getattr(op, name) for name in rule.operands},
             axes=tuple(int(a) for a in np.asarray(op.axes.val).reshape(-1)),
-            params={name: _exact(getattr(op, name)) for name in rule.params},
+            params={name: param_value(rule, name, getattr(op, name)) if rule.param_type(name) == INT else
+                    _exact(getattr(op, name)) for name in rule.params},
             dtype=DTYPES[op.x.dtype],
         )
         with block:
             builder = MbBuilder(op, opset)
-            builder.finish(rule.lower(builder, fused), op.outputs[0])
+            try:
+                value = rule.lower(builder, fused)
+            except ValueError as e:  # LoweringFailed among them: no replacement exists at conversion time either
+                raise ValueError(f"mlopt::lower_{rule.name}: the replacement of '{op.name}' could not be built ({e}); "
+                                 f"convert without the {rule.name} rule (rules=...)") from None
+            builder.finish(value, op.outputs[0])
             block.remove_ops([op])
 
 
@@ -135,12 +150,16 @@ def _exact(var):
     return float(var.val)
 
 
-def _register(rule):
-    """Register the rule's two passes under their names (coremltools' registry keys a pass by its class name)."""
+_REGISTERED = {}  # rule name -> the rule object its passes were registered for
+
+
+def register(rule):
+    """Register the rule's fused op and its two passes under their names (coremltools' registry keys a pass by
+    its class name); again only if another rule object took its name. Called when a pipeline is built."""
+    ops.register(rule)
+    if _REGISTERED.get(rule.name) is rule:
+        return
     for base, name in ((_Fuse, fuse_pass_name(rule)), (_Lower, lower_pass_name(rule))):
         cls = type(name.split("::")[1], (base,), {"rule": rule, "__doc__": f"{base.__doc__} ({rule.name})"})
-        register_pass(namespace="mlopt")(cls)
-
-
-for _rule in RULES:
-    _register(_rule)
+        register_pass(namespace="mlopt", override=True)(cls)
+    _REGISTERED[rule.name] = rule
