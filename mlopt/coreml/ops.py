@@ -20,7 +20,7 @@ from coremltools.converters.mil._deployment_compatibility import AvailableTarget
 
 from ..rules.base import EPSILON, INT
 
-_REGISTERED = {}  # rule name -> the rule object its op classes were registered for
+_REGISTERED = {}  # rule name -> (the rule object its op classes serve, {opset: class})
 
 
 def fused_op_type(rule):
@@ -70,20 +70,28 @@ def _param_domain(rule, name, opset):
     return "U" if kind == EPSILON and opset == target.iOS17 else "T"
 
 
-def _register(rule, opset):
+def _input_spec(rule, opset):
     spec = {"x": TensorInputType(type_domain="T")}
     spec.update({name: TensorInputType(optional=True, type_domain="T") for name in rule.operands})
     spec["axes"] = TensorInputType(const=True, type_domain=types.int32)
     spec.update({name: TensorInputType(const=True, type_domain=_param_domain(rule, name, opset)) for name in rule.params})
-    cls = type(fused_op_type(rule), (_Fused,), {"__doc__": f"{rule.title} as one op: {rule.description}",
-                                                   "rule": rule, "input_spec": InputSpec(**spec)})
-    return SSAOpRegistry.register_op(_cls=cls, opset_version=opset, allow_override=True)
+    return InputSpec(**spec)
 
 
 def register(rule):
-    """Register `rule`'s fused op (iOS15 and iOS17 opsets); again only if another rule object took its name."""
-    if _REGISTERED.get(rule.name) is rule:
+    """Register `rule`'s fused op (iOS15 and iOS17 opsets). A rule object of a name registered before takes
+    over its classes (coremltools' registry cannot register an opset's op class twice)."""
+    known = _REGISTERED.get(rule.name)
+    if known is not None:
+        if known[0] is not rule:
+            for opset, cls in known[1].items():
+                cls.rule, cls.input_spec = rule, _input_spec(rule, opset)
+                cls.__doc__ = f"{rule.title} as one op: {rule.description}"
+            _REGISTERED[rule.name] = (rule, known[1])
         return
-    _register(rule, target.iOS15)
-    _register(rule, target.iOS17)
-    _REGISTERED[rule.name] = rule
+    classes = {}
+    for opset in (target.iOS15, target.iOS17):
+        cls = type(fused_op_type(rule), (_Fused,), {"__doc__": f"{rule.title} as one op: {rule.description}",
+                                                       "rule": rule, "input_spec": _input_spec(rule, opset)})
+        classes[opset] = SSAOpRegistry.register_op(_cls=cls, opset_version=opset, allow_override=True)
+    _REGISTERED[rule.name] = (rule, classes)
