@@ -26,7 +26,7 @@ from coremltools.converters.mil.frontend.milproto.load import load as milproto_l
 from coremltools.converters.mil.mil import types
 
 import mlopt.rules
-from conftest import inputs_for, op_types, run_package, tree_digest
+from conftest import chains, inputs_for, op_types, run_package, tree_digest
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.coreml import convert
@@ -271,10 +271,6 @@ def loads_in_coremltools(path):
     spec = model.get_spec()
     program = milproto_load(spec, spec.specificationVersion, model.weights_dir)
     return [op.op_type for op in program.functions["main"].operations if op.op_type != "const"]
-
-
-def chains(report):
-    return [c for f in report.functions for c in f.chains]
 
 
 @pytest.fixture

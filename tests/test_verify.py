@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import cli_peak_rss_mb, fixture_path
+from conftest import cli_peak_rss_mb, fixture_path, run as cli
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.analyses.verify import verify_packages
@@ -16,9 +16,7 @@ from conftest import concat_without_negation
 
 
 def run(capsys, *argv):
-    code = main(["verify", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli(capsys, "verify", *argv)
 
 
 @pytest.fixture
