@@ -16,6 +16,7 @@ Each has a deliberately wrong lowering its proof catches (the tests show the rew
 import json
 import os
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ class LinearRule(Rule):
                 trace.fail("its bias is not a constant")
             why = self.condition(graph, weight)
             if why:
-                trace.recognise(why)
+                trace.recognise(self.title, why)
             return Match(x=x, axes=(graph.rank(x) - 1,), output=graph.output(op), output_op=op, ops=trace.op_names(),
                          dtype=graph.dtype(x), operands={"weight": weight, "bias": bias}, params=dict(self.defaults))
 
@@ -155,7 +156,7 @@ class FiniteMask(Rule):
             if chunks is None:
                 trace.fail("its mask cannot be read")
             if not any(np.isneginf(chunk).any() for chunk in chunks):
-                trace.recognise("its mask holds no -inf")
+                trace.recognise(self.title, "its mask holds no -inf")
             axis = int(graph.const(op, "axis") if graph.const(op, "axis") is not None else -1) % graph.rank(x)
             return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
                          dtype=graph.dtype(x), operands={"mask": mask}, params={"fill": -1e4})
@@ -486,6 +487,19 @@ def test_scaling_by_three_passes_a_tolerance_but_not_the_exact_proof(monkeypatch
     src = save(tmp_path, "scale")
     (chain,) = chains(optimize_package(src, dry_run=True, rules=(ScaleWeight(),)))
     assert chain.status == "would rewrite"  # fp32 tolerance cannot see the rounding the exact proof refuses
+
+
+def test_a_narrow_linear_is_recognised_and_left_alone(monkeypatch, tmp_path):
+    monkeypatch.setattr(SplitWideLinear, "defaults", {"chunk": 64})
+    (chain,) = chains(optimize_package(save(tmp_path, "split"), dry_run=True, rules=(SplitWideLinear(),)))
+    assert (chain.status, chain.reason) == ("left alone", "WideLinear: 40 output channels: not wider than a chunk")
+
+
+def test_a_mask_without_minus_inf_is_left_alone(monkeypatch, tmp_path):
+    monkeypatch.setattr(FiniteMask, "window", 3)  # the mask streamed 3 elements at a time
+    monkeypatch.setattr(sys.modules[__name__], "MASK", np.triu(np.full((SEQ, SEQ), -1e9, np.float32), 1))
+    (chain,) = chains(optimize_package(save(tmp_path, "mask"), dry_run=True, rules=(FiniteMask(),)))
+    assert (chain.status, chain.reason) == ("left alone", "MaskedSoftmax: its mask holds no -inf")
 
 
 # -- failures leave the chain alone ---------------------------------------------------------------------------------------
