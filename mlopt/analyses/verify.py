@@ -12,6 +12,8 @@ report says which one departs from the mathematics, and where the reference firs
 
 import math
 import os
+import stat
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +31,8 @@ from ..numerics.ops.registry import accumulating
 from ..graph.stored_constants import check_blob_references
 from ..graph.validate import validate_program
 from ..package import read_package
+from ..report import SCHEMA, json_safe, lines_text
+from ..rules import find_candidates
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
 MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
@@ -67,8 +71,6 @@ class VerifyReport:
                 + (f"; {c.note}" if c.note else "") for c in self.checks if not c.passed]
 
     def render(self, verbose=False):
-        from ..report import lines_text
-
         lines = [f"mlopt verify {self.reference} {self.candidate} (reference, candidate; seed {self.seed}, scale "
                  f"{self.scale:g}, fp16 accumulated in {self.accumulate})"]
         lines += [f"  note: {note}" for note in self.notes]
@@ -84,8 +86,6 @@ class VerifyReport:
         return lines_text(lines)
 
     def to_dict(self):
-        from ..report import SCHEMA, json_safe
-
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
                  scale=self.scale, accumulate=self.accumulate, passed=self.passed, notes=self.notes,
@@ -233,8 +233,6 @@ def _load_inputs(path):
     """Arrays from an .npz the user named: a regular file (never a FIFO), holding at least one array."""
     if path is None:
         return {}
-    import stat
-
     try:
         st = os.stat(path)
     except OSError as e:
@@ -257,8 +255,6 @@ def _load_inputs(path):
 def _check_npz_sizes(path):
     """BadInputError for an array larger than MAX_INPUT_BYTES, from the archive's directory, before anything is
     decompressed: a few MB of .npz can hold gigabytes of zeros."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -296,6 +292,4 @@ def _given_for(given, function, name, feeds, path):
 
 def _accumulation_notes(view):
     """Each rule's word on its matches under fp16 accumulation (the RMSNorm rule: where each side overflows)."""
-    from ..rules import find_candidates
-
     return [note for c in find_candidates(view) if c.match is not None and (note := c.rule.accumulation_note(view, c.anchor, c.match))]
