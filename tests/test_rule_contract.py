@@ -601,3 +601,30 @@ def test_conversion_time_params_keep_their_declared_types():
     (fused,) = [op for op in prog.functions["main"].operations if op.op_type == fused_op_type(rule)]
     assert fused.chunk.dtype == types.int32 and int(fused.chunk.val) == 16
     assert fused.outputs[0].shape == (1, SEQ, OUT)  # the rule's output shape, not x broadcast with the weight
+
+
+def test_a_linear_wider_than_16384_with_a_weight_beyond_the_row_budget(monkeypatch, tmp_path):
+    """The case that broke the old contract: 16385 output channels (a weight of 1,048,640 elements, above the row
+    self-check's 2**20) is proved and split on a saved package, and typed right at conversion time."""
+    monkeypatch.setattr(SplitWideLinear, "defaults", {"chunk": 16384})
+    wide = np.random.default_rng(3).standard_normal((16385, 64)).astype(np.float32)
+
+    def prog():
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 64))], opset_version=ct.target.iOS17)
+        def p(x):
+            return mb.linear(x=x, weight=wide)
+
+        return p
+
+    src, out = str(tmp_path / "in.mlpackage"), str(tmp_path / "out.mlpackage")
+    ct.convert(prog(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(src)
+    (chain,) = chains(optimize_package(src, out, rules=(SplitWideLinear(),)))
+    assert chain.status == "rewritten", chain.reason
+    assert loads_in_coremltools(out) == ["linear", "linear", "concat"]
+    model = convert(prog(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                    compute_precision=ct.precision.FLOAT32, compute_units=ct.ComputeUnit.CPU_ONLY, skip_model_load=True,
+                    rules=(SplitWideLinear(),))
+    converted = str(tmp_path / "converted.mlpackage")
+    model.save(converted)
+    assert loads_in_coremltools(converted) == ["linear", "linear", "concat"]
