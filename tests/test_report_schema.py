@@ -6,11 +6,9 @@ import os
 import pytest
 
 from conftest import ROOT, fixture_path
-from json_schema import errors
+from json_schema import SCHEMA, errors
 from mlopt.cli import main
 
-with open(os.path.join(ROOT, "mlopt", "report.schema.json")) as f:
-    SCHEMA = json.load(f)
 
 
 def json_of(capsys, *argv):

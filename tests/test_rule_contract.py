@@ -28,6 +28,7 @@ from coremltools.converters.mil.mil import types
 
 import mlopt.rules
 from conftest import chains, inputs_for, op_types, run_package, tree_digest
+from json_schema import SCHEMA, errors
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.coreml import convert
@@ -445,7 +446,9 @@ def test_json_selection_and_provenance_through_the_command_line(kind, registered
     src, out = save(tmp_path, kind), str(tmp_path / "out.mlpackage")
     capsys.readouterr()
     assert main(["optimize", src, out, "--only", rule.name, "--json"]) == 0
-    (chain,) = [c for f in json.loads(capsys.readouterr().out)["functions"] for c in f["chains"] if c["rule"] == rule.name]
+    payload = json.loads(capsys.readouterr().out)
+    assert errors(payload, SCHEMA) == []  # the rule's own fields fit mlopt/report.schema.json
+    (chain,) = [c for f in payload["functions"] for c in f["chains"] if c["rule"] == rule.name]
     assert (chain["kind"], chain["status"]) == (rule.title, "rewritten")
     assert {k: chain[k] for k in rule.params} == PARAMS[kind]  # the rule's literal parameters, as typed
     assert main(["optimize", src, str(tmp_path / "skipped.mlpackage"), "--skip", rule.name, "--json"]) == 0
