@@ -1,11 +1,10 @@
 """Every `--json` output (optimize, dry run, inspect, batch, verify, errors) fits mlopt/report.schema.json."""
 
 import json
-import os
 
 import pytest
 
-from conftest import ROOT, fixture_path
+from conftest import fixture_path
 from json_schema import SCHEMA, errors
 from mlopt.cli import main
 
