@@ -631,3 +631,17 @@ def test_a_linear_wider_than_16384_with_a_weight_beyond_the_row_budget(monkeypat
     converted = str(tmp_path / "converted.mlpackage")
     model.save(converted)
     assert loads_in_coremltools(converted) == ["linear", "linear", "concat"]
+
+
+def test_at_conversion_time_a_replacement_that_cannot_be_built_leaves_the_chain_alone(monkeypatch):
+    def refuses(self, b, m):
+        b.linear(m.x, m.operands["weight"])  # ops emitted before the failure are removed again
+        raise LoweringFailed("this weight is palettized")
+
+    monkeypatch.setattr(SplitWideLinear, "lower", refuses)
+    with pytest.warns(UserWarning, match=r"mlopt::fuse_split_wide_toy: the chain at '.*' is left alone: its replacement "
+                                         r"could not be built: this weight is palettized"):
+        model = convert(linear_prog(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                        compute_units=ct.ComputeUnit.CPU_ONLY, skip_model_load=True, rules=(SplitWideLinear(),))
+    ops = [op.type for op in model.get_spec().mlProgram.functions["main"].block_specializations["CoreML7"].operations]
+    assert [t for t in ops if t not in ("const", "cast")] == ["linear", "relu"]

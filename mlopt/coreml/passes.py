@@ -11,6 +11,8 @@ nothing unless the rule pays for it (rms_norm: CPU_AND_NE only). Set it on both 
 left unlowered cannot be saved.
 """
 
+import warnings
+
 import numpy as np
 
 from coremltools.converters.mil.mil import Builder as mb
@@ -67,8 +69,34 @@ class _Fuse(_RulePass):
         for name, function in prog.functions.items():
             graph = PymilGraph(name, function)
             for candidate in find_candidates(graph, rules=(self.rule,)):
-                if candidate.match is not None:
+                if candidate.match is None:
+                    continue
+                why = self._cannot_lower(graph, candidate.match, _opset(function))
+                if why is None:
                     self._fuse(graph, candidate.match, _opset(function))
+                else:
+                    warnings.warn(f"mlopt::fuse_{self.rule.name}: the chain at '{candidate.anchor}' is left alone: its "
+                                  f"replacement could not be built: {why}", UserWarning, stacklevel=2)
+
+    def _cannot_lower(self, graph, match, opset):
+        """Why the rule's `lower` cannot build this chain's replacement (LoweringFailed, any ValueError), or None:
+        tried once on the chain as it stands, the trial ops removed again. A chain whose replacement cannot be
+        built is left alone, as on saved specs; one that fails only once dtypes are final stops the lowering pass."""
+        anchor = match.output_op
+        block = anchor.enclosing_block
+        before = {id(op) for op in block.operations}
+        fused = Fused(x=graph.vars[match.x], axes=tuple(match.axes), params=dict(match.params), dtype=match.dtype,
+                      operands={n: graph.vars[v] if v is not None else None for n, v in match.operands.items()})
+        try:
+            with block:
+                self.rule.lower(MbBuilder(anchor, opset), fused)
+            return None
+        except ValueError as e:
+            return str(e)
+        finally:
+            trial = [op for op in block.operations if id(op) not in before]
+            if trial:
+                block.remove_ops(trial)
 
     def _fuse(self, graph, match, opset):
         x, out = graph.vars[match.x], graph.vars[match.output]
