@@ -44,7 +44,7 @@ def optimize_spec(
     Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do); a rule
     that does not pay for `compute_units` only reports its chains ("matched"). With `verify`, each replacement is proved
     (numerics/proofs.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
-    "@model_path") lets the check read weights such as gamma from weight.bin; a caller that already has a
+    "@model_path") lets the proof read the weights its operands hold from weight.bin; a caller that already has a
     BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
     the chains and functions touched (a selection naming nothing is warned about, naming `label`). A malformed
     program raises BadInputError naming `model_path` (else `model_dir`); `validated` says the caller has checked
