@@ -63,7 +63,7 @@ class NewBlobs:
 
     def _next(self, file_name, nbytes):
         if file_name not in self._ends:
-            _, size = self.reader._file(file_name)
+            _, size = self.reader.open_file(file_name)
             self._ends[file_name] = _aligned(size)
         offset = self._ends[file_name]
         self._ends[file_name] = _aligned(offset + HEADER + nbytes)
@@ -130,7 +130,7 @@ class NewBlobs:
             yield memoryview(blob.array.reshape(-1).view(np.uint8))
             return
         if blob.ranges:
-            fd, _ = self.reader._file(blob.file_name)
+            fd, _ = self.reader.open_file(blob.file_name)
             for start, n in blob.ranges:
                 for at in range(start, start + n, WINDOW):
                     yield os.pread(fd, min(WINDOW, start + n - at), at)
@@ -157,7 +157,7 @@ class NewBlobs:
         Returns the copy methods used."""
         values = [v for f in spec.mlProgram.functions.values() for v in blob_values(f) if v.blobFileValue.fileName == file_name]
         offsets = sorted({v.blobFileValue.offset for v in values}, key=lambda o: ((file_name, o) in self.blobs, o))
-        src_fd, _ = self.reader._file(file_name)
+        src_fd, _ = self.reader.open_file(file_name)
         header = struct.pack("<II", len(offsets), VERSION).ljust(HEADER, b"\0")
         _write_all(fd, header, 0)
         position, moved, methods = HEADER, {}, set()

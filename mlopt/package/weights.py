@@ -77,6 +77,11 @@ class BlobReader:
             _check_header(self.tree.show(rel), os.pread(fd, HEADER, 0), size)
         return self._files[file_name]
 
+    def open_file(self, file_name):
+        """(fd, size in bytes) of the weight file a const's `fileName` names, opened once and checked; the reader
+        owns the fd (the weight writer copies byte ranges from it)."""
+        return self._file(file_name)
+
     def _map(self, file_name):
         if file_name not in self._maps:
             fd, _ = self._file(file_name)
