@@ -16,10 +16,10 @@ import numpy as np
 from ._version import __version__
 from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
+from .graph.stored_constants import StoredConstants
 from .graph.validate import validate_program
 from .numerics.proofs import prove
 from .numerics.selfcheck import CheckResult
-from .graph.stored_constants import StoredConstants
 from .package.weights import BlobReader
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
