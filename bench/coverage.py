@@ -51,7 +51,7 @@ SETS = {
 
 def table(set_name):
     from mlopt import optimize_package
-    from mlopt.verify import verify_packages
+    from mlopt.analyses.verify import verify_packages
 
     rule, read = SETS[set_name]
     rules = (rule,) if isinstance(rule, str) else rule

@@ -18,7 +18,7 @@ from torch import nn
 
 import coremltools as ct
 import mlopt
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 
 class LlamaRMSNorm(nn.Module):  # as in transformers' modeling_llama.py
@@ -71,7 +71,7 @@ def main(out):
 def _run(path, x):
     from mlopt.graph import SpecGraph
     from mlopt.numerics.interpreter import run_function
-    from mlopt.numerics.weights import BlobReader
+    from mlopt.package.weights import BlobReader
     from mlopt.package import read_package
 
     package = read_package(path)

@@ -1,13 +1,15 @@
 """mlopt: rewrite chains of primitive ops in Core ML ML programs to what the Neural Engine runs well (RMSNorm ->
 the LayerNorm trick, ...).
 
-Layers, each in its own folder: `package` (read/write .mlpackage), `graph` (validation, the graph contract and
-its saved-spec adapter), `patterns` (matching machinery: walks across casts, traces, match statuses), `rules`
-(one module per rewrite: pattern, replacement, float64 reference; `rules/__init__.py` is the registry),
-`rewrites` (the builder contract, its protobuf builder, splicing), `numerics` (interpreter, self-check),
-`coreml` (the pymil adapter, the mb builder and the conversion-time passes), `cli` (the `mlopt` command).
-`engine.py` ties them together on a parsed spec, `verify.py` compares two packages, `api.py` holds the Python
-entry points.
+Layers, lowest first, each in its own folder (imports only point down; tests/test_layers.py checks it, and
+docs/writing-a-rule.md lists the order): `package` (read/write .mlpackage, the weight-file reader and writer),
+`graph` (validation, the graph contract and its saved-spec adapter), `patterns` (matching machinery: walks across
+casts, traces, match statuses), `numerics` (interpreter, proofs), `rewrites` (the builder contract, its protobuf
+builder, splicing), `rules` (one module per rewrite: pattern, replacement, proof; `rules/__init__.py` is the
+registry, the default rule set), `engine.py` (the optimize pipeline on a parsed spec) beside `coreml` (the pymil
+adapter, the mb builder and the conversion-time passes), `analyses` (read-only: `verify` compares two packages),
+then `api.py` (the Python entry points), `batch.py` and `cli` (the `mlopt` command). `signals.py` routes SIGINT,
+SIGTERM and SIGHUP for batch work and the command line alike.
 
 The public names load on first use (PEP 562): `mlopt optimize` starts copying the weights before numpy and the
 analysis are imported, so start-up stays a small part of a large model's run. No submodule shares a public

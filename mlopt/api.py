@@ -14,7 +14,7 @@ log = logging.getLogger("mlopt")
 
 def optimize_package(
     in_path, out_path=None, compute_units="CPU_AND_NE", force: bool = False, dry_run: bool = False, verify: bool = True,
-    link: bool = False, only=None, skip=(), functions=None,
+    link: bool = False, only=None, skip=(), functions=None, rules=None,
 ) -> Report:
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
@@ -22,7 +22,8 @@ def optimize_package(
     `dry_run` nothing is written, `out_path` may be None, and the report says what a real run would do.
     `verify=False` skips the numerical self-check. `link` hard-links the output's files (weights) to the input's
     instead of copying them. `only` / `skip` (chain anchor op names, as the report shows them) and `functions`
-    (function names) limit what is rewritten; everything else is copied as it is.
+    (function names) limit what is rewritten; everything else is copied as it is. `rules` is the rule set (a
+    tuple of rules/base.Rule; default: the registry).
     """
     units = compute_units_name(compute_units)
     if out_path is None and not dry_run:
@@ -31,26 +32,31 @@ def optimize_package(
     package = locate_package(in_path)
     try:
         report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
-        report.note = _skip_reason(units)
+        report.note = _skip_reason(units, rules)
         if dry_run:  # what a real run would do: OUT checked by the same rules, nothing written
             if out_path is not None:
                 from .package import destination
 
                 destination.check(destination.Destination.of(out_path), package, force)
-            report.functions = _analyse(package, units, verify, selection, dry_run=True)
+            report.functions, new_blobs = _analyse(package, units, verify, selection, rules, dry_run=True)
+            new_blobs.reader.close()
             return report
-        return _write(package, report, out_path, force, link, units, verify, selection)
+        return _write(package, report, out_path, force, link, units, verify, selection, rules)
     finally:
         package.close()
 
 
-def _write(package, report, out_path, force, link, units, verify, selection):
+def _write(package, report, out_path, force, link, units, verify, selection, rules):
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        report.functions = _analyse(package, units, verify, selection)
-        # an unchanged model file is copied as bytes, not re-serialised
-        methods = writer.commit(package.spec if report.rewrites else None)
+        report.functions, new_blobs = _analyse(package, units, verify, selection, rules)
+        try:
+            # an unchanged model file is copied as bytes, not re-serialised; weight files that receive new blobs
+            # are written anew (package/weight_writer.py)
+            methods = writer.commit(package.spec if report.rewrites else None, new_blobs)
+        finally:
+            new_blobs.reader.close()
     report.written = True
     report.copy_method = ", ".join(sorted(methods))
     report.housekeeping = writer.notes
@@ -59,20 +65,27 @@ def _write(package, report, out_path, force, link, units, verify, selection):
     return report
 
 
-def _analyse(package, units, verify, selection, dry_run=False):
-    """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it."""
-    from .numerics.weights import check_blob_references
+def _analyse(package, units, verify, selection, rules, dry_run=False):
+    """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it: (function
+    reports, the NewBlobs the rewrites added, to write with the package; its reader is open: the caller closes it)."""
+    from .graph.stored_constants import check_blob_references
+    from .graph.validate import validate_program
+    from .package.weight_writer import NewBlobs
 
     load_spec(package)
+    validate_program(package.spec, package.model_path)
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
-        return _optimize_spec()(
+        new_blobs = NewBlobs(blobs)
+        functions = _optimize_spec()(
             package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
-            model_path=package.model_path, label=package.path, lint=_lint_changes(),
+            model_path=package.model_path, label=package.path, rules=rules, new_blobs=new_blobs, lint=_lint_changes(),
         )
-    finally:
+        return functions, new_blobs
+    except BaseException:
         blobs.close()
+        raise
 
 
 def _optimize_spec():
@@ -89,13 +102,13 @@ def _lint_changes():
     return rewrite_changes
 
 
-def _skip_reason(units):
+def _skip_reason(units, rules=None):
     from .rules import skip_reason
 
-    return skip_reason(units)
+    return skip_reason(units, rules)
 
 
-def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False):
+def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None):
     """Return a new `coremltools.models.MLModel` with every chain the rules match rewritten; with `report=True`,
     the pair `(model, Report)`.
 
@@ -103,7 +116,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     whatever the model was loaded with) lets every rule rewrite; with any other setting (a `ct.ComputeUnit` or
     its name) only the rules that pay there do (the LayerNorm rule, not the RMSNorm trick), and a UserWarning
     says which were held back. The returned model carries the setting. Works on
-    Linux, where the returned model is spec-only (`skip_model_load`) like the input.
+    Linux, where the returned model is spec-only (`skip_model_load`) like the input. `rules`: the rule set
+    (default: the registry). A rewrite that would add a stored weight is left alone here (the weights folder is
+    coremltools'); `optimize_package` writes it.
     """
     import warnings
 
@@ -115,11 +130,12 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     source = getattr(mlmodel, "package_path", None) or "<in-memory model>"
     if mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
         raise BadInputError(source, "not an ML program; nothing to do")
-    skipped = _skip_reason(units)
+    skipped = _skip_reason(units, rules)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
+    from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
-    from .numerics.weights import BlobReader, check_blob_references
+    from .package.weights import BlobReader
 
     spec = Model_pb2.Model()
     spec.CopyFrom(mlmodel.get_spec())
@@ -130,9 +146,8 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     blobs = BlobReader(os.path.dirname(mlmodel.weights_dir))
     try:
         check_blob_references(spec, blobs)
-        result.functions = _optimize_spec()(
-            spec, units, blobs=blobs, verify=verify, validated=True, model_path=source, lint=_lint_changes(),
-        )
+        result.functions = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
+                                            rules=rules, lint=_lint_changes())
     finally:
         blobs.close()
     try:

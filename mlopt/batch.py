@@ -9,14 +9,22 @@ A signal only the parent receives (`kill PID`) is passed on to the workers. Fold
 symbolic links; a link found there is listed as skipped (name it directly to optimize what it points to).
 """
 
+import multiprocessing
 import os
+import signal as signal_module
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
+from . import signals
+from .api import optimize_package
 from .errors import BadInputError, MloptError
+from .package import writer
+from .package.destination import ancestors, deepest_existing
 from .package.manifest import MANIFEST
+from .package.writer import abort_all
+from .report import SCHEMA, lines_text
 
 _in_task = [0]  # in a worker process, during a model: the commit count at which its package is in place (0: idle)
 _stopping = [False]  # in a worker process: a signal came; models handed over later are not started
@@ -64,8 +72,6 @@ class BatchResult:
         return {status: sum(i.status == status for i in self.items) for status in STATUSES}
 
     def render(self, verbose=False):
-        from .report import lines_text
-
         rows = [("model", "rewritten", "left alone", "time", "status")]
         for i in self.items:
             status = i.status if i.error is None else f"{i.status}: {i.error}"
@@ -79,8 +85,6 @@ class BatchResult:
         return lines_text(lines)
 
     def to_dict(self):
-        from .report import SCHEMA
-
         return {
             "schema": SCHEMA,
             "command": "optimize --out-dir",
@@ -155,7 +159,6 @@ def plan(inputs, out_dir, skip_existing=False):
 
 def _refuse_out_dir_inside_an_input(out_dir, items):
     """Every output would land inside that input package: refuse the batch before anything is written."""
-    from .package.destination import ancestors, deepest_existing
 
     above = set(ancestors(deepest_existing(os.path.abspath(out_dir))))
     for item in items:
@@ -170,9 +173,7 @@ CUT_SHORT = "stopped while being optimized; nothing was written"
 def optimize_one(input_path, output_path, options):
     """Worker: optimize one model; never raises for a bad model, nor for a signal that interrupts it in a worker
     process. Returns (status, error, seconds, report dict)."""
-    from .api import optimize_package
 
-    from .package import writer
 
     start = time.perf_counter()
     if _stopping[0]:
@@ -187,7 +188,6 @@ def optimize_one(input_path, output_path, options):
     except MloptError as e:
         return "failed", e.cli_text, time.perf_counter() - start, None
     except KeyboardInterrupt:
-        from .package.writer import abort_all
 
         abort_all()  # a signal may have cut a writer's own cleanup short
         if not _is_worker():
@@ -200,7 +200,6 @@ def optimize_one(input_path, output_path, options):
 
 
 def _is_worker():
-    import multiprocessing
 
     return multiprocessing.parent_process() is not None
 
@@ -208,9 +207,7 @@ def _is_worker():
 def _worker_init():
     """Worker processes: a signal interrupts the model being optimized (its writer cleans up), and is ignored
     between models, where the parent is shutting the pool down anyway."""
-    from .cli import signals
 
-    from .package import writer
 
     def handler(signum, frame):
         _stopping[0] = True
@@ -236,9 +233,7 @@ def run(items, jobs=1, progress=None, **options):
         else:
             _run_pool(pending, jobs, progress, options)
     except KeyboardInterrupt as e:
-        from .cli import signals
-        from .package.writer import abort_all
-
+    
         abort_all()
 
         for item in pending:
@@ -283,7 +278,6 @@ def _run_pool(pending, jobs, progress, options):
 def _signal_workers(pool, signum):
     """Pass a signal only the parent got (`kill PID`) on to the workers, so they abort their models too.
     A Ctrl-C reached them already; a second one is ignored by their handler."""
-    import signal as signal_module
 
     for process in list(getattr(pool, "_processes", {}).values()):
         try:

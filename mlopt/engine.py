@@ -1,5 +1,6 @@
-"""The optimize pipeline on a parsed spec: find every rule's chains in every function, lower them, self-check
-each replacement numerically, splice in the ones that pass, record provenance (one metadata key per rule).
+"""The optimize pipeline on a parsed spec: find every rule's chains in every function, lower them, prove each
+replacement (numerics/proofs.py: the proof its rule names), splice in the ones that pass, record provenance (one
+metadata key per rule). A replacement that cannot be built or proved leaves its chain alone with the reason.
 
 Kept free of file I/O so the CLI, the Python API and batch processing share it, and free of `import coremltools`
 so the command line starts fast. The spec is validated first (graph/validate.py; linear, ~10 us per op) unless
@@ -15,9 +16,11 @@ import numpy as np
 from ._version import __version__
 from .graph import SpecGraph
 from .graph.dtypes import name as dtype_name
+from .graph.stored_constants import StoredConstants
 from .graph.validate import validate_program
-from .numerics.selfcheck import CheckResult, self_check
-from .numerics.weights import BlobReader, small_constants
+from .numerics.proofs import prove
+from .numerics.selfcheck import CheckResult
+from .package.weights import BlobReader
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
 from . import rules as registry
@@ -31,74 +34,72 @@ def provenance_key(rule):
     """The metadata key counting `rule`'s rewrites over every mlopt run on the model."""
     return f"com.github.mlopt.{rule.name}_rewrites"
 
-# norms a model may hold that are not RMSNorm chains, named when a function has no candidate
-OTHER_NORMS = {
-    "layer_norm": "a native LayerNorm already",
-    "reduce_l2_norm": "an L2 norm (x / ||x||, e.g. F.normalize or ScaleNorm), not a root mean square",
-    "l2_norm": "an L2 norm op, not a root mean square",
-    "batch_norm": "a BatchNorm, not an RMSNorm",
-    "instance_norm": "an InstanceNorm, not an RMSNorm",
-}
-
 
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
-    validated=False, selection=None, label=None, lint=None,
+    validated=False, selection=None, label=None, rules=None, new_blobs=None, lint=None,
 ):
     """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
     Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do); a rule
-    that does not pay for `compute_units` only reports its chains ("matched"). With `verify`, each replacement is self-checked
-    (numerics/selfcheck.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
-    "@model_path") lets the check read weights such as gamma from weight.bin; a caller that already has a
+    that does not pay for `compute_units` only reports its chains ("matched"). With `verify`, each replacement is proved
+    (numerics/proofs.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
+    "@model_path") lets the proof read the weights its operands hold from weight.bin; a caller that already has a
     BlobReader (confined to the package) passes it as `blobs` instead, and closes it itself. `selection` limits
     the chains and functions touched (a selection naming nothing is warned about, naming `label`). A malformed
-    program raises BadInputError naming `model_path` (else `model_dir`); `validated` says the package reader has
-    checked it already. `lint(view)`, if given, is called on each function before its rewrites and returns
-    `finish(rewritten view or None)`, whose result the function's report keeps (`FunctionReport.lint`): the API
-    passes analyses/lint.rewrite_changes, which sits above this layer.
+    program raises BadInputError naming `model_path` (else `model_dir`); `validated` says the caller has checked
+    it already (graph/validate.py). `rules` is the rule set (default: the registry, read now). `new_blobs` (a
+    package/weight_writer.NewBlobs over `blobs`) receives the weights rewrites add; without it a rewrite that
+    needs a new stored weight is left alone with the reason. `lint(view)`, if given, is called on each function
+    before its rewrites and returns `finish(rewritten view or None)`, whose result the function's report keeps
+    (`FunctionReport.lint`): the API passes analyses/lint.rewrite_changes, which sits above this layer.
     """
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
+    rules = registry.rule_set(rules)
     selection = selection or Selection()
-    rewriting = {rule.name for rule in registry.RULES if rule.applies(compute_units)}
+    rewriting = {rule.name for rule in rules if rule.applies(compute_units)}
     owned = blobs is None and model_dir is not None
     blobs = BlobReader(model_dir) if owned else blobs
     try:
-        reports = [_optimize_function(name, spec.mlProgram.functions[name], rewriting, dry_run, blobs, verify, selection, lint)
+        reports = [_optimize_function(name, spec.mlProgram.functions[name], rules, rewriting, dry_run, blobs, verify,
+                                      selection, new_blobs, lint)
                    for name in sorted(spec.mlProgram.functions)]
     finally:
         if owned:
             blobs.close()
-    _warn_unmatched(selection, reports, label or model_path or model_dir)
+    _warn_unmatched(selection, reports, label or model_path or model_dir, rules)
     rewrites = Counter(c.rule for f in reports for c in f.chains if c.status == REWRITTEN)
     if rewrites:
-        _record_provenance(spec, rewrites)
+        _record_provenance(spec, rewrites, rules)
     return reports
 
 
-def _optimize_function(name, function, rewriting, dry_run, blobs, verify, selection, lint=None):
+def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify, selection, new_blobs, lint=None):
     if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
         copy = type(function)()
         copy.CopyFrom(function)
         function = copy
-    view = SpecGraph(name, function, small_blob=small_constants(blobs))
+    view = SpecGraph(name, function, stored=StoredConstants(blobs))
     report = FunctionReport(name=name, opset=view.opset)
     before = op_counts(view)
     finish_lint = lint(view) if lint is not None else None
     if selection.functions is not None and name not in selection.functions:
         report.note = "function not selected by --function"
-    candidates = registry.find_candidates(view)
+    candidates = registry.find_candidates(view, rules)
     if not candidates:
-        report.note = report.note or _why_no_candidates(view)
+        report.note = report.note or _why_no_candidates(view, rules)
     unselected = {id(c): selection.chain_reason(c.anchor, name, c.rule.name) for c in candidates}
     matches = [(c.rule, c.match) for c in candidates if c.match is not None and unselected[id(c)] is None]
     refused = {id(m): check for _, m in matches if (check := _ambiguous(view, m)) is not None}
     to_plan = [(rule, m) for rule, m in matches if id(m) not in refused and rule.name in rewriting]
     with np.errstate(all="ignore"):  # constants cast to the model's dtypes (an absurd eps overflows fp16)
-        planned = plan_rewrites(view, to_plan)
-    checks = {id(p.match): self_check(view, blobs, p.rule, p.match, p.ops) for p in planned} if verify else {}
+        planned, failed = plan_rewrites(view, to_plan, new_blobs)
+    reader = new_blobs.reader_overlay() if new_blobs is not None else blobs  # new weights as they will be written
+    checks = {id(p.match): prove(view, reader, p.rule, p.match, p.ops) for p in planned} if verify else {}
     checks.update(refused)
+    checks.update({key: CheckResult(False, reason=f"its replacement could not be built: {why}; not rewritten")
+                   for key, why in failed.items()})
     keep = [p for p in planned if id(p.match) not in checks or checks[id(p.match)].passed]
     done = WOULD_REWRITE if dry_run else REWRITTEN
     replacement = {id(p.match): [op.type for op in p.ops if op.type != "const"] for p in planned}
@@ -122,17 +123,22 @@ def op_counts(view):
     return dict(Counter(op.type for op in view.ops() if op.type != "const"))
 
 
-def _why_no_candidates(view):
-    """Why a function has no candidate chain: what the rules look for, and norms of other kinds it saw."""
-    others = sorted({op.type for op in view.ops() if op.type in OTHER_NORMS})
-    seen = "; ".join(f"{t}: {OTHER_NORMS[t]}" for t in others)
-    looked = " or ".join(rule.looks_for_text for rule in registry.RULES)
+def _why_no_candidates(view, rules):
+    """Why a function has no candidate chain: what the rules look for, and the look-alikes they name that it holds
+    (`rule.lookalikes`: a native layer_norm for the norm rules)."""
+    lookalikes = {}
+    for rule in rules:
+        for op_type, why in rule.lookalikes.items():
+            lookalikes.setdefault(op_type, why)
+    others = sorted({op.type for op in view.ops() if op.type in lookalikes})
+    seen = "; ".join(f"{t}: {lookalikes[t]}" for t in others)
+    looked = " or ".join(rule.looks_for_text for rule in rules)
     return f"no {looked}" + (f"; {seen}" if seen else "")
 
 
-def _warn_unmatched(selection, reports, where):
+def _warn_unmatched(selection, reports, where, rules):
     """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
-    anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in registry.RULES}
+    anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in rules}
     for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),
                                ("--function", selection.functions, {f.name for f in reports})):
         for missing in sorted((names or set()) - known):
@@ -181,11 +187,11 @@ def _chain_report(candidate, status, check, unselected):
     return chain
 
 
-def _record_provenance(spec, rewrites):
+def _record_provenance(spec, rewrites, rules):
     """Add each rule's rewrites (a Counter by rule name) to its count in the model's metadata."""
     metadata = spec.description.metadata.userDefined
     metadata[PROVENANCE_VERSION] = __version__
-    for rule in registry.RULES:
+    for rule in rules:
         if rewrites.get(rule.name):
             key = provenance_key(rule)
             text = metadata.get(key, "")

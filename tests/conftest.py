@@ -1,5 +1,6 @@
-"""Shared helpers: fixture paths, op listings, running packages in mlopt's interpreter; and the check that every
-package a test writes loads with coremltools' own program loader."""
+"""Shared helpers: fixture paths, the command line in-process, chains of a report, epsilon as stored, op listings,
+running packages in mlopt's interpreter; and the check that every package a test writes loads with coremltools'
+own program loader. Rule tests live in tests/rules/ (one file per rule or rule family)."""
 
 import hashlib
 import os
@@ -10,15 +11,51 @@ import pytest
 from mlopt.graph import SpecGraph
 from mlopt.numerics.inputs import random_inputs
 from mlopt.numerics.interpreter import run_function
-from mlopt.numerics.weights import BlobReader
+from mlopt.package.weights import BlobReader
 from mlopt.package import PackageWriter, read_package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
 
 
-def fixture_path(name):
-    return os.path.join(FIXTURES, f"{name}.mlpackage")
+def fixture_path(name, folder=""):
+    """A committed fixture package: fixtures/<folder>/<name>.mlpackage (folders: converters, layernorm, real)."""
+    return os.path.join(FIXTURES, folder, f"{name}.mlpackage")
+
+
+def run(capsys, *argv):
+    """`mlopt ARGV` in-process: (exit code, stdout, stderr)."""
+    from mlopt.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def chains(report, rule=None):
+    """Every chain of a Report (of one rule, if given), function by function."""
+    return [c for f in report.functions for c in f.chains if rule is None or c.rule == rule]
+
+
+def stored_epsilon(eps, precision):
+    """eps as a program holds it: fp16 programs round it to fp16, and a value that underflows (BERT's 1e-12)
+    becomes the smallest subnormal, 2**-24; fp32 and mixed programs hold it in fp32. (1e-6 and 1e-5 are fp16
+    subnormals, stored on the 2**-24 grid.)"""
+    if precision == "fp16":
+        return max(float(np.float16(eps)), 2.0**-24)
+    return float(np.float32(eps))
+
+
+def assert_epsilon(reported, eps, precision):
+    """fp16: within one step of the fp16 grid of the stored value (a second stored constant - the eps * N of a
+    folded form, or coremltools' rsqrt epsilon, 2**-24 on iOS15 and 1e-12 later - moves the sum by at most one
+    step; a relative bound means nothing here, fp16(1e-6) itself is 1.3% off). Otherwise: the stored value, plus
+    at most an rsqrt epsilon of 1e-12."""
+    stored = stored_epsilon(eps, precision)
+    if precision == "fp16":
+        assert reported == pytest.approx(stored, abs=float(np.spacing(np.float16(stored)))), (reported, eps)
+    else:
+        assert reported == pytest.approx(stored, rel=2e-6), (reported, eps)
 
 
 def all_fixtures():

@@ -1,6 +1,13 @@
 """A small JSON Schema validator for the subset `mlopt/report.schema.json` uses: type, const, enum, properties,
 required, additionalProperties, items, minimum, oneOf, allOf and local $ref. The project has no jsonschema
-dependency; this keeps the schema test self-contained. `errors(doc, schema)` lists what does not fit."""
+dependency; this keeps the schema test self-contained. `errors(doc, schema)` lists what does not fit; `SCHEMA` is
+mlopt's report schema."""
+
+import json
+import os
+
+with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mlopt", "report.schema.json")) as _f:
+    SCHEMA = json.load(_f)
 
 TYPES = {
     "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),

@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from conftest import fixture_path, tree_digest
-from mlopt.cli import main
+from conftest import fixture_path, run as run_cli, tree_digest
 from mlopt.package.proto import Model_pb2
 
 MODEL = os.path.join("Data", "com.apple.CoreML", "model.mlmodel")
@@ -19,12 +18,6 @@ def package(tmp_path):
     path = tmp_path / "in.mlpackage"
     shutil.copytree(fixture_path("hf_fp16_ios17"), path)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_bad_input(capsys, tmp_path, argv, message):

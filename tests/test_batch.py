@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 
-from conftest import fixture_path, op_types, tree_digest
+from conftest import fixture_path, op_types, run, tree_digest
 from mlopt import batch
-from mlopt.cli import main
 
 GOOD = ["hf_fp16_ios17", "decoder_fp16_ios17", "near_misses_fp16_ios17", "gemma_casts_fp16_ios17"]
 
@@ -26,12 +25,6 @@ def models(tmp_path):
     shutil.copytree(fixture_path("hf_fp32_ios15"), corrupt)
     (corrupt / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\x0a\xff\xff garbage")
     return root
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_folder_with_one_corrupt_model(models, tmp_path, capsys):

@@ -9,14 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, fixture_path, op_types, tree_digest
-from mlopt.cli import main
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import ROOT, fixture_path, op_types, run, tree_digest
 
 
 def test_human_report(capsys, tmp_path):

@@ -13,7 +13,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
 from conftest import op_types, run_package
-from mlopt.numerics.weights import unpack_bits
+from mlopt.package.weights import unpack_bits
 
 rng = np.random.default_rng(0)
 IOS16, IOS18 = ct.target.iOS16, ct.target.iOS18
@@ -245,7 +245,8 @@ def test_sub_byte_blob_read_with_other_bits_is_bad_input(tmp_path):
     import os
 
     from conftest import main_view
-    from mlopt.numerics.weights import BlobError, BlobReader, check_blob_references
+    from mlopt.graph.stored_constants import check_blob_references
+    from mlopt.package.weights import BlobError, BlobReader
     from mlopt.package import read_package
 
     idx = rng.integers(0, 16, (8, 12)).astype(U4)

@@ -19,7 +19,7 @@ from conftest import FIXTURES, op_types
 from mlopt.coreml import convert, fuse_pass_name, lower_pass_name, pass_pipeline
 from mlopt.rules import RULES
 from mlopt.rules.rms_norm import RULE
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 from test_rewrite import EXPECTED
 
 sys.path.insert(0, FIXTURES)

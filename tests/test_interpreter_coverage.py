@@ -15,7 +15,7 @@ from mlopt.graph import SpecGraph
 from mlopt.numerics.interpreter import Evaluator
 from mlopt.numerics.ops import EXCLUDED, IMPLEMENTATIONS
 from mlopt.package.proto import MIL_pb2
-from mlopt.rewrites.spec_builder import OpEmitter
+from mlopt.graph.emit import OpEmitter
 from test_interpreter_ops import assert_matches_value_inference, literal_dtype, pymil_value, run_interpreter
 
 OPSETS = (ct.target.iOS15, ct.target.iOS16, ct.target.iOS17, ct.target.iOS18)

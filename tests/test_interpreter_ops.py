@@ -16,7 +16,7 @@ from mlopt.graph import SpecGraph
 from mlopt.graph.dtypes import BOOL, FLOAT16, FLOAT32, INT32, STRING
 from mlopt.numerics.interpreter import Evaluator, UnsupportedOp
 from mlopt.package.proto import MIL_pb2
-from mlopt.rewrites.spec_builder import OpEmitter, tensor_type
+from mlopt.graph.emit import OpEmitter, tensor_type
 
 rng = np.random.default_rng(0)
 A = rng.standard_normal((2, 3, 4)).astype(np.float32)

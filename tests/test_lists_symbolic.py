@@ -14,7 +14,7 @@ from mlopt.graph import SpecGraph
 from mlopt.numerics.interpreter import Evaluator, InterpreterError
 from mlopt.package.proto import MIL_pb2
 from mlopt.rewrites.spec_builder import OpEmitter
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 from test_interpreter_ops import literal_dtype
 
 DTLN = os.path.join(FIXTURES, "dtln")

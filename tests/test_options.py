@@ -5,15 +5,8 @@ import json
 import logging
 import shutil
 
-from conftest import fixture_path, op_types
+from conftest import fixture_path, op_types, run
 from mlopt import optimize_package
-from mlopt.cli import main
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def chain_statuses(report):

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, file_digest, main_view, run_package
+from conftest import FIXTURES, file_digest, fixture_path, main_view, run_package
 from mlopt import optimize_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 REAL = os.path.join(FIXTURES, "real")
 with open(os.path.join(REAL, "expected.json")) as f:
@@ -22,7 +22,7 @@ MODEL = os.path.join("Data", "com.apple.CoreML", "model.mlmodel")
 
 
 def path(name):
-    return os.path.join(REAL, f"{name}.mlpackage")
+    return fixture_path(name, "real")
 
 
 def test_fixture_set_is_complete():

@@ -1,16 +1,13 @@
 """Every `--json` output (optimize, dry run, inspect, batch, verify, errors) fits mlopt/report.schema.json."""
 
 import json
-import os
 
 import pytest
 
-from conftest import ROOT, fixture_path
-from json_schema import errors
+from conftest import fixture_path
+from json_schema import SCHEMA, errors
 from mlopt.cli import main
 
-with open(os.path.join(ROOT, "mlopt", "report.schema.json")) as f:
-    SCHEMA = json.load(f)
 
 
 def json_of(capsys, *argv):

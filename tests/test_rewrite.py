@@ -242,7 +242,7 @@ def test_gamma_as_a_constant_expression(tmp_path):
 
     from mlopt.package import read_package
     from mlopt.package.writer import write_package
-    from mlopt.rewrites.spec_builder import OpEmitter
+    from mlopt.graph.emit import OpEmitter
 
     src = tmp_path / "in.mlpackage"
     shutil.copytree(fixture_path("hf_fp32_ios17"), src)

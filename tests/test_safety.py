@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from conftest import fixture_path, op_types
-from mlopt.cli import main
+from conftest import fixture_path, op_types, run as cli
 from mlopt.package import staging as staging_module
 from mlopt.package import writer as writer_module
 
@@ -42,12 +41,6 @@ def snapshot(root):
             else:
                 found[rel] = ("special", st.st_mode & 0o170000)
     return found
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def copy_fixture(dst, name="hf_fp16_ios17"):
@@ -653,7 +646,7 @@ def test_jobs_never_exceeds_the_models(tmp_path, monkeypatch):
 def test_verify_inputs_too_large_are_refused_before_loading(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from mlopt import verify
+    from mlopt.analyses import verify
 
     monkeypatch.setattr(verify, "MAX_INPUT_BYTES", 1000)
     npz = tmp_path / "bomb.npz"

@@ -7,18 +7,16 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import cli_peak_rss_mb, fixture_path
+from conftest import cli_peak_rss_mb, fixture_path, run as cli
 from mlopt import optimize_package
 from mlopt.cli import main
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 from mlopt.rules.rms_norm import RMSNormRule
 from conftest import concat_without_negation
 
 
 def run(capsys, *argv):
-    code = main(["verify", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli(capsys, "verify", *argv)
 
 
 @pytest.fixture
@@ -96,7 +94,7 @@ def test_bad_input_exit_2(capsys, tmp_path):
 
 def test_identical_programs_and_weights_are_equal_without_running(tmp_path, monkeypatch, capsys):
     from mlopt.cli import main
-    from mlopt import verify
+    from mlopt.analyses import verify
 
     out = tmp_path / "same.mlpackage"
     optimize_package(fixture_path("decoder_fp16_ios17"), out, compute_units="CPU_ONLY")  # an unchanged copy

@@ -14,7 +14,7 @@ import pytest
 from conftest import FIXTURES, ROOT, fixture_path
 from broken_rewrites import BROKEN, edited as _edited, wrong_axis
 from mlopt import optimize_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from bench_large import build  # noqa: E402

@@ -10,7 +10,7 @@ from coremltools import libmilstoragepython
 
 from conftest import fixture_path, main_view
 from mlopt.graph.dtypes import FLOAT16, FLOAT32
-from mlopt.numerics.weights import BlobError, BlobReader
+from mlopt.package.weights import BlobError, BlobReader
 
 
 def blob_consts(name):

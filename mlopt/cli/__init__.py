@@ -7,7 +7,7 @@ when it returns, so calling it in-process (tests, scripts) leaves no trace.
 
 
 def main(argv=None):
-    from . import signals
+    from .. import signals
 
     previous = signals.install()
     try:

@@ -16,7 +16,8 @@ import traceback
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
 from ..report import SCHEMA, printable
-from . import inspect_cmd, lint_cmd, optimize_cmd, signals, verify_cmd
+from .. import signals
+from . import inspect_cmd, lint_cmd, optimize_cmd, verify_cmd
 from .output import logging_to_stderr
 
 COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "lint": lint_cmd}

@@ -30,7 +30,7 @@ def add_parser(commands):
 
 
 def run(args):
-    from ..verify import verify_packages
+    from ..analyses.verify import verify_packages
 
     report = verify_packages(
         args.reference, args.candidate, seed=args.seed, inputs_path=args.inputs, rtol=args.rtol, atol=args.atol,

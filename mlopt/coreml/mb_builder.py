@@ -11,7 +11,7 @@ from coremltools.converters.mil.mil import types
 from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
 from ..graph.dtypes import CAST_NAMES, NUMPY
-from ..rewrites.builder import slice_masks
+from ..rewrites.builder import LoweringFailed, slice_masks
 from ..rewrites.opset_rules import epsilon_dtype, folds_params
 from .pymil_graph import DTYPES
 
@@ -74,6 +74,27 @@ class MbBuilder:
 
     def cast(self, x, dtype):
         return mb.cast(x=x, dtype=CAST_NAMES[dtype], **self._args("cast"))
+
+    def linear(self, x, weight, bias=None):
+        extra = {"bias": bias} if bias is not None else {}
+        return mb.linear(x=x, weight=weight, **extra, **self._args("linear"))
+
+    def constant_value(self, value):
+        return None if value.val is None else np.asarray(value.val)
+
+    def constant_slice(self, value, axis, begin, end):
+        array = self.constant_value(value)
+        if array is None:
+            raise LoweringFailed(f"'{value.name}' is not a constant known at conversion time; it cannot be split")
+        index = tuple(slice(begin, end) if i == axis else slice(None) for i in range(array.ndim))
+        return mb.const(val=np.ascontiguousarray(array[index]), **self._args("const"))
+
+    def scaled_constant(self, value, factor):
+        array = self.constant_value(value)
+        if array is None or array.dtype.kind != "f":
+            raise LoweringFailed(f"'{value.name}' is not a float constant known at conversion time; it cannot be scaled")
+        with np.errstate(all="ignore"):
+            return mb.const(val=(array.astype(np.float64) * factor).astype(array.dtype), **self._args("const"))
 
     def constant_as(self, value, shape):
         if value.val is None:  # known while converting: a const, or a cast of one before const elimination

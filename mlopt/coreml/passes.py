@@ -11,6 +11,8 @@ nothing unless the rule pays for it (rms_norm: CPU_AND_NE only). Set it on both 
 left unlowered cannot be saved.
 """
 
+import warnings
+
 import numpy as np
 
 from coremltools.converters.mil.mil import Builder as mb
@@ -20,10 +22,11 @@ from coremltools.converters.mil.mil.passes.pass_registry import register_pass
 from ..compute_units import compute_units_name
 from ..graph.dtypes import CAST_NAMES, NUMPY
 from ..rewrites.opset_rules import epsilon_dtype
-from ..rules import RULES, find_candidates
-from ..rules.base import Fused
+from ..rules import find_candidates
+from ..rules.base import EPSILON, INT, Fused
+from . import ops
 from .mb_builder import MbBuilder
-from .ops import fused_op_type
+from .ops import fused_op_type, param_value
 from .pymil_graph import DTYPES, PymilGraph
 
 
@@ -66,8 +69,34 @@ class _Fuse(_RulePass):
         for name, function in prog.functions.items():
             graph = PymilGraph(name, function)
             for candidate in find_candidates(graph, rules=(self.rule,)):
-                if candidate.match is not None:
+                if candidate.match is None:
+                    continue
+                why = self._cannot_lower(graph, candidate.match, _opset(function))
+                if why is None:
                     self._fuse(graph, candidate.match, _opset(function))
+                else:
+                    warnings.warn(f"mlopt::fuse_{self.rule.name}: the chain at '{candidate.anchor}' is left alone: its "
+                                  f"replacement could not be built: {why}", UserWarning, stacklevel=2)
+
+    def _cannot_lower(self, graph, match, opset):
+        """Why the rule's `lower` cannot build this chain's replacement (LoweringFailed, any ValueError), or None:
+        tried once on the chain as it stands, the trial ops removed again. A chain whose replacement cannot be
+        built is left alone, as on saved specs; one that fails only once dtypes are final stops the lowering pass."""
+        anchor = match.output_op
+        block = anchor.enclosing_block
+        before = {id(op) for op in block.operations}
+        fused = Fused(x=graph.vars[match.x], axes=tuple(match.axes), params=dict(match.params), dtype=match.dtype,
+                      operands={n: graph.vars[v] if v is not None else None for n, v in match.operands.items()})
+        try:
+            with block:
+                self.rule.lower(MbBuilder(anchor, opset), fused)
+            return None
+        except ValueError as e:
+            return str(e)
+        finally:
+            trial = [op for op in block.operations if id(op) not in before]
+            if trial:
+                block.remove_ops(trial)
 
     def _fuse(self, graph, match, opset):
         x, out = graph.vars[match.x], graph.vars[match.output]
@@ -81,7 +110,7 @@ class _Fuse(_RulePass):
                     if DTYPES.get(var.dtype) != match.dtype:
                         var = mb.cast(x=var, dtype=CAST_NAMES[match.dtype], before_op=anchor)
                     operands[name] = var
-            params = {name: NUMPY[epsilon_dtype(opset, match.dtype, v)](v) for name, v in match.params.items()}
+            params = {name: _typed_param(self.rule, name, v, opset, match.dtype) for name, v in match.params.items()}
             fused = getattr(mb, fused_op_type(self.rule))(
                 x=x, axes=np.array(match.axes, np.int32), **operands, **params, before_op=anchor,
                 name=f"{anchor.name}_{fused_op_type(self.rule)}",
@@ -90,6 +119,14 @@ class _Fuse(_RulePass):
                 fused = mb.cast(x=fused, dtype=CAST_NAMES[DTYPES[out.dtype]], before_op=anchor)
             block.replace_uses_of_var_after_op(anchor_op=anchor, old_var=out, new_var=fused)
         _remove_dead(graph, match.ops)
+
+
+def _typed_param(rule, name, value, opset, dtype):
+    """A literal parameter as the fused op takes it: int32, x's dtype, or the opset's epsilon dtype."""
+    kind = rule.param_type(name)
+    if kind == INT:
+        return np.int32(value)
+    return NUMPY[epsilon_dtype(opset, dtype, value) if kind == EPSILON else dtype](value)
 
 
 def _remove_dead(graph, names):
@@ -118,12 +155,18 @@ class _Lower(_RulePass):
             x=op.x,
             operands={name: getattr(op, name) for name in rule.operands},
             axes=tuple(int(a) for a in np.asarray(op.axes.val).reshape(-1)),
-            params={name: _exact(getattr(op, name)) for name in rule.params},
+            params={name: param_value(rule, name, getattr(op, name)) if rule.param_type(name) == INT else
+                    _exact(getattr(op, name)) for name in rule.params},
             dtype=DTYPES[op.x.dtype],
         )
         with block:
             builder = MbBuilder(op, opset)
-            builder.finish(rule.lower(builder, fused), op.outputs[0])
+            try:
+                value = rule.lower(builder, fused)
+            except ValueError as e:  # LoweringFailed among them: no replacement exists at conversion time either
+                raise ValueError(f"mlopt::lower_{rule.name}: the replacement of '{op.name}' could not be built ({e}); "
+                                 f"convert without the {rule.name} rule (rules=...)") from None
+            builder.finish(value, op.outputs[0])
             block.remove_ops([op])
 
 
@@ -135,12 +178,16 @@ def _exact(var):
     return float(var.val)
 
 
-def _register(rule):
-    """Register the rule's two passes under their names (coremltools' registry keys a pass by its class name)."""
+_REGISTERED = {}  # rule name -> the rule object its passes were registered for
+
+
+def register(rule):
+    """Register the rule's fused op and its two passes under their names (coremltools' registry keys a pass by
+    its class name); again only if another rule object took its name. Called when a pipeline is built."""
+    ops.register(rule)
+    if _REGISTERED.get(rule.name) is rule:
+        return
     for base, name in ((_Fuse, fuse_pass_name(rule)), (_Lower, lower_pass_name(rule))):
         cls = type(name.split("::")[1], (base,), {"rule": rule, "__doc__": f"{base.__doc__} ({rule.name})"})
-        register_pass(namespace="mlopt")(cls)
-
-
-for _rule in RULES:
-    _register(_rule)
+        register_pass(namespace="mlopt", override=True)(cls)
+    _REGISTERED[rule.name] = rule

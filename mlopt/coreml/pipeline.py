@@ -3,17 +3,21 @@
 import coremltools as ct
 
 from ..compute_units import compute_units_name
-from ..rules import RULES
-from .passes import fuse_pass_name, lower_pass_name
+from ..rules import rule_set
+from .passes import fuse_pass_name, lower_pass_name, register
 
 FUSE_AFTER = "common::fuse_reduce_mean"  # reduce_sum * 1/N is a reduce_mean by then
 LOWER_AFTER = "common::add_fp16_cast"  # dtypes are final after it; cleanup passes follow
 
 
-def pass_pipeline(base=None, compute_units="CPU_AND_NE", rules=RULES):
+def pass_pipeline(base=None, compute_units="CPU_AND_NE", rules=None):
     """A copy of `base` (default: ct.PassPipeline.DEFAULT) with each rule's fusion and lowering inserted, all set
     to `compute_units`. The fusions go after common::fuse_reduce_mean (or first), the lowerings after
-    common::add_fp16_cast (or last, followed by dead-code elimination)."""
+    common::add_fp16_cast (or last, followed by dead-code elimination). `rules`: the rule set (default: the
+    registry, read now); each is registered with coremltools here."""
+    rules = rule_set(rules)
+    for rule in rules:
+        register(rule)
     base = base or ct.PassPipeline.DEFAULT
     fuses, lowers = [fuse_pass_name(r) for r in rules], [lower_pass_name(r) for r in rules]
     pipeline = ct.PassPipeline(pass_names=[p for p in base.passes if p not in fuses + lowers], pipeline_name=base.pipeline_name)
@@ -37,13 +41,14 @@ def pass_pipeline(base=None, compute_units="CPU_AND_NE", rules=RULES):
     return pipeline
 
 
-def convert(*args, **kwargs):
-    """`coremltools.convert`, same signature; for an ML program, every chain a rule pays for at `compute_units`
-    is rewritten by mlopt's passes (rms_norm: CPU_AND_NE only). Without compute_units, or when no rule pays for
-    them, it converts exactly as ct.convert does."""
+def convert(*args, rules=None, **kwargs):
+    """`coremltools.convert`, same signature (and `rules=`, the rule set, default the registry); for an ML
+    program, every chain a rule pays for at `compute_units` is rewritten by mlopt's passes (rms_norm: CPU_AND_NE
+    only). Without compute_units, or when no rule pays for them, it converts exactly as ct.convert does."""
+    rules = rule_set(rules)
     units = kwargs.get("compute_units")
     if units is not None and kwargs.get("convert_to") in (None, "mlprogram"):
         name = compute_units_name(units)
-        if any(rule.applies(name) for rule in RULES):
-            kwargs["pass_pipeline"] = pass_pipeline(kwargs.get("pass_pipeline"), name)
+        if any(rule.applies(name) for rule in rules):
+            kwargs["pass_pipeline"] = pass_pipeline(kwargs.get("pass_pipeline"), name, rules)
     return ct.convert(*args, **kwargs)

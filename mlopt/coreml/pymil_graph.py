@@ -10,6 +10,7 @@ from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 
 from ..graph.dtypes import BOOL, FLOAT16, FLOAT32, FLOAT64, FLOATS, INT32
 from ..graph.interface import Use
+from ..graph.spec_graph import chunked
 
 DTYPES = {types.fp16: FLOAT16, types.fp32: FLOAT32, types.fp64: FLOAT64, types.int32: INT32, types.bool: BOOL}
 
@@ -86,6 +87,9 @@ class PymilGraph:
             return None
         array = np.asarray(var.val)
         return None if array.dtype == object else array
+
+    def const_chunks(self, value, window=None):
+        return chunked(self.const_value(value), window)
 
     def producer(self, value):
         return self.vars[value].op

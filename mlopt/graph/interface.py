@@ -58,6 +58,11 @@ class GraphInterface(Protocol):
         """The literal `value` holds if a `const` op defines it (small weight-file constants included where the
         adapter can read them), else None."""
 
+    def const_chunks(self, value: Value, window: Optional[int] = None) -> Optional[Iterable[np.ndarray]]:
+        """The flat elements (C order) of the constant `value` of any size, at most `window` at a time (weight-file
+        constants streamed through a bounded window), or None if no `const` op defines it or it cannot be read.
+        How a pattern checks a large constant (every element of a mask) without holding it whole."""
+
     def producer(self, value: Value) -> Optional[Op]:
         """The op producing `value`; None for function inputs and block inputs."""
 

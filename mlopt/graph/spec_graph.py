@@ -6,6 +6,8 @@ output. Patterns ask it the questions of graph/interface.py; they never walk the
 parts (types, op_by_name, blocks) serve the rewriter and the interpreter.
 """
 
+import numpy as np
+
 from .dtypes import FLOATS
 from .interface import Use
 from .values import decode_value
@@ -18,13 +20,22 @@ def op_name(op):
     return op.outputs[0].name if op.outputs else op.type
 
 
+def chunked(array, window=None):
+    """The flat elements of an in-memory constant, `window` at a time (one chunk without a window); None for None."""
+    if array is None:
+        return None
+    flat = np.asarray(array).reshape(-1)
+    window = max(1, window or flat.size or 1)
+    return (flat[start : start + window] for start in range(0, flat.size, window))
+
+
 class SpecGraph:
-    def __init__(self, name, function, small_blob=None):
-        """`small_blob(value)`, if given, decodes a small weight-file constant (a `Value`) or returns None: how
-        patterns read constants converters store in weight.bin (StableHLO writes 1/N and eps as full tensors)."""
+    def __init__(self, name, function, stored=None):
+        """`stored` (graph/stored_constants.py), if given, reads weight-file constants: small ones whole (how
+        patterns read the 1/N and eps tensors StableHLO stores in weight.bin), any size through a bounded window."""
         self.name = name
         self.function = function
-        self.small_blob = small_blob
+        self.stored = stored
         self._blob_memo = {}
         self.opset = function.opset
         self.main = function.block_specializations[function.opset]
@@ -125,11 +136,23 @@ class SpecGraph:
         if producer is None or producer.type != "const" or "val" not in producer.attributes:
             return None
         stored = producer.attributes["val"]
-        if stored.WhichOneof("value") == "blobFileValue" and self.small_blob is not None:
+        if stored.WhichOneof("value") == "blobFileValue":
+            if self.stored is None:
+                return None
             if value not in self._blob_memo:
-                self._blob_memo[value] = self.small_blob(stored)
+                self._blob_memo[value] = self.stored.small(stored)
             return self._blob_memo[value]
         return decode_value(stored)
+
+    def const_chunks(self, value, window=None):
+        """The flat elements of the constant `value` (any size), at most `window` at a time, or None."""
+        producer = self.producers.get(value)
+        if producer is None or producer.type != "const" or "val" not in producer.attributes:
+            return None
+        stored = producer.attributes["val"]
+        if stored.WhichOneof("value") == "blobFileValue":
+            return None if self.stored is None else self.stored.chunks(stored, window)
+        return chunked(decode_value(stored), window)
 
     def is_const(self, value):
         """True for the output of a `const` op (immediate or blob file)."""

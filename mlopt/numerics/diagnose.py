@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..package.weights import blob_values
 from .compare import compare
 from .exact import departs, error_against, first_departure
-from .weights import blob_values
 
 # B may be up to this many times further from float64 than A and still pass. A correct rewrite rounds in other
 # places than the reference: its error against float64 is of the reference's order (up to 1.96x measured on the

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..graph.dtypes import BOOL, FLOATS, NUMPY
+from ..graph.spec_graph import SpecGraph
 
 UNKNOWN_DIM = 2
 MAX_ELEMENTS = 2**26  # elements of all random inputs of one function together (512 MB as float64)
@@ -75,8 +76,6 @@ def random_inputs(spec, function, rng, scale=1.0, with_ranges=False, view=None):
     shapes = input_shapes(spec, function)
     check_budget(shapes)  # before anything is allocated
     if view is None:
-        from ..graph import SpecGraph
-
         view = SpecGraph("", function)
     ranges = index_ranges(view)
     for inp in function.inputs:
@@ -105,8 +104,6 @@ def index_ranges(view):
     """{integer input: (size, "of 'x' that gather 'op'")} for inputs that reach the `indices` of a gather within
     INDEX_HOPS integer ops (converters cast token ids and wrap negative ones with greater_equal/add/select before
     the gather): random ids must stay below the vocabulary size of the embedding they index."""
-    from ..graph.dtypes import FLOATS
-
     ranges = {}
     for inp in view.function.inputs:
         frontier, seen = [inp.name], {inp.name}

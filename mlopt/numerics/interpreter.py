@@ -33,9 +33,9 @@ from ..errors import MloptError
 from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
 from ..graph.values import decode_value, tensor_shape
 from ..graph.spec_graph import op_name
+from ..package.weights import unpack_bits
 from .ops import IMPLEMENTATIONS
 from .ops.lists import TensorList
-from .weights import unpack_bits
 
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops

@@ -21,7 +21,7 @@ import numpy as np
 from ..graph.dtypes import INT32
 from ..graph.shapes import same_shape, varies_off
 from ..graph.spec_graph import op_name
-from ..rewrites.spec_builder import OpEmitter
+from ..graph.emit import OpEmitter
 
 ELEMENTWISE = ("add", "sub", "mul", "real_div", "maximum", "minimum")
 PASSING = ("cast", "identity")

@@ -1,27 +1,26 @@
-"""The self-check `optimize` runs on every rewrite before keeping it, for every rule alike.
+"""The row self-check: the proof (numerics/proofs.py) of rules whose `proof` is ROWS, for every such rule alike.
 
-Each chain is evaluated on inputs of several magnitudes - small (1e-2), typical (1) and large enough to overflow
-x^2 in fp16 (300) - each batch holding one all-zero row, and every other row shifted off zero mean (a misread
-mean shows only there). Two things must hold:
+Each chain is evaluated on inputs of the magnitudes the rule declares (`rule.magnitudes`; the norm rules add one
+large enough to overflow x^2 in fp16), each batch holding one all-zero row, and every other row shifted off
+zero mean (a misread mean shows only there). Two things must hold:
 
 1. The match is read right: the original chain evaluated in float64 equals, to 1e-6, the formula the matcher
-   read from it (the rule's `as_read`: axes, epsilon, gamma, and for RMSNorm's max-scaled spellings the max|x|
-   pre-scale). A chain mlopt misunderstood is left alone, whatever the rewrite would do.
+   read from it (the rule's `as_read`: the axes and parameters it read, and whatever else the chain spelled).
+   A chain mlopt misunderstood is left alone, whatever the rewrite would do.
 2. The rewrite is right: the replacement, evaluated in its declared dtypes, equals the rule's float64
-   `reference` (RMSNorm(x; axes, eps) * gamma, ...) within its dtype's tolerance. For ordinary chains that
-   formula is also what the chain computes; where the rewrite deliberately changes the arithmetic (an eps a
-   lowering inflated), it is what the model author wrote.
+   `reference` within its dtype's tolerance. For ordinary chains that formula is also what the chain computes;
+   where the rewrite deliberately changes the arithmetic, it is what the model author wrote.
 
 The original chain's own error against the same formula is reported beside the rewrite's: at large magnitudes an
 fp16 chain overflows. Only the chain is evaluated: the input fed is the tensor the chain reads (above its
 casts), and nothing else of the model is computed. Rows are independent, so all magnitudes share one input of a
 few rows: a (1, 512, 2048) activation is checked as (1, 7, 2048), and the check costs the same for any sequence
 length. Ops that bake the declared row count in are evaluated through row-free stand-ins (row_free.py); where
-one has none (an operand such as gamma that varies along the rows), each magnitude gets the declared shape.
+one has none (an operand that varies along the rows), each magnitude gets the declared shape.
 
-Its memory is bounded whatever the model declares (a 1.5 KB file can declare a normalised size of 10**8): no
-input it builds holds more than BUDGET elements - the rows are split into several batches, down to one row
-each, when a row is large - and neither does any constant an operand (gamma) is computed from. A chain that
+Its memory is bounded whatever the model declares (a 1.5 KB file can declare rows of 10**8 elements): no input
+it builds holds more than the rule's operand budget (default BUDGET) elements - the rows are split into several
+batches, down to one row each, when a row is large - and neither does any constant an operand is computed from. A chain that
 needs more is left alone with the reason; `--no-verify` rewrites it unchecked. A chain the interpreter cannot evaluate
 (declared and computed shapes disagree, an op it lacks) is left alone too, never an exception: the self-check
 runs on whatever a model file holds. Floating-point warnings are silenced: an operand holding inf is the model's.
@@ -41,11 +40,10 @@ from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
 from .row_free import row_free_substitutes
 
-MAGNITUDES = (1e-2, 1.0, 300.0)
 ROWS_PER_MAGNITUDE = 2
-SHIFT = 3.0  # every other row is shifted by SHIFT * magnitude: a mean the chain must handle (LayerNorm's centring)
+SHIFT = 3.0  # every other row is shifted by SHIFT * magnitude: a mean the chain must handle (a norm's centring)
 READ_RTOL = 1e-6  # float64 chain vs the formula read from it: only rounding of float64 differs
-BUDGET = 2**20  # elements of any one input the check builds, and of any constant an operand is computed from
+BUDGET = 2**20  # default budget: elements of any one input the check builds, of any constant an operand is computed from
 UNCHECKED = "not rewritten (--no-verify rewrites without the check)"
 
 
@@ -83,10 +81,11 @@ def _self_check(view, blobs, rule, match, new_ops, seed):
         return CheckResult(False, reason=refusal)
     subs, row_free = row_free_substitutes(view, match)
     whole = len(match.axes) == view.rank(source) or not row_free
-    refusal = _over_budget(view, source, match, whole, subs)
+    budget = rule.operand_budget or BUDGET
+    refusal = _over_budget(view, source, match, whole, subs, budget, rule.axes_name)
     if refusal:
         return CheckResult(False, reason=refusal)
-    batches, full = _batches(view, source, match, whole, np.random.default_rng(seed))
+    batches, full = _batches(view, source, match, whole, np.random.default_rng(seed), budget, rule.magnitudes)
     rtol, atol = tolerance_for(NUMPY[match.dtype], NUMPY.get(view.dtype(match.output), NUMPY[match.dtype]))
     overlay = {**subs, **{out.name: op for op in new_ops for out in op.outputs}}
     operands = {name: value for name, value in match.operands.items() if value is not None}
@@ -139,46 +138,47 @@ def _unfit(view, source, match):
         return f"could not be evaluated: its input '{source}' is {kind}, which the interpreter cannot feed; not rewritten"
     if view.rank(source) != view.rank(match.x):
         return (
-            f"could not be evaluated: its input '{source}' has rank {view.rank(source)}, the tensor it normalises "
+            f"could not be evaluated: its input '{source}' has rank {view.rank(source)}, the tensor the chain reads "
             f"rank {view.rank(match.x)}; not rewritten"
         )
     return None
 
 
-def _over_budget(view, source, match, whole, subs):
-    """Why checking this chain would need more than BUDGET elements in one input or constant, or None. `whole`:
-    each magnitude is fed the whole declared shape; `subs`: the row-free stand-ins evaluated instead."""
+def _over_budget(view, source, match, whole, subs, budget, axes_name):
+    """Why checking this chain would need more than `budget` elements in one input or constant, or None. `whole`:
+    each magnitude is fed the whole declared shape; `subs`: the row-free stand-ins evaluated instead; `axes_name`:
+    what the rule calls the axes it mixes over."""
     full = _shape(view, source)
     row = math.prod(full[a] for a in match.axes)
-    if row > BUDGET:
-        return f"normalised size {row} exceeds the self-check's budget of {BUDGET} elements; {UNCHECKED}"
-    if whole and math.prod(full) > BUDGET:
+    if row > budget:
+        return f"{axes_name} size {row} exceeds the self-check's budget of {budget} elements; {UNCHECKED}"
+    if whole and math.prod(full) > budget:
         varying = [name for name, v in match.operands.items() if v is not None and v not in subs
                    and varies_off(view, v, len(full), match.axes)]
-        why = (f"{varying[0]} varies along an axis that is not normalised" if varying else
-               "every axis is normalised" if len(match.axes) == len(full) else
+        why = (f"{varying[0]} varies along an axis that is not {axes_name}" if varying else
+               f"every axis is {axes_name}" if len(match.axes) == len(full) else
                "an op of the chain assumes the declared rows")
         return (
             f"declared size {math.prod(full)} of '{source}' (checked whole: {why}) exceeds the self-check's budget "
-            f"of {BUDGET} elements; {UNCHECKED}"
+            f"of {budget} elements; {UNCHECKED}"
         )
     for name, operand in match.operands.items():
         if operand is None:
             continue
         evaluated = view.arg(subs[operand], "x") if operand in subs else operand  # a stand-in reads its source
         value, size = _largest_constant(view, evaluated)
-        if size > BUDGET:
+        if size > budget:
             what = name if value == operand else f"{name} is computed from '{value}', which"
-            return f"{what} holds {size} elements, more than the self-check's budget of {BUDGET}; {UNCHECKED}"
+            return f"{what} holds {size} elements, more than the self-check's budget of {budget}; {UNCHECKED}"
         if whole:  # rows keep an operand's off-axis sizes 1; the whole shape may not
             shape = _shape(view, operand)
             rank = max(len(shape), len(full))  # broadcasting aligns trailing axes
             padded = [1] * (rank - len(full)) + full, [1] * (rank - len(shape)) + shape
             size = math.prod(max(a, b) for a, b in zip(*padded))
-            if size > BUDGET:
+            if size > budget:
                 return (
                     f"{name} of shape {shape} broadcasts the checked input to {size} elements, more than the "
-                    f"self-check's budget of {BUDGET}; {UNCHECKED}"
+                    f"self-check's budget of {budget}; {UNCHECKED}"
                 )
     return None
 
@@ -211,23 +211,23 @@ def _shape(view, source):
     return [d if d is not None else UNKNOWN_DIM for d in (view.dim(source, i) for i in range(view.rank(source)))]
 
 
-def _batches(view, source, match, whole, rng):
+def _batches(view, source, match, whole, rng, budget, magnitudes):
     """The inputs to check with (a generator: one batch in memory at a time) and the declared shape.
 
-    Rows are independent, so normally the rows share one batch: every axis that is not normalised has size 1
-    except one row axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude; when those rows
-    exceed BUDGET they are split over several batches, down to one row each. If an operand varies along an axis
-    that is not normalised (or there is none), each magnitude gets the declared shape instead."""
+    Rows are independent, so normally the rows share one batch: every axis the match does not mix over has size
+    1 except one row axis holding an all-zero row and ROWS_PER_MAGNITUDE rows per magnitude; when those rows
+    exceed `budget` they are split over several batches, down to one row each. If an operand varies along an axis
+    the match does not mix over (or there is none), each magnitude gets the declared shape instead."""
     full = _shape(view, source)
     if not whole:
         row_axis = [i for i in range(len(full)) if i not in match.axes][-1]
         row_shape = [d if i in match.axes else 1 for i, d in enumerate(full)]
-        rows_per_batch = min(1 + ROWS_PER_MAGNITUDE * len(MAGNITUDES), BUDGET // max(1, math.prod(row_shape)))
-        return _row_batches(row_shape, row_axis, rng, rows_per_batch), full
-    return _whole_batches(full, match.axes, rng), full
+        rows_per_batch = min(1 + ROWS_PER_MAGNITUDE * len(magnitudes), budget // max(1, math.prod(row_shape)))
+        return _row_batches(row_shape, row_axis, rng, rows_per_batch, magnitudes), full
+    return _whole_batches(full, match.axes, rng, magnitudes), full
 
 
-def _row_batches(row_shape, row_axis, rng, rows_per_batch):
+def _row_batches(row_shape, row_axis, rng, rows_per_batch, magnitudes):
     """The zero row, then ROWS_PER_MAGNITUDE rows per magnitude, at most `rows_per_batch` rows to a batch.
 
     A magnitude's rows stay in one batch whenever they fit (a batch then holds whole magnitudes), so the errors
@@ -237,7 +237,7 @@ def _row_batches(row_shape, row_axis, rng, rows_per_batch):
 
     def groups():
         zero = np.zeros(row_shape)  # reported with the smallest magnitude
-        for k, magnitude in enumerate(MAGNITUDES):
+        for k, magnitude in enumerate(magnitudes):
             shape = list(row_shape)
             shape[row_axis] = ROWS_PER_MAGNITUDE
             block = rng.standard_normal(shape) * magnitude
@@ -273,11 +273,11 @@ def _along(axis, rank, index):
     return tuple(index if i == axis else slice(None) for i in range(rank))
 
 
-def _whole_batches(full, axes, rng):
-    """One batch per magnitude at the declared shape: rows (along the axes not normalised) alternately centred
+def _whole_batches(full, axes, rng, magnitudes):
+    """One batch per magnitude at the declared shape: rows (along the axes not mixed over) alternately centred
     and shifted by SHIFT * magnitude, the first row zero; with no such axis, every other magnitude shifted."""
     rows = [d for i, d in enumerate(full) if i not in axes]
-    for k, magnitude in enumerate(MAGNITUDES):
+    for k, magnitude in enumerate(magnitudes):
         x = rng.standard_normal(full) * magnitude
         if rows and x.size:
             parity = np.indices(rows).sum(axis=0) % 2

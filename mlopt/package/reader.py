@@ -1,7 +1,8 @@
 """Read an `.mlpackage` into a `ModelPackage`: its open folder, its files, the root model and the parsed spec.
 
-Every way the input can be unusable ends here in a `BadInputError` naming the file, so later layers can assume an
-ML program with known opsets and a well-formed program. Everything is read through `PackageTree` (tree.py):
+Every way the package can be unusable ends here in a `BadInputError` naming the file, so later layers can assume an
+ML program with known opsets; whether the program inside is well formed is checked by the graph layer
+(graph/validate.py), which its readers call. Everything is read through `PackageTree` (tree.py):
 nothing outside the package, no link, no special file. The weight file is not opened here.
 """
 
@@ -42,7 +43,7 @@ class ModelPackage:
 
     def blob_reader(self):
         """A BlobReader for this package's weights, confined to the package."""
-        from ..numerics.weights import BlobReader
+        from .weights import BlobReader
 
         return BlobReader(self.tree, self.model_dir_rel)
 
@@ -115,10 +116,10 @@ def parse_spec(data, model_path):
 
 
 def check_ml_program(spec, model_path):
-    """BadInputError unless `spec` is an ML program of a known specification version and opsets, well formed
-    (graph/validate.py: every value defined before it is read, no cycle, sane types and constants)."""
-    from ..graph.validate import validate_program
-
+    """BadInputError unless `spec` is an ML program of a known specification version and opsets, each function
+    with a body for its opset. Whether the program is well formed (every value defined before it is read, no
+    cycle, sane types and constants) is the graph layer's question (graph/validate.py), asked by whoever reads
+    the program next (the engine, verify)."""
     kind = spec.WhichOneof("Type")
     version = spec.specificationVersion
     if kind != "mlProgram":
@@ -138,4 +139,3 @@ def check_ml_program(spec, model_path):
             raise BadInputError(model_path, f"function '{name}' uses opset '{function.opset}', which mlopt does not support")
         if function.opset not in function.block_specializations:
             raise BadInputError(model_path, f"function '{name}' has no body for its opset '{function.opset}'")
-    validate_program(spec, model_path)

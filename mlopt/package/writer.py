@@ -1,4 +1,5 @@
-"""Write the optimized package: every file copied byte for byte except the root model, written from the new spec.
+"""Write the optimized package: every file copied byte for byte except the root model, written from the new spec,
+and the weight files that receive a rewrite's new blobs, written anew by package/weight_writer.py.
 
 `PackageWriter` checks OUT (destination.py), then starts copying at once, in a background thread, into a hidden
 staging folder it creates next to OUT (staging.py); the caller analyses and rewrites the spec meanwhile (the copy
@@ -135,12 +136,16 @@ class PackageWriter:
                 os.close(link_from[0])
 
     # -- finishing ------------------------------------------------------------------------------------------
-    def commit(self, spec):
-        """Wait for the copy, write the model file (`spec`, or the input's bytes if None), move into place."""
+    def commit(self, spec, new_blobs=None):
+        """Wait for the copy, write the weight files that receive new blobs anew (`new_blobs`, a NewBlobs of
+        package/weight_writer.py, which remaps the program's offsets), then the model file (`spec`, or the
+        input's bytes if None), and move into place."""
         self._thread.join()
         if self._error is not None:
             raise self._error
         try:
+            if new_blobs is not None and spec is not None:
+                self._write_weights(spec, new_blobs)
             self._write_model(spec)
             for fd in self._folders.values():  # every folder's entries on disk before the rename
                 os.fsync(fd)
@@ -159,6 +164,19 @@ class PackageWriter:
                 self._close_folders()
                 self.dest.close()
         return self.methods
+
+    def _write_weights(self, spec, new_blobs):
+        """Each weight file the program refers to a new blob in, written anew in place of its copy."""
+        for file_name in new_blobs.files_to_write(spec):
+            rel = new_blobs.reader.relpath(file_name)
+            parent, _, name = rel.rpartition("/")
+            os.unlink(name, dir_fd=self._folders[parent])
+            fd = create_file(self._folders[parent], name)
+            try:
+                self.methods.update(new_blobs.write(spec, file_name, fd))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _write_model(self, spec):
         parent, _, name = self.package.model_rel.rpartition("/")

@@ -27,15 +27,24 @@ class RewriteStats:
     ops_added: int = 0
 
 
-def plan_rewrites(view, matches):
-    """The replacement of every (rule, match) pair, with names unique across all of them."""
+def plan_rewrites(view, matches, new_blobs=None):
+    """The replacement of every (rule, match) pair, with names unique across all of them: (planned, failed), where
+    `failed` maps id(match) to why its replacement could not be built (a ValueError of the rule or the builder,
+    LoweringFailed among them; the REPLACEMENT_FAILED of onnxscript's rewriter). `new_blobs` receives new
+    stored weights (package/weight_writer.py)."""
     emitter = OpEmitter(view.names_in_use())
-    return [PlannedRewrite(rule, m, lower(view, emitter, rule, m)) for rule, m in matches]
+    planned, failed = [], {}
+    for rule, m in matches:
+        try:
+            planned.append(PlannedRewrite(rule, m, lower(view, emitter, rule, m, new_blobs)))
+        except (ValueError, ArithmeticError, KeyError, IndexError, TypeError) as e:
+            failed[id(m)] = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+    return planned, failed
 
 
-def lower(view, emitter, rule, match):
+def lower(view, emitter, rule, match, new_blobs=None):
     """`rule.lower` on a SpecBuilder: the ops replacing `match.output_op`, in order; the last defines its output."""
-    builder = SpecBuilder(view, emitter, f"{match.output}_{rule.name}")
+    builder = SpecBuilder(view, emitter, f"{match.output}_{rule.name}", new_blobs)
     return builder.finish(rule.lower(builder, match.fused()), match.output_op)
 
 

@@ -5,12 +5,18 @@
 below, the way its matcher sees only graph/interface.py. Values are opaque handles (names, or pymil Vars).
 
 Every op runs in its inputs' dtype; the builders apply the target opset's dtype rules for parameters
-(rewrites/opset_rules.py), so a rule never branches on the opset.
+(rewrites/opset_rules.py), so a rule never branches on the opset. `lower` returns the value replacing the
+chain's output: an op's output, a constant, or a value the chain reads (the builders add what it takes).
 """
 
 from typing import Optional, Protocol, Sequence
 
 import numpy as np
+
+
+class LoweringFailed(ValueError):
+    """A replacement cannot be built for this match (a weight that cannot be split, no weight file to write, ...):
+    the chain is left alone with this reason, never an internal error. A rule's `lower` may raise it too."""
 
 
 class Builder(Protocol):
@@ -52,6 +58,23 @@ class Builder(Protocol):
     def elementwise(self, op_type: str, x, **literals):
         """Any MIL op whose output has x's shape and dtype (an activation such as `gelu`, `silu`, `clip`), its
         other inputs literals: str -> string, bool -> bool, int -> int32, float -> x's dtype."""
+
+    def linear(self, x, weight, bias=None):
+        """MIL linear: x @ weight.T + bias; weight (out, in) and bias (out,) constants. Changes x's last size."""
+
+    def constant_value(self, value) -> Optional[np.ndarray]:
+        """The data of `value` if it is a plain constant small enough to read whole (immediate, or stored up to
+        graph/stored_constants.SMALL_CONSTANT elements), else None: what a rule reads to compute a new constant."""
+
+    def constant_slice(self, value, axis: int, begin: int, end: int):
+        """A new constant: value[begin:end] along `axis` of the plain constant `value` (a weight split into
+        chunks). A stored weight stays stored: the new blob is byte ranges of the old one (package/weight_writer.py),
+        copied through the file system. Raises LoweringFailed where it cannot be built (see the builders)."""
+
+    def scaled_constant(self, value, factor: float):
+        """A new constant: the float constant `value` times `factor`, rounded once to its dtype (a power of two
+        keeps every normal value exact). A stored weight is streamed into a new blob; raises LoweringFailed where
+        it cannot be built."""
 
     def constant_as(self, value, shape: Sequence[int]):
         """`value`'s data as a constant of `shape` (same element count), or None unless `value` is a plain

@@ -1,139 +1,29 @@
 """The builder for saved specs (rewrites/builder.py): MIL `Operation` protos, the way coremltools serialises them.
 
-Every literal becomes its own `const` op (attribute `val`), every op carries a `name` attribute, and every new
-name is a valid MIL identifier not yet used in the function (value names and op names share one namespace here).
-Output types are inferred for the few ops a replacement uses (broadcast for mul/add, the sum along the axis for
+Ops and literals are made by graph/emit.py (fresh valid names, one `const` op per literal). Output types are inferred for the few ops a replacement uses (broadcast for mul/add, the sum along the axis for
 concat, ...); the final value takes the replaced output's declared type exactly.
 """
 
 import math
-import re
 
 import numpy as np
 
-from ..graph.dtypes import BOOL, CAST_NAMES, FLOAT16, FLOAT32, INT32, STRING
+from ..graph.dtypes import BOOL, CAST_NAMES, INT32, NUMPY, STRING
+from ..graph.emit import OpEmitter, literal, retyped, string_value, tensor_type  # noqa: F401  (re-exported)
 from ..graph.spec_graph import op_name
 from ..graph.values import decode_value
 from ..package.proto import MIL_pb2
-from .builder import broadcast_dims, slice_masks
+from .builder import LoweringFailed, broadcast_dims, slice_masks
 from .opset_rules import epsilon_dtype, folds_params
-
-_INVALID = re.compile(r"[^A-Za-z0-9_@]")
-
-
-def tensor_type(dtype, dims):
-    """A ValueType for a tensor; `dims` entries are ints or None (unknown)."""
-    vt = MIL_pb2.ValueType()
-    vt.tensorType.dataType = dtype
-    vt.tensorType.rank = len(dims)
-    for d in dims:
-        dim = vt.tensorType.dimensions.add()
-        if d is None:
-            dim.unknown.variadic = False
-        else:
-            dim.constant.size = int(d)
-    return vt
-
-
-def retyped(value_type, dtype=None, axis=None, size=None):
-    """Copy of a tensor ValueType with another dtype and/or another static size along one axis."""
-    vt = MIL_pb2.ValueType()
-    vt.CopyFrom(value_type)
-    if dtype is not None:
-        vt.tensorType.dataType = dtype
-    if axis is not None:
-        dim = vt.tensorType.dimensions[axis]
-        dim.Clear()
-        if size is None:
-            dim.unknown.variadic = False
-        else:
-            dim.constant.size = int(size)
-    return vt
-
-
-def _string_value(text):
-    value = MIL_pb2.Value()
-    value.type.tensorType.dataType = STRING
-    value.immediateValue.tensor.strings.values.append(text)
-    return value
-
-
-def literal(array, dtype):
-    """An immediate `Value` holding `array` (scalar or small tensor) in `dtype`."""
-    value = MIL_pb2.Value()
-    array = np.asarray(array)
-    value.type.CopyFrom(tensor_type(dtype, array.shape))
-    tensor = value.immediateValue.tensor
-    flat = array.reshape(-1)
-    if dtype == FLOAT16:
-        tensor.bytes.values = flat.astype(np.float16).tobytes()
-    elif dtype == FLOAT32:
-        tensor.floats.values.extend(flat.astype(np.float32).tolist())
-    elif dtype == INT32:
-        tensor.ints.values.extend(flat.astype(np.int32).tolist())
-    elif dtype == BOOL:
-        tensor.bools.values.extend(flat.astype(bool).tolist())
-    elif dtype == STRING:
-        tensor.strings.values.extend(str(s) for s in flat)
-    else:
-        raise ValueError(f"cannot emit a literal of dtype {dtype}")
-    return value
-
-
-class OpEmitter:
-    def __init__(self, taken_names):
-        self.taken = set(taken_names)
-
-    def fresh(self, base):
-        base = _INVALID.sub("_", base)
-        if not base or not (base[0].isalpha() or base[0] == "_"):
-            base = "_" + base
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
-
-    def op(self, op_type, inputs, output_type, output_name=None, name=None, base=None):
-        """An op whose inputs bind value names (a list binds a variadic input); returns (op, output value name)."""
-        base = base or op_type
-        out = output_name or self.fresh(base)
-        op = MIL_pb2.Operation()
-        op.type = op_type
-        for param, values in inputs.items():
-            argument = op.inputs[param]
-            for v in values if isinstance(values, list) else [values]:
-                argument.arguments.add().name = v
-        output = op.outputs.add()
-        output.name = out
-        output.type.CopyFrom(output_type)
-        op.attributes["name"].CopyFrom(_string_value(name or (out if output_name is None else self.fresh(base))))
-        return op, out
-
-    def const(self, base, array, dtype):
-        """A `const` op holding `array`; returns (op, output value name)."""
-        return self.const_value(base, literal(array, dtype))
-
-    def const_value(self, base, value):
-        """A `const` op holding the `Value` `value` (immediate or blob file); returns (op, output value name)."""
-        out = self.fresh(base)
-        op = MIL_pb2.Operation()
-        op.type = "const"
-        output = op.outputs.add()
-        output.name = out
-        output.type.CopyFrom(value.type)
-        op.attributes["name"].CopyFrom(_string_value(out))
-        op.attributes["val"].CopyFrom(value)
-        return op, out
 
 
 class SpecBuilder:
     """Emits one replacement into `ops`, over a SpecGraph `view` (rewrites/builder.py has the contract). New names
     start with `base` and avoid every name `emitter` has seen."""
 
-    def __init__(self, view, emitter, base):
+    def __init__(self, view, emitter, base, new_blobs=None):
         self.view, self.emitter, self.base = view, emitter, base
+        self.new_blobs = new_blobs  # package/weight_writer.NewBlobs: where new stored weights go (None: nowhere)
         self.opset = view.opset
         self.ops = []
         self._types = {}  # new value -> ValueType
@@ -225,6 +115,80 @@ class SpecBuilder:
         inputs = {"x": x, "dtype": self._literal("dtype", CAST_NAMES[dtype], STRING)}
         return self._emit("cast", inputs, retyped(self._type(x), dtype=dtype), "cast")
 
+    def linear(self, x, weight, bias=None):
+        dims = self._dims(x)[:-1] + [self.dim(weight, 0)]
+        inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {})}
+        return self._emit("linear", inputs, tensor_type(self.dtype(x), dims), "linear")
+
+    def _stored(self, value):
+        """The const op defining `value` and its `val`, or (None, None)."""
+        op = self._consts.get(value) or self.view.producer(value)
+        if op is None or op.type != "const" or "val" not in op.attributes:
+            return None, None
+        return op, op.attributes["val"]
+
+    def constant_value(self, value):
+        op, stored = self._stored(value)
+        if op is None:
+            return None
+        if stored.WhichOneof("value") == "immediateValue":
+            return decode_value(stored)
+        return self.view.const_value(value)
+
+    def _blob_layout(self, value, stored):
+        dims = self._dims(value)
+        dtype = self.dtype(value)
+        if None in dims or dtype not in NUMPY:
+            raise LoweringFailed(f"'{value}' is stored with a shape or dtype a new weight cannot be cut from")
+        if self.new_blobs is None:
+            raise LoweringFailed(f"'{value}' is a stored weight, and this run writes no weight file")
+        return dims, dtype
+
+    def constant_slice(self, value, axis, begin, end):
+        op, stored = self._stored(value)
+        if op is None:
+            raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be split")
+        if stored.WhichOneof("value") != "blobFileValue":
+            array = self.constant_value(value)
+            if array is None:
+                raise LoweringFailed(f"'{value}' holds a constant the builder cannot read")
+            index = tuple(slice(begin, end) if i == axis else slice(None) for i in range(array.ndim))
+            return self._literal("const", array[index], self.dtype(value))
+        dims, dtype = self._blob_layout(value, stored)
+        blob = stored.blobFileValue
+        try:
+            offset = self.new_blobs.add_slice(blob.fileName, blob.offset, NUMPY[dtype], dims, axis, begin, end)
+        except ValueError as e:
+            raise LoweringFailed(str(e)) from None
+        shape = list(dims)
+        shape[axis] = end - begin
+        return self._stored_const(blob.fileName, offset, dtype, shape)
+
+    def scaled_constant(self, value, factor):
+        op, stored = self._stored(value)
+        if op is None:
+            raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be scaled")
+        if stored.WhichOneof("value") != "blobFileValue":
+            array = self.constant_value(value)
+            if array is None or array.dtype.kind != "f":
+                raise LoweringFailed(f"'{value}' holds no float constant the builder can read")
+            with np.errstate(all="ignore"):
+                return self._literal("const", (array.astype(np.float64) * factor).astype(array.dtype), self.dtype(value))
+        dims, dtype = self._blob_layout(value, stored)
+        blob = stored.blobFileValue
+        try:
+            offset = self.new_blobs.add_scaled(blob.fileName, blob.offset, NUMPY[dtype], dims, factor)
+        except ValueError as e:
+            raise LoweringFailed(str(e)) from None
+        return self._stored_const(blob.fileName, offset, dtype, dims)
+
+    def _stored_const(self, file_name, offset, dtype, shape):
+        stored = MIL_pb2.Value()
+        stored.type.CopyFrom(tensor_type(dtype, shape))
+        stored.blobFileValue.fileName = file_name
+        stored.blobFileValue.offset = offset
+        return self._keep_const(*self.emitter.const_value(f"{self.base}_const", stored))
+
     def constant_as(self, value, shape):
         op = self._consts.get(value) or self.view.producer(value)
         if op is None or op.type != "const" or "val" not in op.attributes:
@@ -249,10 +213,22 @@ class SpecBuilder:
         output = output_op.outputs[0]
         if self.dtype(value) != output.type.tensorType.dataType:
             value = self.cast(value, output.type.tensorType.dataType)
+        if value in self._consts:  # a constant result: its const op moves last and becomes the output
+            op = self._consts.pop(value)
+            if _dims_of(op.outputs[0].type) != _dims_of(output.type):
+                raise LoweringFailed(f"the constant it returns has shape {_dims_of(op.outputs[0].type)}, the chain's output {_dims_of(output.type)}")
+            self.ops.remove(op)
+            self.ops.append(op)
+        elif value not in self._types:  # a value the chain reads (x itself): passed on by an identity
+            value = self._emit("identity", {"x": value}, retyped(self._type(value)), "identity")
         last = self.ops[-1] if self.ops else None
-        if last is None or last.outputs[0].name != value or last.type == "const":
-            raise ValueError(f"a replacement must end with the op defining its result, not '{value}'")
+        if last is None or last.outputs[0].name != value:
+            raise LoweringFailed(f"a replacement must end with the op defining its result, not '{value}'")
         last.outputs[0].name = output.name
         last.outputs[0].type.CopyFrom(output.type)
-        last.attributes["name"].CopyFrom(_string_value(op_name(output_op)))
+        last.attributes["name"].CopyFrom(string_value(op_name(output_op)))
         return self.ops
+
+
+def _dims_of(value_type):
+    return [int(d.constant.size) if d.WhichOneof("dimension") == "constant" else None for d in value_type.tensorType.dimensions]

@@ -1,6 +1,7 @@
-"""The rewrite rules, one module each (rules/base.py says what a rule is). `RULES` is the only list: the engine,
-self-check, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes iterate over it (read
-when used, so a test may add a rule of its own)."""
+"""The rewrite rules, one module each (rules/base.py says what a rule is). `RULES` is the registry: the default
+rule set of the engine, the proofs, report, `inspect`, `--only/--skip`, provenance and the conversion-time passes,
+read when used (so a test may add a rule of its own). Each of them also takes a rule set as a value (`rules=`),
+as onnxscript's RewriteRuleSet is passed: `rule_set(None)` is the registry as it is now."""
 
 from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
 from . import instance_norm, layer_norm, rms_norm
@@ -8,9 +9,14 @@ from . import instance_norm, layer_norm, rms_norm
 RULES = (layer_norm.RULE, rms_norm.RULE, instance_norm.RULE)
 
 
+def rule_set(rules=None):
+    """`rules` as a tuple, or the registry as it is now when None."""
+    return tuple(RULES if rules is None else rules)
+
+
 def skip_reason(compute_units, rules=None):
     """Why some rules do not rewrite with `compute_units` (their chains are only reported), or None."""
-    rules = RULES if rules is None else rules
+    rules = rule_set(rules)
     idle = [rule for rule in rules if not rule.applies(compute_units)]
     if not idle:
         return None
@@ -34,7 +40,7 @@ def find_candidates(graph, rules=None):
     left alone, since the splice replaces each output once. A near-miss anchored inside a matched chain is
     dropped: the chain explains it."""
     by_type = {}
-    for rule in RULES if rules is None else rules:
+    for rule in rule_set(rules):
         for op_type in rule.anchors:
             by_type.setdefault(op_type, []).append(rule)
     found = []

@@ -10,22 +10,43 @@ at and implements:
   Two builders implement it: protobuf ops for saved specs, `mb` calls inside coremltools' pass pipeline. It
   returns the value that replaces the chain's output; the caller casts it to the output's dtype if it differs
   and gives it the output's name.
-- `reference(x, operands, axes, params)`: the float64 meaning of the replacement. The self-check
-  (numerics/selfcheck.py) compares the rewritten chain with it; the fused op of the conversion-time passes uses
-  it as its value inference.
+  `lower` may return a constant (the chain becomes a `const`). A lowering that cannot be built raises
+  `LoweringFailed` (or any ValueError): the chain is left alone with that reason, never an internal error.
+- `reference(x, operands, axes, params)`: the float64 meaning of the replacement. The proof compares the
+  rewritten chain with it; the fused op of the conversion-time passes uses it as its value inference. A rule
+  that leaves it out is proved against the original chain evaluated in float64 (region and exact proofs).
 - `as_read(match, x, operands)`: what the original chain computes as the matcher read it, in float64. The
   self-check compares the original chain with it before trusting the match; it differs from `reference` only
   when the rewrite deliberately changes the arithmetic (and `Match.note` says how).
 - `summary(match)` and `report_fields(match)`: what the report prints and what JSON carries about a match.
 
-Everything else - the engine, self-check, report, `inspect`, `--only/--skip`, provenance, the conversion-time
-passes - iterates over the registry (rules/__init__.py) and never names a rule.
+And declares, as class attributes (docs/writing-a-rule.md has the whole contract):
+
+- `param_types`: each literal parameter's type, FLOAT (x's dtype; the default), EPSILON (the opset's epsilon
+  dtype rule: fp32 under fp16 x from iOS17 where fp16 would change it) or INT (int32).
+- `output_shape(x_shape, operand_shapes, axes, params)`: the fused op's output shape at conversion time; the
+  default (None) is x broadcast with its operands, right for elementwise and normalising rules.
+- `proof`: how the engine proves a rewrite before keeping it (numerics/proofs.py): ROWS (the row self-check:
+  rows independent along the axes not in `axes`, fed at `magnitudes`), REGION (the whole chain evaluated at its
+  declared shape, with the program's real constants, on inputs at `magnitudes`) or EXACT (as REGION, and the
+  rewrite in float64 must equal the original in float64: for rewrites of constant values that keep the
+  arithmetic, such as splitting or power-of-two scaling of a weight).
+- `operand_budget`: the most elements of one input the proof builds, or of one operand it computes in memory.
+- `lookalikes`: op types that look like what the rule rewrites but are not, each with why (the no-candidate note).
+
+Everything else - the engine, the proofs, report, `inspect`, `--only/--skip`, provenance, the conversion-time
+passes - iterates over a rule set (a tuple of rules; the registry of rules/__init__.py by default) and never names
+a rule.
 """
 
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from ..compute_units import REWRITING_UNITS
+from ..rewrites.builder import LoweringFailed  # noqa: F401  (re-exported: what a rule's `lower` raises)
+
+FLOAT, EPSILON, INT = "float", "epsilon", "int"  # literal parameter types (`param_types`)
+ROWS, REGION, EXACT = "rows", "region", "exact"  # proofs (`proof`)
 
 
 @dataclass
@@ -64,7 +85,14 @@ class Rule:
     title = None  # "RMSNorm": what `inspect` calls a match
     anchors = ()  # op types a match is anchored at
     operands = ()  # optional tensor operands of the fused op besides x, e.g. ("gamma",)
-    params = ()  # literal float parameters of the fused op besides axes, e.g. ("epsilon",)
+    params = ()  # literal parameters of the fused op besides axes, e.g. ("epsilon",)
+    param_types = {}  # param name -> FLOAT (default), EPSILON or INT
+    proof = ROWS  # ROWS, REGION or EXACT
+    magnitudes = (1e-2, 1.0)  # scales of the random inputs the proof feeds
+    operand_budget = None  # elements of any one input the proof builds or operand it computes; None: the
+    # proofs' default (numerics/selfcheck.BUDGET, 2**20)
+    axes_name = "mixed"  # how the proof's messages call the axes a match mixes over ("normalised")
+    lookalikes = {}  # op type -> why it is not what the rule rewrites (named when a function has no candidate)
     units = REWRITING_UNITS  # compute units the rewrite pays for; None: every setting
     units_reason = None  # why it does not rewrite with other units (report note)
     description = None  # one line on what it rewrites (the fused op's docstring at conversion time)
@@ -76,11 +104,18 @@ class Rule:
     def lower(self, builder, fused):
         raise NotImplementedError
 
-    def reference(self, x, operands, axes, params):
-        raise NotImplementedError
+    reference = None  # def reference(self, x, operands, axes, params): the float64 meaning (see above)
+
+    def output_shape(self, x_shape, operand_shapes, axes, params):
+        """The fused op's output shape (conversion time); None: x broadcast with its operands."""
+        return None
+
+    def param_type(self, name):
+        return self.param_types.get(name, FLOAT)
 
     def as_read(self, match, x, operands):
-        return self.reference(x, operands, match.axes, match.params)
+        """What the original chain computes as the matcher read it, in float64; None: not checked separately."""
+        return None if self.reference is None else self.reference(x, operands, match.axes, match.params)
 
     def summary(self, match):
         """The report's reading of a match: "axes 2, epsilon 1e-05"."""

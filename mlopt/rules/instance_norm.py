@@ -25,9 +25,10 @@ import math
 from .base import Rule
 from .instance_norm_pattern import match_instance_norm
 from .layer_norm import layer_norm
+from .norm_family import NormFamily
 
 
-class InstanceNormRule(Rule):
+class InstanceNormRule(NormFamily, Rule):
     name = "instance_norm"
     title = "InstanceNorm"
     description = "decomposed InstanceNorm chains -> one instance_norm (channels first) or layer_norm (channels last)"

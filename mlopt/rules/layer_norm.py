@@ -19,10 +19,11 @@ import numpy as np
 from ..patterns.status import Matched, Recognised
 from .base import Rule
 from .instance_norm_pattern import channel_axis
+from .norm_family import NormFamily
 from .layer_norm_pattern import match_layer_norm
 
 
-class LayerNormRule(Rule):
+class LayerNormRule(NormFamily, Rule):
     name = "layer_norm"
     title = "LayerNorm"
     description = "decomposed LayerNorm chains -> one layer_norm, with every compute-units setting"

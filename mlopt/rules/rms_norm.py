@@ -18,10 +18,11 @@ import numpy as np
 
 from ..graph.dtypes import FLOAT16
 from .base import Rule
+from .norm_family import NormFamily
 from .rms_norm_pattern import match_rms_norm
 
 
-class RMSNormRule(Rule):
+class RMSNormRule(NormFamily, Rule):
     name = "rms_norm"
     title = "RMSNorm"
     description = "RMSNorm chains -> layer_norm(concat([x, -x])) (the LayerNorm trick), with CPU_AND_NE"

@@ -22,7 +22,7 @@ from mlopt.cli import main
 from mlopt.coreml import convert
 from mlopt.graph.dtypes import FLOAT16, FLOAT32
 from mlopt.package.reader import read_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 sys.path.insert(0, FIXTURES)
 import make_coreml_norm_fixtures as make  # noqa: E402  (the MIL-builder bodies of the fixtures; no torch)

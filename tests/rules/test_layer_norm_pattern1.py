@@ -20,7 +20,7 @@ from coremltools.converters.mil.mil import types
 
 from conftest import FIXTURES, main_view, op_types, run_package
 from mlopt import optimize_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 SET = os.path.join(FIXTURES, "coreml_norms")
 with open(os.path.join(SET, "expected.json")) as _f:

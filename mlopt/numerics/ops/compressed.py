@@ -8,6 +8,8 @@ its blob writer: least significant bit first.
 
 import numpy as np
 
+from ...package.weights import unpack_bits
+
 from .registry import implementation, scalar, numpy_dtype
 
 
@@ -99,8 +101,6 @@ def constexpr_cast(source_val, output_dtype):
 @implementation("constexpr_lut_to_dense")
 def constexpr_lut_to_dense(lut, indices, shape=None, vector_axis=None):
     if shape is not None:  # iOS16: a vector lut, indices a uint8 vector packing log2(len(lut))-bit entries
-        from ..weights import unpack_bits
-
         lut, shape = np.asarray(lut), [int(d) for d in np.asarray(shape).reshape(-1)]
         bits = int(lut.size).bit_length() - 1
         if lut.ndim != 1 or 1 << bits != lut.size:

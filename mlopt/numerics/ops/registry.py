@@ -4,6 +4,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ...graph.dtypes import FROM_CAST_NAME, NUMPY
+
 IMPLEMENTATIONS = {}
 
 
@@ -57,8 +59,6 @@ def axes_tuple(axes, rank):
 
 def numpy_dtype(name):
     """The numpy dtype of a MIL dtype name ("fp16", "int32", "int8", ...) as cast, make_list and quantize take."""
-    from ...graph.dtypes import FROM_CAST_NAME, NUMPY
-
     name = scalar(name)
     target = NUMPY.get(FROM_CAST_NAME.get(name)) or {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}.get(name)
     if target is None:

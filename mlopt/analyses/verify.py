@@ -15,23 +15,28 @@ so.
 
 import math
 import os
+import stat
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BadInputError, CannotVerify
-from .graph import SpecGraph
-from .graph.dtypes import FLOAT16, FLOAT32, NUMPY
-from .graph.spec_graph import op_name
-from .graph.type_checks import element_count
-from .numerics.compare import compare, tolerance_for
-from .numerics.diagnose import FLOAT64_FACTOR, explain, identical_function, judge, overflow_op
-from .numerics.exact import run_float64
-from .numerics.inputs import InputTooLarge, random_inputs, input_tensor
-from .numerics.interpreter import InterpreterError, run_function
-from .numerics.ops.registry import accumulating
-from .numerics.weights import check_blob_references
-from .package import read_package
+from ..errors import BadInputError, CannotVerify
+from ..graph import SpecGraph
+from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
+from ..graph.spec_graph import op_name
+from ..graph.stored_constants import check_blob_references
+from ..graph.type_checks import element_count
+from ..graph.validate import validate_program
+from ..numerics.compare import compare, tolerance_for
+from ..numerics.diagnose import FLOAT64_FACTOR, explain, identical_function, judge, overflow_op
+from ..numerics.exact import run_float64
+from ..numerics.inputs import InputTooLarge, random_inputs, input_tensor
+from ..numerics.interpreter import InterpreterError, run_function
+from ..numerics.ops.registry import accumulating
+from ..package import read_package
+from ..report import SCHEMA, json_safe, lines_text
+from ..rules import find_candidates
 
 MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
 MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
@@ -74,8 +79,6 @@ class VerifyReport:
                 + (f"; {c.note}" if c.note else "") for c in self.checks if not c.passed]
 
     def render(self, verbose=False):
-        from .report import lines_text
-
         lines = [f"mlopt verify {self.reference} {self.candidate} (reference, candidate; seed {self.seed}, scale "
                  f"{self.scale:g}, fp16 accumulated in {self.accumulate})"]
         lines += [f"  note: {note}" for note in self.notes]
@@ -91,8 +94,6 @@ class VerifyReport:
         return lines_text(lines)
 
     def to_dict(self):
-        from .report import SCHEMA, json_safe
-
         return json_safe(
             dict(schema=SCHEMA, command="verify", reference=self.reference, candidate=self.candidate, seed=self.seed,
                  scale=self.scale, accumulate=self.accumulate, float64_factor=self.float64_factor,
@@ -104,6 +105,17 @@ class VerifyReport:
 ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
 
 
+def _read(path):
+    """The package at `path`, its program checked well formed (graph/validate.py) before anything runs it."""
+    package = read_package(path)
+    try:
+        validate_program(package.spec, package.model_path)
+    except BaseException:
+        package.close()
+        raise
+    return package
+
+
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
     if accumulate not in ACCUMULATE:
         raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
@@ -113,9 +125,9 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise BadInputError(name, f"{value!r}: a tolerance must be a finite number >= 0")
     given = _load_inputs(inputs_path)
-    ref = read_package(reference_path)
+    ref = _read(reference_path)
     try:
-        cand = read_package(candidate_path)
+        cand = _read(candidate_path)
     except BaseException:
         ref.close()
         raise
@@ -260,8 +272,6 @@ def _load_inputs(path):
     """Arrays from an .npz the user named: a regular file (never a FIFO), holding at least one array."""
     if path is None:
         return {}
-    import stat
-
     try:
         st = os.stat(path)
     except OSError as e:
@@ -284,8 +294,6 @@ def _load_inputs(path):
 def _check_npz_sizes(path):
     """BadInputError for an array larger than MAX_INPUT_BYTES, from the archive's directory, before anything is
     decompressed: a few MB of .npz can hold gigabytes of zeros."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
@@ -323,6 +331,4 @@ def _given_for(given, function, name, feeds, path):
 
 def _accumulation_notes(view):
     """Each rule's word on its matches under fp16 accumulation (the RMSNorm rule: where each side overflows)."""
-    from .rules import find_candidates
-
     return [note for c in find_candidates(view) if c.match is not None and (note := c.rule.accumulation_note(view, c.anchor, c.match))]

@@ -9,7 +9,7 @@ import coremltools as ct
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
-from conftest import op_types, run_package
+from conftest import chains, op_types, run_package
 from mlopt.graph.dtypes import FLOAT32
 from mlopt import optimize_package
 
@@ -23,10 +23,6 @@ def save(tmp_path, body, shape, dtype=types.fp32, name="in"):
                compute_precision=ct.precision.FLOAT32 if dtype == types.fp32 else ct.precision.FLOAT16,
                skip_model_load=True).save(path)
     return path
-
-
-def chains(report):
-    return [c for f in report.functions for c in f.chains]
 
 
 def agree_off_zero_mean(src, out, shape, offset=30.0, rtol=1e-5):

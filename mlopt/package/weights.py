@@ -22,7 +22,7 @@ import struct
 import numpy as np
 
 from ..errors import BadInputError
-from ..package.tree import PackageTree, refuse_lfs_pointer, split_relative
+from .tree import PackageTree, refuse_lfs_pointer, split_relative
 
 SENTINEL = 0xDEADBEEF
 HEADER = 64  # file header and per-blob metadata record, bytes
@@ -77,6 +77,11 @@ class BlobReader:
             self._files[file_name] = (fd, size)
             _check_header(self.tree.show(rel), os.pread(fd, HEADER, 0), size)
         return self._files[file_name]
+
+    def open_file(self, file_name):
+        """(fd, size in bytes) of the weight file a const's `fileName` names, opened once and checked; the reader
+        owns the fd (the weight writer copies byte ranges from it)."""
+        return self._file(file_name)
 
     def _map(self, file_name):
         if file_name not in self._maps:
@@ -149,6 +154,17 @@ class BlobReader:
             out[start : start + n] = chunk.view(np_dtype)
         out.flags.writeable = False
         return out
+
+    def read_window(self, file_name, offset, np_dtype, shape, start, count):
+        """Elements `start` .. `start + count` (flat, C order) of the blob at `offset`, as a fresh array: a large
+        constant read through a bounded window (`count` elements in memory, whatever the blob's size)."""
+        np_dtype, total, data_offset, _ = self.check(file_name, offset, np_dtype, shape)
+        start, stop = max(0, int(start)), min(total, int(start) + int(count))
+        if stop <= start:
+            return np.empty(0, np_dtype)
+        fd, _ = self._file(file_name)
+        size = np.dtype(np_dtype).itemsize
+        return _pread_exactly(fd, (stop - start) * size, data_offset + start * size, self.path(file_name)).view(np_dtype)
 
     def read_packed(self, file_name, offset, bits, signed, shape):
         """The sub-byte blob (`bits` per element, packed LSB first) at `offset`, unpacked into a fresh int8 (if
@@ -229,39 +245,3 @@ def blob_values(function):
             values = list(op.attributes.values())
             values += [b.value for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "value"]
             yield from (v for v in values if v.WhichOneof("value") == "blobFileValue")
-
-
-def check_blob_references(spec, blobs):
-    """Check every blob a program refers to (file inside the package, header, sentinel, dtype, size) before
-    anything is computed: a truncated or corrupt weight file is bad input even where no chain reads it."""
-    from ..graph.dtypes import NUMPY, SUB_BYTE
-
-    for function in spec.mlProgram.functions.values():
-        for value in blob_values(function):
-            tensor = value.type.tensorType
-            static = all(d.WhichOneof("dimension") == "constant" for d in tensor.dimensions)
-            shape = [d.constant.size for d in tensor.dimensions] if static else []
-            packed = np.uint8 if tensor.dataType in SUB_BYTE else None  # check() sizes it by the blob's bits
-            blob = value.blobFileValue
-            blobs.check(blob.fileName, blob.offset, (NUMPY.get(tensor.dataType) or packed) if static else None, shape)
-
-
-SMALL_CONSTANT = 4096  # elements: a weight-file constant patterns may read (a 1/N or eps tensor, not a weight)
-
-
-def small_constants(blobs, limit=SMALL_CONSTANT):
-    """A reader for SpecGraph: the values of a weight-file constant (a MIL `Value`) of at most `limit` elements,
-    None for larger ones, unknown dtypes, or without a weight file."""
-    from ..graph.dtypes import NUMPY
-    from ..graph.values import tensor_shape
-
-    def read(value):
-        if blobs is None or value.type.WhichOneof("type") != "tensorType":
-            return None
-        shape, np_dtype = tensor_shape(value.type), NUMPY.get(value.type.tensorType.dataType)
-        if shape is None or np_dtype is None or math.prod(shape) > limit:
-            return None
-        blob = value.blobFileValue
-        return blobs.read(blob.fileName, blob.offset, np_dtype, shape, copy=True)
-
-    return read

@@ -17,10 +17,10 @@ import re
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, file_digest, main_view, op_types, run_package
+from conftest import FIXTURES, assert_epsilon, file_digest, fixture_path, main_view, op_types, run_package
 from mlopt import optimize_package
 from mlopt.cli import main
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 CONVERTERS = os.path.join(FIXTURES, "converters")
 with open(os.path.join(CONVERTERS, "expected.json")) as f:
@@ -82,7 +82,7 @@ COREMLTOOLS_NOTE = ("coremltools' max-scaled torch.nn.RMSNorm lowering: it compu
 
 
 def path(name):
-    return os.path.join(CONVERTERS, f"{name}.mlpackage")
+    return fixture_path(name, "converters")
 
 
 def family(name):
@@ -108,24 +108,6 @@ def expected_ops(name):
     gamma = [constexpr(name)] if name.startswith("compressed_") else GAMMA_OPS.get(family(name), [])
     ops = gamma + THE_TRICK
     return ["cast", *ops, "cast"] if (e["dtype"], e["target"]) == ("fp16", "iOS15") else ops
-
-
-def stored_epsilon(eps, dtype):
-    """The eps an author meant as the program can hold it: rounded to fp16 in fp16 programs (1e-6 and 1e-5 are
-    fp16 subnormals, stored on the 2**-24 grid), to fp32 otherwise."""
-    return float(np.float16(eps)) if dtype == "fp16" else float(np.float32(eps))
-
-
-def assert_epsilon(reported, eps, dtype):
-    """fp16: within one step of the fp16 grid of the stored value (a second stored constant - the eps * N of the
-    folded Gemma form, or coremltools' rsqrt epsilon of 2**-24 on iOS15 - moves the sum by at most one step; a
-    relative bound means nothing here, fp16(1e-6) itself is 1.3% off). fp32: the stored value, plus at most
-    an rsqrt epsilon of 1e-12."""
-    stored = stored_epsilon(eps, dtype)
-    if dtype == "fp16":
-        assert reported == pytest.approx(stored, abs=float(np.spacing(np.float16(stored)))), (reported, eps)
-    else:
-        assert reported == pytest.approx(stored, rel=2e-6), (reported, eps)
 
 
 def normalised_axes(name, x):

@@ -14,11 +14,11 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, file_digest, main_view, op_types
+from conftest import FIXTURES, assert_epsilon, chains, file_digest, fixture_path, main_view, op_types
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.package import read_package
-from mlopt.verify import verify_packages
+from mlopt.analyses.verify import verify_packages
 
 LAYERNORM = os.path.join(FIXTURES, "layernorm")
 with open(os.path.join(LAYERNORM, "expected.json")) as f:
@@ -34,15 +34,11 @@ NATIVE = [n for n in NAMES if EXPECTED[n]["implementation"] == "ane"]  # fused b
 
 
 def path(name):
-    return os.path.join(LAYERNORM, f"{name}.mlpackage")
+    return fixture_path(name, "layernorm")
 
 
 def impl(name):
     return EXPECTED[name]["implementation"]
-
-
-def chains(report, rule=None):
-    return [c for f in report.functions for c in f.chains if rule is None or c.rule == rule]
 
 
 # -- what the rewrite leaves ------------------------------------------------------------------------------------
@@ -144,24 +140,6 @@ def dead_ops(p):
         if not new:
             return [(op.type, op.outputs[0].name) for op in ops if id(op) in dead]
         dead |= new
-
-
-def stored_epsilon(eps, precision):
-    """eps as the program holds it: fp16 programs round it to fp16, and a value that underflows (BERT's 1e-12)
-    becomes the smallest subnormal, 2**-24 (expected.json's note); mixed programs add eps in fp32."""
-    if precision == "fp16":
-        return max(float(np.float16(eps)), 2.0**-24)
-    return float(np.float32(eps))
-
-
-def assert_epsilon(reported, eps, precision):
-    """fp16: within one step of the fp16 grid (coremltools' rsqrt epsilon, 2**-24 on iOS15 and 1e-12 later, is
-    added to it); fp32: the stored value, plus at most an rsqrt epsilon of 1e-12."""
-    stored = stored_epsilon(eps, precision)
-    if precision == "fp16":
-        assert reported == pytest.approx(stored, abs=float(np.spacing(np.float16(stored)))), (reported, eps)
-    else:
-        assert reported == pytest.approx(stored, rel=2e-6), (reported, eps)
 
 
 def the_layer_norm(p):

@@ -1,0 +1,139 @@
+"""Proofs: how the engine convinces itself a rewrite is right before keeping it. A rule names its proof
+(`rule.proof`, rules/base.py); this module runs it, for every rule alike, and never raises for what a model holds.
+
+- ROWS: the row self-check (selfcheck.py). For rules whose chains mix values along `match.axes` only, so a few
+  independent rows at several magnitudes stand for any row count (the norms).
+- REGION: the whole chain (the ops the match covers) evaluated at its declared shape, with the program's own
+  constants - a -inf mask, a weight - and random inputs at the rule's magnitudes for every value the chain reads
+  that is not constant. The rewrite, evaluated in its declared dtypes, must equal the rule's float64 `reference`
+  (or, for a rule without one, the original chain evaluated in float64) within its dtype's tolerance. Because the
+  constants are the program's, the values a rewrite changes are the ones the proof exercises.
+- EXACT: REGION, and the rewrite evaluated in float64 must equal the original evaluated in float64 to EXACT_RTOL:
+  for rewrites of constant values that keep the arithmetic (a weight split into chunks, scaled by a power of two,
+  a constant re-encoded), where any rounding of a changed constant is a bug, whatever the tolerance would allow.
+
+Memory: every input the proof builds holds at most the rule's `operand_budget` elements (default
+selfcheck.BUDGET); a chain that needs more is left alone with the reason. Weights stored in weight files are
+read where the interpreter needs them (memory-mapped when large), and a rewrite's new weights are read from
+their sources (package/weight_writer.py) exactly as they will be written.
+"""
+
+import math
+
+import numpy as np
+
+from ..errors import MloptError
+from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
+from . import selfcheck
+from .compare import compare, tolerance_for
+from .inputs import UNKNOWN_DIM
+from .interpreter import Evaluator, InterpreterError
+from .selfcheck import READ_RTOL, UNCHECKED, CheckResult
+
+ROWS, REGION, EXACT = "rows", "region", "exact"  # the values of rules/base.py (numerics may not import rules)
+EXACT_RTOL = 1e-12  # float64 against float64: only the order of summation may differ
+
+
+def prove(view, blobs, rule, match, new_ops, seed=0):
+    """Run `rule.proof` on `match` and its replacement `new_ops`; a CheckResult, never an exception for what a
+    model file holds."""
+    proof = getattr(rule, "proof", ROWS)
+    if proof == ROWS:
+        if rule.reference is None:
+            return CheckResult(False, reason=f"the {rule.name} rule's row self-check needs its float64 reference; not rewritten")
+        return selfcheck.self_check(view, blobs, rule, match, new_ops, seed)
+    if proof not in (REGION, EXACT):
+        return CheckResult(False, reason=f"the {rule.name} rule names no known proof ({proof!r}); not rewritten")
+    with np.errstate(all="ignore"):
+        try:
+            return _region(view, blobs, rule, match, new_ops, seed, exact=proof == EXACT)
+        except MloptError:
+            raise
+        except (InterpreterError, ValueError, ArithmeticError) as e:
+            return CheckResult(False, reason=f"could not be evaluated: {e}; not rewritten")
+
+
+def region_inputs(view, match):
+    """The values the chain reads that it does not compute and that are not constant: what the proof feeds."""
+    inside = set(match.ops)
+    fed = []
+    for name in match.ops:
+        op = view.op_by_name.get(name)
+        for argument in op.inputs.values() if op is not None else ():
+            for binding in argument.arguments:
+                if binding.WhichOneof("binding") != "name":
+                    continue
+                value = binding.name
+                producer = view.producer(value)
+                if producer is not None and view.op_name(producer) in inside:
+                    continue
+                if value not in fed and not view.is_constant_expr(value):
+                    fed.append(value)
+    return fed
+
+
+def _region(view, blobs, rule, match, new_ops, seed, exact):
+    budget = rule.operand_budget or selfcheck.BUDGET
+    fed = region_inputs(view, match)
+    shapes = {}
+    for value in fed:
+        vt = view.types.get(value)
+        if vt is None or vt.WhichOneof("type") != "tensorType" or view.dtype(value) not in FLOATS:
+            kind = "no tensor" if vt is None or vt.WhichOneof("type") != "tensorType" else dtype_name(view.dtype(value))
+            return CheckResult(False, reason=f"could not be evaluated: the chain reads '{value}', {kind}, which the proof cannot feed; not rewritten")
+        shape = [d if d is not None else UNKNOWN_DIM for d in (view.dim(value, i) for i in range(view.rank(value)))]
+        if math.prod(shape) > budget:
+            return CheckResult(False, reason=(
+                f"declared size {math.prod(shape)} of '{value}' exceeds the {rule.name} rule's proof budget of {budget} "
+                f"elements; {UNCHECKED}"))
+        shapes[value] = shape
+    rng = np.random.default_rng(seed)
+    overlay = {out.name: op for op in new_ops for out in op.outputs}
+    out_dtype = NUMPY.get(view.dtype(match.output), NUMPY[match.dtype])
+    rtol, atol = tolerance_for(NUMPY[match.dtype], out_dtype)
+    operands = {name: value for name, value in match.operands.items() if value is not None}
+    wanted = [match.output, match.x, *operands.values()]
+    result = CheckResult(True)
+    for k, magnitude in enumerate(rule.magnitudes):
+        feeds = {v: (rng.standard_normal(shapes[v]) * magnitude).astype(NUMPY[view.dtype(v)]) for v in fed}
+        values = Evaluator(view, blobs, float_dtype=np.float64).evaluate(wanted, feeds)
+        original64 = values[match.output]
+        known = {name: values[value] for name, value in operands.items()}
+        if rule.reference is not None:
+            as_read = rule.as_read(match, values[match.x], known)
+            if as_read is not None:
+                read = compare(original64, as_read, rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read))
+                if not read.passed:
+                    return CheckResult(False, reason=(
+                        f"mlopt misread this chain: in float64 it differs from the matched {rule.title} by "
+                        f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"))
+            truth = rule.reference(values[match.x], known, match.axes, match.params)
+        else:
+            truth = original64
+        new = Evaluator(view, blobs, overlay=overlay).evaluate([match.output], feeds)[match.output]
+        old = Evaluator(view, blobs).evaluate([match.output], feeds)[match.output]
+        new_diff = compare(new, truth, rtol=rtol, atol=atol)
+        result.error = max(result.error, _worst(new_diff))
+        result.original_error = max(result.original_error, _worst(compare(old, truth, rtol=rtol, atol=atol)))
+        if not new_diff.passed and result.passed:
+            result.passed, result.reason = False, (
+                f"proof failed: the rewrite differs from the {rule.title} chain by {_worst(new_diff):.2g} (relative) "
+                f"at input magnitude {magnitude:g}; rolled back")
+        if exact and result.passed:
+            new64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate([match.output], feeds)[match.output]
+            same = compare(new64, original64, rtol=EXACT_RTOL, atol=0.0)
+            if not same.passed:
+                result.passed, result.reason = False, (
+                    f"exact proof failed: in float64 the rewrite differs from the original by {_worst(same):.2g} "
+                    f"(relative) at input magnitude {magnitude:g}: the constants it changed do not hold the same "
+                    f"values; rolled back")
+    return result
+
+
+def _worst(difference):
+    return difference.max_rel if difference.mismatched_nonfinite == 0 else float("inf")
+
+
+def _scale(values):
+    finite = np.isfinite(values)
+    return float(np.abs(values[finite]).max()) if finite.any() else 1.0
