@@ -45,7 +45,7 @@ def main(names):
     logging.getLogger("coremltools").setLevel(logging.CRITICAL)  # its fp16 I/O notes and the pass's own error
     import make_coreml_norm_fixtures as make
     from mlopt.errors import BadInputError, CannotVerify
-    from mlopt.verify import verify_packages
+    from mlopt.analyses.verify import verify_packages
 
     print("| fixture | mlopt expects | coremltools' ops | coremltools vs the chain (mlopt verify) |")
     print("|---|---|---|---|")

@@ -21,7 +21,7 @@ from bench_large import build  # noqa: E402
 from broken_rewrites import BROKEN, edited  # noqa: E402
 from mlopt import optimize_package  # noqa: E402
 from mlopt.errors import CannotVerify  # noqa: E402
-from mlopt.verify import verify_packages  # noqa: E402
+from mlopt.analyses.verify import verify_packages  # noqa: E402
 
 SEEDS = range(4)
 

@@ -144,8 +144,8 @@ def written_packages_load_in_coremltools(request, monkeypatch):
     written = []
     commit = PackageWriter.commit
 
-    def recording_commit(self, spec):
-        methods = commit(self, spec)
+    def recording_commit(self, *args, **kwargs):
+        methods = commit(self, *args, **kwargs)
         written.append(self.dest.path)
         return methods
 

@@ -199,12 +199,13 @@ class _OverlayReader:
         self._new = new_blobs
         self._base = new_blobs.reader
 
-    def read(self, file_name, offset, np_dtype, shape, copy=False):
+    def read(self, file_name, offset, np_dtype, shape, copy=False, widen_to=None):
         if (file_name, offset) in self._new.blobs:
             blob = self._new.blobs[(file_name, offset)]
             stored = BLOB_DTYPES.get(blob.code)
-            return self._new.value(file_name, offset, stored if stored is not None else np_dtype, shape)
-        return self._base.read(file_name, offset, np_dtype, shape, copy=copy)
+            value = self._new.value(file_name, offset, stored if stored is not None else np_dtype, shape)
+            return value if widen_to is None else value.astype(widen_to)
+        return self._base.read(file_name, offset, np_dtype, shape, copy=copy, widen_to=widen_to)
 
     def read_window(self, file_name, offset, np_dtype, shape, start, count):
         if (file_name, offset) in self._new.blobs:
