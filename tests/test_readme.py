@@ -1,0 +1,64 @@
+"""README's tour quotes real output: each quoted block must be what the command prints today."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+README_OUT = "/tmp/decoder_ane.mlpackage"  # where README's first command writes
+
+
+def plain_blocks():
+    """README's ``` blocks without a language: the outputs it quotes."""
+    blocks, current, language = [], None, ""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        for line in f.read().splitlines():
+            if line.startswith("```") and current is None:
+                current, language = [], line[3:]
+            elif line == "```":
+                if not language:
+                    blocks.append("\n".join(current))
+                current = None
+            elif current is not None:
+                current.append(line)
+    return blocks
+
+
+def quoted_blocks():
+    """The quoted outputs that start with their command line, by that line (up to its parenthesis)."""
+    return {block.splitlines()[0].split(" (")[0]: block for block in plain_blocks() if block.startswith("mlopt ")}
+
+
+def mlopt(*argv):
+    result = subprocess.run([sys.executable, "-m", "mlopt", *argv], cwd=ROOT, capture_output=True, text=True)
+    return result.returncode, result.stdout
+
+
+def test_the_tour_quotes_what_the_commands_print(tmp_path):
+    blocks = quoted_blocks()
+    out = str(tmp_path / "decoder_ane.mlpackage")
+    optimize_key = "mlopt optimize fixtures/decoder_fp16_ios17.mlpackage"
+    code, printed = mlopt("optimize", "fixtures/decoder_fp16_ios17.mlpackage", out, "--force")
+    assert code == 0
+    quoted = blocks[optimize_key].replace(README_OUT, out)
+    # the copy method is the file system's (clonefile on APFS, copy_file_range on Linux): the line names it
+    strip = lambda text: re.sub(r"copied byte for byte: [a-z_]+\)", "copied byte for byte: METHOD)", text)
+    assert strip(printed.rstrip("\n")) == strip(quoted)
+
+    verify_key = f"mlopt verify fixtures/decoder_fp16_ios17.mlpackage {README_OUT}"
+    code, printed = mlopt("verify", "fixtures/decoder_fp16_ios17.mlpackage", out)
+    assert code == 0 and printed.rstrip("\n") == blocks[verify_key].replace(README_OUT, out)
+
+    lint_key = "mlopt lint fixtures/lint/wide_linear_fp16_ios17.mlpackage"
+    code, printed = mlopt("lint", "fixtures/lint/wide_linear_fp16_ios17.mlpackage")
+    assert code == 1 and printed.rstrip("\n") == blocks[lint_key]
+
+
+def test_the_inspect_excerpt_is_the_start_of_what_inspect_prints():
+    excerpt = next(b for b in plain_blocks() if b.startswith("function main (CoreML7): 7 candidate chains"))
+    code, printed = mlopt("inspect", "fixtures/near_misses_fp16_ios17.mlpackage")
+    assert code == 0
+    head = excerpt.split("\n  ...")[0]
+    assert printed.split("\n", 1)[1].startswith(head)
