@@ -17,9 +17,9 @@ name, so importing one never replaces a function on the package.
 from ._version import __version__
 from .errors import BadInputError, CannotVerify, MloptError, OutputError
 
-_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report", "convert": "coreml"}
+_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report", "convert": "coreml", "audit": "analyses.audit"}
 __all__ = [
-    "__version__", "convert", "optimize", "optimize_package", "Report",
+    "__version__", "audit", "convert", "optimize", "optimize_package", "Report",
     "BadInputError", "CannotVerify", "MloptError", "OutputError",
 ]
 

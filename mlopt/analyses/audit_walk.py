@@ -1,0 +1,215 @@
+"""One walk over a function, two (or three) runs side by side: the device's fp16 arithmetic and float64.
+
+The runs step through the same program in lockstep (`Evaluator.steps`), so each op output is measured once,
+while both values are held, and dropped after its last use as in any streaming run: memory follows the working
+set, not the model.
+- device: every value in its declared dtype, fp16 rounded after every op (the interpreter's semantics), fp16
+  operands of reductions, norms, softmax and matrix products accumulated per `--accumulate`; with
+  `--subnormals flush`, every fp16 subnormal an op outputs is set to zero (sign kept) before any op reads it.
+- exact: every float value in float64 from the same stored constants and the same inputs, casts included.
+- kept (only with flush, and only where the function has fp16 values): the device run without the flush, to tell
+  whether a flush changed a result.
+
+Runtime findings, each at the op where it starts (an op whose inputs already carried the problem is not named
+again):
+- overflow: an fp16 output whose float64 peak is beyond 65504, or that the device holds as inf where float64 is
+  finite, while no fp16 input of the op was over.
+- nonfinite: the first op output (program order) with NaN/inf where float64 has none, unless that op is already an
+  overflow finding; and the first NaN if it appears later.
+- precision: the first fp16 output whose error against float64 passes PRECISION (verify's fp16 tolerance) while
+  every float input was within it and the op multiplied the worst input error by JUMP or more.
+- underflow: where a flushed value changes a result: the first op whose flushed and kept values differ by more
+  than PRECISION while its inputs did not; the finding names the nearest op upstream (or itself) that flushed.
+fp32 outputs are measured (their rows tell how they would fare in fp16) but raise no runtime finding: the program
+declares them fp32.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
+from ..graph.spec_graph import op_name
+from ..numerics.compare import TOLERANCES, compare
+from ..numerics.interpreter import Evaluator
+from .audit_report import FP16_MAX, Finding, OpRow, headroom
+
+FP16_MIN_NORMAL = 2.0**-14  # ~6.1e-5, IEEE 754 binary16: below it (and above 0) a value is subnormal
+PRECISION = TOLERANCES[np.dtype(np.float16)][0]  # 1e-2: the relative error `verify` tolerates for an fp16 model
+JUMP = 4  # an op that multiplies its inputs' worst error by this much, past PRECISION, is where precision is lost
+
+
+@dataclass
+class WalkResult:
+    rows: list = field(default_factory=list)
+    findings: list = field(default_factory=list)
+    first_nonfinite: str = None
+    outputs: dict = field(default_factory=dict)  # the device run's function outputs
+
+
+@dataclass
+class _State:
+    """What the walk remembers of each value it measured (a few numbers; the arrays go)."""
+
+    over: set = field(default_factory=set)  # fp16 values whose float64 peak is beyond 65504
+    blown: set = field(default_factory=set)  # values the device holds as NaN/inf where float64 is finite
+    error: dict = field(default_factory=dict)  # value -> error against float64
+    diverged: set = field(default_factory=set)  # values whose flushed and kept device values differ
+    flushed: dict = field(default_factory=dict)  # value -> share flushed (> 0 only)
+    first_nan: str = None
+
+
+def walk(view, blobs, feeds, flush=True):
+    """Run `view` (a SpecGraph of one function) on `feeds` as the device and in float64; rows and findings."""
+    result, state = WalkResult(), _State()
+    keep = list(view.main.outputs)
+    computes_fp16 = any(t.WhichOneof("type") == "tensorType" and t.tensorType.dataType == FLOAT16 for t in view.types.values())
+    runs = [Evaluator(view, blobs).steps(feeds, keep), Evaluator(view, blobs, float_dtype=np.float64).steps(feeds, keep)]
+    if flush and computes_fp16:
+        runs.append(Evaluator(view, blobs).steps(feeds, keep))
+    denv = None
+    for (op, denv), (_, xenv), *kept in zip(*runs):
+        if op.type == "const":
+            continue
+        position = view.position(op)
+        kenv = kept[0][1] if kept else None
+        for out in op.outputs:
+            if out.type.WhichOneof("type") != "tensorType" or out.type.tensorType.dataType not in FLOATS:
+                continue
+            device = denv.get(out.name)
+            if not isinstance(device, np.ndarray) or device.dtype.kind != "f":
+                continue
+            share = 0.0
+            if flush and device.dtype == np.float16:
+                device, share = _flushed(device)
+                denv[out.name] = device
+            row = _measure(view.name, op, out, device, xenv[out.name], share)
+            result.rows.append(row)
+            _judge(view, op, out.name, row, position, state, result, device, xenv[out.name],
+                   None if kenv is None else kenv.get(out.name))
+    if denv is not None:
+        result.outputs = {name: denv[name] for name in keep if name in denv}
+    return result
+
+
+def _flushed(values):
+    """`values` (fp16) with every subnormal set to zero, sign kept; and the share of elements that were."""
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(values)
+        subnormal = (magnitude < FP16_MIN_NORMAL) & (magnitude > 0)
+    count = int(np.count_nonzero(subnormal))
+    if not count:
+        return values, 0.0
+    return np.where(subnormal, values * np.float16(0), values), count / values.size
+
+
+def _peak(values):
+    with np.errstate(all="ignore"):
+        magnitude = np.abs(values)
+        finite = magnitude[np.isfinite(magnitude)]
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _measure(function, op, out, device, exact, share):
+    with np.errstate(all="ignore"):
+        nan = int(np.count_nonzero(np.isnan(device)))
+        inf = int(np.count_nonzero(np.isinf(device)))
+    peak = _peak(exact)
+    difference = compare(device, exact)
+    error = math.inf if difference.mismatched_nonfinite else difference.max_rel
+    return OpRow(function, out.name, op.type, dtype_name(out.type.tensorType.dataType), peak, _peak(device),
+                 headroom(peak), inf, nan, share, error)
+
+
+def _judge(view, op, name, row, position, state, result, device, exact, kept):
+    inputs = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
+    fp16 = row.dtype == "fp16"
+    with np.errstate(all="ignore"):
+        new_nonfinite = int(np.count_nonzero(~np.isfinite(device) & np.isfinite(exact))) if row.inf + row.nan else 0
+        new_nan = int(np.count_nonzero(np.isnan(device) & ~np.isnan(exact))) if row.nan else 0
+    fresh = not any(i in state.blown for i in inputs)
+    overflowed = False
+    if fp16 and row.peak_abs_fp64 > FP16_MAX:
+        state.over.add(name)
+        if not any(i in state.over for i in inputs):
+            overflowed = True
+            shows = f"; the device holds {row.inf} inf" if row.inf else ""
+            result.findings.append(Finding("overflow", name, op.type, (
+                f"float64 peak {row.peak_abs_fp64:.3g} is beyond fp16's largest finite value 65504 "
+                f"({-row.headroom_bits:.1f} bits over){shows}"), view.name, position))
+    if new_nonfinite:
+        state.blown.add(name)
+        if fp16 and not overflowed and row.inf and fresh and not any(i in state.over for i in inputs):
+            overflowed = True
+            result.findings.append(Finding("overflow", name, op.type, (
+                f"the device holds {row.inf} inf where float64 stays finite (float64 peak {row.peak_abs_fp64:.3g})"),
+                view.name, position))
+        named = overflowed
+        if result.first_nonfinite is None:
+            result.first_nonfinite = name
+            if not named:
+                named = True
+                what = f"{new_nan} NaN" if new_nan else f"{new_nonfinite} inf"
+                result.findings.append(Finding("nonfinite", name, op.type, (
+                    f"first op output with NaN/inf where float64 has none: {what} of {device.size} elements"),
+                    view.name, position))
+        if new_nan and state.first_nan is None:
+            state.first_nan = name
+            if not named:
+                result.findings.append(Finding("nonfinite", name, op.type, (
+                    f"NaN first appears here: {new_nan} of {device.size} elements where float64 has none; every "
+                    f"value computed from them is NaN"), view.name, position))
+    state.error[name] = row.error
+    if fp16 and math.isfinite(row.error) and row.error > PRECISION and not any(f.kind == "precision" for f in result.findings):
+        worst = max((state.error.get(i, 0.0) for i in inputs), default=0.0)
+        if worst <= PRECISION and row.error >= JUMP * worst:
+            result.findings.append(Finding("precision", name, op.type, (
+                f"error against float64 jumps to {row.error:.2g} (inputs within {worst:.2g}; an fp16 model is held "
+                f"to {PRECISION:g})"), view.name, position))
+    if row.flushed:
+        state.flushed[name] = row.flushed
+    if kept is not None:
+        _flush_effect(view, op, name, inputs, device, kept, state, result, position)
+
+
+def _flush_effect(view, op, name, inputs, device, kept, state, result, position):
+    """Mark `name` diverged if its flushed and kept values differ beyond PRECISION; at the first op where that
+    happens with undiverged inputs, name the nearest op upstream that flushed values as an underflow finding."""
+    difference = compare(device, kept)
+    if not difference.mismatched_nonfinite and difference.max_rel <= PRECISION:
+        return
+    state.diverged.add(name)
+    if any(i in state.diverged for i in inputs):
+        return
+    culprit = _nearest_flush(view, name, state.flushed)
+    if culprit is None or any(f.kind == "underflow" and f.op == culprit for f in result.findings):
+        return
+    culprit_op = view.producer(culprit)
+    change = "NaN/inf" if difference.mismatched_nonfinite else f"max rel {difference.max_rel:.2g}"
+    where = "its own output" if culprit == name else f"'{name}' ({op.type})"
+    result.findings.append(Finding("underflow", culprit, culprit_op.type, (
+        f"{state.flushed[culprit]:.2%} of its values are fp16 subnormals, flushed to zero; kept, {where} would "
+        f"differ ({change}): the flush changes the result"), view.name, view.position(culprit_op)))
+
+
+def _nearest_flush(view, name, flushed):
+    """The value nearest upstream of `name` (itself first, breadth first) whose device run flushed subnormals."""
+    frontier, seen = [name], {name}
+    while frontier:
+        for value in frontier:
+            if value in flushed:
+                return value
+        following = []
+        for value in frontier:
+            op = view.producer(value)
+            if op is None:
+                continue
+            for arg in op.inputs.values():
+                for b in arg.arguments:
+                    if b.WhichOneof("binding") == "name" and b.name not in seen:
+                        seen.add(b.name)
+                        following.append(b.name)
+        frontier = following
+    return None
+
