@@ -15,11 +15,13 @@ again):
 - overflow: an fp16 output whose float64 peak is beyond 65504, or that the device holds as inf where float64 is
   finite, while no fp16 input of the op was over.
 - nonfinite: the first op output (program order) with NaN/inf where float64 has none, unless that op is already an
-  overflow finding; and the first NaN if it appears later.
+  overflow finding; and the first NaN if it appears later. An inf that a flushed zero caused (1/0) is no
+  overflow: it is non-finite, and the flush an underflow finding.
 - precision: the first fp16 output whose error against float64 passes PRECISION (verify's fp16 tolerance) while
   every float input was within it and the op multiplied the worst input error by JUMP or more.
-- underflow: where a flushed value changes a result: the first op whose flushed and kept values differ by more
-  than PRECISION while its inputs did not; the finding names the nearest op upstream (or itself) that flushed.
+- underflow: a flush that changes a function output: where the flushed and kept runs part (by more than
+  PRECISION) on the way to an output that differs, the finding names the nearest op upstream (or that op) whose
+  output was flushed.
 fp32 outputs are measured (their rows tell how they would fare in fp16) but raise no runtime finding: the program
 declares them fp32.
 """
@@ -55,7 +57,8 @@ class _State:
     over: set = field(default_factory=set)  # fp16 values whose float64 peak is beyond 65504
     blown: set = field(default_factory=set)  # values the device holds as NaN/inf where float64 is finite
     error: dict = field(default_factory=dict)  # value -> error against float64
-    diverged: set = field(default_factory=set)  # values whose flushed and kept device values differ
+    origins: dict = field(default_factory=dict)  # value whose flushed and kept device runs differ -> where that began
+    change: dict = field(default_factory=dict)  # such a value -> how much they differ
     flushed: dict = field(default_factory=dict)  # value -> share flushed (> 0 only)
     first_nan: str = None
 
@@ -88,6 +91,7 @@ def walk(view, blobs, feeds, flush=True):
             result.rows.append(row)
             _judge(view, op, out.name, row, position, state, result, device, xenv[out.name],
                    None if kenv is None else kenv.get(out.name))
+    _underflow_findings(view, state, result)
     if denv is not None:
         result.outputs = {name: denv[name] for name in keep if name in denv}
     return result
@@ -101,7 +105,9 @@ def _flushed(values):
     count = int(np.count_nonzero(subnormal))
     if not count:
         return values, 0.0
-    return np.where(subnormal, values * np.float16(0), values), count / values.size
+    flushed = values.copy()
+    flushed[subnormal] = np.copysign(np.float16(0), values[subnormal])
+    return flushed, count / values.size
 
 
 def _peak(values):
@@ -140,7 +146,8 @@ def _judge(view, op, name, row, position, state, result, device, exact, kept):
                 f"({-row.headroom_bits:.1f} bits over){shows}"), view.name, position))
     if new_nonfinite:
         state.blown.add(name)
-        if fp16 and not overflowed and row.inf and fresh and not any(i in state.over for i in inputs):
+        flushed_in = any(i in state.origins for i in inputs)  # a flushed 0 divided: not an overflow
+        if fp16 and not overflowed and row.inf and fresh and not flushed_in and not any(i in state.over for i in inputs):
             overflowed = True
             result.findings.append(Finding("overflow", name, op.type, (
                 f"the device holds {row.inf} inf where float64 stays finite (float64 peak {row.peak_abs_fp64:.3g})"),
@@ -161,7 +168,8 @@ def _judge(view, op, name, row, position, state, result, device, exact, kept):
                     f"NaN first appears here: {new_nan} of {device.size} elements where float64 has none; every "
                     f"value computed from them is NaN"), view.name, position))
     state.error[name] = row.error
-    if fp16 and math.isfinite(row.error) and row.error > PRECISION and not any(f.kind == "precision" for f in result.findings):
+    flush_caused = row.flushed > 0 or any(i in state.origins for i in inputs)  # an underflow, judged on its own
+    if fp16 and not flush_caused and math.isfinite(row.error) and row.error > PRECISION and not any(f.kind == "precision" for f in result.findings):
         worst = max((state.error.get(i, 0.0) for i in inputs), default=0.0)
         if worst <= PRECISION and row.error >= JUMP * worst:
             result.findings.append(Finding("precision", name, op.type, (
@@ -170,27 +178,35 @@ def _judge(view, op, name, row, position, state, result, device, exact, kept):
     if row.flushed:
         state.flushed[name] = row.flushed
     if kept is not None:
-        _flush_effect(view, op, name, inputs, device, kept, state, result, position)
+        _flush_effect(name, inputs, device, kept, state)
 
 
-def _flush_effect(view, op, name, inputs, device, kept, state, result, position):
-    """Mark `name` diverged if its flushed and kept values differ beyond PRECISION; at the first op where that
-    happens with undiverged inputs, name the nearest op upstream that flushed values as an underflow finding."""
+def _flush_effect(name, inputs, device, kept, state):
+    """Track where the flushed and kept device runs part: a value whose two runs differ beyond PRECISION
+    remembers the ops where the difference started (an op that differs while none of its inputs did)."""
     difference = compare(device, kept)
     if not difference.mismatched_nonfinite and difference.max_rel <= PRECISION:
         return
-    state.diverged.add(name)
-    if any(i in state.diverged for i in inputs):
-        return
-    culprit = _nearest_flush(view, name, state.flushed)
-    if culprit is None or any(f.kind == "underflow" and f.op == culprit for f in result.findings):
-        return
-    culprit_op = view.producer(culprit)
-    change = "NaN/inf" if difference.mismatched_nonfinite else f"max rel {difference.max_rel:.2g}"
-    where = "its own output" if culprit == name else f"'{name}' ({op.type})"
-    result.findings.append(Finding("underflow", culprit, culprit_op.type, (
-        f"{state.flushed[culprit]:.2%} of its values are fp16 subnormals, flushed to zero; kept, {where} would "
-        f"differ ({change}): the flush changes the result"), view.name, view.position(culprit_op)))
+    origins = set().union(*(state.origins[i] for i in inputs if i in state.origins))
+    state.origins[name] = origins or {name}
+    state.change[name] = "NaN/inf" if difference.mismatched_nonfinite else f"max rel {difference.max_rel:.2g}"
+
+
+def _underflow_findings(view, state, result):
+    """One underflow finding per op whose flush changes a function output: named at the nearest op upstream of
+    (or at) where the runs part that flushed values."""
+    named = set()
+    for out in view.main.outputs:
+        for origin in sorted(state.origins.get(out, ()), key=lambda v: view.position(view.producer(v))):
+            culprit = _nearest_flush(view, origin, state.flushed)
+            if culprit is None or culprit in named:
+                continue
+            named.add(culprit)
+            op = view.producer(culprit)
+            result.findings.append(Finding("underflow", culprit, op.type, (
+                f"{state.flushed[culprit]:.2%} of its values are fp16 subnormals, flushed to zero; kept, the output "
+                f"'{out}' would differ ({state.change[out]}): the flush changes the result"),
+                view.name, view.position(op)))
 
 
 def _nearest_flush(view, name, flushed):

@@ -58,11 +58,11 @@ def _read(value, blobs):
 
 
 def _fp16_problem(array):
-    bits = np.ascontiguousarray(array, np.float16).view(np.uint16)
-    special = (bits & 0x7C00) == 0x7C00  # exponent all ones: inf or NaN, without converting the array
+    flat = np.ascontiguousarray(array, np.float16).reshape(-1)
+    special = (flat.view(np.uint16) & 0x7C00) == 0x7C00  # exponent all ones: inf or NaN, without converting
     if not special.any():
         return None
-    values = np.asarray(array, np.float16)[special]
+    values = flat[special]
     nan, pos, neg = int(np.isnan(values).sum()), int((values == np.inf).sum()), int((values == -np.inf).sum())
     parts = [f"{n} {label}" for n, label in ((neg, "-inf"), (pos, "+inf"), (nan, "NaN")) if n]
     held = ", ".join(parts)
@@ -83,9 +83,11 @@ def _fp32_problem(array, cast):
         extreme = float(a.reshape(-1)[np.argmax(np.abs(a))])
     count = int(np.sum(np.abs(a) > FP16_MAX))
     what = "float32's minimum" if extreme == F32_MIN else "float32's maximum" if extreme == -F32_MIN else f"{extreme:g}"
-    becomes = "-inf" if extreme < 0 else "inf"
-    return (f"fp32 constant holds {count} value{'s' * (count != 1)} beyond fp16's range +-65504 (as far as {what}); "
-            f"cast to fp16 at '{cast}' {'it becomes' if count == 1 else 'they become'} +-inf ({what} becomes {becomes})")
+    with np.errstate(all="ignore"):
+        beyond = a[np.abs(a) > FP16_MAX]
+    becomes = "-inf" if np.all(beyond < 0) else "inf" if np.all(beyond > 0) else "+-inf"
+    return (f"fp32 constant holds {count} value{'s' * (count != 1)} beyond fp16's range +-65504 (up to {what}); "
+            f"cast to fp16 at '{cast}' {'it becomes' if count == 1 else 'they become'} {becomes}")
 
 
 def _fp16_cast_of(view, value):
