@@ -286,3 +286,26 @@ def test_memory_stays_bounded_a_run_past_the_budget_cannot_be_audited(capsys, mo
     code, _, err = cli(capsys, "audit", fixture_path("hf_fp16_ios17"))
     assert code == 3 and err.startswith(f"mlopt: error: {fixture_path('hf_fp16_ios17')}: cannot be audited: function 'main': op ")
     assert "more than the interpreter's budget of 256" in err
+
+
+def test_optimize_audit_reports_headroom_before_and_after(capsys, tmp_path):
+    """The RMSNorm rewrite removes the x^2 overflows of the Gemma fixture; its residual stream still overflows."""
+    out = tmp_path / "out.mlpackage"
+    code, text, _ = cli(capsys, "optimize", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), out, "--audit", "--json")
+    doc = json.loads(text)
+    assert code == 0 and errors(doc, SCHEMA) == []
+    before, after = doc["audit"]["before"], doc["audit"]["after"]
+    assert before["findings"] == [f.to_dict() for f in audit_package(os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage")).sorted_findings()]
+    assert any(f["op_type"] == "pow" and f["kind"] == "overflow" for f in before["findings"])
+    assert not any(f["op_type"] == "pow" for f in after["findings"])
+    assert [f["op_type"] for f in after["findings"] if f["kind"] == "overflow"] == ["add"]
+    assert before["min_headroom_bits"] < after["min_headroom_bits"] < 0
+    code, text, _ = cli(capsys, "optimize", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), out, "--force", "--audit")
+    lines = text.splitlines()
+    at = lines.index("  fp16 audit (mlopt audit, same inputs):")
+    assert lines[at + 1].startswith("    before 5 findings: overflow at ") and lines[at + 2].startswith("    after  2 findings: overflow at ")
+
+
+def test_optimize_audit_needs_a_written_output(capsys):
+    code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--audit")
+    assert code == 2 and err == f"mlopt: error: {fixture_path('hf_fp16_ios17')}: --audit audits the output written: it cannot be combined with --dry-run\n"

@@ -63,6 +63,11 @@ def audit(model_or_path, inputs=None, seed=0, scale=1.0, function=None, top=10, 
     return audit_package(path, inputs, seed, scale, function, top, accumulate, subnormals)
 
 
+def headroom_change(in_path, out_path, **options):
+    """`optimize --audit`: both packages audited on the same inputs; {"before": summary, "after": summary}."""
+    return {"before": audit_package(in_path, **options).summary(), "after": audit_package(out_path, **options).summary()}
+
+
 def _check_arguments(seed, scale, top, accumulate, subnormals):
     if accumulate not in ACCUMULATE:
         raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")

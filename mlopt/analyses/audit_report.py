@@ -121,6 +121,13 @@ class AuditReport:
             lines += _table(rows, multi=len(self.functions) > 1)
         return lines_text(lines)
 
+    def summary(self):
+        """The short form `optimize --audit` reports for each side: verdict numbers and the findings."""
+        least = self.least_headroom(1)
+        return dict(model=self.model, passed=self.passed, findings=[f.to_dict() for f in self.sorted_findings()],
+                    first_nonfinite=self.first_nonfinite, peak_abs_fp64=self.peak_abs_fp64,
+                    min_headroom_bits=self.min_headroom_bits, least_headroom_op=least[0].op if least else None)
+
     def to_dict(self):
         from ..report import SCHEMA, json_safe
 
