@@ -86,7 +86,12 @@ def _audit_function(report, package, blobs, name, given, inputs_path):
     check_declared_sizes(package.path, view, command="audit")
     report.findings += static_hazards(view, blobs)
     feeds, notes = function_feeds(package.path, package.spec, name, view, report.seed, report.scale, given, inputs_path, command="audit")
-    report.notes += notes or [f"function '{name}': every input a float drawn from N(0, {report.scale:g}^2), seed {report.seed}"]
+    described = {i for i in feeds if any(note.startswith(f"function '{name}' input '{i}':") for note in notes)}
+    drawn = [i for i in feeds if i not in described]  # floats drawn with --scale: random_inputs says nothing of them
+    if drawn:
+        listed = ", ".join(f"'{i}'" for i in drawn)
+        notes.append(f"function '{name}' input{'s' * (len(drawn) != 1)} {listed}: floats drawn from N(0, {report.scale:g}^2), seed {report.seed}")
+    report.notes += notes
     try:
         result = walk(view, blobs, feeds, flush=report.subnormals == "flush")
     except InterpreterError as e:

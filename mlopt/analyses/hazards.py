@@ -1,6 +1,7 @@
 """Static fp16 hazards: what a program's stored constants do to an fp16 device, found without running anything.
 
-- An fp16 constant holding inf or NaN. Converting at FLOAT16 precision stores a mask sentinel (float32's minimum,
+- An fp16 constant holding inf or NaN, unless it is only a bound that changes nothing (clip's beta = inf, the
+  `clamp(min=eps)` of OpenELM's fp16 RMSNorm workaround). Converting at FLOAT16 precision stores a mask sentinel (float32's minimum,
   -1e9, -inf) as fp16 -inf: fp16 cannot hold a finite value beyond +-65504 (IEEE 754 binary16). A softmax row
   that such a mask covers entirely computes -inf - (-inf) = NaN, and -inf * 0 is NaN (IEEE 754), where the fp32
   model gave a finite answer (apple/coremltools pull request #2669; huggingface/transformers pull request 17306).
@@ -36,7 +37,7 @@ def static_hazards(view, blobs):
             continue
         name = op.outputs[0].name
         if dtype == FLOAT16:
-            detail = _fp16_problem(array)
+            detail = None if _only_bounds(view, name, array) else _fp16_problem(array)
         else:
             cast = _fp16_cast_of(view, name) if _beyond_fp16(array) else None
             detail = _fp32_problem(array, cast) if cast else None
@@ -70,6 +71,26 @@ def _fp16_problem(array):
         return f"fp16 constant holds {held}: every value computed from those elements is NaN on the device"
     return (f"fp16 constant holds {held} (a mask sentinel such as float32's minimum, -1e9 or -inf becomes -inf in "
             f"fp16): a softmax row it masks entirely gives NaN (-inf - -inf), and -inf * 0 is NaN")
+
+
+def _only_bounds(view, name, array):
+    """True if every use of the constant is a bound that leaves values alone: `clip`'s alpha/beta (torch's
+    clamp(min=eps) converts to clip(beta=inf)), `maximum` with -inf, `minimum` with +inf. Such an inf computes
+    nothing."""
+    values = np.asarray(array, np.float16)
+    if np.isnan(values).any():
+        return False
+    uses = view.consumers(name)
+    for use in uses:
+        op = use.op
+        if op is None:
+            return False
+        if op.type == "clip" and use.param in ("alpha", "beta"):
+            continue
+        if op.type == "maximum" and np.all(values == -np.inf) or op.type == "minimum" and np.all(values == np.inf):
+            continue
+        return False
+    return bool(uses)
 
 
 def _beyond_fp16(array):
