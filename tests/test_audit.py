@@ -310,3 +310,11 @@ def test_optimize_audit_reports_headroom_before_and_after(capsys, tmp_path):
 def test_optimize_audit_needs_a_written_output(capsys):
     code, _, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--audit")
     assert code == 2 and err == f"mlopt: error: {fixture_path('hf_fp16_ios17')}: --audit audits the output written: it cannot be combined with --dry-run\n"
+
+
+def test_a_program_computing_in_fp32_only_is_not_called_fp16_safe(capsys):
+    code, out, _ = cli(capsys, "audit", fixture_path("real/decoder_llama_fp32_ios15"), "--top", "1")
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.startswith(f"{fixture_path('real/decoder_llama_fp32_ios15')}: no finding; it computes in fp32 only (in fp16, its least headroom would be ")
+    assert "fp16-safe" not in first

@@ -86,6 +86,9 @@ class AuditReport:
         return sorted(self.findings, key=lambda f: (self.functions.index(f.function) if f.function in self.functions else 0, f.position))
 
     def verdict(self):
+        if not self.findings and self.rows and not any(r.dtype == "fp16" for r in self.rows):
+            return (f"{self.model}: no finding; it computes in fp32 only (in fp16, its least headroom would be "
+                    f"{_bits(self.min_headroom_bits)})")
         if not self.findings:
             return f"{self.model}: fp16-safe (no finding in {len(self.rows)} op outputs; least headroom {_bits(self.min_headroom_bits)})"
         counts = {}
