@@ -13,8 +13,6 @@ report says which one departs from the mathematics, and where the reference firs
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .errors import BadInputError, CannotVerify
 from .graph import SpecGraph
 from .graph.dtypes import FLOAT16, FLOAT32, NUMPY
@@ -22,7 +20,7 @@ from .numerics.compare import compare, tolerance_for
 from .numerics.diagnose import explain, identical_function
 from .numerics.feeds import check_declared_sizes, function_feeds, load_npz
 from .numerics.interpreter import InterpreterError, run_function
-from .numerics.ops.registry import accumulating
+from .numerics.ops.registry import ACCUMULATE, accumulating
 from .numerics.weights import check_blob_references
 from .package import read_package
 
@@ -84,9 +82,6 @@ class VerifyReport:
                  scale=self.scale, accumulate=self.accumulate, passed=self.passed, notes=self.notes,
                  checks=[c.__dict__ for c in self.checks])
         )
-
-
-ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
 
 
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):

@@ -19,10 +19,9 @@ from ..errors import BadInputError, CannotVerify
 from ..graph import SpecGraph
 from ..numerics.feeds import check_declared_sizes, function_feeds, load_npz
 from ..numerics.interpreter import InterpreterError
-from ..numerics.ops.registry import accumulating
+from ..numerics.ops.registry import ACCUMULATE, accumulating
 from ..numerics.weights import check_blob_references
 from ..package import read_package
-from ..verify import ACCUMULATE
 from .audit_report import AuditReport
 from .audit_walk import walk
 from .hazards import static_hazards
@@ -89,7 +88,7 @@ def _audit_function(report, package, blobs, name, given, inputs_path):
     described = {i for i in feeds if any(note.startswith(f"function '{name}' input '{i}':") for note in notes)}
     drawn = [i for i in feeds if i not in described]  # floats drawn with --scale: random_inputs says nothing of them
     if drawn:
-        listed = ", ".join(f"'{i}'" for i in drawn)
+        listed = ", ".join(f"'{i}' {list(feeds[i].shape)}" for i in drawn)
         notes.append(f"function '{name}' input{'s' * (len(drawn) != 1)} {listed}: floats drawn from N(0, {report.scale:g}^2), seed {report.seed}")
     report.notes += notes
     try:
