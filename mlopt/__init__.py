@@ -5,7 +5,8 @@ Layers, each in its own folder: `package` (read/write .mlpackage), `graph` (vali
 its saved-spec adapter), `patterns` (matching machinery: walks across casts, traces, match statuses), `rules`
 (one module per rewrite: pattern, replacement, float64 reference; `rules/__init__.py` is the registry),
 `rewrites` (the builder contract, its protobuf builder, splicing), `numerics` (interpreter, self-check),
-`coreml` (the pymil adapter, the mb builder and the conversion-time passes), `cli` (the `mlopt` command).
+`coreml` (the pymil adapter, the mb builder and the conversion-time passes), `analyses` (read-only analyses
+of a program: `audit`), `cli` (the `mlopt` command).
 `engine.py` ties them together on a parsed spec, `verify.py` compares two packages, `api.py` holds the Python
 entry points.
 

@@ -318,3 +318,15 @@ def test_a_program_computing_in_fp32_only_is_not_called_fp16_safe(capsys):
     first = out.splitlines()[0]
     assert first.startswith(f"{fixture_path('real/decoder_llama_fp32_ios15')}: no finding; it computes in fp32 only (in fp16, its least headroom would be ")
     assert "fp16-safe" not in first
+
+
+@pytest.mark.parametrize("name", ["gemma_residual_fp16_ios17", "subnormal_rmsnorm_fp16_ios17", "mask_1e9_fp16_ios17"])
+def test_measuring_in_slices_gives_the_numbers_of_whole_tensors(monkeypatch, name):
+    """Large tensors are measured slice by slice (bounded temporaries); the rows and findings must not change."""
+    from mlopt.analyses import audit_walk
+
+    whole = audited(name)
+    monkeypatch.setattr(audit_walk, "CHUNK", 7)
+    sliced = audited(name)
+    assert [r.to_dict() for r in sliced.rows] == [r.to_dict() for r in whole.rows]
+    assert [f.to_dict() for f in sliced.sorted_findings()] == [f.to_dict() for f in whole.sorted_findings()]

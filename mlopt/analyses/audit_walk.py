@@ -33,7 +33,7 @@ import numpy as np
 
 from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
 from ..graph.spec_graph import op_name
-from ..numerics.compare import TOLERANCES, compare
+from ..numerics.compare import TOLERANCES, Difference, combine, compare
 from ..numerics.interpreter import Evaluator
 from .audit_report import FP16_MAX, Finding, OpRow, headroom
 
@@ -83,57 +83,87 @@ def walk(view, blobs, feeds, flush=True):
             device = denv.get(out.name)
             if not isinstance(device, np.ndarray) or device.dtype.kind != "f":
                 continue
-            share = 0.0
-            if flush and device.dtype == np.float16:
-                device, share = _flushed(device)
-                denv[out.name] = device
-            row = _measure(view.name, op, out, device, xenv[out.name], share)
+            kept = None if kenv is None else kenv.get(out.name)
+            device, m = _measure_all(device, xenv[out.name], kept if isinstance(kept, np.ndarray) else None, flush)
+            denv[out.name] = device
+            error = math.inf if m.error.mismatched_nonfinite else m.error.max_rel
+            row = OpRow(view.name, out.name, op.type, dtype_name(out.type.tensorType.dataType), m.peak_exact,
+                        m.peak_device, headroom(m.peak_exact), m.inf, m.nan, m.flushed / max(device.size, 1), error)
             result.rows.append(row)
-            _judge(view, op, out.name, row, position, state, result, device, xenv[out.name],
-                   None if kenv is None else kenv.get(out.name))
+            _judge(view, op, out.name, row, position, state, result, device.size, m)
     _underflow_findings(view, state, result)
     if denv is not None:
         result.outputs = {name: denv[name] for name in keep if name in denv}
     return result
 
 
-def _flushed(values):
-    """`values` (fp16) with every subnormal set to zero, sign kept; and the share of elements that were."""
+CHUNK = 1 << 22  # elements measured at once: float64 temporaries stay near 100 MB whatever a tensor holds
+
+
+@dataclass
+class _Measures:
+    """What one pass over an op output's device, float64 (and unflushed) values finds."""
+
+    flushed: int = 0
+    nan: int = 0
+    inf: int = 0
+    new_nonfinite: int = 0  # NaN/inf on the device where float64 is finite
+    new_nan: int = 0  # NaN on the device where float64 has none
+    peak_exact: float = 0.0
+    peak_device: float = 0.0
+    error: Difference = None  # device against float64, as `verify` compares
+    flush_change: Difference = None  # device (flushed) against the unflushed run
+
+
+def _measure_all(device, exact, kept, flush):
+    """Flush `device` (fp16) in place of a copy if asked, and measure it against `exact` (and `kept`), slice by
+    slice. Returns (the device values to go on with, _Measures)."""
+    m = _Measures()
+    if exact.shape != device.shape:  # one program, two runs: cannot happen unless an op implementation is wrong
+        m.error, m.new_nonfinite = compare(device, exact), 0
+        return device, m
+    owned = False  # the interpreter's arrays may be views of others: a flush writes into a copy of our own
+    d, x = device.reshape(-1), exact.reshape(-1)
+    k = kept.reshape(-1) if kept is not None and kept.shape == device.shape else None
+    errors, changes = [], []
     with np.errstate(all="ignore"):
-        magnitude = np.abs(values)
-        subnormal = (magnitude < FP16_MIN_NORMAL) & (magnitude > 0)
-    count = int(np.count_nonzero(subnormal))
-    if not count:
-        return values, 0.0
-    flushed = values.copy()
-    flushed[subnormal] = np.copysign(np.float16(0), values[subnormal])
-    return flushed, count / values.size
+        for start in range(0, max(d.size, 1), CHUNK):
+            dc, xc = d[start:start + CHUNK], x[start:start + CHUNK]
+            if flush and dc.dtype == np.float16:
+                magnitude = np.abs(dc)
+                subnormal = (magnitude < FP16_MIN_NORMAL) & (magnitude > 0)
+                count = int(np.count_nonzero(subnormal))
+                if count:
+                    if not owned:
+                        device, owned = device.copy(), True
+                        d = device.reshape(-1)
+                        dc = d[start:start + CHUNK]
+                    m.flushed += count
+                    dc[subnormal] = np.copysign(np.float16(0), dc[subnormal])
+            nan, finite_d, finite_x = np.isnan(dc), np.isfinite(dc), np.isfinite(xc)
+            m.nan += int(np.count_nonzero(nan))
+            m.inf += int(np.count_nonzero(~finite_d & ~nan))
+            m.new_nonfinite += int(np.count_nonzero(~finite_d & finite_x))
+            m.new_nan += int(np.count_nonzero(nan & ~np.isnan(xc)))
+            m.peak_exact = max(m.peak_exact, _peak(xc, finite_x))
+            m.peak_device = max(m.peak_device, _peak(dc, finite_d))
+            errors.append(compare(dc, xc))
+            if k is not None:
+                changes.append(compare(dc, k[start:start + CHUNK]))
+    m.error = combine(errors)
+    m.flush_change = combine(changes) if k is not None else None
+    return device, m
 
 
-def _peak(values):
-    with np.errstate(all="ignore"):
-        magnitude = np.abs(values)
-        finite = magnitude[np.isfinite(magnitude)]
-    return float(finite.max()) if finite.size else 0.0
+def _peak(values, finite):
+    chosen = np.abs(values[finite])
+    return float(chosen.max()) if chosen.size else 0.0
 
 
-def _measure(function, op, out, device, exact, share):
-    with np.errstate(all="ignore"):
-        nan = int(np.count_nonzero(np.isnan(device)))
-        inf = int(np.count_nonzero(np.isinf(device)))
-    peak = _peak(exact)
-    difference = compare(device, exact)
-    error = math.inf if difference.mismatched_nonfinite else difference.max_rel
-    return OpRow(function, out.name, op.type, dtype_name(out.type.tensorType.dataType), peak, _peak(device),
-                 headroom(peak), inf, nan, share, error)
-
-
-def _judge(view, op, name, row, position, state, result, device, exact, kept):
+def _judge(view, op, name, row, position, state, result, size, m):
     inputs = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
     fp16 = row.dtype == "fp16"
-    with np.errstate(all="ignore"):
-        new_nonfinite = int(np.count_nonzero(~np.isfinite(device) & np.isfinite(exact))) if row.inf + row.nan else 0
-        new_nan = int(np.count_nonzero(np.isnan(device) & ~np.isnan(exact))) if row.nan else 0
+    new_nonfinite, new_nan = m.new_nonfinite, m.new_nan
     fresh = not any(i in state.blown for i in inputs)
     overflowed = False
     if fp16 and row.peak_abs_fp64 > FP16_MAX:
@@ -159,13 +189,13 @@ def _judge(view, op, name, row, position, state, result, device, exact, kept):
                 named = True
                 what = f"{new_nan} NaN" if new_nan else f"{new_nonfinite} inf"
                 result.findings.append(Finding("nonfinite", name, op.type, (
-                    f"first op output with NaN/inf where float64 has none: {what} of {device.size} elements"),
+                    f"first op output with NaN/inf where float64 has none: {what} of {size} elements"),
                     view.name, position))
         if new_nan and state.first_nan is None:
             state.first_nan = name
             if not named:
                 result.findings.append(Finding("nonfinite", name, op.type, (
-                    f"NaN first appears here: {new_nan} of {device.size} elements where float64 has none; every "
+                    f"NaN first appears here: {new_nan} of {size} elements where float64 has none; every "
                     f"value computed from them is NaN"), view.name, position))
     state.error[name] = row.error
     flush_caused = row.flushed > 0 or any(i in state.origins for i in inputs)  # an underflow, judged on its own
@@ -177,14 +207,13 @@ def _judge(view, op, name, row, position, state, result, device, exact, kept):
                 f"to {PRECISION:g})"), view.name, position))
     if row.flushed:
         state.flushed[name] = row.flushed
-    if kept is not None:
-        _flush_effect(name, inputs, device, kept, state)
+    if m.flush_change is not None:
+        _flush_effect(name, inputs, m.flush_change, state)
 
 
-def _flush_effect(name, inputs, device, kept, state):
+def _flush_effect(name, inputs, difference, state):
     """Track where the flushed and kept device runs part: a value whose two runs differ beyond PRECISION
     remembers the ops where the difference started (an op that differs while none of its inputs did)."""
-    difference = compare(device, kept)
     if not difference.mismatched_nonfinite and difference.max_rel <= PRECISION:
         return
     origins = set().union(*(state.origins[i] for i in inputs if i in state.origins))

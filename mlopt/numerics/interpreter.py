@@ -117,7 +117,7 @@ class Evaluator:
         constants are not ops here: they are read when first needed), once the values it used for the last time
         are dropped. The op's outputs are in the environment; a caller may replace them (with arrays of the same
         shape and dtype) before the walk goes on. Two evaluators stepped side by side see the same op each time:
-        analyses compare runs of one program in one walk (analyses/audit.py)."""
+        analyses compare runs of one program in one walk (analyses/audit_walk.py)."""
         env = self._fed(feeds) if env is None else env
         self._top, self._live_bytes, self._sizes = env, 0, {}
         drops = self._drops(self.view.main, set(keep) | set(feeds))
