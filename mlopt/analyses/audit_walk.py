@@ -47,7 +47,6 @@ class WalkResult:
     rows: list = field(default_factory=list)
     findings: list = field(default_factory=list)
     first_nonfinite: str = None
-    outputs: dict = field(default_factory=dict)  # the device run's function outputs
 
 
 @dataclass
@@ -71,20 +70,19 @@ def walk(view, blobs, feeds, flush=True):
     runs = [Evaluator(view, blobs).steps(feeds, keep), Evaluator(view, blobs, float_dtype=np.float64).steps(feeds, keep)]
     if flush and computes_fp16:
         runs.append(Evaluator(view, blobs).steps(feeds, keep))
-    denv = None
-    for (op, denv), (_, xenv), *kept in zip(*runs):
+    for (op, denv), (_, xenv), *third in zip(*runs):
         if op.type == "const":
             continue
         position = view.position(op)
-        kenv = kept[0][1] if kept else None
+        kenv = third[0][1] if third else None
         for out in op.outputs:
             if out.type.WhichOneof("type") != "tensorType" or out.type.tensorType.dataType not in FLOATS:
                 continue
             device = denv.get(out.name)
             if not isinstance(device, np.ndarray) or device.dtype.kind != "f":
                 continue
-            kept = None if kenv is None else kenv.get(out.name)
-            device, m = _measure_all(device, xenv[out.name], kept if isinstance(kept, np.ndarray) else None, flush)
+            unflushed = None if kenv is None else kenv.get(out.name)
+            device, m = _measure_all(device, xenv[out.name], unflushed if isinstance(unflushed, np.ndarray) else None, flush)
             denv[out.name] = device
             error = math.inf if m.error.mismatched_nonfinite else m.error.max_rel
             row = OpRow(view.name, out.name, op.type, dtype_name(out.type.tensorType.dataType), m.peak_exact,
@@ -92,8 +90,6 @@ def walk(view, blobs, feeds, flush=True):
             result.rows.append(row)
             _judge(view, op, out.name, row, position, state, result, device.size, m)
     _underflow_findings(view, state, result)
-    if denv is not None:
-        result.outputs = {name: denv[name] for name in keep if name in denv}
     return result
 
 
