@@ -330,3 +330,39 @@ def test_measuring_in_slices_gives_the_numbers_of_whole_tensors(monkeypatch, nam
     sliced = audited(name)
     assert [r.to_dict() for r in sliced.rows] == [r.to_dict() for r in whole.rows]
     assert [f.to_dict() for f in sliced.sorted_findings()] == [f.to_dict() for f in whole.sorted_findings()]
+
+
+def test_python_api_refuses_a_model_with_no_saved_package():
+    import mlopt
+
+    class InMemory:  # an MLModel built from a spec in memory has no package_path
+        package_path = None
+
+    with pytest.raises(mlopt.BadInputError, match="has no saved package to audit"):
+        mlopt.audit(InMemory())
+
+
+def test_steps_walks_the_main_block_once_and_run_returns_what_it_computed():
+    """Evaluator.steps, which audit steps in lockstep: every op but weight-file constants, in program order; the
+    values run() returns are those the last step holds."""
+    from conftest import inputs_for, run_package
+    from mlopt.numerics.interpreter import Evaluator
+    from mlopt.numerics.weights import BlobReader
+    from mlopt.package import read_package
+
+    path = fixture_path("decoder_fp16_ios17")
+    package = read_package(path)
+    view = main_view(path)
+    feeds = inputs_for(path)
+    blobs = BlobReader(os.path.dirname(package.model_path))
+    try:
+        stepped = [(op, env) for op, env in Evaluator(view, blobs).steps(feeds, view.main.outputs)]
+        expected = [op for op in view.main.operations
+                    if not (op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue")]
+        assert [id(op) for op, _ in stepped] == [id(op) for op in expected]
+        last = stepped[-1][1]
+        for name, value in run_package(path, feeds).items():
+            np.testing.assert_array_equal(last[name], value)
+    finally:
+        blobs.close()
+        package.close()
