@@ -7,7 +7,8 @@ docs/writing-a-rule.md lists the order): `package` (read/write .mlpackage, the w
 casts, traces, match statuses), `numerics` (interpreter, proofs), `rewrites` (the builder contract, its protobuf
 builder, splicing), `rules` (one module per rewrite: pattern, replacement, proof; `rules/__init__.py` is the
 registry, the default rule set), `engine.py` (the optimize pipeline on a parsed spec) beside `coreml` (the pymil
-adapter, the mb builder and the conversion-time passes), `analyses` (read-only: `verify` compares two packages),
+adapter, the mb builder and the conversion-time passes), `analyses` (read-only: `verify` compares two packages, `audit`
+finds where fp16 breaks, `lint` checks Neural Engine limits),
 then `api.py` (the Python entry points), `batch.py` and `cli` (the `mlopt` command). `signals.py` routes SIGINT,
 SIGTERM and SIGHUP for batch work and the command line alike.
 
@@ -19,9 +20,10 @@ name, so importing one never replaces a function on the package.
 from ._version import __version__
 from .errors import BadInputError, CannotVerify, MloptError, OutputError
 
-_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report", "convert": "coreml", "lint": "analyses.lint"}
+_LAZY = {"optimize": "api", "optimize_package": "api", "Report": "report", "convert": "coreml", "lint": "analyses.lint",
+         "audit": "analyses.audit"}
 __all__ = [
-    "__version__", "convert", "lint", "optimize", "optimize_package", "Report",
+    "__version__", "audit", "convert", "lint", "optimize", "optimize_package", "Report",
     "BadInputError", "CannotVerify", "MloptError", "OutputError",
 ]
 

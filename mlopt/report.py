@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 SCHEMA = 1
 REWRITTEN, WOULD_REWRITE, MATCHED, LEFT_ALONE = "rewritten", "would rewrite", "matched", "left alone"
-INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run")  # optimize-only fields
+INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run", "audit")  # optimize-only fields
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Report:
     note: str = None  # why nothing was rewritten, when the settings say so
     functions: list = field(default_factory=list)
     housekeeping: list = field(default_factory=list)  # stale working folders of dead runs removed beside OUT
+    audit: dict = None  # `optimize --audit`: {"before": ..., "after": ...} (AuditReport.summary of IN and OUT)
 
     @property
     def rewrites(self):
@@ -95,6 +96,8 @@ class Report:
     def to_dict(self):
         counts = dict(rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
         d = asdict(self)
+        if d["audit"] is None:  # only `optimize --audit` reports it
+            del d["audit"]
         for f, fd in zip(self.functions, d["functions"]):
             fd["chains"] = [c.to_dict() for c in f.chains]
         return {"schema": SCHEMA, "command": "optimize", **json_safe(d), **counts}
@@ -121,7 +124,7 @@ class Report:
         return lines_text(lines + self._footer())
 
     def _footer(self):
-        lines = [f"  {line}" for line in self.housekeeping]
+        lines = [f"  {line}" for line in self.housekeeping] + _audit_lines(self.audit)
         if self.written:
             how = "hard-linked to the input's" if self.copy_method == "hard link" else f"copied byte for byte: {self.copy_method}"
             return lines + [f"  wrote {self.output} (weights and other files {how})"]
@@ -150,6 +153,21 @@ class Report:
         if self.note:
             lines.append(f"note: {self.note}")
         return lines_text(lines)
+
+
+def _audit_lines(audit):
+    """`optimize --audit`: fp16 headroom and findings of IN and OUT (mlopt audit, same inputs)."""
+    if not audit:
+        return []
+    lines = ["  fp16 audit (mlopt audit, same inputs):"]
+    for side in ("before", "after"):
+        a = audit[side]
+        n = len(a["findings"])
+        bits = a["min_headroom_bits"]
+        head = "unbounded" if bits == math.inf else f"{bits:.1f} bits" + (f" at '{a['least_headroom_op']}'" if a["least_headroom_op"] else "")
+        verdict = "fp16-safe" if not n else f"{n} finding{'s' * (n != 1)}: " + ", ".join(f"{f['kind']} at '{f['op']}'" for f in a["findings"][:3]) + (", ..." if n > 3 else "")
+        lines.append(f"    {side:<6} {verdict}; least headroom {head}")
+    return lines
 
 
 def _summary(f, inspect=False, dry_run=False):

@@ -127,7 +127,7 @@ def test_unknown_compute_units_is_a_usage_error(capsys):
 def test_no_command_names_mlopt_once(capsys):
     assert run(capsys) == (2, "", "mlopt: error: the following arguments are required: command (see mlopt --help)\n")
     code, text, err = run(capsys, "frobnicate")
-    assert err == "mlopt: error: argument command: invalid choice: 'frobnicate' (choose from 'optimize', 'inspect', 'verify', 'lint') (see mlopt --help)\n"
+    assert err == "mlopt: error: argument command: invalid choice: 'frobnicate' (choose from 'optimize', 'inspect', 'verify', 'audit', 'lint') (see mlopt --help)\n"
 
 
 def test_usage_errors_with_json_print_a_json_error_object(capsys):

@@ -646,9 +646,9 @@ def test_jobs_never_exceeds_the_models(tmp_path, monkeypatch):
 def test_verify_inputs_too_large_are_refused_before_loading(tmp_path, capsys, monkeypatch):
     import numpy as np
 
-    from mlopt.analyses import verify
+    from mlopt.numerics import feeds
 
-    monkeypatch.setattr(verify, "MAX_INPUT_BYTES", 1000)
+    monkeypatch.setattr(feeds, "MAX_INPUT_BYTES", 1000)
     npz = tmp_path / "bomb.npz"
     np.savez_compressed(npz, x=np.zeros(1000, np.float32))  # 4 KB of zeros in a few hundred bytes
     pkg = fixture_path("hf_fp16_ios17")

@@ -137,16 +137,18 @@ def lint(model, function=None):
 
     functions = None if function is None else [function] if isinstance(function, str) else list(function)
     if hasattr(model, "get_spec"):
+        from ..graph.validate import validate_program
         from ..package.reader import check_ml_program
 
         source = getattr(model, "package_path", None) or "<in-memory model>"
         spec = model.get_spec()
         check_ml_program(spec, source)
+        validate_program(spec, source)
     else:
-        from ..package import read_package
+        from .source import read_validated
 
         source = os.fspath(model)
-        package = read_package(source)
+        package = read_validated(source)
         package.close()  # the spec is parsed; nothing else of the package is read
         spec = package.spec
     missing = sorted(set(functions or ()) - set(spec.mlProgram.functions))

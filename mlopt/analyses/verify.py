@@ -14,9 +14,6 @@ so.
 """
 
 import math
-import os
-import stat
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,22 +21,16 @@ import numpy as np
 from ..errors import BadInputError, CannotVerify
 from ..graph import SpecGraph
 from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
-from ..graph.spec_graph import op_name
 from ..graph.stored_constants import check_blob_references
-from ..graph.type_checks import element_count
-from ..graph.validate import validate_program
 from ..numerics.compare import compare, tolerance_for
 from ..numerics.diagnose import FLOAT64_FACTOR, explain, identical_function, judge, overflow_op
 from ..numerics.exact import run_float64
-from ..numerics.inputs import InputTooLarge, random_inputs, input_tensor
+from ..numerics.feeds import check_declared_sizes, function_feeds, load_npz
 from ..numerics.interpreter import InterpreterError, run_function
-from ..numerics.ops.registry import accumulating
-from ..package import read_package
+from ..numerics.ops.registry import ACCUMULATE, accumulating
 from ..report import SCHEMA, json_safe, lines_text
 from ..rules import find_candidates
-
-MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
-MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
+from .source import read_validated
 
 
 @dataclass
@@ -102,20 +93,6 @@ class VerifyReport:
         )
 
 
-ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}
-
-
-def _read(path):
-    """The package at `path`, its program checked well formed (graph/validate.py) before anything runs it."""
-    package = read_package(path)
-    try:
-        validate_program(package.spec, package.model_path)
-    except BaseException:
-        package.close()
-        raise
-    return package
-
-
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
     if accumulate not in ACCUMULATE:
         raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
@@ -124,10 +101,10 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
     for name, value in (("--rtol", rtol), ("--atol", atol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise BadInputError(name, f"{value!r}: a tolerance must be a finite number >= 0")
-    given = _load_inputs(inputs_path)
-    ref = _read(reference_path)
+    given = load_npz(inputs_path)
+    ref = read_validated(reference_path)
     try:
-        cand = _read(candidate_path)
+        cand = read_validated(candidate_path)
     except BaseException:
         ref.close()
         raise
@@ -164,15 +141,9 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
             report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note, passed_by="identical") for out in ref_view.main.outputs]
             continue
         for package, view in ((ref, ref_view), (cand, cand_view)):
-            _check_declared_sizes(package, view)
-        try:
-            feeds, ranges = random_inputs(ref.spec, ref_fn, np.random.default_rng(report.seed), report.scale, with_ranges=True, view=ref_view)
-        except InputTooLarge as e:
-            raise CannotVerify(reference_path, f"cannot be verified: function '{name}': {e}") from None
-        feeds.update(_given_for(given, ref_fn, name, feeds, inputs_path))
-        from_file = [i for i in feeds if i in given or f"{name}/{i}" in given]
-        report.notes += [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in from_file]
-        report.notes += [f"function '{name}' input '{i}': from {inputs_path} (--seed and --scale do not apply)" for i in from_file]
+            check_declared_sizes(package.path, view)
+        feeds, notes = function_feeds(reference_path, ref.spec, name, ref_view, report.seed, report.scale, given, inputs_path)
+        report.notes += notes
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
         cand_out = _paired_outputs(report, name, ref_view, cand_view, _run(cand, cand_view, cand_blobs, feeds))
         exact, no_float64 = _float64_outputs(ref_view, ref_blobs, feeds, [o for o in ref_view.main.outputs if o in cand_out])
@@ -234,22 +205,6 @@ def _paired_outputs(report, name, ref_view, cand_view, cand_out):
     return {r: cand_out[c] for r, c in zip(ref_names, cand_names) if c in cand_out}
 
 
-def _check_declared_sizes(package, view):
-    """CannotVerify if a computed value declares more than MAX_VALUE_ELEMENTS elements: memory stays bounded
-    whatever the shapes say (constants are not counted: weights are views into weight.bin's memory map)."""
-    for op in view.ops():
-        if op.type == "const":
-            continue
-        for out in op.outputs:
-            count = element_count(out.type.tensorType) if out.type.WhichOneof("type") == "tensorType" else None
-            if count is not None and count > MAX_VALUE_ELEMENTS:
-                raise CannotVerify(
-                    package.path,
-                    f"cannot be verified: function '{view.name}': op '{op_name(op)}' ({op.type}) declares "
-                    f"{count} elements, more than verify's budget of {MAX_VALUE_ELEMENTS} per value",
-                )
-
-
 def _run(package, view, blobs, feeds):
     """The function's outputs, or CannotVerify naming the package when the interpreter cannot run it."""
     try:
@@ -266,67 +221,6 @@ def _precision(view):
     """numpy dtype of the narrowest float the function computes in."""
     dtypes = {t.tensorType.dataType for t in view.types.values() if t.WhichOneof("type") == "tensorType"}
     return NUMPY[FLOAT16] if FLOAT16 in dtypes else NUMPY[FLOAT32]
-
-
-def _load_inputs(path):
-    """Arrays from an .npz the user named: a regular file (never a FIFO), holding at least one array."""
-    if path is None:
-        return {}
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise BadInputError(path, "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInputError(path, "is not a regular file; --inputs takes an .npz file")
-    _check_npz_sizes(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (ValueError, OSError, EOFError, KeyError) as e:
-        raise BadInputError(path, f"not a readable .npz file ({e})") from None
-    except Exception as e:  # zipfile's BadZipFile and friends: a damaged archive
-        raise BadInputError(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
-    if not arrays:
-        raise BadInputError(path, "holds no arrays")
-    return arrays
-
-
-def _check_npz_sizes(path):
-    """BadInputError for an array larger than MAX_INPUT_BYTES, from the archive's directory, before anything is
-    decompressed: a few MB of .npz can hold gigabytes of zeros."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return  # np.load says what is wrong with it
-    for member in members:
-        if member.file_size > MAX_INPUT_BYTES:
-            raise BadInputError(
-                path, f"array '{member.filename[:-4]}' holds {member.file_size} bytes; --inputs arrays are limited to {MAX_INPUT_BYTES}"
-            )
-
-
-def _given_for(given, function, name, feeds, path):
-    """Arrays for function `name` from an .npz: keys `name/input`, or plain `input` names. Each must have the
-    input's rank and its static sizes (flexible dimensions take any size)."""
-    declared = {i.name: input_tensor(i.type) for i in function.inputs}
-    picked = {}
-    for input_name, value in feeds.items():
-        key = f"{name}/{input_name}" if f"{name}/{input_name}" in given else input_name
-        if key not in given:
-            continue
-        array = np.asarray(given[key])
-        dims = declared[input_name].dimensions
-        fits = array.ndim == len(dims) and all(
-            d.WhichOneof("dimension") != "constant" or d.constant.size == n for d, n in zip(dims, array.shape)
-        )
-        if not fits:
-            wanted = [d.constant.size if d.WhichOneof("dimension") == "constant" else "?" for d in dims]
-            raise BadInputError(path, f"array '{key}' has shape {list(array.shape)}; input '{input_name}' of function '{name}' is {wanted}")
-        if array.dtype.kind not in "biuf":
-            raise BadInputError(path, f"array '{key}' holds {array.dtype}, not numbers")
-        picked[input_name] = array.astype(value.dtype)
-    return picked
 
 
 def _accumulation_notes(view):

@@ -1,4 +1,4 @@
-"""The `mlopt` command line: `optimize`, `inspect` and `verify`, over the Python API.
+"""The `mlopt` command line: `optimize`, `inspect`, `verify` and `audit`, over the Python API.
 
 Exit codes (docs/usage.md, "Exit codes"): 0 success; 2 bad input (one line naming the file and the problem, no
 traceback); 3 `verify` cannot run a model in its interpreter (nothing was compared); 1 failed (outputs differ,
@@ -17,10 +17,10 @@ from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
 from ..report import SCHEMA, printable
 from .. import signals
-from . import inspect_cmd, lint_cmd, optimize_cmd, verify_cmd
+from . import audit_cmd, inspect_cmd, lint_cmd, optimize_cmd, verify_cmd
 from .output import logging_to_stderr
 
-COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "lint": lint_cmd}
+COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "audit": audit_cmd, "lint": lint_cmd}
 CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
@@ -98,7 +98,7 @@ def _check_cwd(args):
         os.getcwd()
     except OSError:
         given = list(getattr(args, "paths", None) or [])
-        given += [getattr(args, n, None) for n in ("input", "reference", "candidate", "out_dir", "inputs")]
+        given += [getattr(args, n, None) for n in ("input", "reference", "candidate", "out_dir", "inputs", "model")]
         relative = [p for p in given if p and not os.path.isabs(p)]
         if relative:
             raise BadInputError(relative[0], "is a relative path and the current folder no longer exists; give an absolute path") from None

@@ -41,6 +41,8 @@ def add_parser(commands):
     p.add_argument("--skip", action="append", metavar="NAME", help="leave rule NAME or the chain anchored at op NAME alone (repeatable)")
     p.add_argument("--function", action="append", metavar="NAME", dest="functions", help="optimize only function NAME (repeatable)")
     p.add_argument("--skip-existing", action="store_true", help="batch mode: leave models whose output exists alone (listed as skipped)")
+    p.add_argument("--audit", action="store_true", help="audit IN and the OUT written (mlopt audit, same inputs) and report "
+                   "fp16 headroom and findings before and after")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     add_verbosity(p)
 
@@ -53,6 +55,8 @@ def run(args):
         link=args.link, only=args.only, skip=args.skip or (), functions=args.functions,
     )
     if args.out_dir is not None:
+        if args.audit:
+            raise BadInputError(args.out_dir, "--audit is for one model (mlopt optimize IN OUT --audit); run mlopt audit on each output")
         return _batch(args, options)
     if args.jobs != 1:
         raise BadInputError(args.paths[0], "--jobs runs several models at once: it needs --out-dir DIR (batch mode)")
@@ -63,7 +67,14 @@ def run(args):
     input_path, output_path = args.paths[0], (args.paths[1] if len(args.paths) == 2 else None)
     if output_path is None and not args.dry_run:
         raise BadInputError(input_path, "no output path given (mlopt optimize IN OUT, or --dry-run)")
-    return optimize_package(input_path, output_path, **options), 0
+    if args.audit and args.dry_run:
+        raise BadInputError(input_path, "--audit audits the output written: it cannot be combined with --dry-run")
+    report = optimize_package(input_path, output_path, **options)
+    if args.audit:
+        from ..analyses.audit import headroom_change
+
+        report.audit = headroom_change(input_path, output_path)
+    return report, 0
 
 
 def _batch(args, options):

@@ -28,6 +28,17 @@ class Difference:
     passed: bool
     rtol: float
     atol: float
+    scale: float = 0.0  # max |b| over the elements finite in both: what max_rel divides by
+
+
+def combine(parts):
+    """One Difference for a pair compared in pieces (flat slices): the numbers comparing it whole gives. Analyses
+    compare large tensors slice by slice so the float64 temporaries stay small."""
+    max_abs = max((p.max_abs for p in parts), default=0.0)
+    scale = max((p.scale for p in parts), default=0.0)
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    rtol, atol = (parts[0].rtol, parts[0].atol) if parts else EXACT
+    return Difference(max_abs, max_rel, sum(p.mismatched_nonfinite for p in parts), all(p.passed for p in parts), rtol, atol, scale)
 
 
 def compare(a, b, rtol=None, atol=None):
@@ -53,4 +64,4 @@ def _compare(a, b, rtol, atol):
     scale = float(np.abs(y[finite]).max()) if diff.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     close = bool(np.all(diff <= atol + rtol * np.abs(y[finite]))) if diff.size else True
-    return Difference(max_abs, max_rel, mismatched, close and mismatched == 0, rtol, atol)
+    return Difference(max_abs, max_rel, mismatched, close and mismatched == 0, rtol, atol, scale)

@@ -78,6 +78,7 @@ class Evaluator:
         self._top = None  # the environment of the run or evaluation in progress (nested blocks copy it)
         self._live_bytes = 0  # bytes of the values computed into it
         self._sizes = {}  # value name -> bytes counted in _live_bytes (given back when a run drops the value)
+        self._weights = {}  # weight value name -> its const op (a run reads each at first use)
 
     # -- public ---------------------------------------------------------------------------------------------
     def evaluate(self, targets, feeds):
@@ -111,10 +112,21 @@ class Evaluator:
         array of its own, just before the first op that needs it, and every value of the main block is dropped
         after its last use unless it is a target. A 2 GB model is run holding about one layer at a time."""
         env = self._fed(feeds)
+        for _op, env in self.steps(feeds, targets, env):
+            pass
+        weights = self._weights
+        return {t: env[t] if t in env or t not in weights else self._load(weights[t], env) for t in targets}
+
+    def steps(self, feeds, keep=(), env=None):
+        """`run`, one op at a time: yields (op, environment) after each op of the main block (weight-file
+        constants are not ops here: they are read when first needed), once the values it used for the last time
+        are dropped. The op's outputs are in the environment; a caller may replace them (with arrays of the same
+        shape and dtype) before the walk goes on. Two evaluators stepped side by side see the same op each time:
+        analyses compare runs of one program in one walk (analyses/audit_walk.py)."""
+        env = self._fed(feeds) if env is None else env
         self._top, self._live_bytes, self._sizes = env, 0, {}
-        keep = set(targets) | set(feeds)
-        drops = self._drops(self.view.main, keep)
-        weights = {}  # weight value name -> its const op, read at first use
+        drops = self._drops(self.view.main, set(keep) | set(feeds))
+        self._weights = weights = {}  # weight value name -> its const op, read at first use
         for index, op in enumerate(self.view.main.operations):
             if op.type == "const" and op.attributes["val"].WhichOneof("value") == "blobFileValue" and op.outputs:
                 weights[op.outputs[0].name] = op
@@ -126,7 +138,7 @@ class Evaluator:
             for name in drops.get(index, ()):
                 env.pop(name, None)
                 self._live_bytes -= self._sizes.pop(name, 0)
-        return {t: env[t] if t in env or t not in weights else self._load(weights[t], env) for t in targets}
+            yield op, env
 
     def _load(self, const_op, env):
         self._run_op(const_op, env, copy_weights=True)

@@ -1,7 +1,8 @@
 """Programs that break an op's signature (graph/signatures.py): every command refuses them alike.
 
-`optimize`, `inspect` and `verify` read a package through the same reader, which checks every op against
-coremltools' op registry for its opset before any command acts. So the same malformed program gives exit 2 and
+Every command checks every op of the program it reads against coremltools' op registry for its opset
+(graph/validate.py) before it acts: `optimize` and `inspect` through the API, `verify`, `audit` and `lint`
+through analyses/source.py. So the same malformed program gives exit 2 and
 one identical line from each: the file, the function, the op and what is wrong.
 """
 
@@ -42,6 +43,8 @@ def _commands(package, tmp_path):
         "optimize": ["optimize", package, str(tmp_path / "out.mlpackage")],
         "inspect": ["inspect", package],
         "verify": ["verify", package, package],
+        "audit": ["audit", package],
+        "lint": ["lint", package],
     }
 
 

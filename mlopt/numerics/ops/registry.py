@@ -19,6 +19,7 @@ def implementation(*op_types):
 
 
 ACCUMULATOR = [np.float32]  # what fp16 reductions, norms and products accumulate in (verify --accumulate)
+ACCUMULATE = {"fp32": np.float32, "fp16": np.float16}  # the --accumulate choices of verify and audit
 
 
 def accumulate(x):

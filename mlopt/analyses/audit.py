@@ -1,0 +1,101 @@
+"""`mlopt audit`: where a model stops being fp16-safe, shown without a Mac.
+
+The program is run twice on the same inputs, in one streaming walk (audit_walk.py): as an fp16 device computes it
+(fp16 rounded after every op, subnormals flushed to zero unless `subnormals="keep"`, accumulation per
+`accumulate` - the model `verify` documents) and in float64 from the same stored constants. Every op output is
+measured (float64 and device peaks, headroom, inf/NaN, flushed share, error against float64), findings are
+raised where a problem starts, and the constants are checked statically (hazards.py).
+
+Inputs: the user's .npz (`inputs_path`), else seeded random inputs shaped from the model's description, integer
+inputs that index an embedding drawn below its row count - the same inputs `verify` draws (numerics/feeds.py).
+The report says which were used. What the device does is partly assumed: docs/audit.md says which parts are
+measured by others (with sources) and which are assumptions.
+"""
+
+import math
+import os
+
+from ..errors import BadInputError, CannotVerify
+from ..graph import SpecGraph
+from ..numerics.feeds import check_declared_sizes, function_feeds, load_npz
+from ..numerics.interpreter import InterpreterError
+from ..numerics.ops.registry import ACCUMULATE, accumulating
+from ..graph.stored_constants import check_blob_references
+from .audit_report import AuditReport
+from .audit_walk import walk
+from .hazards import static_hazards
+from .source import read_validated
+
+SUBNORMALS = ("flush", "keep")
+
+
+def audit_package(path, inputs_path=None, seed=0, scale=1.0, function=None, top=10, accumulate="fp32", subnormals="flush"):
+    """Audit the package at `path`; returns an AuditReport (`.passed`: no finding). BadInputError for bad
+    arguments or a package that cannot be read; CannotVerify for a program the interpreter cannot run."""
+    _check_arguments(seed, scale, top, accumulate, subnormals)
+    given = load_npz(inputs_path)
+    package = read_validated(path)
+    blobs = package.blob_reader()
+    try:
+        check_blob_references(package.spec, blobs)
+        functions = sorted(package.spec.mlProgram.functions)
+        if function is not None:
+            if function not in functions:
+                raise BadInputError(package.path, f"has no function '{function}' (it has: {', '.join(functions)})")
+            functions = [function]
+        report = AuditReport(os.fspath(path), seed, scale, accumulate, subnormals, top, functions=functions)
+        with accumulating(ACCUMULATE[accumulate]):
+            for name in functions:
+                _audit_function(report, package, blobs, name, given, inputs_path)
+        return report
+    finally:
+        blobs.close()
+        package.close()
+
+
+def audit(model_or_path, inputs=None, seed=0, scale=1.0, function=None, top=10, accumulate="fp32", subnormals="flush"):
+    """`mlopt.audit`: audit a saved package (a path) or a `coremltools.models.MLModel` that has one
+    (`package_path`). `inputs` is an .npz path. Returns the AuditReport."""
+    path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else getattr(model_or_path, "package_path", None)
+    if path is None:
+        raise BadInputError("<in-memory model>", "has no saved package to audit; save it first (model.save(path))")
+    return audit_package(path, inputs, seed, scale, function, top, accumulate, subnormals)
+
+
+def headroom_change(in_path, out_path, **options):
+    """`optimize --audit`: both packages audited on the same inputs; {"before": summary, "after": summary}."""
+    return {"before": audit_package(in_path, **options).summary(), "after": audit_package(out_path, **options).summary()}
+
+
+def _check_arguments(seed, scale, top, accumulate, subnormals):
+    if accumulate not in ACCUMULATE:
+        raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
+    if subnormals not in SUBNORMALS:
+        raise BadInputError("--subnormals", f"{subnormals!r}: expected one of {', '.join(SUBNORMALS)}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive finite number")
+    if not isinstance(top, int) or top < 0:
+        raise BadInputError("--top", f"{top!r}: expected a number of ops >= 0")
+    if not isinstance(seed, int) or seed < 0:
+        raise BadInputError("--seed", f"{seed!r}: expected an integer >= 0")
+
+
+def _audit_function(report, package, blobs, name, given, inputs_path):
+    view = SpecGraph(name, package.spec.mlProgram.functions[name])
+    check_declared_sizes(package.path, view, command="audit")
+    report.findings += static_hazards(view, blobs)
+    feeds, notes = function_feeds(package.path, package.spec, name, view, report.seed, report.scale, given, inputs_path, command="audit")
+    described = {i for i in feeds if any(note.startswith(f"function '{name}' input '{i}':") for note in notes)}
+    drawn = [i for i in feeds if i not in described]  # floats drawn with --scale: random_inputs says nothing of them
+    if drawn:
+        listed = ", ".join(f"'{i}' {list(feeds[i].shape)}" for i in drawn)
+        notes.append(f"function '{name}' input{'s' * (len(drawn) != 1)} {listed}: floats drawn from N(0, {report.scale:g}^2), seed {report.seed}")
+    report.notes += notes
+    try:
+        result = walk(view, blobs, feeds, flush=report.subnormals == "flush")
+    except InterpreterError as e:
+        raise CannotVerify(package.path, f"cannot be audited: function '{name}': {e}") from None
+    report.rows += result.rows
+    report.findings += result.findings
+    if report.first_nonfinite is None:
+        report.first_nonfinite = result.first_nonfinite if len(report.functions) == 1 or result.first_nonfinite is None else f"{name}/{result.first_nonfinite}"

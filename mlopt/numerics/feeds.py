@@ -1,0 +1,122 @@
+"""What a whole-function run of a saved program is fed, and what it may hold: shared by the analyses that run
+programs (`verify`, `audit`).
+
+- `load_npz`: the user's `--inputs` archive, checked before anything is decompressed (a few MB of .npz can hold
+  gigabytes of zeros) - bad input, exit 2, naming the file.
+- `function_feeds`: one function's inputs: seeded random values shaped from its declared inputs (numerics/inputs.py),
+  replaced by the user's arrays where the archive names them, and one note per input saying how it was drawn or
+  where it came from (the reports print them: a reader must know which inputs were used).
+- `check_declared_sizes`: no computed value may declare more than MAX_VALUE_ELEMENTS elements, so memory stays
+  bounded whatever the shapes say.
+"""
+
+import os
+
+import numpy as np
+
+from ..errors import BadInputError, CannotVerify
+from ..graph.spec_graph import op_name
+from ..graph.type_checks import element_count
+from .inputs import InputTooLarge, input_tensor, random_inputs
+
+MAX_VALUE_ELEMENTS = 2**27  # per computed value: 512 MB as fp32; an LLM's logits for 512 tokens are ~2^26
+MAX_INPUT_BYTES = 2**29  # per array of an --inputs .npz, uncompressed
+
+
+def load_npz(path):
+    """Arrays from an .npz the user named: a regular file (never a FIFO), holding at least one array. {} for None."""
+    if path is None:
+        return {}
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise BadInputError(path, "no such file" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInputError(path, "is not a regular file; --inputs takes an .npz file")
+    _check_npz_sizes(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise BadInputError(path, f"not a readable .npz file ({e})") from None
+    except Exception as e:  # zipfile's BadZipFile and friends: a damaged archive
+        raise BadInputError(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not arrays:
+        raise BadInputError(path, "holds no arrays")
+    return arrays
+
+
+def _check_npz_sizes(path):
+    """BadInputError for an array larger than MAX_INPUT_BYTES, from the archive's directory, before anything is
+    decompressed."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load says what is wrong with it
+    for member in members:
+        if member.file_size > MAX_INPUT_BYTES:
+            raise BadInputError(
+                path, f"array '{member.filename[:-4]}' holds {member.file_size} bytes; --inputs arrays are limited to {MAX_INPUT_BYTES}"
+            )
+
+
+def given_for(given, function, name, feeds, path):
+    """Arrays for function `name` from an .npz: keys `name/input`, or plain `input` names. Each must have the
+    input's rank and its static sizes (flexible dimensions take any size)."""
+    declared = {i.name: input_tensor(i.type) for i in function.inputs}
+    picked = {}
+    for input_name, value in feeds.items():
+        key = f"{name}/{input_name}" if f"{name}/{input_name}" in given else input_name
+        if key not in given:
+            continue
+        array = np.asarray(given[key])
+        dims = declared[input_name].dimensions
+        fits = array.ndim == len(dims) and all(
+            d.WhichOneof("dimension") != "constant" or d.constant.size == n for d, n in zip(dims, array.shape)
+        )
+        if not fits:
+            wanted = [d.constant.size if d.WhichOneof("dimension") == "constant" else "?" for d in dims]
+            raise BadInputError(path, f"array '{key}' has shape {list(array.shape)}; input '{input_name}' of function '{name}' is {wanted}")
+        if array.dtype.kind not in "biuf":
+            raise BadInputError(path, f"array '{key}' holds {array.dtype}, not numbers")
+        picked[input_name] = array.astype(value.dtype)
+    return picked
+
+
+PARTICIPLE = {"verify": "verified", "audit": "audited"}
+
+
+def function_feeds(package_path, spec, name, view, seed, scale, given, inputs_path, command="verify"):
+    """({input: array}, [note]) for function `name`: seeded random inputs, the user's arrays where `given` (from
+    `load_npz(inputs_path)`) names them, and a note per input that is not a float drawn with --scale."""
+    function = view.function
+    try:
+        feeds, ranges = random_inputs(spec, function, np.random.default_rng(seed), scale, with_ranges=True, view=view)
+    except InputTooLarge as e:
+        raise CannotVerify(package_path, f"cannot be {PARTICIPLE[command]}: function '{name}': {e}") from None
+    feeds.update(given_for(given, function, name, feeds, inputs_path))
+    from_file = [i for i in feeds if i in given or f"{name}/{i}" in given]
+    notes = [f"function '{name}' input '{i}': {text}" for i, text in ranges.items() if i not in from_file]
+    notes += [f"function '{name}' input '{i}': from {inputs_path} (--seed and --scale do not apply)" for i in from_file]
+    return feeds, notes
+
+
+def check_declared_sizes(package_path, view, command="verify"):
+    """CannotVerify if a computed value declares more than MAX_VALUE_ELEMENTS elements: memory stays bounded
+    whatever the shapes say (constants are not counted: weights are views into weight.bin's memory map)."""
+    for op in view.ops():
+        if op.type == "const":
+            continue
+        for out in op.outputs:
+            count = element_count(out.type.tensorType) if out.type.WhichOneof("type") == "tensorType" else None
+            if count is not None and count > MAX_VALUE_ELEMENTS:
+                raise CannotVerify(
+                    package_path,
+                    f"cannot be {PARTICIPLE[command]}: function '{view.name}': op '{op_name(op)}' ({op.type}) declares "
+                    f"{count} elements, more than {command}'s budget of {MAX_VALUE_ELEMENTS} per value",
+                )
