@@ -62,3 +62,14 @@ def test_the_inspect_excerpt_is_the_start_of_what_inspect_prints():
     assert code == 0
     head = excerpt.split("\n  ...")[0]
     assert printed.split("\n", 1)[1].startswith(head)
+
+
+def test_the_audit_tour_quotes_what_audit_prints(tmp_path):
+    model, inputs = "fixtures/audit/gemma_residual_fp16_ios17.mlpackage", "fixtures/audit/gemma_residual_fp16_ios17.inputs.npz"
+    (quoted,) = [b for b in plain_blocks() if b.startswith(f"{model}: ")]
+    code, printed = mlopt("audit", model, "--inputs", inputs, "--top", "3")
+    assert code == 1 and printed.rstrip("\n") == quoted
+
+    (excerpt,) = [b for b in plain_blocks() if b.startswith("  fp16 audit (mlopt audit, same inputs):")]
+    code, printed = mlopt("optimize", model, str(tmp_path / "out.mlpackage"), "--audit")
+    assert code == 0 and excerpt + "\n" in printed
