@@ -159,6 +159,8 @@ def _audit_lines(audit):
     """`optimize --audit`: fp16 headroom and findings of IN and OUT (mlopt audit, same inputs)."""
     if not audit:
         return []
+    if "skipped" in audit:
+        return [f"  fp16 audit: not run: {audit['skipped']}"]
     lines = ["  fp16 audit (mlopt audit, same inputs):"]
     for side in ("before", "after"):
         a = audit[side]

@@ -235,7 +235,7 @@ def test_cli_exit_codes_and_report_shape(capsys):
     (["/nonexistent/x.mlpackage"], "/nonexistent/x.mlpackage: no such file or directory"),
     ([fixture_path("hf_fp16_ios17"), "--function", "nope"], f"{fixture_path('hf_fp16_ios17')}: has no function 'nope' (it has: main)"),
     ([fixture_path("hf_fp16_ios17"), "--inputs", "/nonexistent/in.npz"], "/nonexistent/in.npz: no such file"),
-    ([fixture_path("hf_fp16_ios17"), "--scale", "0"], "--scale: 0.0: the inputs' standard deviation must be a positive finite number"),
+    ([fixture_path("hf_fp16_ios17"), "--scale", "0"], "--scale: 0.0: the inputs' standard deviation must be a positive number up to 1e+30"),
     ([fixture_path("hf_fp16_ios17"), "--top", "-1"], "--top: -1: expected a number of ops >= 0"),
     ([fixture_path("hf_fp16_ios17"), "--subnormals", "maybe"], None),
 ])
@@ -366,3 +366,17 @@ def test_steps_walks_the_main_block_once_and_run_returns_what_it_computed():
     finally:
         blobs.close()
         package.close()
+
+
+def test_optimize_audit_of_a_model_audit_cannot_run_writes_the_output_and_says_why(capsys, tmp_path, monkeypatch):
+    """The output is written and proved: an audit past the interpreter's budget is a note, not a failure."""
+    from mlopt.numerics import interpreter
+
+    out = tmp_path / "out.mlpackage"
+    monkeypatch.setattr(interpreter, "MAX_LIVE_BYTES", 256)
+    code, text, err = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--audit", "--json")
+    doc = json.loads(text)
+    assert code == 0 and err == "" and errors(doc, SCHEMA) == [] and doc["written"]
+    assert doc["audit"]["skipped"].startswith(f"{fixture_path('hf_fp16_ios17')}: cannot be audited: function 'main': op ")
+    code, text, _ = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--audit", "--force")
+    assert code == 0 and f"  fp16 audit: not run: {fixture_path('hf_fp16_ios17')}: cannot be audited: " in text

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, fixture_path, op_types, run, tree_digest
@@ -139,12 +140,34 @@ def test_usage_errors_with_json_print_a_json_error_object(capsys):
     }}
 
 
-@pytest.mark.parametrize("scale", ["nan", "inf", "-inf", "0", "-1"])
+@pytest.mark.parametrize("scale", ["nan", "inf", "-inf", "0", "-1", "1e300"])
 def test_verify_scale_must_be_positive_and_finite(capsys, scale):
+    """1e300 too: float32 random inputs would overflow to inf, and nothing would be compared."""
     pkg = fixture_path("hf_fp16_ios17")
     code, text, err = run(capsys, "verify", pkg, pkg, f"--scale={scale}")
     assert code == 2
-    assert err == f"mlopt: error: --scale: {float(scale)!r}: the inputs' standard deviation must be a positive finite number\n"
+    assert err == f"mlopt: error: --scale: {float(scale)!r}: the inputs' standard deviation must be a positive number up to 1e+30\n"
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_negative_seed_is_bad_input_even_for_identical_models(capsys, command):
+    pkg = fixture_path("hf_fp16_ios17")
+    models = [pkg, pkg] if command == "verify" else [pkg]
+    assert run(capsys, command, *models, "--seed", "-1") == (2, "", "mlopt: error: --seed: -1: expected an integer >= 0\n")
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_inputs_must_name_inputs_and_hold_finite_numbers(capsys, tmp_path, command):
+    """A misspelt key would leave its input random, silently; NaN inputs would make every output NaN."""
+    pkg = fixture_path("hf_fp16_ios17")
+    models = [pkg, pkg] if command == "verify" else [pkg]
+    wrong_key, nan = tmp_path / "wrong_key.npz", tmp_path / "nan.npz"
+    np.savez(wrong_key, y=np.zeros((1, 4, 16), np.float32))
+    np.savez(nan, x=np.full((1, 4, 16), np.nan, np.float32))
+    assert run(capsys, command, *models, "--inputs", wrong_key) == (
+        2, "", f"mlopt: error: {wrong_key}: array 'y' names no input of the model (its inputs: x)\n")
+    assert run(capsys, command, *models, "--inputs", nan) == (
+        2, "", f"mlopt: error: {nan}: array 'x' holds NaN or inf; inputs must be finite numbers\n")
 
 
 def test_dry_run_checks_out_like_a_real_run(capsys, tmp_path):

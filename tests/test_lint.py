@@ -387,7 +387,7 @@ def test_malformed_programs_are_linted_or_refused(capsys, tmp_path, fixture):
         assert "Traceback" not in err and "internal error" not in err, (how, err)
         if code == 2:
             assert err.startswith("mlopt: error: ") and err.count("\n") == 1 and out == "", (how, err)
-        else:  # linted: a report on stdout, nothing on stderr (weights are never read, so blob damage is no error)
+        else:  # linted: a report on stdout, nothing on stderr
             assert err == "" and out.startswith(f"mlopt lint {package}"), (how, err)
         assert tree_digest(package) == before
     assert tried >= 30
@@ -406,3 +406,16 @@ def test_an_op_without_outputs_is_named_by_its_name_attribute():
     report = lint_program(p.output("e"))
     assert [(f.op, f.code) for f in report.findings] == [("e", "fp32"), ("store", "fp32")]
     assert report.findings[1].detail == "input 'e' is fp32"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bad sentinel"])
+def test_a_damaged_weight_file_is_bad_input_as_for_every_command(capsys, tmp_path, damage):
+    """lint reads no weight, but it answers a damaged weight file as inspect does: exit 2, the same line."""
+    package = tmp_path / "in.mlpackage"
+    shutil.copytree(fixture_path("hf_fp16_ios17"), package)
+    weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[:-40], "empty": b"", "bad sentinel": data[:64] + b"\0\0\0\0" + data[68:]}[damage])
+    code, out, err = run_cli(capsys, "lint", package)
+    assert (code, out) == (2, "") and err.startswith(f"mlopt: error: {weights}: ") and err.count("\n") == 1
+    assert run_cli(capsys, "inspect", package)[2] == err

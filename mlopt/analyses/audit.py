@@ -12,12 +12,11 @@ The report says which were used. What the device does is partly assumed: docs/au
 measured by others (with sources) and which are assumptions.
 """
 
-import math
 import os
 
 from ..errors import BadInputError, CannotVerify
 from ..graph import SpecGraph
-from ..numerics.feeds import check_declared_sizes, function_feeds, load_npz
+from ..numerics.feeds import check_declared_sizes, check_given_names, check_run_options, function_feeds, load_npz
 from ..numerics.interpreter import InterpreterError
 from ..numerics.ops.registry import ACCUMULATE, accumulating
 from ..graph.stored_constants import check_blob_references
@@ -38,6 +37,7 @@ def audit_package(path, inputs_path=None, seed=0, scale=1.0, function=None, top=
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
+        check_given_names(given, package.spec, inputs_path)
         functions = sorted(package.spec.mlProgram.functions)
         if function is not None:
             if function not in functions:
@@ -68,16 +68,11 @@ def headroom_change(in_path, out_path, **options):
 
 
 def _check_arguments(seed, scale, top, accumulate, subnormals):
-    if accumulate not in ACCUMULATE:
-        raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
+    check_run_options(seed, scale, accumulate, ACCUMULATE)
     if subnormals not in SUBNORMALS:
         raise BadInputError("--subnormals", f"{subnormals!r}: expected one of {', '.join(SUBNORMALS)}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive finite number")
-    if not isinstance(top, int) or top < 0:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise BadInputError("--top", f"{top!r}: expected a number of ops >= 0")
-    if not isinstance(seed, int) or seed < 0:
-        raise BadInputError("--seed", f"{seed!r}: expected an integer >= 0")
 
 
 def _audit_function(report, package, blobs, name, given, inputs_path):

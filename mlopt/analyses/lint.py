@@ -145,11 +145,14 @@ def lint(model, function=None):
         check_ml_program(spec, source)
         validate_program(spec, source)
     else:
-        from .source import read_validated
+        from .source import check_weights, read_validated
 
         source = os.fspath(model)
         package = read_validated(source)
-        package.close()  # the spec is parsed; nothing else of the package is read
+        try:  # lint reads no weight, but a damaged weight file is bad input for every command alike
+            check_weights(package)
+        finally:
+            package.close()
         spec = package.spec
     missing = sorted(set(functions or ()) - set(spec.mlProgram.functions))
     if missing:

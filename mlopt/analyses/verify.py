@@ -25,7 +25,7 @@ from ..graph.stored_constants import check_blob_references
 from ..numerics.compare import compare, tolerance_for
 from ..numerics.diagnose import FLOAT64_FACTOR, explain, identical_function, judge, overflow_op
 from ..numerics.exact import run_float64
-from ..numerics.feeds import check_declared_sizes, function_feeds, load_npz
+from ..numerics.feeds import check_declared_sizes, check_given_names, check_run_options, function_feeds, load_npz
 from ..numerics.interpreter import InterpreterError, run_function
 from ..numerics.ops.registry import ACCUMULATE, accumulating
 from ..report import SCHEMA, json_safe, lines_text
@@ -94,10 +94,7 @@ class VerifyReport:
 
 
 def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rtol=None, atol=None, scale=1.0, accumulate="fp32"):
-    if accumulate not in ACCUMULATE:
-        raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(ACCUMULATE)}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive finite number")
+    check_run_options(seed, scale, accumulate, ACCUMULATE)
     for name, value in (("--rtol", rtol), ("--atol", atol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise BadInputError(name, f"{value!r}: a tolerance must be a finite number >= 0")
@@ -112,6 +109,7 @@ def verify_packages(reference_path, candidate_path, seed=0, inputs_path=None, rt
     try:
         check_blob_references(ref.spec, ref_blobs)
         check_blob_references(cand.spec, cand_blobs)
+        check_given_names(given, ref.spec, inputs_path)
         report = VerifyReport(ref.path, cand.path, seed, scale, accumulate)
         with accumulating(ACCUMULATE[accumulate]):
             _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol, atol)

@@ -10,6 +10,7 @@ programs (`verify`, `audit`).
   bounded whatever the shapes say.
 """
 
+import math
 import os
 
 import numpy as np
@@ -45,6 +46,9 @@ def load_npz(path):
         raise BadInputError(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
     if not arrays:
         raise BadInputError(path, "holds no arrays")
+    for key, array in arrays.items():  # NaN or inf in would make every output NaN: nothing could be judged
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise BadInputError(path, f"array '{key}' holds NaN or inf; inputs must be finite numbers")
     return arrays
 
 
@@ -89,6 +93,28 @@ def given_for(given, function, name, feeds, path):
 
 
 PARTICIPLE = {"verify": "verified", "audit": "audited"}
+MAX_SCALE = 1e30  # random float inputs are drawn with this standard deviation at most: beyond, float32 draws overflow
+
+
+def check_run_options(seed, scale, accumulate, accumulators):
+    """BadInputError for a run option `verify` and `audit` share that no run could use."""
+    if accumulate not in accumulators:
+        raise BadInputError("--accumulate", f"{accumulate!r}: expected one of {', '.join(accumulators)}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 < scale <= MAX_SCALE):
+        raise BadInputError("--scale", f"{scale!r}: the inputs' standard deviation must be a positive number up to {MAX_SCALE:g}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise BadInputError("--seed", f"{seed!r}: expected an integer >= 0")
+
+
+def check_given_names(given, spec, path):
+    """BadInputError for an array of an --inputs file that names no input of the model (`input` or
+    `function/input`): a misspelt key would otherwise leave that input random, silently."""
+    known = {i.name for f in spec.mlProgram.functions.values() for i in f.inputs}
+    known |= {f"{name}/{i.name}" for name, f in spec.mlProgram.functions.items() for i in f.inputs}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        inputs = ", ".join(sorted({i.name for f in spec.mlProgram.functions.values() for i in f.inputs})) or "none"
+        raise BadInputError(path, f"array '{unknown[0]}' names no input of the model (its inputs: {inputs})")
 
 
 def function_feeds(package_path, spec, name, view, seed, scale, given, inputs_path, command="verify"):
