@@ -2,7 +2,7 @@
 
 A `linear` whose weight is a plain constant (stored in weight.bin or immediate) with more than MAX_CHANNELS
 output channels. The chunking is balanced: k = ceil(C / MAX_CHANNELS) chunks whose sizes differ by at most one,
-the larger ones first (32000 -> 16000 + 16000; 50257 -> 16753 + 16752 + 16752 + ... ). Balanced chunks keep
+the larger ones first (32000 -> 16000 + 16000; 50257 -> 12565 + 3 x 12564). Balanced chunks keep
 every piece as far under the limit as k pieces allow; a size rounded to a multiple of some hardware tile is
 not used because no public source states such a tile for the Neural Engine.
 

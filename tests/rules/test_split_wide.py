@@ -1,0 +1,199 @@
+"""split_wide: a linear wider than 16384 output channels -> balanced chunks of at most 16384 and a concat.
+
+On the fixtures of fixtures/make_wide_fixtures.py (LM heads of public models' vocabulary sizes, hidden size 4):
+the op sequence after the rewrite, the chunk sizes, outputs equal in mlopt's interpreter and by `verify`, the
+weight file holding exactly the blobs the program reads, lint before and after, the compressed heads left alone
+with their reason, the tied embedding's cost in the report, the compute units, and the EXACT proof catching a
+wrong lowering."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import chains, fixture_path, inputs_for, main_view, op_types, run_package, tree_digest
+from mlopt import lint, optimize_package
+from mlopt.analyses.verify import verify_packages
+from mlopt.report import LEFT_ALONE, MATCHED, REWRITTEN
+from mlopt.rules import split_wide
+from mlopt.rules.split_wide_pattern import MAX_CHANNELS, chunk_bounds, chunk_count
+
+FOLDER = "wide"
+EXPECTED = json.load(open(os.path.join(os.path.dirname(fixture_path("x", FOLDER)), "expected.json")))
+PLAIN = sorted(n for n, e in EXPECTED.items() if e["vocab"] > MAX_CHANNELS and not e["compression"])
+COMPRESSED = sorted(n for n, e in EXPECTED.items() if e["compression"])
+RULES = (split_wide.RULE,)
+
+
+def weights_file(path):
+    return os.path.join(path, "Data", "com.apple.CoreML", "weights", "weight.bin")
+
+
+def blob_records(path):
+    """(offset, nbytes) of every blob in the package's weight.bin, walked from its header."""
+    with open(weights_file(path), "rb") as f:
+        data = f.read()
+    count, _version = struct.unpack_from("<II", data, 0)
+    records, position = [], 64
+    for _ in range(count):
+        sentinel, _code, nbytes, at = struct.unpack_from("<IIQQ", data, position)
+        assert sentinel == 0xDEADBEEF and at == position + 64
+        records.append((position, nbytes))
+        position = (at + nbytes + 63) // 64 * 64
+    return records, len(data)
+
+
+def referenced_offsets(path):
+    from mlopt.package import read_package
+    from mlopt.package.weights import blob_values
+
+    spec = read_package(path).spec
+    return sorted({v.blobFileValue.offset for f in spec.mlProgram.functions.values() for v in blob_values(f)})
+
+
+def linear_weight_rows(path):
+    view = main_view(path)
+    return [view.dim(view.arg(op, "weight"), 0)
+            for op in view.ops() if view.op_type(op) == "linear"]
+
+
+# -- chunking -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("total", [16385, 32000, 32768, 32769, 50257, 65536, 151936, 3 * 16384 + 1])
+def test_chunks_are_balanced_and_within_the_limit(total):
+    bounds = chunk_bounds(total, chunk_count(total))
+    sizes = [end - begin for begin, end in bounds]
+    assert len(sizes) == -(-total // MAX_CHANNELS)
+    assert max(sizes) <= MAX_CHANNELS and max(sizes) - min(sizes) <= 1 and sum(sizes) == total
+    assert bounds[0][0] == 0 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and bounds[-1][1] == total
+
+
+def test_chunk_sizes_of_public_vocabularies():
+    assert [e - b for b, e in chunk_bounds(32000, chunk_count(32000))] == [16000, 16000]
+    assert [e - b for b, e in chunk_bounds(50257, chunk_count(50257))] == [12565, 12564, 12564, 12564]
+    assert [e - b for b, e in chunk_bounds(151936, chunk_count(151936))] == [15194] * 6 + [15193] * 4
+
+
+# -- the fixtures, end to end -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_wide_head_is_split_exactly(name, tmp_path):
+    src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
+    expected = EXPECTED[name]
+    k = chunk_count(expected["vocab"])
+    report = optimize_package(src, out, rules=RULES)
+    [chain] = chains(report, "split_wide")
+    assert chain.status == REWRITTEN and chain.output == "logits" and chain.chunks == k
+    assert chain.channels == expected["vocab"]
+
+    before = op_types(src)
+    after = op_types(out)
+    assert after == [t for t in before if t != "linear"] + ["linear"] * k + ["concat"]
+    sizes = [e - b for b, e in chunk_bounds(expected["vocab"], k)]
+    assert linear_weight_rows(out) == sizes
+
+    feeds = inputs_for(src)
+    original, rewritten = run_package(src, feeds), run_package(out, feeds)
+    assert rewritten["logits"].shape == original["logits"].shape
+    np.testing.assert_array_equal(rewritten["logits"], original["logits"])
+    assert verify_packages(src, out).passed
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_weight_file_holds_exactly_the_blobs_the_program_reads(name, tmp_path):
+    src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES)
+    records, size = blob_records(out)
+    assert 64 + sum(64 + (n + 63) // 64 * 64 for _, n in records) == size  # headers + blobs = the file: no orphans
+    assert [offset for offset, _ in records] == referenced_offsets(out)
+    expected = EXPECTED[name]
+    itemsize = 2 if expected["dtype"] == "fp16" else 4
+    weight_bytes = expected["vocab"] * expected["hidden"] * itemsize
+    old_records, _ = blob_records(src)
+    old_total, new_total = sum(n for _, n in old_records), sum(n for _, n in records)
+    # the chunks replace the weight (and bias) byte for byte; a tied weight stays for its gather as well
+    assert new_total - old_total == (weight_bytes if expected["tied"] else 0)
+
+
+def test_same_input_gives_the_same_bytes(tmp_path):
+    src = fixture_path("llama_32000_fp16_ios17", FOLDER)
+    optimize_package(src, tmp_path / "a.mlpackage", rules=RULES)
+    optimize_package(src, tmp_path / "b.mlpackage", rules=RULES)
+    assert tree_digest(tmp_path / "a.mlpackage") == tree_digest(tmp_path / "b.mlpackage")
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_lint_flags_the_head_before_and_only_the_concat_after(name, tmp_path):
+    src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES)
+    wide = lambda path: sorted((f.op_type, f.op) for f in lint(path).findings if f.code == "dim-over-16384")
+    assert wide(src) == [("linear", "logits")]
+    # every chunk is within the limit; the concat putting them back together is as wide as the head was, and
+    # lint says so (docs/lint.md: a concat of split pieces is itself over the limit)
+    assert wide(out) == [("concat", "logits")]
+
+
+def test_tied_embedding_keeps_its_table_and_the_report_says_what_the_split_added(tmp_path):
+    name = "gpt2_50257_tied_fp16_ios17"
+    src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, rules=RULES)
+    [chain] = chains(report, "split_wide")
+    added = 50257 * EXPECTED[name]["hidden"] * 2
+    assert chain.status == REWRITTEN
+    assert chain.note == f"the weight is also read by gather (tied embeddings): it stays for that reader and the split chunks add {added} bytes"
+    view = main_view(out)
+    [gather] = [op for op in view.ops() if view.op_type(op) == "gather"]
+    assert [view.dim(view.arg(gather, "x"), i) for i in range(2)] == [50257, EXPECTED[name]["hidden"]]
+
+
+def test_heads_at_the_limit_are_untouched(tmp_path):
+    src, out = fixture_path("head_16384_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, rules=RULES)
+    assert chains(report) == []
+    assert op_types(out) == op_types(src) == ["linear"]
+    assert [f.code for f in lint(src).findings] == []
+
+
+@pytest.mark.parametrize("name", COMPRESSED)
+def test_compressed_heads_are_left_alone_with_the_reason(name, tmp_path):
+    src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, rules=RULES)
+    [chain] = chains(report, "split_wide")
+    kind = {"palettize4": "constexpr_lut_to_dense",
+            "int8": "constexpr_affine_dequantize" if EXPECTED[name]["target"] == "ios17" else "constexpr_blockwise_shift_scale"}
+    assert chain.status == LEFT_ALONE
+    assert chain.reason == (f"compressed WideLinear: its weight is decompressed by {kind[EXPECTED[name]['compression']]}; "
+                            "splitting a compressed weight in its compressed form is not supported yet, and expanding "
+                            "it would undo the compression")
+    assert op_types(out, consts=True) == op_types(src, consts=True)
+
+
+def test_other_compute_units_report_without_rewriting(tmp_path):
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, compute_units="ALL", rules=RULES)
+    [chain] = chains(report, "split_wide")
+    assert chain.status == MATCHED
+    assert op_types(out) == ["linear"]
+
+
+def test_the_exact_proof_rejects_chunks_off_by_one_row(tmp_path, monkeypatch):
+    """Chunk boundaries shifted by one row: shapes and types stay valid, the outputs do not."""
+    def shifted(self, b, m):
+        weight = m.operands["weight"]
+        out = b.dim(weight, 0)
+        first = b.linear(m.x, b.constant_slice(weight, 0, 0, out // 2 + 1))
+        second = b.linear(m.x, b.constant_slice(weight, 0, out // 2, out - 1 + 1))
+        third = b.slice_along(second, b.rank(m.x) - 1, 1, out - out // 2)
+        return b.concat([b.slice_along(first, b.rank(m.x) - 1, 1, out // 2 + 1), third, b.slice_along(first, b.rank(m.x) - 1, 0, 1)],
+                        b.rank(m.x) - 1)
+
+    monkeypatch.setattr(type(split_wide.RULE), "lower", shifted)
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, rules=RULES)
+    [chain] = chains(report, "split_wide")
+    assert chain.status == LEFT_ALONE
+    assert chain.reason.startswith("proof failed: the rewrite differs from the WideLinear chain by ")
+    assert chain.reason.endswith("; rolled back")
+    assert op_types(out) == ["linear"]
