@@ -197,3 +197,24 @@ def test_the_exact_proof_rejects_chunks_off_by_one_row(tmp_path, monkeypatch):
     assert chain.reason.startswith("proof failed: the rewrite differs from the WideLinear chain by ")
     assert chain.reason.endswith("; rolled back")
     assert op_types(out) == ["linear"]
+
+
+def test_a_large_stored_linear_weight_is_streamed_not_read_whole(monkeypatch):
+    """The interpreter reads a linear's weight larger than STREAM_ELEMENTS a block of rows at a time (the proof
+    and verify of a 32000 x 2048 head stay bounded); the result equals the whole read, in every dtype mode."""
+    from mlopt.numerics import interpreter, streamed
+    from mlopt.package.weights import BlobReader
+
+    src = fixture_path("llama_32000_fp16_ios17", FOLDER)
+    feeds = inputs_for(src)
+    whole = {mode: run_package(src, feeds, float_dtype=mode)["logits"] for mode in (None, np.float64)}
+    windows, reads = [], []
+    real_window, real_read = BlobReader.read_window, BlobReader.read
+    monkeypatch.setattr(BlobReader, "read_window", lambda self, *a, **k: windows.append(a[-1]) or real_window(self, *a, **k))
+    monkeypatch.setattr(BlobReader, "read", lambda self, *a, **k: reads.append(a[3]) or real_read(self, *a, **k))
+    monkeypatch.setattr(streamed, "STREAM_ELEMENTS", 10_000)
+    for mode in (None, np.float64):
+        np.testing.assert_allclose(run_package(src, feeds, float_dtype=mode)["logits"], whole[mode], rtol=1e-6 if mode is None else 1e-12)
+    rows_per_block = 10_000 // EXPECTED["llama_32000_fp16_ios17"]["hidden"]
+    assert max(windows) == rows_per_block * EXPECTED["llama_32000_fp16_ios17"]["hidden"]
+    assert [32000, 4] not in [list(s) for s in reads]  # the weight is never read whole
