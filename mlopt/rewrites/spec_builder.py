@@ -120,6 +120,31 @@ class SpecBuilder:
         inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {})}
         return self._emit("linear", inputs, tensor_type(self.dtype(x), dims), "linear")
 
+    def matmul(self, x, y, transpose_x=False, transpose_y=False):
+        a, b = self._dims(x), self._dims(y)
+        if len(a) < 2 or len(b) < 2:
+            raise LoweringFailed("a matmul of a rank-1 operand is not built")
+        if transpose_x:
+            a[-1], a[-2] = a[-2], a[-1]
+        if transpose_y:
+            b[-1], b[-2] = b[-2], b[-1]
+        dims = broadcast_dims(a[:-2], b[:-2]) + [a[-2], b[-1]]
+        inputs = {"x": x, "y": y, "transpose_x": self._literal("transpose_x", bool(transpose_x), BOOL),
+                  "transpose_y": self._literal("transpose_y", bool(transpose_y), BOOL)}
+        return self._emit("matmul", inputs, tensor_type(self.dtype(x), dims), "matmul")
+
+    def conv(self, x, weight, bias=None):
+        spatial = self.rank(x) - 2
+        dims = self._dims(x)
+        dims[1] = self.dim(weight, 0)
+        inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {}),
+                  "strides": self._literal("strides", np.ones(spatial, np.int32), INT32),
+                  "pad_type": self._literal("pad_type", "valid", STRING),
+                  "pad": self._literal("pad", np.zeros(2 * spatial, np.int32), INT32),
+                  "dilations": self._literal("dilations", np.ones(spatial, np.int32), INT32),
+                  "groups": self._literal("groups", np.int32(1), INT32)}
+        return self._emit("conv", inputs, tensor_type(self.dtype(x), dims), "conv")
+
     def _stored(self, value):
         """The const op defining `value` and its `val`, or (None, None)."""
         op = self._consts.get(value) or self.view.producer(value)

@@ -1,7 +1,10 @@
 """What split_wide matches, and how it cuts a width into chunks.
 
-A `linear` whose weight is a plain constant (stored in weight.bin or immediate) with more than MAX_CHANNELS
-output channels. The chunking is balanced: k = ceil(C / MAX_CHANNELS) chunks whose sizes differ by at most one,
+An op computing many independent dot products over one constant weight, with more than MAX_CHANNELS outputs:
+a `linear` (weight (C, D): rows), a `matmul` with a constant rank-2 operand (y (D, C) or, transposed, (C, D);
+or a constant x (C, D) on the left, its output's channels on axis -2), or a `conv` with a 1x1 kernel, strides 1,
+no padding and one group (weight (C, D, 1, 1): a linear over the channel axis 1). The weight is a plain constant
+(stored in weight.bin or immediate). The chunking is balanced: k = ceil(C / MAX_CHANNELS) chunks whose sizes differ by at most one,
 the larger ones first (32000 -> 16000 + 16000; 50257 -> 12565 + 3 x 12564). Balanced chunks keep
 every piece as far under the limit as k pieces allow; a size rounded to a multiple of some hardware tile is
 not used because no public source states such a tile for the Neural Engine.
@@ -52,12 +55,59 @@ def _producer_type(graph, value):
     return None if op is None else graph.op_type(op)
 
 
-def match_wide_linear(graph, op, title):
-    """The match for a `linear` wider than MAX_CHANNELS, or a status saying why not."""
-    x, weight, bias = graph.arg(op, "x"), graph.arg(op, "weight"), graph.arg(op, "bias")
-    if x is None or weight is None or graph.rank(weight) != 2:
+def _flag(graph, op, param):
+    value = graph.const(op, param) if graph.has_input(op, param) else None
+    return bool(np.asarray(value).item()) if value is not None else False
+
+
+# how each op type reads a wide weight: form code (a param of the match: the conversion-time fused op carries it)
+LINEAR, MATMUL_Y, MATMUL_X, CONV = 0, 1, 2, 3
+
+
+def _wide_operand(graph, op):
+    """(form, x, weight, bias, weight channel axis) of a linear, matmul or conv, or None if it is none of them."""
+    kind = graph.op_type(op)
+    if kind == "linear":
+        return LINEAR, graph.arg(op, "x"), graph.arg(op, "weight"), graph.arg(op, "bias"), 0
+    if kind == "conv":
+        return CONV, graph.arg(op, "x"), graph.arg(op, "weight"), graph.arg(op, "bias"), 0
+    if kind == "matmul":
+        x, y = graph.arg(op, "x"), graph.arg(op, "y")
+        if y is not None and _producer_type(graph, y) in ("const", *COMPRESSED) and graph.rank(y) == 2:
+            return MATMUL_Y, x, y, None, 0 if _flag(graph, op, "transpose_y") else 1
+        if x is not None and _producer_type(graph, x) in ("const", *COMPRESSED) and graph.rank(x) == 2:
+            return MATMUL_X, y, x, None, 1 if _flag(graph, op, "transpose_x") else 0
+    return None
+
+
+def _conv_condition(graph, op, weight):
+    """Why a conv is not a 1x1, stride-1, unpadded, single-group one (a linear over channels), or None."""
+    kernel = [graph.dim(weight, i) for i in range(2, graph.rank(weight))]
+    if any(k != 1 for k in kernel):
+        return f"its kernel is {'x'.join(map(str, kernel))}, not 1x1"
+    groups = graph.const(op, "groups") if graph.has_input(op, "groups") else None
+    if groups is not None and int(np.asarray(groups).item()) != 1:
+        return f"it has {int(np.asarray(groups).item())} groups"
+    strides = graph.const(op, "strides") if graph.has_input(op, "strides") else None
+    if strides is not None and np.any(np.asarray(strides) != 1):
+        return "its strides are not 1"
+    pad_type = graph.const(op, "pad_type") if graph.has_input(op, "pad_type") else None
+    pad = graph.const(op, "pad") if graph.has_input(op, "pad") else None
+    if pad_type is not None and str(np.asarray(pad_type).item()) == "custom" and pad is not None and np.any(np.asarray(pad) != 0):
+        return "it pads its input"
+    return None
+
+
+def match_wide(graph, op, title):
+    """The match for a linear, a matmul with a constant operand or a 1x1 conv with more than MAX_CHANNELS
+    output channels, or a status saying why not."""
+    found = _wide_operand(graph, op)
+    if found is None:
         return NOT_THIS_PATTERN
-    out = graph.dim(weight, 0)
+    form, x, weight, bias, axis = found
+    if x is None or weight is None or (form == CONV and graph.rank(weight) < 3):
+        return NOT_THIS_PATTERN
+    out = graph.dim(weight, axis)
     if out is None or out <= MAX_CHANNELS:
         return NOT_THIS_PATTERN  # not wide: nothing to say about it
 
@@ -72,15 +122,19 @@ def match_wide_linear(graph, op, title):
             trace.fail("its weight is not a constant")
         if bias is not None and _producer_type(graph, bias) != "const":
             trace.fail("its bias is not a constant")
-        if graph.dim(weight, 1) is None:
-            trace.fail("its weight's input size is unknown")
-        chunks = chunk_count(out)
+        if form == CONV:
+            why = _conv_condition(graph, op, weight)
+            if why:
+                trace.fail(why)
+        out_rank = graph.rank(graph.output(op))
+        concat_axis = {LINEAR: out_rank - 1, MATMUL_Y: out_rank - 1, MATMUL_X: out_rank - 2, CONV: 1}[form]
         readers = [use for use in graph.consumers(weight)
                    if use.op is not None and graph.op_name(use.op) != graph.op_name(op)]
-        return Match(x=x, axes=(graph.rank(x) - 1,), output=graph.output(op), output_op=op, ops=trace.op_names(),
-                     dtype=graph.dtype(x), operands={"weight": weight, "bias": bias}, params={"chunks": chunks},
-                     facts={"channels": out, "other_readers": sorted({graph.op_type(u.op) for u in readers})},
-                     note=_shared_note(graph, weight, readers))
+        params = {"chunks": chunk_count(out), "form": form, "weight_axis": axis, "concat_axis": concat_axis,
+                  "transpose_x": int(_flag(graph, op, "transpose_x")), "transpose_y": int(_flag(graph, op, "transpose_y"))}
+        return Match(x=x, axes=(concat_axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                     dtype=graph.dtype(x), operands={"weight": weight, "bias": bias}, params=params,
+                     facts={"channels": out}, note=_shared_note(graph, weight, readers))
 
     return attempt(graph, body)
 

@@ -53,10 +53,13 @@ def referenced_offsets(path):
     return sorted({v.blobFileValue.offset for f in spec.mlProgram.functions.values() for v in blob_values(f)})
 
 
-def linear_weight_rows(path):
+WEIGHT = {"linear": "weight", "conv": "weight", "matmul": "y"}  # where each fixture's head reads its weight
+
+
+def weight_rows(path, op_type):
+    """Output channels of every `op_type` op's weight, in program order (the fixtures' weights are (C, ...))."""
     view = main_view(path)
-    return [view.dim(view.arg(op, "weight"), 0)
-            for op in view.ops() if view.op_type(op) == "linear"]
+    return [view.dim(view.arg(op, WEIGHT[op_type]), 0) for op in view.ops() if view.op_type(op) == op_type]
 
 
 # -- chunking -----------------------------------------------------------------------------------------------------
@@ -86,13 +89,16 @@ def test_wide_head_is_split_exactly(name, tmp_path):
     report = optimize_package(src, out, rules=RULES)
     [chain] = chains(report, "split_wide")
     assert chain.status == REWRITTEN and chain.output == "logits" and chain.chunks == k
-    assert chain.channels == expected["vocab"]
+    assert chain.channels == expected["vocab"] and chain.op == expected["op"]
+    sizes = sorted({e - b for b, e in chunk_bounds(expected["vocab"], k)}, reverse=True)
+    assert chain.summary == f"{expected['vocab']} output channels -> {k} chunks of {' or '.join(map(str, sizes))}"
 
     before = op_types(src)
     after = op_types(out)
-    assert after == [t for t in before if t != "linear"] + ["linear"] * k + ["concat"]
+    head = expected["op"]
+    assert after == [t for t in before if t != head] + [head] * k + ["concat"]
     sizes = [e - b for b, e in chunk_bounds(expected["vocab"], k)]
-    assert linear_weight_rows(out) == sizes
+    assert weight_rows(out, head) == sizes
 
     feeds = inputs_for(src)
     original, rewritten = run_package(src, feeds), run_package(out, feeds)
@@ -129,7 +135,7 @@ def test_lint_flags_the_head_before_and_only_the_concat_after(name, tmp_path):
     src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
     optimize_package(src, out, rules=RULES)
     wide = lambda path: sorted((f.op_type, f.op) for f in lint(path).findings if f.code == "dim-over-16384")
-    assert wide(src) == [("linear", "logits")]
+    assert wide(src) == [(EXPECTED[name]["op"], "logits")]
     # every chunk is within the limit; the concat putting them back together is as wide as the head was, and
     # lint says so (docs/lint.md: a concat of split pieces is itself over the limit)
     assert wide(out) == [("concat", "logits")]
