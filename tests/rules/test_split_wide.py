@@ -224,3 +224,78 @@ def test_a_large_stored_linear_weight_is_streamed_not_read_whole(monkeypatch):
     rows_per_block = 10_000 // EXPECTED["llama_32000_fp16_ios17"]["hidden"]
     assert max(windows) == rows_per_block * EXPECTED["llama_32000_fp16_ios17"]["hidden"]
     assert [32000, 4] not in [list(s) for s in reads]  # the weight is never read whole
+
+
+# -- programs written here: the forms the fixtures do not spell -------------------------------------------------------
+
+def save_program(prog, path, target=None):
+    import coremltools as ct
+
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target or ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(path)
+    return path
+
+
+def test_a_constant_left_matmul_operand_is_split_along_its_rows(tmp_path):
+    """W @ x with W (C, D) constant: the output's channels are on axis -2, and so is the concat."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    weight = np.random.default_rng(1).standard_normal((20000, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((2, 4, 3), dtype=types.fp32)], opset_version=ct.target.iOS17)
+    def prog(h):
+        return mb.matmul(x=weight, y=h, name="scores")
+
+    src = save_program(prog, str(tmp_path / "left.mlpackage"))
+    out = str(tmp_path / "out.mlpackage")
+    [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
+    assert chain.status == REWRITTEN and chain.axes == [1] and chain.summary == "20000 output channels -> 2 chunks of 10000"
+    assert op_types(out) == ["matmul", "matmul", "concat"]
+    feeds = inputs_for(src)
+    np.testing.assert_array_equal(run_package(out, feeds)["scores"], run_package(src, feeds)["scores"])
+
+
+def test_a_conv_that_is_not_a_linear_over_channels_is_left_alone(tmp_path):
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    weight = np.zeros((16400, 2, 3, 1), np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 2, 5, 1), dtype=types.fp32)], opset_version=ct.target.iOS17)
+    def prog(h):
+        return mb.conv(x=h, weight=weight, name="wide")
+
+    src = save_program(prog, str(tmp_path / "conv3.mlpackage"))
+    [chain] = chains(optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES), "split_wide")
+    assert chain.status == LEFT_ALONE and chain.reason == "its kernel is 3x1, not 1x1"
+
+
+def test_conversion_time_splits_the_head(tmp_path):
+    """mlopt.convert with the rule: the head arrives split in the converted program, outputs unchanged."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from mlopt.coreml import convert
+
+    weight = np.random.default_rng(2).standard_normal((16400, 4)).astype(np.float32)
+    bias = np.random.default_rng(3).standard_normal(16400).astype(np.float32)
+
+    def program():
+        @mb.program(input_specs=[mb.TensorSpec((1, 3, 4), dtype=types.fp32)], opset_version=ct.target.iOS17)
+        def prog(h):
+            return mb.linear(x=h, weight=weight, bias=bias, name="logits")
+        return prog
+
+    model = convert(program(), convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+                    compute_precision=ct.precision.FLOAT32, compute_units=ct.ComputeUnit.CPU_AND_NE,
+                    skip_model_load=True, rules=RULES)
+    path = str(tmp_path / "converted.mlpackage")
+    model.save(path)
+    assert op_types(path) == ["linear", "linear", "concat"]
+    assert weight_rows(path, "linear") == [8200, 8200]
+    plain = save_program(program(), str(tmp_path / "plain.mlpackage"))
+    feeds = inputs_for(plain)
+    np.testing.assert_array_equal(run_package(path, feeds)["logits"], run_package(plain, feeds)["logits"])
