@@ -76,7 +76,9 @@ class Builder(Protocol):
     def constant_slice(self, value, axis: int, begin: int, end: int):
         """A new constant: value[begin:end] along `axis` of the plain constant `value` (a weight split into
         chunks). A stored weight stays stored: the new blob is byte ranges of the old one (package/weight_writer.py),
-        copied through the file system. Raises LoweringFailed where it cannot be built (see the builders)."""
+        copied through the file system. A weight a constexpr op decompresses (palettized, int8) is sliced in its
+        compressed form: a new constexpr op over sliced indices/data and the shared or sliced LUT/scales
+        (rewrites/compressed_slicing.py), never expanded. Raises LoweringFailed where it cannot be built."""
 
     def scaled_constant(self, value, factor: float):
         """A new constant: the float constant `value` times `factor`, rounded once to its dtype (a power of two

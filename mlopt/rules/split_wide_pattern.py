@@ -10,9 +10,10 @@ every piece as far under the limit as k pieces allow; a size rounded to a multip
 not used because no public source states such a tile for the Neural Engine.
 
 Forms it recognises and leaves alone, with the reason the report prints:
-- a weight computed by a `constexpr_*` op (palettized, int8, sparse): splitting those in their compressed form
-  needs a builder method per constexpr op, which the builder contract does not have yet, and expanding them
-  would undo the compression;
+- a weight decompressed by a `constexpr_*` op other than those rewrites/compressed_slicing.py splits in their
+  compressed form (sparse, constexpr_cast): expanding it would undo the compression. The forms it does split may
+  still fail to split exactly at the chunk boundaries (4-bit indices not on a byte, per-block scales crossing a
+  chunk): the builder says why, and the chain is left alone with that reason;
 - a weight or bias that is not a constant, or a weight of unknown shape.
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..graph.dtypes import NUMPY
 from ..patterns.status import NOT_THIS_PATTERN
+from ..rewrites.compressed_slicing import SLICERS
 from ..patterns.trace import attempt
 from .base import Match
 
@@ -114,12 +116,13 @@ def match_wide(graph, op, title):
     def body(trace):
         trace.take(op)
         kind = _producer_type(graph, weight)
-        if kind in COMPRESSED:
-            trace.recognise(f"compressed {title}", f"its weight is decompressed by {kind}; splitting a compressed "
-                            "weight in its compressed form is not supported yet, and expanding it would undo the "
-                            "compression")
-        if kind != "const":
+        if kind in COMPRESSED and kind not in SLICERS:
+            trace.recognise(f"compressed {title}", f"its weight is decompressed by {kind}, which mlopt does not split "
+                            "in its compressed form, and expanding it would undo the compression")
+        if kind not in ("const", *SLICERS):
             trace.fail("its weight is not a constant")
+        if kind in SLICERS:  # the chunks get constexpr ops of their own: the original's goes when nothing else reads it
+            trace.take(graph.producer(weight))
         if bias is not None and _producer_type(graph, bias) != "const":
             trace.fail("its bias is not a constant")
         if form == CONV:

@@ -118,7 +118,9 @@ def test_weight_file_holds_exactly_the_blobs_the_program_reads(name, tmp_path):
     itemsize = 2 if expected["dtype"] == "fp16" else 4
     weight_bytes = expected["vocab"] * expected["hidden"] * itemsize
     old_records, _ = blob_records(src)
-    old_total, new_total = sum(n for _, n in old_records), sum(n for _, n in records)
+    read = set(referenced_offsets(src))
+    old_total = sum(n for offset, n in old_records if offset in read)  # what the input's program reads
+    new_total = sum(n for _, n in records)
     # the chunks replace the weight (and bias) byte for byte; a tied weight stays for its gather as well
     assert new_total - old_total == (weight_bytes if expected["tied"] else 0)
 
@@ -162,18 +164,92 @@ def test_heads_at_the_limit_are_untouched(tmp_path):
     assert [f.code for f in lint(src).findings] == []
 
 
+def compressed_kind(name):
+    return {"palettize4": "constexpr_lut_to_dense",
+            "int8": "constexpr_affine_dequantize" if EXPECTED[name]["target"] == "ios17" else "constexpr_blockwise_shift_scale",
+            }[EXPECTED[name]["compression"]]
+
+
 @pytest.mark.parametrize("name", COMPRESSED)
-def test_compressed_heads_are_left_alone_with_the_reason(name, tmp_path):
+def test_compressed_heads_are_split_in_their_compressed_form(name, tmp_path):
     src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
     report = optimize_package(src, out, rules=RULES)
     [chain] = chains(report, "split_wide")
-    kind = {"palettize4": "constexpr_lut_to_dense",
-            "int8": "constexpr_affine_dequantize" if EXPECTED[name]["target"] == "ios17" else "constexpr_blockwise_shift_scale"}
+    kind, vocab, hidden = compressed_kind(name), EXPECTED[name]["vocab"], EXPECTED[name]["hidden"]
+    assert chain.status == REWRITTEN and chain.chunks == 2
+    assert op_types(src) == [kind, "linear"]
+    after = op_types(out)  # constexpr ops may be placed with the constants, ahead of the linears
+    assert sorted(after[:-1]) == sorted([kind, kind, "linear", "linear"]) and after[-1] == "concat"
+    view = main_view(out)
+    assert [view.dim(view.output(op), 0) for op in view.ops() if view.op_type(op) == kind] == [16000, 16000]
+    records, size = blob_records(out)
+    assert 64 + sum(64 + (n + 63) // 64 * 64 for _, n in records) == size
+    assert [offset for offset, _ in records] == referenced_offsets(out)
+    assert max(n for _, n in records) < vocab * hidden * 2  # never expanded: no blob holds the fp16 weight
+    read = set(referenced_offsets(src))
+    assert sum(n for _, n in records) == sum(n for offset, n in blob_records(src)[0] if offset in read)
+    assert verify_packages(src, out).passed
+    feeds = inputs_for(src)
+    np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
+
+
+def compressed_program(tmp_path, vocab, hidden, op, target=None):
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 2, hidden), dtype=types.fp16)], opset_version=target or ct.target.iOS18)
+    def prog(h):
+        return mb.linear(x=h, weight=op(), name="logits")
+
+    return save_program(prog, str(tmp_path / "compressed.mlpackage"), target or ct.target.iOS18)
+
+
+def test_sub_byte_indices_not_on_a_byte_are_left_alone(tmp_path):
+    """16385 rows of 3 four-bit indices: the first chunk, rows 0-8193, ends mid-byte (8193 * 12 bits)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(4)
+    indices = rng.integers(0, 16, (16385, 3)).astype(types.np_uint4_dtype)
+    lut = rng.standard_normal((1, 1, 16, 1)).astype(np.float16)
+    src = compressed_program(tmp_path, 16385, 3, lambda: mb.constexpr_lut_to_dense(indices=indices, lut=lut))
+    [chain] = chains(optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES), "split_wide")
     assert chain.status == LEFT_ALONE
-    assert chain.reason == (f"compressed WideLinear: its weight is decompressed by {kind[EXPECTED[name]['compression']]}; "
-                            "splitting a compressed weight in its compressed form is not supported yet, and expanding "
-                            "it would undo the compression")
-    assert op_types(out, consts=True) == op_types(src, consts=True)
+    assert chain.reason == ("its replacement could not be built: its 'indices': a 4-bit weight cannot be split at "
+                            "element 0 along axis 0: not on a byte; not rewritten")  # the first chunk ends mid-byte
+
+
+def test_per_block_scales_crossing_a_chunk_are_left_alone(tmp_path):
+    """16500 int8 rows with 3 scale blocks of 5500 rows: the boundary at row 8250 falls inside the second block."""
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(-127, 128, (16500, 4)).astype(np.int8)
+    scale = (rng.random((3, 1)) * 0.01 + 0.001).astype(np.float16)
+    src = compressed_program(tmp_path, 16500, 4, lambda: mb.constexpr_blockwise_shift_scale(data=data, scale=scale))
+    [chain] = chains(optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES), "split_wide")
+    assert chain.status == LEFT_ALONE
+    assert chain.reason == ("its replacement could not be built: its constexpr_blockwise_shift_scale's 'scale' holds "
+                            "one entry per 5500 rows, and a chunk boundary at row 8250 falls inside a block; not rewritten")
+
+
+def test_per_block_scales_on_chunk_boundaries_are_sliced(tmp_path):
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(6)
+    data = rng.integers(-127, 128, (16500, 4)).astype(np.int8)
+    scale = (rng.random((6, 1)) * 0.01 + 0.001).astype(np.float16)
+    src = compressed_program(tmp_path, 16500, 4, lambda: mb.constexpr_blockwise_shift_scale(data=data, scale=scale))
+    out = str(tmp_path / "out.mlpackage")
+    [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
+    assert chain.status == REWRITTEN
+    view = main_view(out)
+    scales = [[d.constant.size for d in op.inputs["scale"].arguments[0].value.type.tensorType.dimensions]
+              for op in view.ops() if view.op_type(op) == "constexpr_blockwise_shift_scale"]
+    assert scales == [[3, 1], [3, 1]]  # 6 blocks of 2750 rows: 3 per chunk of 8250
+    feeds = inputs_for(src)
+    np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
 
 
 def test_other_compute_units_report_without_rewriting(tmp_path):
