@@ -375,3 +375,25 @@ def test_conversion_time_splits_the_head(tmp_path):
     plain = save_program(program(), str(tmp_path / "plain.mlpackage"))
     feeds = inputs_for(plain)
     np.testing.assert_array_equal(run_package(path, feeds)["logits"], run_package(plain, feeds)["logits"])
+
+
+def test_a_matmul_operand_split_along_its_columns(tmp_path):
+    """x @ W with W (D, C) not transposed: each chunk is D runs of bytes, one per row of W."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    weight = np.random.default_rng(7).standard_normal((4, 16390)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 3, 4), dtype=types.fp32)], opset_version=ct.target.iOS17)
+    def prog(h):
+        return mb.matmul(x=h, y=weight, name="logits")
+
+    src = save_program(prog, str(tmp_path / "cols.mlpackage"))
+    out = str(tmp_path / "out.mlpackage")
+    [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
+    assert chain.status == REWRITTEN and chain.summary == "16390 output channels -> 2 chunks of 8195"
+    view = main_view(out)
+    assert [[view.dim(view.arg(op, "y"), i) for i in range(2)] for op in view.ops() if view.op_type(op) == "matmul"] == [[4, 8195]] * 2
+    feeds = inputs_for(src)
+    np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
