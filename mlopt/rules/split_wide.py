@@ -33,6 +33,7 @@ class SplitWideRule(Rule):
     params = ("chunks", "form", "weight_axis", "concat_axis", "transpose_x", "transpose_y")
     param_types = {name: INT for name in params}
     proof = EXACT
+    magnitudes = (1.0,)  # the chain is linear in x: whether the chunks hold the same rows does not depend on x's scale
     operand_budget = 2**22  # x of a wide head: (batch, sequence, hidden) stays far below this
     units_reason = f"splitting below {MAX_CHANNELS} channels only pays where the Neural Engine is targeted explicitly (CPU_AND_NE)"
 

@@ -397,3 +397,19 @@ def test_a_matmul_operand_split_along_its_columns(tmp_path):
     assert [[view.dim(view.arg(op, "y"), i) for i in range(2)] for op in view.ops() if view.op_type(op) == "matmul"] == [[4, 8195]] * 2
     feeds = inputs_for(src)
     np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
+
+
+def test_the_proof_reads_new_chunks_a_window_at_a_time(tmp_path, monkeypatch):
+    """With streaming on, the proof reads the new chunk blobs through NewBlobs.window, never whole."""
+    from mlopt.numerics import streamed
+    from mlopt.package.weight_writer import NewBlobs
+
+    monkeypatch.setattr(streamed, "STREAM_ELEMENTS", 4_000)
+    windows = []
+    real_window = NewBlobs.window
+    monkeypatch.setattr(NewBlobs, "window", lambda self, *a: windows.append(a[-1]) or real_window(self, *a))
+    monkeypatch.setattr(NewBlobs, "value", lambda self, *a: pytest.fail("a new blob was read whole"))
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
+    assert chain.status == REWRITTEN
+    assert windows and max(windows) == 4_000  # 1000 rows of 4 at a time
