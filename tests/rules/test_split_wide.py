@@ -400,7 +400,7 @@ def test_a_matmul_operand_split_along_its_columns(tmp_path):
 
 
 def test_the_proof_reads_new_chunks_a_window_at_a_time(tmp_path, monkeypatch):
-    """With streaming on, the proof reads the new chunk blobs through NewBlobs.window, never whole."""
+    """With streaming on, the proof reads the new weight chunks through NewBlobs.window, never whole."""
     from mlopt.numerics import streamed
     from mlopt.package.weight_writer import NewBlobs
 
@@ -408,7 +408,13 @@ def test_the_proof_reads_new_chunks_a_window_at_a_time(tmp_path, monkeypatch):
     windows = []
     real_window = NewBlobs.window
     monkeypatch.setattr(NewBlobs, "window", lambda self, *a: windows.append(a[-1]) or real_window(self, *a))
-    monkeypatch.setattr(NewBlobs, "value", lambda self, *a: pytest.fail("a new blob was read whole"))
+    real_value = NewBlobs.value
+
+    def whole(self, file_name, offset, np_dtype, shape):  # a bias chunk is small; a weight chunk must not come whole
+        assert len(shape) == 1, f"a new weight chunk of shape {shape} was read whole"
+        return real_value(self, file_name, offset, np_dtype, shape)
+
+    monkeypatch.setattr(NewBlobs, "value", whole)
     src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
     [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
     assert chain.status == REWRITTEN
