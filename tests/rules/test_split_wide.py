@@ -191,6 +191,8 @@ def test_compressed_heads_are_split_in_their_compressed_form(name, tmp_path):
     assert verify_packages(src, out).passed
     feeds = inputs_for(src)
     np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
+    wide = lambda path: sorted((f.op_type, f.op) for f in lint(path).findings if f.code == "dim-over-16384")
+    assert wide(src) == [("linear", "logits")] and wide(out) == [("concat", "logits")]
 
 
 def compressed_program(tmp_path, vocab, hidden, op, target=None):
