@@ -10,7 +10,8 @@ default: a linear the split_wide rule splits into chunks of at most 16384), with
 reused if present), then times, side by side on the warm page cache, each until its output is on disk (`sync`
 after the process ends, inside the timed span; mlopt fsyncs its files itself before renaming them into place):
   - `cp -r` of the package;
-  - `mlopt optimize` (a fresh process, as a user runs it);
+  - `mlopt optimize` (a fresh process, as a user runs it), and the same with `--no-verify` (no proofs: the cost
+    of the rewrite and the writing alone);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
 Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
 start-up cost of `mlopt optimize` on a small fixture.
@@ -154,10 +155,11 @@ def rewrites(src, dst):
 def bench(src, work, runs, round_trip_runs):
     dst = os.path.join(work, "out.mlpackage")
     timed(["cp", "-r", src, dst], dst)  # warm the page cache
-    results = {"cp -r": [], "mlopt optimize": []}
-    for _ in range(runs):  # interleaved, so both see the same machine state
+    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": []}
+    for _ in range(runs):  # interleaved, so all see the same machine state
         results["cp -r"].append(timed(["cp", "-r", src, dst], dst))
         results["mlopt optimize"].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True))
+        results["mlopt optimize --no-verify"].append(timed(["-m", "mlopt", "optimize", "--no-verify", src, dst], dst, peak=True))
     script = os.path.join(work, "round_trip.py")
     with open(script, "w") as f:
         f.write(ROUND_TRIP)
