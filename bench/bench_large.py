@@ -65,7 +65,7 @@ out.save(dst)
 """
 
 
-def build(path, layers, hidden, mlp, head):
+def build(path, layers, hidden, mlp, head=0):
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
