@@ -3,12 +3,15 @@
     python bench/bench_large.py                 # ~2.1 GB: 16 layers, hidden 2048, MLP 8192, 33 RMSNorms
     python bench/bench_large.py --size 0.4gb    # ~0.4 GB: 16 layers, hidden 896, MLP 3584
     python bench/bench_large.py --size small    # a few MB, for a quick smoke run
+    python bench/bench_large.py --head 0        # without the LM head (the head is 32000 rows by default)
 
-Generates a Llama-shaped fp16 package with the coremltools MIL builder (random weights; kept in --work-dir and
+Generates a Llama-shaped fp16 package, ending in an LM head of --head output rows (Llama 2's vocabulary, 32000, by
+default: a linear the split_wide rule splits into chunks of at most 16384), with the coremltools MIL builder (random weights; kept in --work-dir and
 reused if present), then times, side by side on the warm page cache, each until its output is on disk (`sync`
 after the process ends, inside the timed span; mlopt fsyncs its files itself before renaming them into place):
   - `cp -r` of the package;
-  - `mlopt optimize` (a fresh process, as a user runs it);
+  - `mlopt optimize` (a fresh process, as a user runs it), and the same with `--no-verify` (no proofs: the cost
+    of the rewrite and the writing alone);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
 Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
 start-up cost of `mlopt optimize` on a small fixture.
@@ -62,7 +65,7 @@ out.save(dst)
 """
 
 
-def build(path, layers, hidden, mlp):
+def build(path, layers, hidden, mlp, head=0):
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -89,20 +92,21 @@ def build(path, layers, hidden, mlp):
             m = rms_norm(h)
             gate, up = mb.linear(x=m, weight=w(mlp, hidden)), mb.linear(x=m, weight=w(mlp, hidden))
             h = mb.add(x=h, y=mb.linear(x=mb.mul(x=mb.silu(x=gate), y=up), weight=w(hidden, mlp)))
-        return rms_norm(h)
+        h = rms_norm(h)
+        return mb.linear(x=h, weight=w(head, hidden)) if head else h
 
     model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
                        compute_precision=ct.precision.FLOAT16, pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True)
     model.save(path)
 
 
-def ensure_package(work_dir, size):
-    """The generated package of `size` in `work_dir`, built on first use and reused after."""
+def ensure_package(work_dir, size, head):
+    """The generated package of `size` and `head` rows in `work_dir`, built on first use and reused after."""
     os.makedirs(work_dir, exist_ok=True)
-    src = os.path.join(work_dir, f"llama_{size}.mlpackage")
+    src = os.path.join(work_dir, f"llama_{size}_head{head}.mlpackage")
     if not os.path.isdir(src):
         start = time.perf_counter()
-        build(src, **SIZES[size])
+        build(src, head=head, **SIZES[size])
         print(f"built {src} in {time.perf_counter() - start:.0f} s")
     return src
 
@@ -131,13 +135,31 @@ def timed(argv, dst, peak=False):
     return seconds, (int(kb[-1]) / 1024 if kb else None)
 
 
+def rewrites(src, dst):
+    """What one `mlopt optimize --json` run rewrites in `src`, by rule: "rms_norm 33, split_wide 1"."""
+    import json
+
+    shutil.rmtree(dst, ignore_errors=True)
+    result = subprocess.run([sys.executable, "-m", "mlopt", "optimize", "--json", src, dst], capture_output=True, text=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    if result.returncode not in (0, 1):
+        raise RuntimeError(f"mlopt optimize failed:\n{result.stderr[-2000:]}")
+    counts = {}
+    for fn in json.loads(result.stdout).get("functions", []):
+        for chain in fn.get("chains", []):
+            if chain.get("status") == "rewritten":
+                counts[chain["rule"]] = counts.get(chain["rule"], 0) + 1
+    return ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items())) or "nothing"
+
+
 def bench(src, work, runs, round_trip_runs):
     dst = os.path.join(work, "out.mlpackage")
     timed(["cp", "-r", src, dst], dst)  # warm the page cache
-    results = {"cp -r": [], "mlopt optimize": []}
-    for _ in range(runs):  # interleaved, so both see the same machine state
+    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": []}
+    for _ in range(runs):  # interleaved, so all see the same machine state
         results["cp -r"].append(timed(["cp", "-r", src, dst], dst))
         results["mlopt optimize"].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True))
+        results["mlopt optimize --no-verify"].append(timed(["-m", "mlopt", "optimize", "--no-verify", src, dst], dst, peak=True))
     script = os.path.join(work, "round_trip.py")
     with open(script, "w") as f:
         f.write(ROUND_TRIP)
@@ -150,14 +172,16 @@ def main():
     parser.add_argument("--size", choices=SIZES, default="2gb")
     parser.add_argument("--runs", type=int, default=7, help="interleaved runs of cp and mlopt (median reported)")
     parser.add_argument("--round-trip-runs", type=int, default=2, help="runs of the coremltools round trip")
+    parser.add_argument("--head", type=int, default=32000, help="output rows of the LM head (0: no head)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
     args = parser.parse_args()
 
-    src = ensure_package(args.work_dir, args.size)
+    src = ensure_package(args.work_dir, args.size, args.head)
     shape = SIZES[args.size]
     print(f"package: {package_size(src) / 1e6:,.0f} MB, {shape['layers']} layers, hidden {shape['hidden']}, "
-          f"MLP {shape['mlp']}, {2 * shape['layers'] + 1} RMSNorms; median of {args.runs} runs "
-          f"({args.round_trip_runs} for the round trip)")
+          f"MLP {shape['mlp']}, {2 * shape['layers'] + 1} RMSNorms, LM head {args.head or 'none'}; median of "
+          f"{args.runs} runs ({args.round_trip_runs} for the round trip)")
+    print(f"mlopt optimize rewrites: {rewrites(src, os.path.join(args.work_dir, 'rewrites.mlpackage'))}")
 
     results = bench(src, args.work_dir, args.runs, args.round_trip_runs)
     medians = {k: statistics.median(s for s, _ in v) for k, v in results.items()}

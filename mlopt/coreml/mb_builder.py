@@ -79,6 +79,13 @@ class MbBuilder:
         extra = {"bias": bias} if bias is not None else {}
         return mb.linear(x=x, weight=weight, **extra, **self._args("linear"))
 
+    def matmul(self, x, y, transpose_x=False, transpose_y=False):
+        return mb.matmul(x=x, y=y, transpose_x=bool(transpose_x), transpose_y=bool(transpose_y), **self._args("matmul"))
+
+    def conv(self, x, weight, bias=None):
+        extra = {"bias": bias} if bias is not None else {}
+        return mb.conv(x=x, weight=weight, pad_type="valid", **extra, **self._args("conv"))
+
     def constant_value(self, value):
         return None if value.val is None else np.asarray(value.val)
 

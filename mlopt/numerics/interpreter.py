@@ -36,6 +36,7 @@ from ..graph.spec_graph import op_name
 from ..package.weights import unpack_bits
 from .ops import IMPLEMENTATIONS
 from .ops.lists import TensorList
+from .streamed import streamed_linear, streams
 
 MAX_LIVE_BYTES = 2**30  # computed values a run may hold at once (weights, memory-mapped, are not counted)
 MAX_LOOP_OPS = 500_000  # ops one while_loop may run (cond, body, nested loops; all iterations): ~7 s of small ops
@@ -177,6 +178,8 @@ class Evaluator:
     # -- ops ------------------------------------------------------------------------------------------------
     def _dependencies(self, op):
         deps = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
+        if op.type == "linear" and self._streamed_weight(op) is not None:  # read block by block, not loaded
+            deps.remove(self.view.arg(op, "weight"))
         if op.blocks:
             deps += self._free_values(op)
         return deps
@@ -226,6 +229,8 @@ class Evaluator:
             state = self.view.arg(op, "input")
             self.states[state] = self._typed(state, np.asarray(self._argument(op, "data", env)))
             result = ()
+        elif op.type == "linear" and self._streamed_weight(op) is not None:
+            result = self._streamed_linear(op, env)
         elif op.type == "cast" and self.float_dtype is not None and self._float_cast(op):
             result = self._argument(op, "x", env)  # exact arithmetic: a float cast changes nothing
         else:
@@ -253,6 +258,30 @@ class Evaluator:
             env[out.name] = self._checked(op, out, np.asarray(value))
             if env is self._top and op.type != "const":
                 self._count(op, out.name, env[out.name])
+
+    def _streamed_weight(self, op):
+        """The stored `val` of a linear's weight large enough to be streamed (numerics/streamed.py), or None."""
+        weight = self.view.arg(op, "weight")
+        const = self.producer(weight) if weight is not None and self.blobs is not None else None
+        if const is None or const.type != "const" or "val" not in const.attributes:
+            return None
+        value = const.attributes["val"]
+        if value.WhichOneof("value") != "blobFileValue":
+            return None
+        shape = tensor_shape(value.type)
+        return value if shape is not None and streams(list(shape), value.type.tensorType.dataType in FLOATS) else None
+
+    def _streamed_linear(self, op, env):
+        value = self._streamed_weight(op)
+        blob, dtype = value.blobFileValue, value.type.tensorType.dataType
+        rows, cols = (int(d) for d in tensor_shape(value.type))
+
+        def read_rows(begin, count):
+            block = self.blobs.read_window(blob.fileName, blob.offset, NUMPY[dtype], (rows, cols), begin * cols, count * cols)
+            return self._as_compute(block.reshape(count, cols), dtype)
+
+        bias = self._argument(op, "bias", env) if op.inputs.get("bias") is not None and op.inputs["bias"].arguments else None
+        return streamed_linear(IMPLEMENTATIONS["linear"], self._argument(op, "x", env), bias, rows, cols, read_rows)
 
     def _count(self, op, name, value):
         """Memory stays bounded whatever the shapes say: holding more than MAX_LIVE_BYTES of computed values at

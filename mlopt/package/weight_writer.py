@@ -141,6 +141,33 @@ class NewBlobs:
             window = self.reader.read_window(blob.file_name, offset, np_dtype, shape, start, WINDOW)
             yield (window.astype(np.float64) * factor).astype(np_dtype).tobytes()
 
+    def window(self, file_name, offset, np_dtype, shape, start, count):
+        """Elements `start` .. `start + count` (flat, C order) of a new blob as it will be written, reading only
+        their bytes: what a streamed evaluation of a large new weight reads, a window at a time."""
+        blob = self.blobs[(file_name, offset)]
+        stored = BLOB_DTYPES.get(blob.code)
+        dtype = np.dtype(stored if stored is not None else np_dtype)
+        start, stop = max(0, int(start)), min(math.prod(shape), int(start) + int(count))
+        if stop <= start:
+            return np.empty(0, dtype)
+        if blob.array is not None:
+            return np.ascontiguousarray(blob.array).reshape(-1).view(np.uint8).view(dtype)[start:stop].copy()
+        if blob.ranges:
+            low, high = start * dtype.itemsize, stop * dtype.itemsize
+            fd, _ = self.reader.open_file(blob.file_name)
+            parts, at = [], 0
+            for source, n in blob.ranges:
+                a, b = max(low, at), min(high, at + n)
+                if a < b:
+                    parts.append(os.pread(fd, b - a, source + a - at))
+                at += n
+                if at >= high:
+                    break
+            return np.frombuffer(b"".join(parts), dtype).copy()
+        source, src_dtype, src_shape, factor = blob.scaled
+        window = self.reader.read_window(blob.file_name, source, src_dtype, src_shape, start, stop - start)
+        return (window.astype(np.float64) * factor).astype(src_dtype)
+
     def value(self, file_name, offset, np_dtype, shape):
         blob = self.blobs[(file_name, offset)]
         data = b"".join(bytes(c) for c in self._chunks(blob))
@@ -209,7 +236,7 @@ class _OverlayReader:
 
     def read_window(self, file_name, offset, np_dtype, shape, start, count):
         if (file_name, offset) in self._new.blobs:
-            return self.read(file_name, offset, np_dtype, shape).reshape(-1)[start : start + count].copy()
+            return self._new.window(file_name, offset, np_dtype, shape, start, count)
         return self._base.read_window(file_name, offset, np_dtype, shape, start, count)
 
     def read_packed(self, file_name, offset, bits, signed, shape):

@@ -62,6 +62,13 @@ class Builder(Protocol):
     def linear(self, x, weight, bias=None):
         """MIL linear: x @ weight.T + bias; weight (out, in) and bias (out,) constants. Changes x's last size."""
 
+    def matmul(self, x, y, transpose_x: bool = False, transpose_y: bool = False):
+        """MIL matmul of x and y, both of rank 2 or more (batch axes broadcast); one of them may be a constant."""
+
+    def conv(self, x, weight, bias=None):
+        """MIL conv with strides 1, no padding, dilations 1 and one group: with a 1x1 kernel, a linear over the
+        channel axis 1 of x (N, C_in, *spatial); weight (C_out, C_in, 1, ...), bias (C_out,) constants."""
+
     def constant_value(self, value) -> Optional[np.ndarray]:
         """The data of `value` if it is a plain constant small enough to read whole (immediate, or stored up to
         graph/stored_constants.SMALL_CONSTANT elements), else None: what a rule reads to compute a new constant."""
@@ -69,7 +76,9 @@ class Builder(Protocol):
     def constant_slice(self, value, axis: int, begin: int, end: int):
         """A new constant: value[begin:end] along `axis` of the plain constant `value` (a weight split into
         chunks). A stored weight stays stored: the new blob is byte ranges of the old one (package/weight_writer.py),
-        copied through the file system. Raises LoweringFailed where it cannot be built (see the builders)."""
+        copied through the file system. A weight a constexpr op decompresses (palettized, int8) is sliced in its
+        compressed form: a new constexpr op over sliced indices/data and the shared or sliced LUT/scales
+        (rewrites/compressed_slicing.py), never expanded. Raises LoweringFailed where it cannot be built."""
 
     def scaled_constant(self, value, factor: float):
         """A new constant: the float constant `value` times `factor`, rounded once to its dtype (a power of two

@@ -8,11 +8,12 @@ import math
 
 import numpy as np
 
-from ..graph.dtypes import BOOL, CAST_NAMES, INT32, NUMPY, STRING
+from ..graph.dtypes import BOOL, CAST_NAMES, INT32, NUMPY, STRING, SUB_BYTE
 from ..graph.emit import OpEmitter, literal, retyped, string_value, tensor_type  # noqa: F401  (re-exported)
 from ..graph.spec_graph import op_name
 from ..graph.values import decode_value
 from ..package.proto import MIL_pb2
+from . import compressed_slicing
 from .builder import LoweringFailed, broadcast_dims, slice_masks
 from .opset_rules import epsilon_dtype, folds_params
 
@@ -120,6 +121,31 @@ class SpecBuilder:
         inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {})}
         return self._emit("linear", inputs, tensor_type(self.dtype(x), dims), "linear")
 
+    def matmul(self, x, y, transpose_x=False, transpose_y=False):
+        a, b = self._dims(x), self._dims(y)
+        if len(a) < 2 or len(b) < 2:
+            raise LoweringFailed("a matmul of a rank-1 operand is not built")
+        if transpose_x:
+            a[-1], a[-2] = a[-2], a[-1]
+        if transpose_y:
+            b[-1], b[-2] = b[-2], b[-1]
+        dims = broadcast_dims(a[:-2], b[:-2]) + [a[-2], b[-1]]
+        inputs = {"x": x, "y": y, "transpose_x": self._literal("transpose_x", bool(transpose_x), BOOL),
+                  "transpose_y": self._literal("transpose_y", bool(transpose_y), BOOL)}
+        return self._emit("matmul", inputs, tensor_type(self.dtype(x), dims), "matmul")
+
+    def conv(self, x, weight, bias=None):
+        spatial = self.rank(x) - 2
+        dims = self._dims(x)
+        dims[1] = self.dim(weight, 0)
+        inputs = {"x": x, "weight": weight, **({"bias": bias} if bias is not None else {}),
+                  "strides": self._literal("strides", np.ones(spatial, np.int32), INT32),
+                  "pad_type": self._literal("pad_type", "valid", STRING),
+                  "pad": self._literal("pad", np.zeros(2 * spatial, np.int32), INT32),
+                  "dilations": self._literal("dilations", np.ones(spatial, np.int32), INT32),
+                  "groups": self._literal("groups", np.int32(1), INT32)}
+        return self._emit("conv", inputs, tensor_type(self.dtype(x), dims), "conv")
+
     def _stored(self, value):
         """The const op defining `value` and its `val`, or (None, None)."""
         op = self._consts.get(value) or self.view.producer(value)
@@ -146,6 +172,9 @@ class SpecBuilder:
 
     def constant_slice(self, value, axis, begin, end):
         op, stored = self._stored(value)
+        producer = self.view.producer(value) if op is None else None
+        if producer is not None and producer.type in compressed_slicing.SLICERS:
+            return self._compressed_slice(producer, value, axis, begin, end)
         if op is None:
             raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be split")
         if stored.WhichOneof("value") != "blobFileValue":
@@ -163,6 +192,51 @@ class SpecBuilder:
         shape = list(dims)
         shape[axis] = end - begin
         return self._stored_const(blob.fileName, offset, dtype, shape)
+
+    def _compressed_slice(self, producer, value, axis, begin, end):
+        """A new constexpr op of `producer`'s type computing value[begin:end] along `axis`: each of its stored
+        parameters sliced in its compressed form (rewrites/compressed_slicing.py says which and when)."""
+        if self.new_blobs is None:
+            raise LoweringFailed(f"'{value}' is a stored weight, and this run writes no weight file")
+        weight_dims = self._dims(value)
+        plan = compressed_slicing.plan(producer, weight_dims, axis, begin, end)  # raises LoweringFailed
+        op = MIL_pb2.Operation()
+        op.CopyFrom(producer)
+        for where, name, sliced_axis, b, e in plan:
+            held = op.attributes[name] if where == "attribute" else op.inputs[name].arguments[0].value
+            held.CopyFrom(self._sliced_value(held, name, sliced_axis, b, e))
+        out = self.emitter.fresh(f"{self.base}_{producer.type}")
+        op.outputs[0].name = out
+        op.outputs[0].type.CopyFrom(retyped(self._type(value), axis=axis, size=end - begin))
+        op.attributes["name"].CopyFrom(string_value(out))
+        self.ops.append(op)
+        self._types[out] = op.outputs[0].type
+        return out
+
+    def _sliced_value(self, held, name, axis, begin, end):
+        """A parameter `Value` of a constexpr op cut to [begin:end] along `axis`: a stored one by byte ranges."""
+        dtype = held.type.tensorType.dataType
+        dims = _dims_of(held.type)
+        if None in dims:
+            raise LoweringFailed(f"its '{name}' has a shape unknown until run time")
+        sliced = MIL_pb2.Value()
+        sliced.CopyFrom(held)
+        sliced.type.CopyFrom(retyped(held.type, axis=axis, size=end - begin))
+        if held.WhichOneof("value") == "blobFileValue":
+            np_dtype = np.uint8 if dtype in SUB_BYTE else NUMPY.get(dtype)
+            if np_dtype is None:
+                raise LoweringFailed(f"its '{name}' is stored as a type a new weight cannot be cut from")
+            blob = held.blobFileValue
+            try:
+                sliced.blobFileValue.offset = self.new_blobs.add_slice(blob.fileName, blob.offset, np_dtype, dims, axis, begin, end)
+            except ValueError as e:
+                raise LoweringFailed(f"its '{name}': {e}") from None
+            return sliced
+        array = decode_value(held) if dtype not in SUB_BYTE else None
+        if array is None:
+            raise LoweringFailed(f"its '{name}' is held inline in a form the builder does not cut")
+        index = tuple(slice(begin, end) if i == axis else slice(None) for i in range(array.ndim))
+        return literal(np.ascontiguousarray(array[index]), dtype)
 
     def scaled_constant(self, value, factor):
         op, stored = self._stored(value)
