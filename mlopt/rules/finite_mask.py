@@ -1,0 +1,133 @@
+"""finite_mask: an attention mask whose sentinel fp16 cannot hold, replaced by a finite one.
+
+softmax(scores + M) with M a constant (possibly cast to the add's dtype) that holds -inf, or a value fp16 turns
+into -inf (float32's minimum -3.4e38 from `torch.finfo(torch.float32).min`, -1e9 of older BERT/T5 code), or one
+so close to fp16's limit that adding a negative score overflows (-65504): each such value becomes FILL.
+
+Why FILL = -49152 (= -1.5 * 2**15, exact in fp16):
+
+- masked probabilities stay exactly 0: softmax subtracts the row maximum m, and exp(FILL + s - m) is below fp16's
+  smallest subnormal (2**-24, exp(-16.6)) for every score s < m + 49135; an overflow of FILL + s - m to -inf on the
+  way (m above +16368) still gives exp(-inf) = 0, never NaN, because m itself is finite;
+- the add cannot overflow: FILL + s reaches -65520 (where fp16 rounds to -inf) only for a score below -16368;
+  with -65504 (fp16's minimum, what a clamp of float32's minimum to fp16 gives) it happens for any s < -16;
+- a row masked entirely is uniform, as in the float32 source model (there -3.4e38 + s rounds to -3.4e38 for every
+  score, so every entry is equal): in [-65504, -32768] fp16's spacing is 32, so FILL + s rounds back to FILL for
+  every |s| < 16. -1e4 (Apple's ml-ane-transformers DistilBERT, `(1 - mask).float() * -1e4`) has spacing 8 there
+  and absorbs only |s| < 4; the fp16 program with -inf gives NaN for such a row.
+
+The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
+every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
+"""
+
+import numpy as np
+
+from ..graph.dtypes import FLOAT16
+from ..patterns.status import NOT_THIS_PATTERN
+from ..patterns.trace import attempt
+from .base import REGION, LoweringFailed, Match, Rule
+from .finite_mask_pattern import const_through_casts, finite_sentinels, scan
+
+FILL = -49152.0  # see the module docstring
+FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
+
+
+class FiniteMaskRule(Rule):
+    name = "finite_mask"
+    title = "MaskedSoftmax"
+    description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
+    looks_for = "softmax of a sum with a constant -inf or float32-min mask"
+    anchors = ("softmax",)
+    operands = ("mask",)
+    params = ("fill",)
+    proof = REGION
+    units = None  # fp16 programs compute in fp16 on the GPU and the Neural Engine; the rewrite costs nothing anywhere
+    axes_name = "softmax"
+
+    def match(self, graph, op):
+        total = graph.arg(op, "x")
+        add = graph.producer(total) if total is not None else None
+        if add is None or graph.op_type(add) != "add":
+            return NOT_THIS_PATTERN
+        a, b = graph.arg(add, "x"), graph.arg(add, "y")
+        found = [(x, mask_op, casts) for x, side in ((a, b), (b, a))
+                 for mask_op, casts in [const_through_casts(graph, side)] if mask_op is not None]
+        if len(found) != 1 or x_is_const(graph, found[0][0]):
+            return NOT_THIS_PATTERN
+        x, mask_op, casts = found[0]
+        mask = graph.output(mask_op)
+
+        def body(trace):
+            trace.take(add, op, *casts)
+            if graph.dtype(total) != FLOAT16:
+                trace.recognise(self.title, "the masked add runs in fp32, where its mask is the source model's own")
+            held = scan(graph, mask, FILL)
+            if held is None:
+                trace.fail("its mask cannot be read")
+            if held["nan"]:
+                trace.recognise(self.title, f"its mask holds {held['nan']} NaN: no sentinel to replace")
+            if held["pos_inf"]:
+                trace.recognise(self.title, f"its mask holds {held['pos_inf']} +inf: not a mask sentinel")
+            if not held["sentinels"]:
+                trace.recognise(self.title, f"its mask holds no -inf and nothing below {FILL:g}: fp16 keeps it finite")
+            values = graph.const_value(mask)
+            if values is None:
+                trace.fail("its mask is too large to rewrite as an immediate constant (a stored mask is not rewritten yet)")
+            axis = graph.const(op, "axis")
+            axis = int(axis if axis is not None else -1) % graph.rank(total)
+            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                         dtype=graph.dtype(total), operands={"mask": mask}, params={"fill": FILL},
+                         note=mask_note(values, held["sentinels"], axis, graph.rank(total)))
+
+        return attempt(graph, body)
+
+    def lower(self, b, m):
+        mask = b.constant_value(m.operands["mask"])
+        if mask is None:
+            raise LoweringFailed("its mask cannot be read as a constant")
+        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), m.dtype)
+        return b.elementwise("softmax", b.add(m.x, finite), axis=int(m.axes[0]))
+
+    def reference(self, x, operands, axes, params):
+        """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
+        masked row uniform), in float64."""
+        mask = np.asarray(operands["mask"], np.float64)
+        return _softmax(np.asarray(x, np.float64) + np.where(mask < params["fill"], FLOAT32_MIN, mask), axes[0],
+                        absorb=True)
+
+    def as_read(self, match, x, operands):
+        """What the chain computes as stored: softmax(x + mask) in float64 (-inf stays -inf: NaN in a row masked
+        entirely)."""
+        return _softmax(np.asarray(x, np.float64) + np.asarray(operands["mask"], np.float64), match.axes[0])
+
+    def summary(self, match):
+        return f"axis {match.axes[0]}, fill {match.params['fill']:g}"
+
+
+def x_is_const(graph, value):
+    return graph.is_constant_expr(value)
+
+
+def _softmax(v, axis, absorb=False):
+    """Softmax along `axis`. With `absorb`, a value at float32's minimum swallows what is added to it, as it does in
+    float32 (its spacing there is 2**104): float64 would keep the score and make a fully masked row non-uniform."""
+    if absorb:
+        v = np.where(v <= FLOAT32_MIN / 2, FLOAT32_MIN, v)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(v - np.max(v, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def mask_note(values, sentinels, axis, rank):
+    """What the report says about one mask: how many sentinels were replaced, and the rows masked entirely."""
+    mask = np.asarray(values, np.float64)
+    full = 0
+    axis -= rank - mask.ndim  # the mask broadcasts against the scores from the trailing axes
+    if 0 <= axis < mask.ndim and mask.shape[axis] > 1:
+        full = int(np.all(mask < FILL, axis=axis).sum())
+    rows = (f"; {full} row(s) masked entirely: NaN in the fp16 original, uniform after the rewrite (the float32 "
+            f"source's behaviour, for scores between -16 and 16)") if full else ""
+    return f"{sentinels} sentinel(s) replaced by {FILL:g} (finite in fp16; masked probabilities stay 0){rows}"
+
+
+RULE = FiniteMaskRule()
