@@ -9,7 +9,7 @@ Why FILL = -49152 (= -1.5 * 2**15, exact in fp16):
 - masked probabilities stay exactly 0: softmax subtracts the row maximum m, and exp(FILL + s - m) is below fp16's
   smallest subnormal (2**-24, exp(-16.6)) for every score s < m + 49135; an overflow of FILL + s - m to -inf on the
   way (m above +16368) still gives exp(-inf) = 0, never NaN, because m itself is finite;
-- the add cannot overflow: FILL + s reaches -65520 (where fp16 rounds to -inf) only for a score below -16368;
+- the add cannot overflow: FILL + s reaches -65520 (where fp16 rounds to -inf) only for a score at or below -16368;
   with -65504 (fp16's minimum, what a clamp of float32's minimum to fp16 gives) it happens for any s < -16;
 - a row masked entirely is uniform, as in the float32 source model (there -3.4e38 + s rounds to -3.4e38 for every
   score, so every entry is equal): in [-65504, -32768] fp16's spacing is 32, so FILL + s rounds back to FILL for
