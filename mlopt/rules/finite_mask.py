@@ -46,7 +46,7 @@ class FiniteMaskRule(Rule):
 
     def match(self, graph, op):
         total = graph.arg(op, "x")
-        add = graph.producer(total) if total is not None else None
+        add, out_casts = _through_casts(graph, total)
         if add is None or graph.op_type(add) != "add":
             return NOT_THIS_PATTERN
         a, b = graph.arg(add, "x"), graph.arg(add, "y")
@@ -58,9 +58,9 @@ class FiniteMaskRule(Rule):
         mask = graph.output(mask_op)
 
         def body(trace):
-            trace.take(add, op, *casts)
+            trace.take(add, op, *casts, *out_casts)
             if graph.dtype(total) != FLOAT16:
-                trace.recognise(self.title, "the masked add runs in fp32, where its mask is the source model's own")
+                trace.recognise(self.title, "the softmax runs in fp32, where its mask is the source model's own")
             held = scan(graph, mask, FILL)
             if held is None:
                 trace.fail("its mask cannot be read")
@@ -85,8 +85,11 @@ class FiniteMaskRule(Rule):
         mask = b.constant_value(m.operands["mask"])
         if mask is None:
             raise LoweringFailed("its mask cannot be read as a constant")
-        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), m.dtype)
-        return b.elementwise("softmax", b.add(m.x, finite), axis=int(m.axes[0]))
+        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
+        total = b.add(m.x, finite)
+        if b.dtype(total) != m.dtype:  # an fp32 add whose sum is cast to fp16 for the softmax: the cast stays
+            total = b.cast(total, m.dtype)
+        return b.elementwise("softmax", total, axis=int(m.axes[0]))
 
     def reference(self, x, operands, axes, params):
         """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
@@ -102,6 +105,19 @@ class FiniteMaskRule(Rule):
 
     def summary(self, match):
         return f"axis {match.axes[0]}, fill {match.params['fill']:g}"
+
+
+def _through_casts(graph, value):
+    """(the op computing `value` beneath any casts, the casts), walking up from the softmax's input: coremltools
+    keeps an add with a mask beyond fp16's range in fp32 and casts its sum to fp16 (-1e9 + s becomes -inf there)."""
+    casts, seen = [], set()
+    op = graph.producer(value) if value is not None else None
+    while op is not None and graph.op_type(op) == "cast" and id(op) not in seen:
+        seen.add(id(op))
+        casts.append(op)
+        x = graph.arg(op, "x")
+        op = graph.producer(x) if x is not None else None
+    return op, casts
 
 
 def x_is_const(graph, value):
