@@ -41,7 +41,7 @@ class FiniteMaskRule(Rule):
     operands = ("mask",)
     params = ("fill",)
     proof = REGION
-    units = None  # fp16 programs compute in fp16 on the GPU and the Neural Engine; the rewrite costs nothing anywhere
+    units = None  # only a constant changes: free with any compute units, and an fp16 program may run in fp16 on any
     axes_name = "softmax"
 
     def match(self, graph, op):
