@@ -26,10 +26,11 @@ from ..graph.dtypes import FLOAT16
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
 from .base import REGION, LoweringFailed, Match, Rule
-from .finite_mask_pattern import const_through_casts, finite_sentinels, scan
+from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels, scan
 
 FILL = -49152.0  # see the module docstring
 FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
+FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
 
 
 class FiniteMaskRule(Rule):
@@ -37,7 +38,7 @@ class FiniteMaskRule(Rule):
     title = "MaskedSoftmax"
     description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
     looks_for = "softmax of a sum with a constant -inf or float32-min mask"
-    anchors = ("softmax",)
+    anchors = ("softmax", "const")  # a const: an infinite constant that is no mask, reported and left alone
     operands = ("mask",)
     params = ("fill",)
     proof = REGION
@@ -45,6 +46,8 @@ class FiniteMaskRule(Rule):
     axes_name = "softmax"
 
     def match(self, graph, op):
+        if graph.op_type(op) == "const":
+            return self._elsewhere(graph, op)
         total = graph.arg(op, "x")
         add, out_casts = _through_casts(graph, total)
         if add is None or graph.op_type(add) != "add":
@@ -78,6 +81,25 @@ class FiniteMaskRule(Rule):
             return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
                          dtype=graph.dtype(total), operands={"mask": mask}, params={"fill": FILL},
                          note=mask_note(values, held["sentinels"], axis, graph.rank(total)))
+
+        return attempt(graph, body)
+
+    def _elsewhere(self, graph, op):
+        """An infinite constant (or one fp16 makes infinite) that is neither a softmax's mask nor a clip/maximum/
+        minimum bound: recognised and left alone, with the reason. Only constants read whole (SMALL_CONSTANT)."""
+        value = graph.output(op)
+        data = graph.const_value(value)
+        if data is None or np.asarray(data).dtype.kind != "f" or not reaches_fp16(graph, value):
+            return NOT_THIS_PATTERN
+        data = np.asarray(data, np.float64)
+        if not (np.abs(data[~np.isnan(data)]) > FP16_LIMIT).any() or feeds_a_handled_op(graph, value):
+            return NOT_THIS_PATTERN
+
+        def body(trace):
+            trace.take(op)
+            readers = ", ".join(sorted({graph.op_type(u.op) for u in graph.consumers(value) if u.op is not None})) or "nothing"
+            trace.recognise("InfiniteConstant", f"infinite in fp16, read by {readers}: not a mask before a softmax nor a "
+                                                f"clip/maximum/minimum bound, so its meaning there is the model's own")
 
         return attempt(graph, body)
 
@@ -118,6 +140,31 @@ def _through_casts(graph, value):
         x = graph.arg(op, "x")
         op = graph.producer(x) if x is not None else None
     return op, casts
+
+
+def reaches_fp16(graph, value):
+    """Whether the constant is fp16, or is cast to fp16 by one of its readers."""
+    if graph.dtype(value) == FLOAT16:
+        return True
+    return any(u.op is not None and graph.op_type(u.op) == "cast" and graph.dtype(graph.output(u.op)) == FLOAT16
+               for u in graph.consumers(value))
+
+
+def feeds_a_handled_op(graph, value, depth=4):
+    """Whether the constant reaches (through casts) an add feeding a softmax (this rule) or a clip/maximum/minimum
+    (the finite_bounds rule): those are judged there."""
+    frontier = [value]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for use in graph.consumers(current):
+                kind = graph.op_type(use.op) if use.op is not None else None
+                if kind in ("clip", "maximum", "minimum", "softmax"):
+                    return True
+                if kind in ("cast", "add"):
+                    following.append(graph.output(use.op))
+        frontier = following
+    return False
 
 
 def x_is_const(graph, value):

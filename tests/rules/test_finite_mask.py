@@ -127,3 +127,70 @@ def test_the_fill_is_exact_in_fp16_and_its_arithmetic_holds():
         assert np.isneginf(np.float16(-65504) + np.float16(-17))  # why not fp16's minimum
     assert np.exp(np.float32(FILL + 100)).astype(np.float16) == 0
     assert finite_mask.RULE.name == "finite_mask"
+
+
+# -- infinite bounds (finite_bounds) and infinite constants elsewhere ---------------------------------------------------
+
+import coremltools as ct  # noqa: E402
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+from coremltools.converters.mil.mil import types  # noqa: E402
+
+from mlopt.rules.finite_bounds import FiniteBoundsRule  # noqa: E402
+
+
+def saved(tmp_path, body, dtype=types.fp16, name="in"):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8), dtype=dtype)], opset_version=ct.target.iOS17)
+    def prog(x):
+        return body(x, np.float16 if dtype == types.fp16 else np.float32)
+
+    path = str(tmp_path / f"{name}.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(path)
+    return path
+
+
+def bounded(x, f):
+    a = mb.clip(x=x, alpha=f(-np.inf), beta=f(6))
+    b = mb.maximum(x=a, y=f(-np.inf))
+    return mb.minimum(x=f(np.inf), y=b)
+
+
+def test_infinite_bounds_become_fp16_max(tmp_path):
+    src, out = saved(tmp_path, bounded), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out)
+    assert [c.status for c in chains(report, rule="finite_bounds")] == ["rewritten"] * 3
+    assert op_types(out) == ["clip", "maximum", "minimum"]
+    from mlopt.graph.spec_graph import SpecGraph
+
+    view = SpecGraph("main", read_package(out).spec.mlProgram.functions["main"])
+    bounds = sorted(float(view.const(op, p)) for op in view.ops() for p in ("alpha", "beta", "y", "x")
+                    if view.op_type(op) in ("clip", "maximum", "minimum") and view.const(op, p) is not None)
+    assert bounds == [-65504.0, -65504.0, 6.0, 65504.0]
+    feeds = {"x": np.array([[-np.inf, np.inf, -3, 0, 2, 7, -65504, 1]] * 2, np.float16)}
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (name,) = after
+    np.testing.assert_array_equal(after[name][:, 2:], before[name][:, 2:])  # every finite input: the same result
+    assert before[name][0, 0] == -np.inf and after[name][0, 0] == -65504  # -inf no longer passes through
+
+
+def test_infinite_bounds_of_an_fp32_program_are_left_alone(tmp_path):
+    src, out = saved(tmp_path, bounded, dtype=types.fp32), str(tmp_path / "out.mlpackage")
+    found = chains(optimize_package(src, out), rule="finite_bounds")
+    assert [(c.status, c.reason) for c in found] == [("left alone", "InfiniteBound: the op runs in fp32, where the bound is exact")] * 3
+    assert tree_digest(out) == tree_digest(src)
+
+
+def test_a_wrong_bound_fails_the_proof(monkeypatch, tmp_path):
+    monkeypatch.setattr(FiniteBoundsRule, "lower", lambda self, b, m: b.elementwise("clip", m.x, alpha=0.0, beta=6.0))
+    src = saved(tmp_path, lambda x, f: mb.clip(x=x, alpha=f(-np.inf), beta=f(6)))
+    (chain,) = chains(optimize_package(src, dry_run=True, rules=(FiniteBoundsRule(),)))
+    assert chain.status == "left alone" and chain.reason.startswith("proof failed: the rewrite differs from the InfiniteBound chain")
+
+
+def test_an_infinite_constant_elsewhere_is_left_alone_with_the_reason(tmp_path):
+    src = saved(tmp_path, lambda x, f: mb.mul(x=x, y=np.full(8, np.inf, f)))
+    out = str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert (chain.status, chain.reason) == ("left alone", "InfiniteConstant: infinite in fp16, read by mul: not a mask before a "
+                                            "softmax nor a clip/maximum/minimum bound, so its meaning there is the model's own")
+    assert tree_digest(out) == tree_digest(src)
