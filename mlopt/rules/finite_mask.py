@@ -25,12 +25,14 @@ import numpy as np
 from ..graph.dtypes import FLOAT16
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
-from .base import REGION, LoweringFailed, Match, Rule
+from .base import INT, REGION, LoweringFailed, Match, Rule
 from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels, scan
 
 FILL = -49152.0  # see the module docstring
 FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
 FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
+ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE = 0, 1, 2  # softmax(x + mask), softmax(select(c, x, m)), softmax(select(c, m, x))
+FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)"}
 
 
 class FiniteMaskRule(Rule):
@@ -39,8 +41,9 @@ class FiniteMaskRule(Rule):
     description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
     looks_for = "softmax of a sum with a constant -inf or float32-min mask"
     anchors = ("softmax", "const")  # a const: an infinite constant that is no mask, reported and left alone
-    operands = ("mask",)
-    params = ("fill",)
+    operands = ("mask", "cond")  # cond: the select's condition (None for an additive mask)
+    params = ("fill", "form")  # form: ADD, KEEP_WHERE_TRUE (select(cond, x, fill)) or KEEP_WHERE_FALSE
+    param_types = {"form": INT}
     proof = REGION
     units = None  # only a constant changes: free with any compute units, and an fp16 program may run in fp16 on any
     axes_name = "softmax"
@@ -49,19 +52,25 @@ class FiniteMaskRule(Rule):
         if graph.op_type(op) == "const":
             return self._elsewhere(graph, op)
         total = graph.arg(op, "x")
-        add, out_casts = _through_casts(graph, total)
-        if add is None or graph.op_type(add) != "add":
+        combine, out_casts = _through_casts(graph, total)
+        kind = graph.op_type(combine) if combine is not None else None
+        if kind == "add":
+            sides = [(graph.arg(combine, "x"), graph.arg(combine, "y"), ADD), (graph.arg(combine, "y"), graph.arg(combine, "x"), ADD)]
+        elif kind == "select":
+            a, b = graph.arg(combine, "a"), graph.arg(combine, "b")
+            sides = [(a, b, KEEP_WHERE_TRUE), (b, a, KEEP_WHERE_FALSE)]
+        else:
             return NOT_THIS_PATTERN
-        a, b = graph.arg(add, "x"), graph.arg(add, "y")
-        found = [(x, mask_op, casts) for x, side in ((a, b), (b, a))
+        found = [(x, mask_op, casts, form) for x, side, form in sides
                  for mask_op, casts in [const_through_casts(graph, side)] if mask_op is not None]
         if len(found) != 1 or x_is_const(graph, found[0][0]):
             return NOT_THIS_PATTERN
-        x, mask_op, casts = found[0]
+        x, mask_op, casts, form = found[0]
         mask = graph.output(mask_op)
+        cond = graph.arg(combine, "cond") if kind == "select" else None
 
         def body(trace):
-            trace.take(add, op, *casts, *out_casts)
+            trace.take(combine, op, *casts, *out_casts)
             if graph.dtype(total) != FLOAT16:
                 trace.recognise(self.title, "the softmax runs in fp32, where its mask is the source model's own")
             held = scan(graph, mask, FILL)
@@ -79,8 +88,8 @@ class FiniteMaskRule(Rule):
             axis = graph.const(op, "axis")
             axis = int(axis if axis is not None else -1) % graph.rank(total)
             return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
-                         dtype=graph.dtype(total), operands={"mask": mask}, params={"fill": FILL},
-                         note=mask_note(values, held["sentinels"], axis, graph.rank(total)))
+                         dtype=graph.dtype(total), operands={"mask": mask, "cond": cond}, params={"fill": FILL, "form": form},
+                         note=mask_note(values, held["sentinels"], axis, graph.rank(total), form))
 
         return attempt(graph, body)
 
@@ -108,7 +117,13 @@ class FiniteMaskRule(Rule):
         if mask is None:
             raise LoweringFailed("its mask cannot be read as a constant")
         finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
-        total = b.add(m.x, finite)
+        form = int(m.params["form"])
+        if form == ADD:
+            total = b.add(m.x, finite)
+        elif form == KEEP_WHERE_TRUE:
+            total = b.select(m.operands["cond"], m.x, finite)
+        else:
+            total = b.select(m.operands["cond"], finite, m.x)
         if b.dtype(total) != m.dtype:  # an fp32 add whose sum is cast to fp16 for the softmax: the cast stays
             total = b.cast(total, m.dtype)
         return b.elementwise("softmax", total, axis=int(m.axes[0]))
@@ -117,16 +132,15 @@ class FiniteMaskRule(Rule):
         """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
         masked row uniform), in float64."""
         mask = np.asarray(operands["mask"], np.float64)
-        return _softmax(np.asarray(x, np.float64) + np.where(mask < params["fill"], FLOAT32_MIN, mask), axes[0],
+        return _softmax(_combine(x, np.where(mask < params["fill"], FLOAT32_MIN, mask), operands, params), axes[0],
                         absorb=True)
 
     def as_read(self, match, x, operands):
-        """What the chain computes as stored: softmax(x + mask) in float64 (-inf stays -inf: NaN in a row masked
-        entirely)."""
-        return _softmax(np.asarray(x, np.float64) + np.asarray(operands["mask"], np.float64), match.axes[0])
+        """What the chain computes as stored, in float64 (-inf stays -inf: NaN in a row masked entirely)."""
+        return _softmax(_combine(x, np.asarray(operands["mask"], np.float64), operands, match.params), match.axes[0])
 
     def summary(self, match):
-        return f"axis {match.axes[0]}, fill {match.params['fill']:g}"
+        return f"{FORMS[int(match.params['form'])]}, axis {match.axes[0]}, fill {match.params['fill']:g}"
 
 
 def _through_casts(graph, value):
@@ -151,7 +165,7 @@ def reaches_fp16(graph, value):
 
 
 def feeds_a_handled_op(graph, value, depth=4):
-    """Whether the constant reaches (through casts) an add feeding a softmax (this rule) or a clip/maximum/minimum
+    """Whether the constant reaches (through casts) an add or select feeding a softmax (this rule) or a clip/maximum/minimum
     (the finite_bounds rule): those are judged there."""
     frontier = [value]
     for _ in range(depth):
@@ -161,7 +175,7 @@ def feeds_a_handled_op(graph, value, depth=4):
                 kind = graph.op_type(use.op) if use.op is not None else None
                 if kind in ("clip", "maximum", "minimum", "softmax"):
                     return True
-                if kind in ("cast", "add"):
+                if kind in ("cast", "add", "select"):
                     following.append(graph.output(use.op))
         frontier = following
     return False
@@ -169,6 +183,15 @@ def feeds_a_handled_op(graph, value, depth=4):
 
 def x_is_const(graph, value):
     return graph.is_constant_expr(value)
+
+
+def _combine(x, mask, operands, params):
+    x = np.asarray(x, np.float64)
+    form = int(params["form"])
+    if form == ADD:
+        return x + mask
+    cond = np.asarray(operands["cond"]).astype(bool)
+    return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
 
 
 def _softmax(v, axis, absorb=False):
@@ -181,10 +204,13 @@ def _softmax(v, axis, absorb=False):
         return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def mask_note(values, sentinels, axis, rank):
-    """What the report says about one mask: how many sentinels were replaced, and the rows masked entirely."""
+def mask_note(values, sentinels, axis, rank, form=ADD):
+    """What the report says about one mask: how many sentinels were replaced, and the rows an additive mask masks
+    entirely (a select's rows depend on its condition)."""
     mask = np.asarray(values, np.float64)
     full = 0
+    if form != ADD:
+        axis = rank  # no row count
     axis -= rank - mask.ndim  # the mask broadcasts against the scores from the trailing axes
     if 0 <= axis < mask.ndim and mask.shape[axis] > 1:
         full = int(np.all(mask < FILL, axis=axis).sum())

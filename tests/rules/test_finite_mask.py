@@ -36,6 +36,8 @@ def source_attention(feeds, mask):
 
 def mask_of(name):
     family = name.split("_fp16_")[0].split("_fp32_")[0].split("_cast_mixed_")[0]
+    if family == "nanogpt_masked_fill_neg_inf":  # select(causal, -inf, scores): the additive causal mask's meaning
+        return made.causal(-np.inf)
     return made.MASKS[family][0]
 
 
@@ -105,6 +107,7 @@ def keeps_minus_inf(self, b, m):
 
 
 @pytest.mark.parametrize("wrong,name", [(zero_fill, "llama_finfo_min_fp16_ios17"),
+                                        (zero_fill, "nanogpt_masked_fill_neg_inf_fp16_ios17"),
                                         (keeps_minus_inf, "padded_query_full_row_fp16_ios17")])
 def test_the_proof_fed_the_real_mask_rejects_a_wrong_replacement(wrong, name, monkeypatch, tmp_path):
     monkeypatch.setattr(FiniteMaskRule, "lower", wrong)
@@ -194,3 +197,36 @@ def test_an_infinite_constant_elsewhere_is_left_alone_with_the_reason(tmp_path):
     assert (chain.status, chain.reason) == ("left alone", "InfiniteConstant: infinite in fp16, read by mul: not a mask before a "
                                             "softmax nor a clip/maximum/minimum bound, so its meaning there is the model's own")
     assert tree_digest(out) == tree_digest(src)
+
+
+def test_the_select_form_keeps_its_select_and_loads_in_coremltools(tmp_path):
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    src, out = fixture_path("nanogpt_masked_fill_neg_inf_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten"
+    model = ct.models.MLModel(out, skip_model_load=True)
+    spec = model.get_spec()
+    program = milproto_load(spec, spec.specificationVersion, model.weights_dir)
+    ops = [op for op in program.functions["main"].operations if op.op_type != "const"]
+    assert [op.op_type for op in ops] == ["matmul", "mul", "select", "softmax", "matmul"]
+    (select,) = [op for op in ops if op.op_type == "select"]
+    assert float(select.a.val) == FILL and select.b.op.op_type == "mul"  # the fill where the condition holds
+
+
+def test_the_mb_builder_emits_select():
+    from mlopt.coreml.mb_builder import MbBuilder
+    from mlopt.graph.dtypes import FLOAT32
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        return mb.relu(x=x)
+
+    block = prog.functions["main"]
+    (relu,) = [op for op in block.operations if op.op_type == "relu"]
+    with block:
+        builder = MbBuilder(relu, "CoreML7")
+        out = builder.select(mb.const(val=np.tri(2, 8, dtype=bool)), relu.x, builder.const(np.float32(FILL), FLOAT32))
+        builder.finish(out, relu.outputs[0])
+        block.remove_ops([relu])
+    assert [op.op_type for op in block.operations if op.op_type != "const"] == ["select"]
