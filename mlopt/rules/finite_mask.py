@@ -31,8 +31,11 @@ from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels
 FILL = -49152.0  # see the module docstring
 FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
 FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
-ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE = 0, 1, 2  # softmax(x + mask), softmax(select(c, x, m)), softmax(select(c, m, x))
-FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)"}
+ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask), softmax(select(c, x, m)),
+# softmax(select(c, m, x)), softmax(x + (1 - m) * sentinel)
+FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
+         PRODUCT: "(1 - m) * fill"}
+LAYOUT = ("expand_dims", "reshape", "squeeze", "cast")  # ops between a (1 - m) * sentinel and its add: order kept
 
 
 class FiniteMaskRule(Rule):
@@ -40,8 +43,8 @@ class FiniteMaskRule(Rule):
     title = "MaskedSoftmax"
     description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
     looks_for = "softmax of a sum with a constant -inf or float32-min mask"
-    anchors = ("softmax", "const")  # a const: an infinite constant that is no mask, reported and left alone
-    operands = ("mask", "cond")  # cond: the select's condition (None for an additive mask)
+    anchors = ("softmax", "mul", "const")  # mul: (1 - m) * sentinel; const: an infinite constant that is no mask
+    operands = ("mask", "cond", "keep")  # cond: the select's condition; keep: the (1 - m) a sentinel multiplies
     params = ("fill", "form")  # form: ADD, KEEP_WHERE_TRUE (select(cond, x, fill)) or KEEP_WHERE_FALSE
     param_types = {"form": INT}
     proof = REGION
@@ -51,6 +54,8 @@ class FiniteMaskRule(Rule):
     def match(self, graph, op):
         if graph.op_type(op) == "const":
             return self._elsewhere(graph, op)
+        if graph.op_type(op) == "mul":
+            return self._product(graph, op)
         total = graph.arg(op, "x")
         combine, out_casts = _through_casts(graph, total)
         kind = graph.op_type(combine) if combine is not None else None
@@ -93,6 +98,67 @@ class FiniteMaskRule(Rule):
 
         return attempt(graph, body)
 
+    def _product(self, graph, op):
+        """keep * sentinel, keep = 1 - m (transformers' `(1.0 - attention_mask) * torch.finfo(dtype).min`), reaching
+        an add into a softmax through expand_dims/reshape/squeeze/casts. In fp16 the sentinel is -inf and
+        0 * -inf = NaN at every position the mask keeps. The rewrite multiplies by FILL instead; the proof is judged
+        at the softmax and feeds `keep` from {0, 1}: it assumes m holds only 0 and 1, as an attention mask does."""
+        found = [(graph.arg(op, a), graph.arg(op, b)) for a, b in (("x", "y"), ("y", "x"))]
+        found = [(keep, side) for keep, side in found if keep is not None and side is not None
+                 and const_through_casts(graph, side)[0] is not None and not graph.is_constant_expr(keep)]
+        if len(found) != 1:
+            return NOT_THIS_PATTERN
+        keep, side = found[0]
+        sentinel_op, casts = const_through_casts(graph, side)
+        sentinel = graph.output(sentinel_op)
+        held = graph.const_value(sentinel)
+        if held is None or np.size(held) != 1 or not float(np.asarray(held, np.float64).reshape(())) < FILL:
+            return NOT_THIS_PATTERN
+        producer = _through_casts(graph, keep)[0]
+        if producer is None or graph.op_type(producer) != "sub" or graph.const(producer, "x") is None or \
+                float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
+            return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
+        path, value = [], graph.output(op)
+        while True:
+            uses = [u for u in graph.consumers(value) if u.op is not None]
+            if len(uses) != 1 or graph.op_type(uses[0].op) not in LAYOUT:
+                break
+            path.append(uses[0].op)
+            value = graph.output(uses[0].op)
+        add = uses[0].op if len(uses) == 1 and graph.op_type(uses[0].op) == "add" else None
+        softmax, out_casts = None, []
+        if add is not None:
+            following = [u.op for u in graph.consumers(graph.output(add)) if u.op is not None]
+            while len(following) == 1 and graph.op_type(following[0]) == "cast":
+                out_casts.append(following[0])
+                following = [u.op for u in graph.consumers(graph.output(following[0])) if u.op is not None]
+            softmax = following[0] if len(following) == 1 and graph.op_type(following[0]) == "softmax" else None
+        if softmax is None:
+            return NOT_THIS_PATTERN
+        x = graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x")
+
+        def body(trace):
+            trace.take(op, *casts, *path, add, *out_casts, softmax)
+            at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
+            keep_shape = [graph.dim(keep, i) for i in range(graph.rank(keep))]
+            scores = [graph.dim(x, i) for i in range(graph.rank(x))]
+            if None in at_add + keep_shape + scores or \
+                    list(_laid_out(np.zeros(keep_shape), scores).shape) != [1] * (len(scores) - len(at_add)) + at_add:
+                trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
+            if graph.dtype(graph.output(softmax)) != FLOAT16:
+                trace.recognise(self.title, "the softmax runs in fp32, where its mask is the source model's own")
+            axis = graph.const(softmax, "axis")
+            axis = int(axis if axis is not None else -1) % graph.rank(graph.output(softmax))
+            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                         dtype=graph.dtype(graph.output(op)), operands={"mask": sentinel, "keep": keep},
+                         params={"fill": FILL, "form": PRODUCT}, judged_at=graph.output(softmax), binary=(keep,),
+                         facts={"at_add": value},
+                         note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
+                               f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
+                               f"position the mask keeps"))
+
+        return attempt(graph, body)
+
     def _elsewhere(self, graph, op):
         """An infinite constant (or one fp16 makes infinite) that is neither a softmax's mask nor a clip/maximum/
         minimum bound: recognised and left alone, with the reason. Only constants read whole (SMALL_CONSTANT)."""
@@ -118,6 +184,8 @@ class FiniteMaskRule(Rule):
             raise LoweringFailed("its mask cannot be read as a constant")
         finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
         form = int(m.params["form"])
+        if form == PRODUCT:  # the product is the replaced value: the layout ops, add and softmax read it as before
+            return b.mul(m.operands["keep"], b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.operands["mask"])))
         if form == ADD:
             total = b.add(m.x, finite)
         elif form == KEEP_WHERE_TRUE:
@@ -127,6 +195,12 @@ class FiniteMaskRule(Rule):
         if b.dtype(total) != m.dtype:  # an fp32 add whose sum is cast to fp16 for the softmax: the cast stays
             total = b.cast(total, m.dtype)
         return b.elementwise("softmax", total, axis=int(m.axes[0]))
+
+    def output_shape(self, x_shape, operand_shapes, axes, params):
+        """A (1 - m) * sentinel form replaces the product (keep's shape); the others the softmax (x broadcast)."""
+        if int(params.get("form", ADD)) == PRODUCT:
+            return tuple(operand_shapes["keep"])
+        return None
 
     def reference(self, x, operands, axes, params):
         """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
@@ -164,8 +238,8 @@ def reaches_fp16(graph, value):
                for u in graph.consumers(value))
 
 
-def feeds_a_handled_op(graph, value, depth=4):
-    """Whether the constant reaches (through casts) an add or select feeding a softmax (this rule) or a clip/maximum/minimum
+def feeds_a_handled_op(graph, value, depth=6):
+    """Whether the constant reaches (through casts, layout ops, a mul) an add or select feeding a softmax (this rule) or a clip/maximum/minimum
     (the finite_bounds rule): those are judged there."""
     frontier = [value]
     for _ in range(depth):
@@ -175,7 +249,7 @@ def feeds_a_handled_op(graph, value, depth=4):
                 kind = graph.op_type(use.op) if use.op is not None else None
                 if kind in ("clip", "maximum", "minimum", "softmax"):
                     return True
-                if kind in ("cast", "add", "select"):
+                if kind in ("add", "select", "mul", *LAYOUT):
                     following.append(graph.output(use.op))
         frontier = following
     return False
@@ -188,10 +262,27 @@ def x_is_const(graph, value):
 def _combine(x, mask, operands, params):
     x = np.asarray(x, np.float64)
     form = int(params["form"])
+    if form == PRODUCT:  # (1 - m) * sentinel, laid out along the scores' trailing axes (expand_dims/reshape)
+        keep = np.asarray(operands["keep"], np.float64)
+        with np.errstate(invalid="ignore"):
+            product = keep * mask
+        return x + _laid_out(product, x.shape)
     if form == ADD:
         return x + mask
     cond = np.asarray(operands["cond"]).astype(bool)
     return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
+
+
+def _laid_out(product, shape):
+    """The product reshaped as the layout ops between it and the add did (they keep the element order): its
+    elements on the trailing axes of `shape` that hold them, broadcast over the others."""
+    size, dims = product.size, []
+    for d in reversed(shape):
+        if size == 1:
+            break
+        dims.insert(0, d)
+        size //= d if d else 1
+    return np.reshape(product, [1] * (len(shape) - len(dims)) + dims)
 
 
 def _softmax(v, axis, absorb=False):

@@ -18,7 +18,7 @@ sys.path.insert(0, FIXTURES)
 import make_fp16_fixtures as made  # noqa: E402  (the masks the fixtures were built from)
 
 EXPECTED = json.load(open(os.path.join(FIXTURES, "fp16", "expected.json")))
-REWRITTEN = sorted(n for n, e in EXPECTED.items() if e["masks"])
+REWRITTEN = sorted(n for n, e in EXPECTED.items() if e["masks"] and "input_mask" not in e)
 NEGATIVES = sorted(n for n, e in EXPECTED.items() if e["negative"])
 F32_MIN = float(np.finfo(np.float32).min)
 
@@ -230,3 +230,34 @@ def test_the_mb_builder_emits_select():
         builder.finish(out, relu.outputs[0])
         block.remove_ops([relu])
     assert [op.op_type for op in block.operations if op.op_type != "const"] == ["select"]
+
+
+def test_a_mask_from_the_input_times_the_sentinel_is_rewritten_at_the_product(tmp_path):
+    """transformers' `(1.0 - attention_mask) * finfo.min`: in fp16 0 * -inf is NaN at every kept position."""
+    name = "hf_input_mask_min_fp16_ios17"
+    src, out = fixture_path(name, "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten", chain.reason
+    assert "assuming" in chain.note and "holds only 0 and 1" in chain.note
+    assert op_types(out) == op_types(src)  # the sentinel constant changed, nothing else
+    feeds = inputs_for(src)
+    feeds["attention_mask"] = np.array([[1, 1, 1, 1, 0, 0]], feeds["attention_mask"].dtype)
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (output,) = after
+    assert np.isnan(before[output]).all()
+    padding = np.where(feeds["attention_mask"] == 0, F32_MIN, 0.0).reshape(1, 1, 1, made.SEQ)
+    np.testing.assert_allclose(after[output].astype(np.float64), source_attention(feeds, padding), rtol=2e-2, atol=2e-2)
+
+
+def test_the_product_form_proof_rejects_a_zero_fill(monkeypatch, tmp_path):
+    original = FiniteMaskRule.lower
+
+    def zero_product(self, b, m):
+        if int(m.params["form"]) != 3:
+            return original(self, b, m)
+        return b.mul(m.operands["keep"], b.const(np.zeros(np.shape(b.constant_value(m.operands["mask"]))), b.dtype(m.operands["mask"])))
+
+    monkeypatch.setattr(FiniteMaskRule, "lower", zero_product)
+    src, out = fixture_path("hf_input_mask_min_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out, rules=(FiniteMaskRule(),)))
+    assert chain.status == "left alone" and chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain")
