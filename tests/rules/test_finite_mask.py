@@ -261,3 +261,24 @@ def test_the_product_form_proof_rejects_a_zero_fill(monkeypatch, tmp_path):
     src, out = fixture_path("hf_input_mask_min_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
     (chain,) = chains(optimize_package(src, out, rules=(FiniteMaskRule(),)))
     assert chain.status == "left alone" and chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain")
+
+
+def test_at_conversion_time_an_fp16_typed_program_is_rewritten(tmp_path):
+    """mlopt.convert: the fusion sees the softmax in fp16 only when the program is typed fp16 before conversion
+    (coremltools' fp16 casts come after mlopt's fusions); then the row masked entirely is no longer NaN."""
+    from mlopt.coreml import convert
+
+    def prog():
+        return made.attention(made.full_row(-np.inf).astype(np.float16), dtype=types.fp16)
+
+    kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True,
+                  compute_precision=ct.precision.FLOAT16)
+    converted, plain = str(tmp_path / "converted.mlpackage"), str(tmp_path / "plain.mlpackage")
+    convert(prog(), compute_units=ct.ComputeUnit.CPU_ONLY, rules=(FiniteMaskRule(),), **kwargs).save(converted)
+    ct.convert(prog(), **kwargs).save(plain)
+    feeds = inputs_for(plain)
+    before, after = run_package(plain, feeds), run_package(converted, feeds)
+    (output,) = after
+    assert np.isnan(before[output]).any() and np.isfinite(after[output]).all()
+    truth = source_attention(feeds, made.full_row(F32_MIN))
+    np.testing.assert_allclose(after[output].astype(np.float64), truth, rtol=2e-2, atol=2e-2)
