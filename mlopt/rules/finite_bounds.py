@@ -50,13 +50,11 @@ class FiniteBoundsRule(Rule):
             new_high = None
         if kind == "minimum":
             new_low = None
-        if new_low is None and new_high is None:
-            return NOT_THIS_PATTERN
+        if (new_low is None and new_high is None) or graph.dtype(graph.output(op)) != FLOAT16:
+            return NOT_THIS_PATTERN  # finite bounds, or an fp32 op, where an infinite bound is exact
 
         def body(trace):
             trace.take(op)
-            if graph.dtype(graph.output(op)) != FLOAT16:
-                trace.recognise(self.title, "the op runs in fp32, where the bound is exact")
             params = {"low": new_low if new_low is not None else low, "high": new_high if new_high is not None else high}
             return Match(x=x, axes=(), output=graph.output(op), output_op=op, ops=trace.op_names(), dtype=graph.dtype(x),
                          params=params, facts={"kind": kind},

@@ -73,20 +73,20 @@ class FiniteMaskRule(Rule):
         x, mask_op, casts, form = found[0]
         mask = graph.output(mask_op)
         cond = graph.arg(combine, "cond") if kind == "select" else None
+        if graph.dtype(total) != FLOAT16:
+            return NOT_THIS_PATTERN  # an fp32 softmax: its mask is the source model's own (no report line per layer)
+        held = scan(graph, mask, FILL)
+        if held is not None and not (held["sentinels"] or held["nan"] or held["pos_inf"]):
+            return NOT_THIS_PATTERN  # a finite mask (-1e4, ALiBi): nothing fp16 breaks
 
         def body(trace):
             trace.take(combine, op, *casts, *out_casts)
-            if graph.dtype(total) != FLOAT16:
-                trace.recognise(self.title, "the softmax runs in fp32, where its mask is the source model's own")
-            held = scan(graph, mask, FILL)
             if held is None:
                 trace.fail("its mask cannot be read")
             if held["nan"]:
                 trace.recognise(self.title, f"its mask holds {held['nan']} NaN: no sentinel to replace")
             if held["pos_inf"]:
                 trace.recognise(self.title, f"its mask holds {held['pos_inf']} +inf: not a mask sentinel")
-            if not held["sentinels"]:
-                trace.recognise(self.title, f"its mask holds no -inf and nothing below {FILL:g}: fp16 keeps it finite")
             values = graph.const_value(mask)
             if values is None:
                 trace.fail("its mask is too large to rewrite as an immediate constant (a stored mask is not rewritten yet)")
@@ -133,7 +133,7 @@ class FiniteMaskRule(Rule):
                 out_casts.append(following[0])
                 following = [u.op for u in graph.consumers(graph.output(following[0])) if u.op is not None]
             softmax = following[0] if len(following) == 1 and graph.op_type(following[0]) == "softmax" else None
-        if softmax is None:
+        if softmax is None or graph.dtype(graph.output(softmax)) != FLOAT16:
             return NOT_THIS_PATTERN
         x = graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x")
 
@@ -145,8 +145,6 @@ class FiniteMaskRule(Rule):
             if None in at_add + keep_shape + scores or \
                     list(_laid_out(np.zeros(keep_shape), scores).shape) != [1] * (len(scores) - len(at_add)) + at_add:
                 trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
-            if graph.dtype(graph.output(softmax)) != FLOAT16:
-                trace.recognise(self.title, "the softmax runs in fp32, where its mask is the source model's own")
             axis = graph.const(softmax, "axis")
             axis = int(axis if axis is not None else -1) % graph.rank(graph.output(softmax))
             return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
