@@ -118,27 +118,15 @@ class FiniteMaskRule(Rule):
         if producer is None or graph.op_type(producer) != "sub" or graph.const(producer, "x") is None or \
                 float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
             return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
-        path, value = [], graph.output(op)
-        while True:
-            uses = [u for u in graph.consumers(value) if u.op is not None]
-            if len(uses) != 1 or graph.op_type(uses[0].op) not in LAYOUT:
-                break
-            path.append(uses[0].op)
-            value = graph.output(uses[0].op)
-        add = uses[0].op if len(uses) == 1 and graph.op_type(uses[0].op) == "add" else None
-        softmax, out_casts = None, []
-        if add is not None:
-            following = [u.op for u in graph.consumers(graph.output(add)) if u.op is not None]
-            while len(following) == 1 and graph.op_type(following[0]) == "cast":
-                out_casts.append(following[0])
-                following = [u.op for u in graph.consumers(graph.output(following[0])) if u.op is not None]
-            softmax = following[0] if len(following) == 1 and graph.op_type(following[0]) == "softmax" else None
-        if softmax is None or graph.dtype(graph.output(softmax)) != FLOAT16:
+        ends, path, why = _mask_readers(graph, graph.output(op))
+        if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
+        value, add, softmax, _ = ends[0]  # judged at the first softmax; every reader is the same add -> softmax
+        out_casts = [o for end in ends for o in end[3]]
         x = graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x")
 
         def body(trace):
-            trace.take(op, *casts, *path, add, *out_casts, softmax)
+            trace.take(op, *casts, *path, *(end[1] for end in ends), *out_casts, *(end[2] for end in ends))
             at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
             keep_shape = [graph.dim(keep, i) for i in range(graph.rank(keep))]
             scores = [graph.dim(x, i) for i in range(graph.rank(x))]
@@ -269,6 +257,36 @@ def _combine(x, mask, operands, params):
         return x + mask
     cond = np.asarray(operands["cond"]).astype(bool)
     return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
+
+
+def _mask_readers(graph, value, limit=4096):
+    """Where a (1 - m) * sentinel goes: every path through LAYOUT ops must end in an add whose sum (through casts)
+    only a softmax reads - one per attention layer, as transformers shares one extended mask across layers.
+    ([(value at the add, add, softmax, casts after the add)], the LAYOUT ops, None) or (.., .., why not)."""
+    ends, path, frontier, seen = [], [], [value], set()
+    while frontier and len(seen) < limit:
+        current = frontier.pop()
+        for use in graph.consumers(current):
+            if use.op is None:
+                return [], [], "the product is a model output"
+            if id(use.op) in seen:
+                continue
+            seen.add(id(use.op))
+            kind = graph.op_type(use.op)
+            if kind in LAYOUT:
+                path.append(use.op)
+                frontier.append(graph.output(use.op))
+                continue
+            if kind != "add":
+                return [], [], f"the product is read by {kind}"
+            casts, following = [], [u.op for u in graph.consumers(graph.output(use.op))]
+            while len(following) == 1 and following[0] is not None and graph.op_type(following[0]) == "cast":
+                casts.append(following[0])
+                following = [u.op for u in graph.consumers(graph.output(following[0]))]
+            if len(following) != 1 or following[0] is None or graph.op_type(following[0]) != "softmax":
+                return [], [], "its sum is read by something other than one softmax"
+            ends.append((current, use.op, following[0], casts))
+    return ends, path, None if ends else "it reaches no softmax"
 
 
 def _laid_out(product, shape):
