@@ -1,14 +1,15 @@
 """Coverage of real norm implementations: for every package of the three fixture sets, rewritten or not, and the
 error.
 
-    python bench/coverage.py [real|converters|layernorm|coreml_norms ...]     # a markdown table per set (default: all)
+    python bench/coverage.py [real|converters|layernorm|coreml_norms|fp16 ...]     # a markdown table per set (default: all)
 
 - `real`: RMSNorm implementations from model code converted from PyTorch (fixtures/real/, rule rms_norm);
 - `converters`: RMSNorm spellings of other converters and hand-written MIL (fixtures/converters/, rule rms_norm;
   the L2 forms and the trick itself must be left alone);
 - `layernorm`: decomposed LayerNorms (fixtures/layernorm/, rule layer_norm);
 - `coreml_norms`: the LayerNorm and InstanceNorm programs of coremltools' own fusion tests, saved unfused
-  (fixtures/coreml_norms/, rules layer_norm and instance_norm; a row per test variant, its kind first).
+  (fixtures/coreml_norms/, rules layer_norm and instance_norm; a row per test variant, its kind first);
+- `fp16`: attention masks whose sentinel fp16 cannot hold (fixtures/fp16/, rule finite_mask; a cell counts masks).
 
 Each cell: chains rewritten by the set's rule / the norms the model code holds (expected.json, written from the
 code, not by mlopt) over the opsets the packages were built for, the worst self-check error of a rewrite against
@@ -46,6 +47,7 @@ SETS = {
     "coreml_norms": (("layer_norm", "instance_norm"), lambda name, e: (
         f"{e['kind'] if e['expect'] == 'rewrite' else 'no norm'}: {_family(name)}", e["dtype"], e["norms"],
         e["expect"] != "rewrite")),
+    "fp16": ("finite_mask", lambda name, e: (e["implementation"], _precision(name), e["masks"], e["negative"])),
 }
 
 

@@ -265,7 +265,10 @@ def test_epsilons_that_cancel_out_are_still_refused():
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_gamma_with_inf_or_nan(capfd, dtype, bad):
     program = rms_program(gamma=[1.0, bad, 1.0, 1.0], dtype=dtype)
-    assert chains(program.spec) == [("left alone", f"gamma holds inf or nan: nothing to compare against; {UNCHECKED}")]
+    found = chains(program.spec)
+    if dtype == "FLOAT16" and np.isinf(bad):  # finite_mask also names the infinite constant, left alone
+        found = [c for c in found if not c[1].startswith("InfiniteConstant: ")]
+    assert found == [("left alone", f"gamma holds inf or nan: nothing to compare against; {UNCHECKED}")]
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
 

@@ -49,6 +49,9 @@ class MbBuilder:
     def add(self, x, y):
         return mb.add(x=x, y=y, **self._args("add"))
 
+    def select(self, cond, a, b):
+        return mb.select(cond=cond, a=a, b=b, **self._args("select"))
+
     def concat(self, values, axis):
         return mb.concat(values=list(values), axis=axis, **self._args("concat"))
 

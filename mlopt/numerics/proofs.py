@@ -8,6 +8,9 @@
   that is not constant. The rewrite, evaluated in its declared dtypes, must equal the rule's float64 `reference`
   (or, for a rule without one, the original chain evaluated in float64) within its dtype's tolerance. Because the
   constants are the program's, the values a rewrite changes are the ones the proof exercises.
+- Both judge at `match.judged_at` when a rule sets it (a constant whose effect shows only downstream, judged at
+  the softmax it feeds) and feed `match.binary` values from {0, 1} (an attention mask's keep/drop input: the
+  rule's note names that assumption).
 - EXACT: REGION, and the rewrite evaluated in float64 must equal the original evaluated in float64 to EXACT_RTOL:
   for rewrites of constant values that keep the arithmetic (a weight split into chunks, scaled by a power of two,
   a constant re-encoded), where any rounding of a changed constant is a bug, whatever the tolerance would allow.
@@ -89,16 +92,19 @@ def _region(view, blobs, rule, match, new_ops, seed, exact):
         shapes[value] = shape
     rng = np.random.default_rng(seed)
     overlay = {out.name: op for op in new_ops for out in op.outputs}
-    out_dtype = NUMPY.get(view.dtype(match.output), NUMPY[match.dtype])
+    target = getattr(match, "judged_at", None) or match.output  # where the rewrite is judged (rules/base.Match)
+    binary = set(getattr(match, "binary", ()))
+    out_dtype = NUMPY.get(view.dtype(target), NUMPY[match.dtype])
     rtol, atol = tolerance_for(NUMPY[match.dtype], out_dtype)
     operands = {name: value for name, value in match.operands.items() if value is not None}
     # the operands only where a reference reads them: a stored weight evaluated whole would cost its size in float64
-    wanted = [match.output] + ([match.x, *operands.values()] if rule.reference is not None else [])
+    wanted = [target] + ([match.x, *operands.values()] if rule.reference is not None else [])
     result = CheckResult(True)
     for k, magnitude in enumerate(rule.magnitudes):
-        feeds = {v: (rng.standard_normal(shapes[v]) * magnitude).astype(NUMPY[view.dtype(v)]) for v in fed}
+        feeds = {v: (rng.integers(0, 2, shapes[v]) if v in binary else rng.standard_normal(shapes[v]) * magnitude)
+                 .astype(NUMPY[view.dtype(v)]) for v in fed}
         values = Evaluator(view, blobs, float_dtype=np.float64).evaluate(wanted, feeds)
-        original64 = values[match.output]
+        original64 = values[target]
         if rule.reference is not None:
             known = {name: values[value] for name, value in operands.items()}
             as_read = rule.as_read(match, values[match.x], known)
@@ -111,8 +117,8 @@ def _region(view, blobs, rule, match, new_ops, seed, exact):
             truth = rule.reference(values[match.x], known, match.axes, match.params)
         else:
             truth = original64
-        new = Evaluator(view, blobs, overlay=overlay).evaluate([match.output], feeds)[match.output]
-        old = Evaluator(view, blobs).evaluate([match.output], feeds)[match.output]
+        new = Evaluator(view, blobs, overlay=overlay).evaluate([target], feeds)[target]
+        old = Evaluator(view, blobs).evaluate([target], feeds)[target]
         new_diff = compare(new, truth, rtol=rtol, atol=atol)
         result.error = max(result.error, _worst(new_diff))
         result.original_error = max(result.original_error, _worst(compare(old, truth, rtol=rtol, atol=atol)))
@@ -121,7 +127,7 @@ def _region(view, blobs, rule, match, new_ops, seed, exact):
                 f"proof failed: the rewrite differs from the {rule.title} chain by {_worst(new_diff):.2g} (relative) "
                 f"at input magnitude {magnitude:g}; rolled back")
         if exact and result.passed:
-            new64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate([match.output], feeds)[match.output]
+            new64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate([target], feeds)[target]
             same = compare(new64, original64, rtol=EXACT_RTOL, atol=0.0)
             if not same.passed:
                 result.passed, result.reason = False, (

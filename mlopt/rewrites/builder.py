@@ -39,6 +39,9 @@ class Builder(Protocol):
 
     def concat(self, values: Sequence, axis: int): ...
 
+    def select(self, cond, a, b):
+        """MIL select: a where the bool `cond` holds, else b (all three broadcast); a's dtype."""
+
     def slice_along(self, x, axis: int, begin: int, end: int):
         """x[begin:end] along `axis`, every other axis whole (only `axis` needs a static size)."""
 

@@ -72,6 +72,10 @@ class SpecBuilder:
     def add(self, x, y):
         return self._emit("add", {"x": x, "y": y}, tensor_type(self.dtype(x), broadcast_dims(self._dims(x), self._dims(y))), "add")
 
+    def select(self, cond, a, b):
+        dims = broadcast_dims(broadcast_dims(self._dims(cond), self._dims(a)), self._dims(b))
+        return self._emit("select", {"cond": cond, "a": a, "b": b}, tensor_type(self.dtype(a), dims), "select")
+
     def concat(self, values, axis):
         sizes = [self.dim(v, axis) for v in values]
         total = None if any(s is None for s in sizes) else sum(sizes)

@@ -4,9 +4,9 @@ read when used (so a test may add a rule of its own). Each of them also takes a 
 as onnxscript's RewriteRuleSet is passed: `rule_set(None)` is the registry as it is now."""
 
 from ..patterns.status import Candidate, ConditionFailed, Matched, NotThisPattern, Recognised
-from . import instance_norm, layer_norm, rms_norm, split_wide
+from . import finite_bounds, finite_mask, instance_norm, layer_norm, rms_norm, split_wide
 
-RULES = (layer_norm.RULE, rms_norm.RULE, instance_norm.RULE, split_wide.RULE)
+RULES = (layer_norm.RULE, rms_norm.RULE, instance_norm.RULE, split_wide.RULE, finite_mask.RULE, finite_bounds.RULE)
 
 
 def rule_set(rules=None):

@@ -63,6 +63,10 @@ class Match:
     params: dict = field(default_factory=dict)  # the rule's literal parameters besides axes (epsilon, ...)
     facts: dict = field(default_factory=dict)  # what only the rule reads back (how the chain spelled itself)
     note: Optional[str] = None  # what the rewrite changes beyond the arithmetic, for the report
+    judged_at: Optional[str] = None  # REGION/EXACT: the value the proof compares, when the rewrite's effect shows
+    # only downstream of `output` (a mask constant judged at its softmax: ops up to it are in `ops`); None: output
+    binary: Tuple[str, ...] = ()  # REGION/EXACT: values the proof feeds from {0, 1} instead of random normals (an
+    # attention mask's keep/drop input); the rule's note must name this assumption
 
     def fused(self):
         return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype)

@@ -1,0 +1,329 @@
+"""finite_mask: an attention mask whose sentinel fp16 cannot hold, replaced by a finite one.
+
+softmax(scores + M) with M a constant (possibly cast to the add's dtype) that holds -inf, or a value fp16 turns
+into -inf (float32's minimum -3.4e38 from `torch.finfo(torch.float32).min`, -1e9 of older BERT/T5 code), or one
+so close to fp16's limit that adding a negative score overflows (-65504): each such value becomes FILL.
+
+Why FILL = -49152 (= -1.5 * 2**15, exact in fp16):
+
+- masked probabilities stay exactly 0: softmax subtracts the row maximum m, and exp(FILL + s - m) is below fp16's
+  smallest subnormal (2**-24, exp(-16.6)) for every score s < m + 49135; an overflow of FILL + s - m to -inf on the
+  way (m above +16368) still gives exp(-inf) = 0, never NaN, because m itself is finite;
+- the add cannot overflow: FILL + s reaches -65520 (where fp16 rounds to -inf) only for a score at or below -16368;
+  with -65504 (fp16's minimum, what a clamp of float32's minimum to fp16 gives) it happens for any s < -16;
+- a row masked entirely is uniform, as in the float32 source model (there -3.4e38 + s rounds to -3.4e38 for every
+  score, so every entry is equal): in [-65504, -32768] fp16's spacing is 32, so FILL + s rounds back to FILL for
+  every |s| < 16. -1e4 (Apple's ml-ane-transformers DistilBERT, `(1 - mask).float() * -1e4`) has spacing 8 there
+  and absorbs only |s| < 4; the fp16 program with -inf gives NaN for such a row.
+
+The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
+every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
+"""
+
+import numpy as np
+
+from ..graph.dtypes import FLOAT16
+from ..patterns.status import NOT_THIS_PATTERN
+from ..patterns.trace import attempt
+from .base import INT, REGION, LoweringFailed, Match, Rule
+from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels, scan
+
+FILL = -49152.0  # see the module docstring
+FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
+FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
+ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask), softmax(select(c, x, m)),
+# softmax(select(c, m, x)), softmax(x + (1 - m) * sentinel)
+FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
+         PRODUCT: "(1 - m) * fill"}
+LAYOUT = ("expand_dims", "reshape", "squeeze", "cast")  # ops between a (1 - m) * sentinel and its add: order kept
+
+
+class FiniteMaskRule(Rule):
+    name = "finite_mask"
+    title = "MaskedSoftmax"
+    description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
+    looks_for = "softmax of a sum with a constant -inf or float32-min mask"
+    anchors = ("softmax", "mul", "const")  # mul: (1 - m) * sentinel; const: an infinite constant that is no mask
+    operands = ("mask", "cond", "keep")  # cond: the select's condition; keep: the (1 - m) a sentinel multiplies
+    params = ("fill", "form")  # form: ADD, KEEP_WHERE_TRUE (select(cond, x, fill)) or KEEP_WHERE_FALSE
+    param_types = {"form": INT}
+    proof = REGION
+    units = None  # only a constant changes: free with any compute units, and an fp16 program may run in fp16 on any
+    axes_name = "softmax"
+
+    def match(self, graph, op):
+        if graph.op_type(op) == "const":
+            return self._elsewhere(graph, op)
+        if graph.op_type(op) == "mul":
+            return self._product(graph, op)
+        total = graph.arg(op, "x")
+        combine, out_casts = _through_casts(graph, total)
+        kind = graph.op_type(combine) if combine is not None else None
+        if kind == "add":
+            sides = [(graph.arg(combine, "x"), graph.arg(combine, "y"), ADD), (graph.arg(combine, "y"), graph.arg(combine, "x"), ADD)]
+        elif kind == "select":
+            a, b = graph.arg(combine, "a"), graph.arg(combine, "b")
+            sides = [(a, b, KEEP_WHERE_TRUE), (b, a, KEEP_WHERE_FALSE)]
+        else:
+            return NOT_THIS_PATTERN
+        found = [(x, mask_op, casts, form) for x, side, form in sides
+                 for mask_op, casts in [const_through_casts(graph, side)] if mask_op is not None]
+        if len(found) != 1 or x_is_const(graph, found[0][0]):
+            return NOT_THIS_PATTERN
+        x, mask_op, casts, form = found[0]
+        mask = graph.output(mask_op)
+        cond = graph.arg(combine, "cond") if kind == "select" else None
+        if graph.dtype(total) != FLOAT16:
+            return NOT_THIS_PATTERN  # an fp32 softmax: its mask is the source model's own (no report line per layer)
+        held = scan(graph, mask, FILL)
+        if held is not None and not (held["sentinels"] or held["nan"] or held["pos_inf"]):
+            return NOT_THIS_PATTERN  # a finite mask (-1e4, ALiBi): nothing fp16 breaks
+
+        def body(trace):
+            trace.take(combine, op, *casts, *out_casts)
+            if held is None:
+                trace.fail("its mask cannot be read")
+            if held["nan"]:
+                trace.recognise(self.title, f"its mask holds {held['nan']} NaN: no sentinel to replace")
+            if held["pos_inf"]:
+                trace.recognise(self.title, f"its mask holds {held['pos_inf']} +inf: not a mask sentinel")
+            values = graph.const_value(mask)
+            if values is None:
+                trace.fail("its mask is too large to rewrite as an immediate constant (a stored mask is not rewritten yet)")
+            axis = graph.const(op, "axis")
+            axis = int(axis if axis is not None else -1) % graph.rank(total)
+            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                         dtype=graph.dtype(total), operands={"mask": mask, "cond": cond}, params={"fill": FILL, "form": form},
+                         note=mask_note(values, held["sentinels"], axis, graph.rank(total), form))
+
+        return attempt(graph, body)
+
+    def _product(self, graph, op):
+        """keep * sentinel, keep = 1 - m (transformers' `(1.0 - attention_mask) * torch.finfo(dtype).min`), reaching
+        an add into a softmax through expand_dims/reshape/squeeze/casts. In fp16 the sentinel is -inf and
+        0 * -inf = NaN at every position the mask keeps. The rewrite multiplies by FILL instead; the proof is judged
+        at the softmax and feeds `keep` from {0, 1}: it assumes m holds only 0 and 1, as an attention mask does."""
+        found = [(graph.arg(op, a), graph.arg(op, b)) for a, b in (("x", "y"), ("y", "x"))]
+        found = [(keep, side) for keep, side in found if keep is not None and side is not None
+                 and const_through_casts(graph, side)[0] is not None and not graph.is_constant_expr(keep)]
+        if len(found) != 1:
+            return NOT_THIS_PATTERN
+        keep, side = found[0]
+        sentinel_op, casts = const_through_casts(graph, side)
+        sentinel = graph.output(sentinel_op)
+        held = graph.const_value(sentinel)
+        if held is None or np.size(held) != 1 or not float(np.asarray(held, np.float64).reshape(())) < FILL:
+            return NOT_THIS_PATTERN
+        producer = _through_casts(graph, keep)[0]
+        if producer is None or graph.op_type(producer) != "sub" or graph.const(producer, "x") is None or \
+                float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
+            return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
+        ends, path, why = _mask_readers(graph, graph.output(op))
+        if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
+            return NOT_THIS_PATTERN
+        value, add, softmax, _ = ends[0]  # judged at the first softmax; every reader is the same add -> softmax
+        out_casts = [o for end in ends for o in end[3]]
+        x = graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x")
+
+        def body(trace):
+            trace.take(op, *casts, *path, *(end[1] for end in ends), *out_casts, *(end[2] for end in ends))
+            at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
+            keep_shape = [graph.dim(keep, i) for i in range(graph.rank(keep))]
+            scores = [graph.dim(x, i) for i in range(graph.rank(x))]
+            if None in at_add + keep_shape + scores or \
+                    list(_laid_out(np.zeros(keep_shape), scores).shape) != [1] * (len(scores) - len(at_add)) + at_add:
+                trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
+            axis = graph.const(softmax, "axis")
+            axis = int(axis if axis is not None else -1) % graph.rank(graph.output(softmax))
+            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                         dtype=graph.dtype(graph.output(op)), operands={"mask": sentinel, "keep": keep},
+                         params={"fill": FILL, "form": PRODUCT}, judged_at=graph.output(softmax), binary=(keep,),
+                         facts={"at_add": value},
+                         note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
+                               f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
+                               f"position the mask keeps"))
+
+        return attempt(graph, body)
+
+    def _elsewhere(self, graph, op):
+        """An infinite constant (or one fp16 makes infinite) that is neither a softmax's mask nor a clip/maximum/
+        minimum bound: recognised and left alone, with the reason. Only constants read whole (SMALL_CONSTANT)."""
+        value = graph.output(op)
+        data = graph.const_value(value)
+        if data is None or np.asarray(data).dtype.kind != "f" or not reaches_fp16(graph, value):
+            return NOT_THIS_PATTERN
+        data = np.asarray(data, np.float64)
+        if not (np.abs(data[~np.isnan(data)]) > FP16_LIMIT).any() or feeds_a_handled_op(graph, value):
+            return NOT_THIS_PATTERN
+
+        def body(trace):
+            trace.take(op)
+            readers = ", ".join(sorted({graph.op_type(u.op) for u in graph.consumers(value) if u.op is not None})) or "nothing"
+            trace.recognise("InfiniteConstant", f"infinite in fp16, read by {readers}: not a mask before a softmax nor a "
+                                                f"clip/maximum/minimum bound, so its meaning there is the model's own")
+
+        return attempt(graph, body)
+
+    def lower(self, b, m):
+        mask = b.constant_value(m.operands["mask"])
+        if mask is None:
+            raise LoweringFailed("its mask cannot be read as a constant")
+        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
+        form = int(m.params["form"])
+        if form == PRODUCT:  # the product is the replaced value: the layout ops, add and softmax read it as before
+            return b.mul(m.operands["keep"], b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.operands["mask"])))
+        if form == ADD:
+            total = b.add(m.x, finite)
+        elif form == KEEP_WHERE_TRUE:
+            total = b.select(m.operands["cond"], m.x, finite)
+        else:
+            total = b.select(m.operands["cond"], finite, m.x)
+        if b.dtype(total) != m.dtype:  # an fp32 add whose sum is cast to fp16 for the softmax: the cast stays
+            total = b.cast(total, m.dtype)
+        return b.elementwise("softmax", total, axis=int(m.axes[0]))
+
+    def output_shape(self, x_shape, operand_shapes, axes, params):
+        """A (1 - m) * sentinel form replaces the product (keep's shape); the others the softmax (x broadcast)."""
+        if int(params.get("form", ADD)) == PRODUCT:
+            return tuple(operand_shapes["keep"])
+        return None
+
+    def reference(self, x, operands, axes, params):
+        """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
+        masked row uniform), in float64."""
+        mask = np.asarray(operands["mask"], np.float64)
+        return _softmax(_combine(x, np.where(mask < params["fill"], FLOAT32_MIN, mask), operands, params), axes[0],
+                        absorb=True)
+
+    def as_read(self, match, x, operands):
+        """What the chain computes as stored, in float64 (-inf stays -inf: NaN in a row masked entirely)."""
+        return _softmax(_combine(x, np.asarray(operands["mask"], np.float64), operands, match.params), match.axes[0])
+
+    def summary(self, match):
+        return f"{FORMS[int(match.params['form'])]}, axis {match.axes[0]}, fill {match.params['fill']:g}"
+
+
+def _through_casts(graph, value):
+    """(the op computing `value` beneath any casts, the casts), walking up from the softmax's input: coremltools
+    keeps an add with a mask beyond fp16's range in fp32 and casts its sum to fp16 (-1e9 + s becomes -inf there)."""
+    casts, seen = [], set()
+    op = graph.producer(value) if value is not None else None
+    while op is not None and graph.op_type(op) == "cast" and id(op) not in seen:
+        seen.add(id(op))
+        casts.append(op)
+        x = graph.arg(op, "x")
+        op = graph.producer(x) if x is not None else None
+    return op, casts
+
+
+def reaches_fp16(graph, value):
+    """Whether the constant is fp16, or is cast to fp16 by one of its readers."""
+    if graph.dtype(value) == FLOAT16:
+        return True
+    return any(u.op is not None and graph.op_type(u.op) == "cast" and graph.dtype(graph.output(u.op)) == FLOAT16
+               for u in graph.consumers(value))
+
+
+def feeds_a_handled_op(graph, value, depth=6):
+    """Whether the constant reaches (through casts, layout ops, a mul) an add or select feeding a softmax (this rule) or a clip/maximum/minimum
+    (the finite_bounds rule): those are judged there."""
+    frontier = [value]
+    for _ in range(depth):
+        following = []
+        for current in frontier:
+            for use in graph.consumers(current):
+                kind = graph.op_type(use.op) if use.op is not None else None
+                if kind in ("clip", "maximum", "minimum", "softmax"):
+                    return True
+                if kind in ("add", "select", "mul", *LAYOUT):
+                    following.append(graph.output(use.op))
+        frontier = following
+    return False
+
+
+def x_is_const(graph, value):
+    return graph.is_constant_expr(value)
+
+
+def _combine(x, mask, operands, params):
+    x = np.asarray(x, np.float64)
+    form = int(params["form"])
+    if form == PRODUCT:  # (1 - m) * sentinel, laid out along the scores' trailing axes (expand_dims/reshape)
+        keep = np.asarray(operands["keep"], np.float64)
+        with np.errstate(invalid="ignore"):
+            product = keep * mask
+        return x + _laid_out(product, x.shape)
+    if form == ADD:
+        return x + mask
+    cond = np.asarray(operands["cond"]).astype(bool)
+    return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
+
+
+def _mask_readers(graph, value, limit=4096):
+    """Where a (1 - m) * sentinel goes: every path through LAYOUT ops must end in an add whose sum (through casts)
+    only a softmax reads - one per attention layer, as transformers shares one extended mask across layers.
+    ([(value at the add, add, softmax, casts after the add)], the LAYOUT ops, None) or (.., .., why not)."""
+    ends, path, frontier, seen = [], [], [value], set()
+    while frontier and len(seen) < limit:
+        current = frontier.pop()
+        for use in graph.consumers(current):
+            if use.op is None:
+                return [], [], "the product is a model output"
+            if id(use.op) in seen:
+                continue
+            seen.add(id(use.op))
+            kind = graph.op_type(use.op)
+            if kind in LAYOUT:
+                path.append(use.op)
+                frontier.append(graph.output(use.op))
+                continue
+            if kind != "add":
+                return [], [], f"the product is read by {kind}"
+            casts, following = [], [u.op for u in graph.consumers(graph.output(use.op))]
+            while len(following) == 1 and following[0] is not None and graph.op_type(following[0]) == "cast":
+                casts.append(following[0])
+                following = [u.op for u in graph.consumers(graph.output(following[0]))]
+            if len(following) != 1 or following[0] is None or graph.op_type(following[0]) != "softmax":
+                return [], [], "its sum is read by something other than one softmax"
+            ends.append((current, use.op, following[0], casts))
+    return ends, path, None if ends else "it reaches no softmax"
+
+
+def _laid_out(product, shape):
+    """The product reshaped as the layout ops between it and the add did (they keep the element order): its
+    elements on the trailing axes of `shape` that hold them, broadcast over the others."""
+    size, dims = product.size, []
+    for d in reversed(shape):
+        if size == 1:
+            break
+        dims.insert(0, d)
+        size //= d if d else 1
+    return np.reshape(product, [1] * (len(shape) - len(dims)) + dims)
+
+
+def _softmax(v, axis, absorb=False):
+    """Softmax along `axis`. With `absorb`, a value at float32's minimum swallows what is added to it, as it does in
+    float32 (its spacing there is 2**104): float64 would keep the score and make a fully masked row non-uniform."""
+    if absorb:
+        v = np.where(v <= FLOAT32_MIN / 2, FLOAT32_MIN, v)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(v - np.max(v, axis=axis, keepdims=True))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def mask_note(values, sentinels, axis, rank, form=ADD):
+    """What the report says about one mask: how many sentinels were replaced, and the rows an additive mask masks
+    entirely (a select's rows depend on its condition)."""
+    mask = np.asarray(values, np.float64)
+    full = 0
+    if form != ADD:
+        axis = rank  # no row count
+    axis -= rank - mask.ndim  # the mask broadcasts against the scores from the trailing axes
+    if 0 <= axis < mask.ndim and mask.shape[axis] > 1:
+        full = int(np.all(mask < FILL, axis=axis).sum())
+    rows = (f"; {full} row(s) masked entirely: NaN in the fp16 original, uniform after the rewrite (the float32 "
+            f"source's behaviour, for scores between -16 and 16)") if full else ""
+    return f"{sentinels} sentinel(s) replaced by {FILL:g} (finite in fp16; masked probabilities stay 0){rows}"
+
+
+RULE = FiniteMaskRule()

@@ -1,0 +1,281 @@
+"""finite_mask: mask sentinels fp16 cannot hold, replaced by a finite fill before the softmax (fixtures from
+fixtures/make_fp16_fixtures.py, which cites the model code each mask copies)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, chains, fixture_path, inputs_for, op_types, run_package, tree_digest
+from mlopt import optimize_package
+from mlopt.package import read_package
+from mlopt.rules import finite_mask
+from mlopt.rules.finite_mask import FILL, FiniteMaskRule
+
+sys.path.insert(0, FIXTURES)
+import make_fp16_fixtures as made  # noqa: E402  (the masks the fixtures were built from)
+
+EXPECTED = json.load(open(os.path.join(FIXTURES, "fp16", "expected.json")))
+REWRITTEN = sorted(n for n, e in EXPECTED.items() if e["masks"] and "input_mask" not in e)
+NEGATIVES = sorted(n for n, e in EXPECTED.items() if e["negative"])
+F32_MIN = float(np.finfo(np.float32).min)
+
+
+def source_attention(feeds, mask):
+    """The float32 source model's meaning in float64: a sentinel swallows the score added to it (as float32's
+    minimum does in float32), so masked entries are 0 and a fully masked row is uniform."""
+    q, k, v = (np.asarray(feeds[n], np.float64) for n in ("q", "k", "v"))
+    scores = q @ np.swapaxes(k, -1, -2) * made.DIM ** -0.5
+    mask = np.broadcast_to(np.asarray(mask, np.float64), scores.shape)
+    total = np.where(mask < FILL, F32_MIN, scores + mask)
+    e = np.exp(total - total.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v
+
+
+def mask_of(name):
+    family = name.split("_fp16_")[0].split("_fp32_")[0].split("_cast_mixed_")[0]
+    if family == "nanogpt_masked_fill_neg_inf":  # select(causal, -inf, scores): the additive causal mask's meaning
+        return made.causal(-np.inf)
+    return made.MASKS[family][0]
+
+
+@pytest.mark.parametrize("name", REWRITTEN)
+def test_hazardous_masks_are_rewritten_and_match_the_float32_source(name, tmp_path):
+    folder_name = "fp16"
+    src, out = fixture_path(name, folder_name), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out)
+    (chain,) = [c for c in chains(report) if c.rule == "finite_mask"]
+    assert chain.status == "rewritten", chain.reason
+    expected = op_types(src)
+    if name.endswith("_cast_mixed_ios17"):
+        expected.remove("cast")  # the fp32 mask's cast to fp16 goes: the finite mask is an fp16 constant
+    assert op_types(out) == expected  # otherwise the same ops: only the mask constant changed
+    feeds = inputs_for(src)
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (output,) = after
+    truth = source_attention(feeds, mask_of(name))
+    assert np.isfinite(after[output]).all()
+    np.testing.assert_allclose(after[output].astype(np.float64), truth, rtol=2e-2, atol=2e-2)
+    if EXPECTED[name]["fully_masked_rows"]:
+        assert np.isnan(before[output]).any()  # the original fp16 program: NaN from the row masked entirely
+        assert "1 row(s) masked entirely: NaN in the fp16 original, uniform after the rewrite" in chain.note
+
+
+def stored_mask(path):
+    """Every float constant of the program that holds FILL (the rewritten mask: an immediate constant)."""
+    from mlopt.graph.spec_graph import SpecGraph
+
+    view = SpecGraph("main", read_package(path).spec.mlProgram.functions["main"])
+    found = [np.asarray(view.const_value(v)) for v in view.types if view.is_const(v)]
+    return [d for d in found if d.dtype.kind == "f" and (d == FILL).any()]
+
+
+def test_the_sentinel_becomes_the_fill_and_nothing_else_changes(tmp_path):
+    src, out = fixture_path("nn_transformer_neg_inf_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out)
+    (mask,) = stored_mask(out)
+    expected = np.where(made.CAUSAL, FILL, 0.0).reshape(1, 1, made.SEQ, made.SEQ)
+    np.testing.assert_array_equal(mask.astype(np.float64), expected)
+    assert mask.dtype == np.float16
+
+
+@pytest.mark.parametrize("name", NEGATIVES)
+def test_healthy_masks_are_left_byte_identical(name, tmp_path):
+    src, out = fixture_path(name, "fp16"), str(tmp_path / "out.mlpackage")
+    # not a candidate (a finite mask, or a mask of the fp32 source's own semantics): no report line per layer
+    assert chains(optimize_package(src, out), rule="finite_mask") == []
+    assert tree_digest(out) == tree_digest(src)
+
+
+def zero_fill(self, b, m):
+    """The deliberately wrong replacement: the sentinel replaced by 0, so masked positions are attended to."""
+    mask = b.constant_value(m.operands["mask"])
+    finite = b.const(np.where(np.asarray(mask, np.float64) < m.params["fill"], 0.0, mask), m.dtype)
+    return b.elementwise("softmax", b.add(m.x, finite), axis=int(m.axes[0]))
+
+
+def keeps_minus_inf(self, b, m):
+    """Another wrong one: the mask left as it is (fully masked rows stay NaN)."""
+    mask = b.constant_value(m.operands["mask"])
+    return b.elementwise("softmax", b.add(m.x, b.const(mask, m.dtype)), axis=int(m.axes[0]))
+
+
+@pytest.mark.parametrize("wrong,name", [(zero_fill, "llama_finfo_min_fp16_ios17"),
+                                        (zero_fill, "nanogpt_masked_fill_neg_inf_fp16_ios17"),
+                                        (keeps_minus_inf, "padded_query_full_row_fp16_ios17")])
+def test_the_proof_fed_the_real_mask_rejects_a_wrong_replacement(wrong, name, monkeypatch, tmp_path):
+    monkeypatch.setattr(FiniteMaskRule, "lower", wrong)
+    src, out = fixture_path(name, "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out, rules=(FiniteMaskRule(),)))
+    assert chain.status == "left alone"
+    assert chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain") and \
+        chain.reason.endswith("; rolled back"), chain.reason
+    assert tree_digest(out) == tree_digest(src)
+
+
+def test_the_fill_is_exact_in_fp16_and_its_arithmetic_holds():
+    """What the rule's docstring claims, in numpy's IEEE fp16 arithmetic."""
+    fill = np.float16(FILL)
+    assert float(fill) == FILL
+    scores = np.arange(-15.5, 16, 0.5, dtype=np.float16)
+    assert ((fill + scores) == fill).all()  # absorbed: a fully masked row is uniform for |s| < 16
+    with np.errstate(over="ignore"):
+        assert np.isfinite(fill + np.float16(-16352)) and np.isneginf(fill + np.float16(-16368))
+        assert np.isneginf(np.float16(-65504) + np.float16(-17))  # why not fp16's minimum
+    assert np.exp(np.float32(FILL + 100)).astype(np.float16) == 0
+    assert finite_mask.RULE.name == "finite_mask"
+
+
+# -- infinite bounds (finite_bounds) and infinite constants elsewhere ---------------------------------------------------
+
+import coremltools as ct  # noqa: E402
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+from coremltools.converters.mil.mil import types  # noqa: E402
+
+from mlopt.rules.finite_bounds import FiniteBoundsRule  # noqa: E402
+
+
+def saved(tmp_path, body, dtype=types.fp16, name="in"):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8), dtype=dtype)], opset_version=ct.target.iOS17)
+    def prog(x):
+        return body(x, np.float16 if dtype == types.fp16 else np.float32)
+
+    path = str(tmp_path / f"{name}.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(path)
+    return path
+
+
+def bounded(x, f):
+    a = mb.clip(x=x, alpha=f(-np.inf), beta=f(6))
+    b = mb.maximum(x=a, y=f(-np.inf))
+    return mb.minimum(x=f(np.inf), y=b)
+
+
+def test_infinite_bounds_become_fp16_max(tmp_path):
+    src, out = saved(tmp_path, bounded), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out)
+    assert [c.status for c in chains(report, rule="finite_bounds")] == ["rewritten"] * 3
+    assert op_types(out) == ["clip", "maximum", "minimum"]
+    from mlopt.graph.spec_graph import SpecGraph
+
+    view = SpecGraph("main", read_package(out).spec.mlProgram.functions["main"])
+    bounds = sorted(float(view.const(op, p)) for op in view.ops() for p in ("alpha", "beta", "y", "x")
+                    if view.op_type(op) in ("clip", "maximum", "minimum") and view.const(op, p) is not None)
+    assert bounds == [-65504.0, -65504.0, 6.0, 65504.0]
+    feeds = {"x": np.array([[-np.inf, np.inf, -3, 0, 2, 7, -65504, 1]] * 2, np.float16)}
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (name,) = after
+    np.testing.assert_array_equal(after[name][:, 2:], before[name][:, 2:])  # every finite input: the same result
+    assert before[name][0, 0] == -np.inf and after[name][0, 0] == -65504  # -inf no longer passes through
+
+
+def test_infinite_bounds_of_an_fp32_program_are_left_alone(tmp_path):
+    src, out = saved(tmp_path, bounded, dtype=types.fp32), str(tmp_path / "out.mlpackage")
+    assert chains(optimize_package(src, out), rule="finite_bounds") == []
+    assert tree_digest(out) == tree_digest(src)
+
+
+def test_a_wrong_bound_fails_the_proof(monkeypatch, tmp_path):
+    monkeypatch.setattr(FiniteBoundsRule, "lower", lambda self, b, m: b.elementwise("clip", m.x, alpha=0.0, beta=6.0))
+    src = saved(tmp_path, lambda x, f: mb.clip(x=x, alpha=f(-np.inf), beta=f(6)))
+    (chain,) = chains(optimize_package(src, dry_run=True, rules=(FiniteBoundsRule(),)))
+    assert chain.status == "left alone" and chain.reason.startswith("proof failed: the rewrite differs from the InfiniteBound chain")
+
+
+def test_an_infinite_constant_elsewhere_is_left_alone_with_the_reason(tmp_path):
+    src = saved(tmp_path, lambda x, f: mb.mul(x=x, y=np.full(8, np.inf, f)))
+    out = str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert (chain.status, chain.reason) == ("left alone", "InfiniteConstant: infinite in fp16, read by mul: not a mask before a "
+                                            "softmax nor a clip/maximum/minimum bound, so its meaning there is the model's own")
+    assert tree_digest(out) == tree_digest(src)
+
+
+def test_the_select_form_keeps_its_select_and_loads_in_coremltools(tmp_path):
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    src, out = fixture_path("nanogpt_masked_fill_neg_inf_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten"
+    model = ct.models.MLModel(out, skip_model_load=True)
+    spec = model.get_spec()
+    program = milproto_load(spec, spec.specificationVersion, model.weights_dir)
+    ops = [op for op in program.functions["main"].operations if op.op_type != "const"]
+    assert [op.op_type for op in ops] == ["matmul", "mul", "select", "softmax", "matmul"]
+    (select,) = [op for op in ops if op.op_type == "select"]
+    assert float(select.a.val) == FILL and select.b.op.op_type == "mul"  # the fill where the condition holds
+
+
+def test_the_mb_builder_emits_select():
+    from mlopt.coreml.mb_builder import MbBuilder
+    from mlopt.graph.dtypes import FLOAT32
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        return mb.relu(x=x)
+
+    block = prog.functions["main"]
+    (relu,) = [op for op in block.operations if op.op_type == "relu"]
+    with block:
+        builder = MbBuilder(relu, "CoreML7")
+        out = builder.select(mb.const(val=np.tri(2, 8, dtype=bool)), relu.x, builder.const(np.float32(FILL), FLOAT32))
+        builder.finish(out, relu.outputs[0])
+        block.remove_ops([relu])
+    assert [op.op_type for op in block.operations if op.op_type != "const"] == ["select"]
+
+
+def test_a_mask_from_the_input_times_the_sentinel_is_rewritten_at_the_product(tmp_path):
+    """transformers' `(1.0 - attention_mask) * finfo.min`: in fp16 0 * -inf is NaN at every kept position."""
+    name = "hf_input_mask_min_fp16_ios17"
+    src, out = fixture_path(name, "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten", chain.reason
+    assert "assuming" in chain.note and "holds only 0 and 1" in chain.note
+    assert op_types(out) == op_types(src)  # the sentinel constant changed, nothing else
+    feeds = inputs_for(src)
+    feeds["attention_mask"] = np.array([[1, 1, 1, 1, 0, 0]], feeds["attention_mask"].dtype)
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (output,) = after
+    assert np.isnan(before[output]).all()
+    padding = np.where(feeds["attention_mask"] == 0, F32_MIN, 0.0).reshape(1, 1, 1, made.SEQ)
+    first = source_attention(feeds, padding)  # two layers share the mask: the second reads the first as q
+    truth = source_attention({**feeds, "q": first}, padding)
+    np.testing.assert_allclose(after[output].astype(np.float64), truth, rtol=3e-2, atol=3e-2)
+
+
+def test_the_product_form_proof_rejects_a_zero_fill(monkeypatch, tmp_path):
+    original = FiniteMaskRule.lower
+
+    def zero_product(self, b, m):
+        if int(m.params["form"]) != 3:
+            return original(self, b, m)
+        return b.mul(m.operands["keep"], b.const(np.zeros(np.shape(b.constant_value(m.operands["mask"]))), b.dtype(m.operands["mask"])))
+
+    monkeypatch.setattr(FiniteMaskRule, "lower", zero_product)
+    src, out = fixture_path("hf_input_mask_min_fp16_ios17", "fp16"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out, rules=(FiniteMaskRule(),)))
+    assert chain.status == "left alone" and chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain")
+
+
+def test_at_conversion_time_an_fp16_typed_program_is_rewritten(tmp_path):
+    """mlopt.convert: the fusion sees the softmax in fp16 only when the program is typed fp16 before conversion
+    (coremltools' fp16 casts come after mlopt's fusions); then the row masked entirely is no longer NaN."""
+    from mlopt.coreml import convert
+
+    def prog():
+        return made.attention(made.full_row(-np.inf).astype(np.float16), dtype=types.fp16)
+
+    kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True,
+                  compute_precision=ct.precision.FLOAT16)
+    converted, plain = str(tmp_path / "converted.mlpackage"), str(tmp_path / "plain.mlpackage")
+    convert(prog(), compute_units=ct.ComputeUnit.CPU_ONLY, rules=(FiniteMaskRule(),), **kwargs).save(converted)
+    ct.convert(prog(), **kwargs).save(plain)
+    feeds = inputs_for(plain)
+    before, after = run_package(plain, feeds), run_package(converted, feeds)
+    (output,) = after
+    assert np.isnan(before[output]).any() and np.isfinite(after[output]).all()
+    truth = source_attention(feeds, made.full_row(F32_MIN))
+    np.testing.assert_allclose(after[output].astype(np.float64), truth, rtol=2e-2, atol=2e-2)
