@@ -122,7 +122,7 @@ class PackageWriter:
         link_from = None
         try:
             if self.link:
-                link_from = (self.package.tree.open_folder(parent.split("/") if parent else []), name)
+                link_from = self.package.tree.location(rel)  # a hub cache link: its blob
             try:
                 return copy_into(source, self._folders[parent], name, link_from=link_from, cancelled=self._cancel.is_set)
             except (Cancelled, BadInputError):
