@@ -1,16 +1,32 @@
-"""Signals: SIGINT, SIGTERM and SIGHUP stop mlopt the same way, cleanly.
+"""Signals: SIGINT, SIGTERM and SIGHUP stop mlopt the same way, cleanly, whenever they land.
 
-The first of them raises `Interrupted` (a KeyboardInterrupt) in the main thread, so every `with`/`finally` on the
-way out runs: the package writer removes its staging folder, a batch stops its workers. Signals arriving while
-that cleanup runs are recorded, not raised again, so a second Ctrl-C cannot cut the cleanup short. The exit
-code is the shell's convention, 128 + the signal number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). SIGKILL cannot
-be caught; what it leaves is removed by the next run for the same OUT (package/staging.py).
+A signal raises `Interrupted` (a KeyboardInterrupt) in the main thread, so every `with`/`finally`/`except` on the
+way out runs: the package writer removes its staging folder, a batch stops its workers. A signal that lands while
+an interrupt is being handled (inside such a block) or once the run is stopping (`stop()`) is recorded, not raised
+again, so a second Ctrl-C cannot cut the cleanup short. Any other signal raises: one whose exception was lost
+does not leave the run deaf to the next.
+
+Two places must never see the exception, because Python loses it there or is left broken by it: the import
+machinery (an exception inside importlib's module-lock callbacks is printed and dropped, one inside its lock
+handling leaves a traceback) and finalizers (`__del__`). A signal that lands in either is deferred: it is sent
+again to the main thread every REDELIVER_SECONDS until it lands outside them, so an import is never cut in the
+middle and the run still stops a few milliseconds later. A signal that no exception carried out of the run (lost,
+or still deferred when the command returned) is honoured by `unhandled()` at the end of the run; one that lands
+after that, as the process exits, ends it by the signal's default action (`finish`). The exit code is the shell's
+convention, 128 + the signal number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). SIGKILL cannot be caught; what it
+leaves is removed by the next run for the same OUT (package/staging.py).
 """
 
+import os
 import signal
+import sys
+import threading
 
 CAUGHT = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
-_received = []
+REDELIVER_SECONDS = 0.01
+_received = []  # every caught signal of this run, in order of arrival
+_state = {"stopping": False, "deferred": None, "timer": None}
+_IMPORT_MACHINERY = ("<frozen importlib.", os.path.join("importlib", "_bootstrap"))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -19,28 +35,150 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_once(signum, frame):
-    if _received:
+def _raise_until_stopped(signum, frame):
+    if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # an interrupt is being handled: its cleanup runs on
         return
-    _received.append(signum)
-    raise Interrupted(signum)
+    raise Interrupted(_received[0])
 
 
-def install(handler=_raise_once):
-    """Route the caught signals to `handler` (main thread only, as Python requires); returns the previous
-    handlers for `restore`. A signal the parent set to be ignored stays ignored (`nohup mlopt ...` keeps running
-    when the terminal closes)."""
+def install(handler=_raise_until_stopped):
+    """Route the caught signals to `handler(signum, frame)` (main thread only, as Python requires), recorded and
+    kept away from the import machinery and finalizers (see above); returns the previous handlers for `restore`.
+    A signal the parent set to be ignored stays ignored (`nohup mlopt ...` keeps running when the terminal
+    closes)."""
     del _received[:]
-    return {
-        signum: signal.signal(signum, handler)
-        for signum in CAUGHT
-        if signal.getsignal(signum) is not signal.SIG_IGN
-    }
+    _state.update(stopping=False, deferred=None, timer=None)
+
+    def deliver(signum, frame):
+        if _state["deferred"] != signum:  # a redelivery is the same signal, recorded once
+            _received.append(signum)
+        if _state["stopping"]:
+            return
+        writer = sys.modules.get("mlopt.package.writer")
+        if writer is not None and writer.holding_signals():  # a step that must not be split: sent again after it
+            writer.HELD.append(signum)
+            return
+        if _in_unsafe_place(frame):
+            _state["deferred"] = signum
+            _redeliver_soon(signum)
+            return
+        _state["deferred"] = None
+        handler(signum, frame)
+
+    previous = {signum: signal.signal(signum, deliver) for signum in CAUGHT if signal.getsignal(signum) is not signal.SIG_IGN}
+    previous[_UNRAISABLE] = sys.unraisablehook
+    sys.unraisablehook = _lost_interrupt_raised_again(sys.unraisablehook)
+    return previous
+
+
+_UNRAISABLE = "sys.unraisablehook"
+
+
+def _lost_interrupt_raised_again(fallback):
+    """An unraisable hook (sys.unraisablehook): Python hands it the exceptions it cannot raise - one raised in
+    a finalizer, a weakref callback, an at-fork callback (logging registers one, and a batch forks its workers).
+    An Interrupted among them is not printed: its signal is sent again to the main thread, to land elsewhere."""
+
+    def hook(unraisable):
+        signum = getattr(unraisable.exc_value, "signum", None)
+        if isinstance(unraisable.exc_value, Interrupted) and signum is not None:
+            _state["deferred"] = signum
+            _redeliver_soon(signum)
+            return
+        fallback(unraisable)
+
+    return hook
+
+
+def _in_unsafe_place(frame):
+    """Whether the main thread was stopped inside an import or a finalizer (on any frame of its stack)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.startswith(_IMPORT_MACHINERY) or _IMPORT_MACHINERY[1] in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver_soon(signum):
+    if _state["timer"] is not None and _state["timer"].is_alive():
+        return
+    main = threading.main_thread().ident
+    timer = threading.Timer(REDELIVER_SECONDS, _redeliver, (main, signum))
+    timer.daemon = True
+    _state["timer"] = timer
+    timer.start()
+
+
+def _redeliver(thread, signum):
+    if _state["deferred"] == signum:
+        try:
+            signal.pthread_kill(thread, signum)
+        except (OSError, ValueError):
+            pass
+
+
+def check():
+    """Raise now the signal that was deferred because it landed in an import that has since finished (the
+    caller knows it is outside the import machinery), rather than when it is sent again."""
+    if _state["deferred"] is not None and not _state["stopping"]:
+        _state["deferred"] = None
+        raise Interrupted(_received[0])
+
+
+def stop():
+    """The run is stopping for a signal (its Interrupted was caught): later signals are only recorded."""
+    _state["stopping"] = True
+
+
+def unhandled():
+    """An Interrupted for a signal this run received that no exception carried to the code that stops it (lost,
+    or deferred as the command returned), or None; from then on the run is stopping."""
+    if _received and not _state["stopping"]:
+        stop()
+        return Interrupted(_received[0])
+    return None
 
 
 def restore(previous):
     for signum, handler in previous.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if signum == _UNRAISABLE:
+            sys.unraisablehook = handler
+        else:
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def finish(previous, process):
+    """End of the run: put the previous handlers back (for a process: the default actions) and return the
+    signal that landed after the run's result was decided (or None). Signals are blocked meanwhile, so none
+    reaches a handler that is being replaced; a process that got one ends by it (exit 128 + N, no traceback)."""
+    stop()
+    if _state["timer"] is not None:
+        _state["timer"].cancel()
+    count = len(_received)
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
+    try:
+        _let_pending_handlers_run()
+        late = _received[count:]
+        while blocked and hasattr(signal, "sigtimedwait"):
+            pending = signal.sigtimedwait(CAUGHT, 0)
+            if pending is None:
+                break
+            late.append(pending.si_signo)
+        restore({s: signal.SIG_DFL if s != _UNRAISABLE else h for s, h in previous.items()} if process else previous)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
+    if late and process:
+        signal.raise_signal(late[0])  # the default action: the process ends by it
+    return late[0] if late else None
+
+
+def _let_pending_handlers_run():
+    """A Python function call: Python runs the handlers of signals that arrived before the block here."""
+    return None
 
 
 def received():

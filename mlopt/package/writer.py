@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 
 from ..errors import BadInputError
+from ..pause_points import pause
 from . import claim, destination, staging
 from .copy import Cancelled, copy_into, create_file
 from .tree import FILE
@@ -25,20 +26,33 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | getat
 _LIVE = set()  # writers whose staging folder or created parents may still exist
 COMMITS = [0]  # packages this process has put in place: a signal after a commit interrupts nothing of it
 _DEFERRED = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+_HOLDING = [0]  # depth of signals_deferred() blocks
+HELD = []  # signals a handler held inside such a block, sent again to the main thread when it ends
+
+
+def holding_signals():
+    """True inside signals_deferred(): a Python signal handler must record its signal in HELD and return."""
+    return _HOLDING[0] > 0
 
 
 @contextmanager
 def signals_deferred():
     """Signals arriving inside are delivered when it ends: for the few steps an exception must not split
-    (starting the copy thread; renaming into place and recording it)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    (starting the copy thread; renaming into place and recording it). Blocking them in this thread is not enough:
+    another thread (numpy's BLAS threads) may take a signal sent to the process, and Python then runs the handler
+    in this thread all the same. So handlers also ask `holding_signals()` (cli/signals.py does) and leave theirs
+    in HELD, sent again to this thread as the block ends."""
+    blocking = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED) if blocking else None
+    _HOLDING[0] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _HOLDING[0] -= 1
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        while HELD and not _HOLDING[0]:
+            signal.pthread_kill(threading.main_thread().ident, HELD.pop(0))
 
 
 def abort_all():
@@ -101,6 +115,7 @@ class PackageWriter:
                     continue
                 if entry.kind == FILE:
                     self.methods.add(self._copy(entry.rel))
+                    pause("copy", cancelled=self._cancel.is_set)
                 else:
                     self._make_folder(entry.rel)
         except Cancelled:
@@ -146,9 +161,11 @@ class PackageWriter:
                 os.fsync(fd)
             os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
             with signals_deferred():  # in place and recorded as such, or neither
+                pause("rename")
                 replaced = self._put_in_place()
                 COMMITS[0] += 1
                 _LIVE.discard(self)
+            pause("after-rename")
             os.fsync(self.dest.dir_fd)
             if replaced is not None:
                 self._remove_replaced(replaced)
