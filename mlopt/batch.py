@@ -249,11 +249,14 @@ def _run_pool(pending, jobs, progress, options):
     """Workers: never more than models, nor than MAX_WORKERS_PER_CPU per CPU (`--jobs 100000` must not fork
     100000 processes). A worker that dies (killed by the OS) fails the models it had; a failed fork ends the batch
     with one line; the pool is always shut down, so nothing is left running."""
+    from .cli import signals
+
     workers = max(1, min(jobs, len(pending), MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)))
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
     futures = {}
     try:
-        futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
+        with signals.held():  # submitting forks the workers: one forked but not yet recorded would be left running
+            futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
         for future in as_completed(futures):
             _finish(futures[future], future.result(), progress)
     except (KeyboardInterrupt, BrokenProcessPool, OSError) as e:

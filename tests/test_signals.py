@@ -110,3 +110,29 @@ def test_main_restores_the_handlers_it_found(capsys):
     capsys.readouterr()
     assert {s: signal.getsignal(s) for s in signals.CAUGHT} == before
     assert sys.unraisablehook is hook
+
+
+def test_a_signal_inside_a_held_step_is_raised_as_the_step_ends(handlers):
+    finished = []
+    with pytest.raises(signals.Interrupted) as stopped:
+        with signals.held():
+            signal.raise_signal(signal.SIGTERM)
+            _bytecodes()
+            finished.append(True)
+    assert finished == [True] and stopped.value.signum == signal.SIGTERM
+
+
+def test_a_forked_child_records_signals_until_it_installs_its_own_handler(handlers):
+    """A batch worker between fork and its initializer: the parent's handler must not raise in it."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the signal was recorded and nothing was raised
+        try:
+            signal.raise_signal(signal.SIGINT)
+            _bytecodes()
+            os._exit(0 if signals.received() is not None else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

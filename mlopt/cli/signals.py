@@ -6,9 +6,10 @@ an interrupt is being handled (inside such a block) or once the run is stopping 
 again, so a second Ctrl-C cannot cut the cleanup short. Any other signal raises: one whose exception was lost
 does not leave the run deaf to the next.
 
-Two places must never see the exception, because Python loses it there or is left broken by it: the import
+Three places must never see the exception, because Python loses it there or is left broken by it: the import
 machinery (an exception inside importlib's module-lock callbacks is printed and dropped, one inside its lock
-handling leaves a traceback) and finalizers (`__del__`). A signal that lands in either is deferred: it is sent
+handling leaves a traceback), finalizers (`__del__`) and os.fork()'s at-fork callbacks (printed and dropped, and
+logging's lock left taken). A signal that lands in one is deferred: it is sent
 again to the main thread every REDELIVER_SECONDS until it lands outside them, so an import is never cut in the
 middle and the run still stops a few milliseconds later. A signal that no exception carried out of the run (lost,
 or still deferred when the command returned) is honoured by `unhandled()` at the end of the run; one that lands
@@ -21,11 +22,12 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 CAUGHT = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 REDELIVER_SECONDS = 0.01
 _received = []  # every caught signal of this run, in order of arrival
-_state = {"stopping": False, "deferred": None, "timer": None}
+_state = {"stopping": False, "deferred": None, "timer": None, "forking": False, "holding": 0}
 _IMPORT_MACHINERY = ("<frozen importlib.", os.path.join("importlib", "_bootstrap"))
 
 
@@ -47,7 +49,8 @@ def install(handler=_raise_until_stopped):
     A signal the parent set to be ignored stays ignored (`nohup mlopt ...` keeps running when the terminal
     closes)."""
     del _received[:]
-    _state.update(stopping=False, deferred=None, timer=None)
+    _state.update(stopping=False, deferred=None, timer=None, holding=0)
+    _watch_forks()
 
     def deliver(signum, frame):
         if _state["deferred"] != signum:  # a redelivery is the same signal, recorded once
@@ -58,7 +61,7 @@ def install(handler=_raise_until_stopped):
         if writer is not None and writer.holding_signals():  # a step that must not be split: sent again after it
             writer.HELD.append(signum)
             return
-        if _in_unsafe_place(frame):
+        if _state["forking"] or _state["holding"] or _in_unsafe_place(frame):
             _state["deferred"] = signum
             _redeliver_soon(signum)
             return
@@ -88,6 +91,36 @@ def _lost_interrupt_raised_again(fallback):
         fallback(unraisable)
 
     return hook
+
+
+def _watch_forks():
+    """Mark the time os.fork() runs its at-fork callbacks (a batch forks its workers; logging's callbacks take
+    and release its lock there, and an exception between the two would leave logging locked for good) as a
+    place where signals are held. Registered once per process: ours run first before a fork and last after."""
+    if _state.get("watching") or not hasattr(os, "register_at_fork"):
+        return
+    _state["watching"] = True
+
+    def forking(flag):
+        _state["forking"] = flag
+
+    def in_child():  # a batch worker: signals are only recorded until its initializer installs its own handler
+        _state.update(forking=False, stopping=True, holding=0, deferred=None, timer=None)
+
+    os.register_at_fork(before=lambda: forking(True), after_in_parent=lambda: forking(False), after_in_child=in_child)
+
+
+@contextmanager
+def held():
+    """Signals landing inside are held, and raised as it ends: for steps an exception must not split (a batch
+    starting its worker processes: a worker forked but not yet recorded by the pool would outlive the batch)."""
+    _state["holding"] += 1
+    try:
+        yield
+    finally:
+        _state["holding"] -= 1
+    if not _state["holding"]:
+        check()
 
 
 def _in_unsafe_place(frame):
