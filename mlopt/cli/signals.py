@@ -19,6 +19,7 @@ leaves is removed by the next run for the same OUT (package/staging.py).
 """
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ from contextlib import contextmanager
 CAUGHT = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 REDELIVER_SECONDS = 0.01
 _received = []  # every caught signal of this run, in order of arrival
-_state = {"stopping": False, "deferred": None, "timer": None, "forking": False, "holding": 0}
+_state = {"stopping": False, "deferred": None, "forking": False, "holding": 0, "thread": None, "wake": None, "wake_read": None}
 _IMPORT_MACHINERY = ("<frozen importlib.", os.path.join("importlib", "_bootstrap"))
 
 
@@ -49,8 +50,10 @@ def install(handler=_raise_until_stopped):
     A signal the parent set to be ignored stays ignored (`nohup mlopt ...` keeps running when the terminal
     closes)."""
     del _received[:]
-    _state.update(stopping=False, deferred=None, timer=None, holding=0)
+    _stop_redeliverer()
+    _state.update(stopping=False, deferred=None, holding=0)
     _watch_forks()
+    _start_redeliverer()
 
     def deliver(signum, frame):
         if _state["deferred"] != signum:  # a redelivery is the same signal, recorded once
@@ -104,10 +107,20 @@ def _watch_forks():
     def forking(flag):
         _state["forking"] = flag
 
-    def in_child():  # a batch worker: signals are only recorded until its initializer installs its own handler
-        _state.update(forking=False, stopping=True, holding=0, deferred=None, timer=None)
+    def in_child():  # a batch worker: signals are ignored until its initializer installs its own handler
+        for fd in (_state["wake"], _state["wake_read"]):  # the parent's redelivery pipe; its thread is not here
+            if fd is not None:
+                os.close(fd)
+        _state.update(forking=False, stopping=True, holding=0, deferred=None, thread=None, wake=None, wake_read=None)
+        for signum in CAUGHT:
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, _ignore)
 
     os.register_at_fork(before=lambda: forking(True), after_in_parent=lambda: forking(False), after_in_child=in_child)
+
+
+def _ignore(signum, frame):
+    """A forked batch worker's handler until its initializer runs: idle, it has nothing to stop."""
 
 
 @contextmanager
@@ -134,21 +147,51 @@ def _in_unsafe_place(frame):
 
 
 def _redeliver_soon(signum):
-    if _state["timer"] is not None and _state["timer"].is_alive():
-        return
-    main = threading.main_thread().ident
-    timer = threading.Timer(REDELIVER_SECONDS, _redeliver, (main, signum))
-    timer.daemon = True
-    _state["timer"] = timer
-    timer.start()
-
-
-def _redeliver(thread, signum):
-    if _state["deferred"] == signum:
+    """Ask the redelivery thread to send the deferred signal again in REDELIVER_SECONDS. Only a byte written to a
+    pipe: the handler may have interrupted code holding any lock (starting a thread takes one), so it takes none."""
+    if _state["wake"] is not None:
         try:
-            signal.pthread_kill(thread, signum)
-        except (OSError, ValueError):
+            os.write(_state["wake"], b"r")
+        except OSError:  # the pipe is full: a wake-up is pending already
             pass
+
+
+def _start_redeliverer():
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    thread = threading.Thread(target=_redeliver_loop, args=(r, threading.main_thread().ident), name="mlopt-signals", daemon=True)
+    _state.update(wake=w, wake_read=r, thread=thread)
+    thread.start()
+
+
+def _stop_redeliverer():
+    thread, w = _state["thread"], _state["wake"]
+    _state.update(thread=None, wake=None, wake_read=None)
+    if thread is not None:
+        os.write(w, b"q")
+        thread.join()
+        os.close(w)
+
+
+def _redeliver_loop(r, main):
+    """The redelivery thread: woken by a handler, it waits REDELIVER_SECONDS and sends the deferred signal to the
+    main thread; b"q" (from `finish`) ends it."""
+    def told_to_quit(data):
+        return not data or b"q" in data  # b"" once the pipe's writer is gone
+
+    try:
+        while not told_to_quit(os.read(r, 64)):
+            ready, _, _ = select.select([r], [], [], REDELIVER_SECONDS)
+            if ready and told_to_quit(os.read(r, 64)):
+                return
+            signum = _state["deferred"]
+            if signum is not None and not _state["stopping"]:
+                try:
+                    signal.pthread_kill(main, signum)
+                except (OSError, ValueError):
+                    pass
+    finally:
+        os.close(r)
 
 
 def check():
@@ -186,8 +229,7 @@ def finish(previous, process):
     signal that landed after the run's result was decided (or None). Signals are blocked meanwhile, so none
     reaches a handler that is being replaced; a process that got one ends by it (exit 128 + N, no traceback)."""
     stop()
-    if _state["timer"] is not None:
-        _state["timer"].cancel()
+    _stop_redeliverer()
     count = len(_received)
     blocked = hasattr(signal, "pthread_sigmask")
     if blocked:
