@@ -9,13 +9,16 @@ does not leave the run deaf to the next.
 Three places must never see the exception, because Python loses it there or is left broken by it: the import
 machinery (an exception inside importlib's module-lock callbacks is printed and dropped, one inside its lock
 handling leaves a traceback), finalizers (`__del__`) and os.fork()'s at-fork callbacks (printed and dropped, and
-logging's lock left taken). A signal that lands in one is deferred: it is sent
-again to the main thread every REDELIVER_SECONDS until it lands outside them, so an import is never cut in the
-middle and the run still stops a few milliseconds later. A signal that no exception carried out of the run (lost,
-or still deferred when the command returned) is honoured by `unhandled()` at the end of the run; one that lands
-after that, as the process exits, ends it by the signal's default action (`finish`). The exit code is the shell's
-convention, 128 + the signal number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP). SIGKILL cannot be caught; what it
-leaves is removed by the next run for the same OUT (package/staging.py).
+logging's lock left taken). A signal that lands in one is deferred: a redelivery thread sends it again to the main
+thread REDELIVER_SECONDS later, until it lands outside them, so an import is never cut in the middle and the run
+still stops a few milliseconds later. Steps that must not be split hold signals and raise them as they end
+(`held()`; the package writer's rename step, package/writer.py). An Interrupted that Python drops anyway (handed
+to sys.unraisablehook) is sent again too. A signal that no exception carried out of the command (still deferred
+when it returned) is honoured by `unhandled()`; one that lands after that, as the process exits, ends it by the
+signal's default action (`finish`).
+
+The exit code is the shell's convention, 128 + the signal number: 130 (SIGINT), 143 (SIGTERM), 129 (SIGHUP).
+SIGKILL cannot be caught; what it leaves is removed by the next run for the same OUT (package/staging.py).
 """
 
 import os

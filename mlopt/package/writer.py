@@ -90,11 +90,12 @@ class PackageWriter:
             with signals_deferred():  # a thread interrupted while starting could neither be joined nor trusted
                 self._thread = threading.Thread(target=self._copy_all, name="mlopt-copy", daemon=True)
                 self._thread.start()
+                pause("copy-start")
         except OSError as e:
-            self._cleanup()
+            self.abort()
             raise self._write_error(e) from None
-        except BaseException:
-            self._cleanup()
+        except BaseException:  # a signal held while the copy started is raised here, the copy running: stop it first
+            self.abort()
             raise
 
     def __enter__(self):
@@ -219,7 +220,7 @@ class PackageWriter:
     def abort(self):
         """Stop the copy and remove everything this run created."""
         self._cancel.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.ident is not None:  # started: it may be writing in staging
             self._thread.join()
         self._cleanup()
 

@@ -28,14 +28,17 @@ def interrupted(sig, delay, big, tmp_path):
     return Scenario([run], watch=[big])
 
 
-POINTS = ("import", "copy", "rename", "after-rename")
+POINTS = ("import", "copy-start", "copy", "rename", "after-rename")
 WRITTEN = ("rename", "after-rename")  # the signal is honoured once the output is in place
 
 
 def at_point(point, sig, big, tmp_path):
     """optimize IN OUT, `sig` sent exactly at `point`: 128 + sig and the one line saying whether OUT was written;
     OUT complete after "rename"/"after-rename", absent (its created parent too) before."""
-    package = copy_fixture("decoder_fp16_ios17", tmp_path / "in" / "a.mlpackage")
+    if point == "copy-start":  # the 200 MB package: its copy is still running when the held signal is raised
+        package = big
+    else:
+        package = copy_fixture("decoder_fp16_ios17", tmp_path / "in" / "a.mlpackage")
     out = tmp_path / "out" / "new" / "o.mlpackage"
     (tmp_path / "out").mkdir()
     name = signal.Signals(sig).name
@@ -52,7 +55,7 @@ def at_point(point, sig, big, tmp_path):
             problems.append("the parent folder this run created is still there")
         return problems
 
-    return Scenario([run], watch=[tmp_path / "in"], extra=exactly)
+    return Scenario([run], watch=[package], extra=exactly)
 
 
 def killed_then_rerun(big, tmp_path):
