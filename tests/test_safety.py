@@ -318,7 +318,7 @@ def test_staging_left_by_a_dead_run_is_removed_and_reported(tmp_path, capsys, mo
 def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
     big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
     out = tmp_path / "out.mlpackage"
-    victim = Child(["optimize", big, out], pause_at="copy")  # held after the first file of the copy
+    victim = Child(["optimize", big, out], pause_at="copy", timeout=60)  # held after the first file of the copy
     assert victim.paused() == "copy"
     victim.send(signal.SIGKILL)
     assert victim.wait().code == 128 + signal.SIGKILL
@@ -333,11 +333,11 @@ def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
 def test_signals_mid_copy_leave_nothing(tmp_path, signum, code):
     big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
     out = tmp_path / "new" / "out.mlpackage"
-    run = Child(["optimize", big, out], pause_at="copy")
+    run = Child(["optimize", big, out], pause_at="copy", timeout=60)
     assert run.paused() == "copy"
     run.send(signum)
     result = run.wait()  # the copy goes on only once the signal has cancelled it
-    assert result.code == code
+    assert result.code == code, (result.how, result.stderr)
     assert result.stderr == f"mlopt: interrupted by {signal.Signals(signum).name}; no partial output was left\n"
     assert sorted(os.listdir(tmp_path)) == ["in.mlpackage"]  # no OUT, no staging, no created parent
 
@@ -347,14 +347,14 @@ def test_ignored_sighup_stays_ignored(tmp_path):
     out = tmp_path / "out.mlpackage"
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child, as nohup does
     try:
-        run = Child(["optimize", fixture_path("decoder_fp16_ios17"), out], pause_at="copy")
+        run = Child(["optimize", fixture_path("decoder_fp16_ios17"), out], pause_at="copy", timeout=60)
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert run.paused() == "copy"
     run.send(signal.SIGHUP)
     run.resume()
     result = run.wait()
-    assert result.code == 0, result.stderr
+    assert result.code == 0, (result.how, result.stderr)
     assert op_types(str(out))
 
 
