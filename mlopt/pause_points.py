@@ -29,9 +29,10 @@ def pause(point, cancelled=None):
         os.write(int(ready), point.encode() + b"\n")
     except OSError:  # the test has gone (or closed its end after its one pause): nothing to wait for
         return
+    poller = select.poll()  # not select.select: the descriptors a test passes may be numbered 1024 or more
+    poller.register(int(resume), select.POLLIN)
     while True:
-        readable, _, _ = select.select([int(resume)], [], [], 0.01 if cancelled is not None else None)
-        if readable:
+        if poller.poll(10 if cancelled is not None else None):
             os.read(int(resume), 1)
             return
         if cancelled is not None and cancelled():

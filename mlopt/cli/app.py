@@ -15,8 +15,8 @@ import traceback
 
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
-from ..report import SCHEMA, printable
 from ..pause_points import pause
+from ..report import SCHEMA, printable
 from . import inspect_cmd, optimize_cmd, signals, verify_cmd
 from .output import logging_to_stderr
 

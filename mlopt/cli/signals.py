@@ -171,7 +171,10 @@ def _stop_redeliverer():
     thread, w = _state["thread"], _state["wake"]
     _state.update(thread=None, wake=None, wake_read=None)
     if thread is not None:
-        os.write(w, b"q")
+        try:
+            os.write(w, b"q")
+        except OSError:  # the thread is gone already
+            pass
         thread.join()
         os.close(w)
 
@@ -182,10 +185,11 @@ def _redeliver_loop(r, main):
     def told_to_quit(data):
         return not data or b"q" in data  # b"" once the pipe's writer is gone
 
+    poller = select.poll()  # not select.select: it cannot wait on a descriptor numbered 1024 or more
+    poller.register(r, select.POLLIN)
     try:
         while not told_to_quit(os.read(r, 64)):
-            ready, _, _ = select.select([r], [], [], REDELIVER_SECONDS)
-            if ready and told_to_quit(os.read(r, 64)):
+            if poller.poll(REDELIVER_SECONDS * 1000) and told_to_quit(os.read(r, 64)):
                 return
             signum = _state["deferred"]
             if signum is not None and not _state["stopping"]:
