@@ -254,7 +254,8 @@ def _run_pool(pending, jobs, progress, options):
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
     futures = {}
     try:
-        futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
+        with signals.held():  # submitting forks the workers: one forked but not yet recorded would be left running
+            futures = {pool.submit(optimize_one, i.input, i.output, options): i for i in pending}
         for future in as_completed(futures):
             _finish(futures[future], future.result(), progress)
     except (KeyboardInterrupt, BrokenProcessPool, OSError) as e:

@@ -13,7 +13,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LAYERS = [
-    ("foundation", ["mlopt._version", "mlopt.errors", "mlopt.compute_units", "mlopt.signals", "mlopt.selection"]),
+    ("foundation", ["mlopt._version", "mlopt.errors", "mlopt.compute_units", "mlopt.signals", "mlopt.selection",
+                    "mlopt.pause_points"]),
     ("package", ["mlopt.package"]),  # .mlpackage I/O: reading, writing, weight files
     ("graph", ["mlopt.graph"]),  # the graph contract, its saved-spec adapter, validation
     ("patterns", ["mlopt.patterns"]),  # matching machinery

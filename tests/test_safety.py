@@ -11,11 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import fixture_path, op_types, run as cli
+from fuzz.runner import Child
+from mlopt.cli import main
 from mlopt.package import staging as staging_module
 from mlopt.package import writer as writer_module
 
@@ -310,18 +311,13 @@ def test_staging_left_by_a_dead_run_is_removed_and_reported(tmp_path, capsys, mo
 
 def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
     big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
-    with open(big / WEIGHTS, "ab") as f:
-        f.write(os.urandom(400 << 20))
     out = tmp_path / "out.mlpackage"
-    argv = [sys.executable, "-m", "mlopt", "optimize", str(big), str(out)]
-    victim = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while not leftovers(tmp_path) and time.time() < deadline:
-        time.sleep(0.01)
-    victim.kill()
-    victim.wait()
-    assert leftovers(tmp_path), "the run was killed before it started writing"
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    victim = Child(["optimize", big, out], pause_at="copy", timeout=60)  # held after the first file of the copy
+    assert victim.paused() == "copy"
+    victim.send(signal.SIGKILL)
+    assert victim.wait().code == 128 + signal.SIGKILL
+    assert leftovers(tmp_path), "a killed run leaves its staging folder"
+    result = subprocess.run([sys.executable, "-m", "mlopt", "optimize", str(big), str(out)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "left by an mlopt run that is gone" in result.stdout
     assert leftovers(tmp_path) == []
@@ -330,33 +326,29 @@ def test_sigkill_leftover_is_removed_by_the_next_run(tmp_path):
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_signals_mid_copy_leave_nothing(tmp_path, signum, code):
     big = copy_fixture(tmp_path / "in.mlpackage", "decoder_fp16_ios17")
-    with open(big / WEIGHTS, "ab") as f:
-        f.write(os.urandom(400 << 20))
     out = tmp_path / "new" / "out.mlpackage"
-    run = subprocess.Popen([sys.executable, "-m", "mlopt", "optimize", str(big), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while not leftovers(tmp_path) and time.time() < deadline:
-        time.sleep(0.005)
-    run.send_signal(signum)
-    stdout, stderr = run.communicate(timeout=60)
-    if run.returncode == 0:
-        pytest.skip("finished before the signal arrived")
-    assert run.returncode == code
-    assert stderr == f"mlopt: interrupted by {signal.Signals(signum).name}; no partial output was left\n"
+    run = Child(["optimize", big, out], pause_at="copy", timeout=60)
+    assert run.paused() == "copy"
+    run.send(signum)
+    result = run.wait()  # the copy goes on only once the signal has cancelled it
+    assert result.code == code, (result.how, result.stderr)
+    assert result.stderr == f"mlopt: interrupted by {signal.Signals(signum).name}; no partial output was left\n"
     assert sorted(os.listdir(tmp_path)) == ["in.mlpackage"]  # no OUT, no staging, no created parent
 
 
 def test_ignored_sighup_stays_ignored(tmp_path):
     """`nohup mlopt ...`: a SIGHUP the parent set to be ignored does not stop the run."""
     out = tmp_path / "out.mlpackage"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "mlopt", "optimize", fixture_path("decoder_fp16_ios17"), str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
-    )
-    time.sleep(0.2)
-    run.send_signal(signal.SIGHUP)
-    assert run.wait(timeout=60) == 0, run.stderr.read()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child, as nohup does
+    try:
+        run = Child(["optimize", fixture_path("decoder_fp16_ios17"), out], pause_at="copy", timeout=60)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert run.paused() == "copy"
+    run.send(signal.SIGHUP)
+    run.resume()
+    result = run.wait()
+    assert result.code == 0, (result.how, result.stderr)
     assert op_types(str(out))
 
 

@@ -15,10 +15,13 @@ import traceback
 
 from .._version import __version__
 from ..errors import BadInputError, CannotVerify, MloptError
+from ..pause_points import pause
 from ..report import SCHEMA, printable
 from .. import signals
 from . import audit_cmd, inspect_cmd, lint_cmd, optimize_cmd, verify_cmd
 from .output import logging_to_stderr
+
+pause("import")  # a test can hold the run here, inside the import of the command line
 
 COMMANDS = {"optimize": optimize_cmd, "inspect": inspect_cmd, "verify": verify_cmd, "audit": audit_cmd, "lint": lint_cmd}
 CANNOT_VERIFY = 3  # `verify` could not run a model: nothing was compared
@@ -51,6 +54,9 @@ def run_cli(argv=None):
         _check_cwd(args)
         with logging_to_stderr(args):
             result, code = COMMANDS[args.command].run(args)
+            late = signals.unhandled()  # a signal whose exception never reached us (deferred, or lost): honoured
+            if late is not None and code != signals.exit_code(late):
+                return _interrupted(late, args, wrote=_commits() > committed)
             try:
                 if args.json:
                     _print(json.dumps(result.to_dict(), indent=2))
@@ -66,6 +72,7 @@ def run_cli(argv=None):
                 return _fail(None, 1, "stdout", problem, f"mlopt: error: stdout: {problem}")
         return code
     except KeyboardInterrupt as e:
+        signals.stop()
         return _interrupted(e, args, wrote=_commits() > committed)
     except BrokenPipeError:
         _silence_stdout()
@@ -76,6 +83,7 @@ def run_cli(argv=None):
         return _fail(wanted_json, 2, e.path, e.problem, f"mlopt: error: {where}{e.problem}")
     except Exception as e:
         if signals.received():  # whatever failed after a signal (an import cut short) is that interruption
+            signals.stop()
             return _interrupted(signals.received(), args, wrote=_commits() > committed)
         if isinstance(e, MloptError):
             code = 2 if isinstance(e, BadInputError) else CANNOT_VERIFY if isinstance(e, CannotVerify) else 1

@@ -1,14 +1,16 @@
 """Reading inside a package folder without ever leaving it.
 
 A package is a folder the user names; everything in it is reached from that folder's file descriptor, one path
-component at a time, with `O_NOFOLLOW`: a symbolic link anywhere inside the package (a `Data/` linked elsewhere,
-a `weight.bin -> /etc/passwd`, a Hugging Face cache snapshot whose files link to its blob store) is refused
-before anything is read through it, so nothing outside the package is ever read, and a copy can never write
-through a link either. Special files (FIFOs, sockets, devices) are refused from `lstat` alone and never opened:
-opening a FIFO blocks forever. Files are opened `O_NONBLOCK` and re-checked with `fstat`, so an entry swapped
-for something else between the check and the open is refused too.
+component at a time, with `O_NOFOLLOW`: a symbolic link inside the package (a `Data/` linked elsewhere, a
+`weight.bin -> /etc/passwd`) is refused before anything is read through it, so nothing outside the package is
+ever read, and a copy can never write through a link either. Special files (FIFOs, sockets, devices) are refused
+from `lstat` alone and never opened: opening a FIFO blocks forever. Files are opened `O_NONBLOCK` and re-checked
+with `fstat`, so an entry swapped for something else between the check and the open is refused too.
 
-Only the package folder itself may be reached through a symlink: the user named it.
+Only the package folder itself may be reached through a symlink: the user named it. The one exception inside:
+a package in a Hugging Face hub cache snapshot, whose files are links into its repository's `blobs/` folder
+(hub_cache.py). There a file link of exactly the form the cache writes is followed to its blob, which is opened
+from that `blobs/` folder with the same checks; every other link is refused as everywhere else.
 """
 
 import os
@@ -16,6 +18,7 @@ import stat
 from dataclasses import dataclass
 
 from ..errors import BadInputError
+from .hub_cache import BlobStore
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NONBLOCK | _CLOEXEC
@@ -91,11 +94,14 @@ class PackageTree:
             raise BadInputError(self.path, f"cannot be read ({e.strerror})") from None
         st = os.fstat(self.fd)
         self.identity = (st.st_dev, st.st_ino)
+        self.blobs = BlobStore.around(self.path, self.fd)  # None unless the folder is in a hub cache snapshot
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.blobs is not None:
+            self.blobs.close()
 
     def __enter__(self):
         return self
@@ -109,18 +115,48 @@ class PackageTree:
 
     # -- checks ---------------------------------------------------------------------------------------------
     def _refuse(self, rel, st, dir_fd, name):
-        """BadInputError for an entry that is neither a regular file nor a folder."""
+        """BadInputError for an entry that is neither a regular file nor a folder (nor a hub cache link)."""
         if stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(name, dir_fd=dir_fd)
-            except OSError:
-                target = "?"
+            target = _readlink(dir_fd, name)
+            if self.blobs is not None:
+                raise BadInputError(
+                    self.show(rel),
+                    f"is a symbolic link (to {target}) that does not lead to a file in its Hugging Face cache "
+                    f"repository's {self.blobs.path}; mlopt follows links inside a package only there",
+                )
             raise BadInputError(
                 self.show(rel),
                 f"is a symbolic link (to {target}); mlopt follows no link inside a package, so nothing outside it "
                 "is read (resolve links first, e.g. cp -RL)",
             )
         raise BadInputError(self.show(rel), f"is {special_kind(st.st_mode) or 'not a regular file'}, not a regular file; mlopt never opens special files")
+
+    def _follow(self, dir_fd, name, rel, st):
+        """(folder fd, name, lstat) of what the entry `name` of `dir_fd` stands for: itself, or for a hub cache
+        link its blob in `blobs/` (checked to be a regular file there). Any other link is returned as it is, for
+        the caller to refuse."""
+        if not stat.S_ISLNK(st.st_mode) or self.blobs is None:
+            return dir_fd, name, st
+        target = _readlink(dir_fd, name)
+        blob = self.blobs.blob_name(target, rel.count("/"))
+        if blob is None:
+            return dir_fd, name, st
+        shown = os.path.join(self.blobs.path, blob)
+        try:
+            found = os.stat(blob, dir_fd=self.blobs.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise BadInputError(self.show(rel), f"is a symbolic link to {shown}, which does not exist (an unfinished download?)") from None
+        except OSError as e:
+            raise BadInputError(self.show(rel), f"is a symbolic link to {shown}, which cannot be read ({e.strerror})") from None
+        if stat.S_ISREG(found.st_mode):
+            return self.blobs.fd, blob, found
+        if stat.S_ISLNK(found.st_mode):
+            what = "itself a symbolic link; mlopt follows one link into blobs/ and no further"
+        elif stat.S_ISDIR(found.st_mode):
+            what = "a folder; mlopt follows links to files only"
+        else:
+            what = f"{special_kind(found.st_mode) or 'not a regular file'}; mlopt never opens special files"
+        raise BadInputError(self.show(rel), f"is a symbolic link to {shown}, which is {what}")
 
     def _lstat(self, dir_fd, name, rel):
         try:
@@ -153,18 +189,39 @@ class PackageTree:
             os.close(fd)
             raise
 
-    def open_file(self, rel, what="file"):
-        """An fd open for reading on the regular file `rel` ("a/b/c") inside the package."""
+    def _locate(self, rel, what):
+        """(fd of rel's folder, to close; fd of the folder holding the file `rel` stands for; its name there; its
+        lstat): `rel` itself, or its blob for a hub cache link. BadInputError unless that is a regular file."""
         parts = rel.split("/")
         folder = self.open_folder(parts[:-1])
         try:
             st = self._lstat(folder, parts[-1], rel)
             if stat.S_ISDIR(st.st_mode):
                 raise BadInputError(self.show(rel), f"is a folder, not a {what}")
-            if not stat.S_ISREG(st.st_mode):
+            dir_fd, name, found = self._follow(folder, parts[-1], rel, st)
+            if not stat.S_ISREG(found.st_mode):
                 self._refuse(rel, st, folder, parts[-1])
+            return folder, dir_fd, name, found
+        except BaseException:
+            os.close(folder)
+            raise
+
+    def location(self, rel):
+        """(folder fd, name) of the regular file `rel` stands for (its blob, for a hub cache link): where a hard
+        link to it is made from. The caller closes the fd."""
+        folder, dir_fd, name, _ = self._locate(rel, "file")
+        if dir_fd == folder:
+            return folder, name
+        os.close(folder)
+        return os.dup(dir_fd), name
+
+    def open_file(self, rel, what="file"):
+        """An fd open for reading on the regular file `rel` ("a/b/c") inside the package (for a hub cache link:
+        on its blob)."""
+        folder, dir_fd, name, st = self._locate(rel, what)
+        try:
             try:
-                fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=folder)
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
             except OSError as e:
                 raise BadInputError(self.show(rel), f"cannot be read ({e.strerror})") from None
         finally:
@@ -194,25 +251,20 @@ class PackageTree:
             os.close(fd)
 
     def is_file(self, rel):
-        """True if `rel` is a regular file inside the package (no link followed, nothing opened)."""
-        parts = rel.split("/")
+        """True if `rel` is a regular file inside the package, or a hub cache link to one (nothing opened)."""
         try:
-            folder = self.open_folder(parts[:-1])
+            folder, _, _, _ = self._locate(rel, "file")
         except BadInputError:
             return False
-        try:
-            return stat.S_ISREG(os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode)
-        except OSError:
-            return False
-        finally:
-            os.close(folder)
+        os.close(folder)
+        return True
 
     # -- listing --------------------------------------------------------------------------------------------
     def scan(self):
         """Every folder and regular file of the package, folders before their contents, in sorted order.
 
-        Refuses (BadInputError naming the entry) any symbolic link and any special file: the output must be an
-        exact copy, and a link would either leave the package or be silently turned into a file."""
+        Refuses (BadInputError naming the entry) any symbolic link but a hub cache link (listed as the regular
+        file it stands for) and any special file: a link could lead out of the package."""
         entries = []
         stack = [("", os.dup(self.fd))]
         try:
@@ -225,11 +277,12 @@ class PackageTree:
                     for name in names:
                         rel = f"{prefix}{name}"
                         st = self._lstat(fd, name, rel)
-                        if stat.S_ISDIR(st.st_mode):
+                        found = self._follow(fd, name, rel, st)[2]  # a hub cache link: its blob
+                        if stat.S_ISDIR(found.st_mode):
                             entries.append(Entry(rel, FOLDER, identity=(st.st_dev, st.st_ino)))
                             subfolders.append((rel, name))
-                        elif stat.S_ISREG(st.st_mode):
-                            entries.append(Entry(rel, FILE, st.st_size))
+                        elif stat.S_ISREG(found.st_mode):
+                            entries.append(Entry(rel, FILE, found.st_size))
                         else:
                             self._refuse(rel, st, fd, name)
                     for rel, name in reversed(subfolders):
@@ -245,6 +298,13 @@ class PackageTree:
             for _, fd in stack:
                 os.close(fd)
         return _folders_first(entries)
+
+
+def _readlink(dir_fd, name):
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return "?"
 
 
 def _folders_first(entries):

@@ -16,6 +16,7 @@ import threading
 from contextlib import contextmanager
 
 from ..errors import BadInputError
+from ..pause_points import pause
 from . import claim, destination, staging
 from .copy import Cancelled, copy_into, create_file
 from .tree import FILE
@@ -26,20 +27,33 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW | getat
 _LIVE = set()  # writers whose staging folder or created parents may still exist
 COMMITS = [0]  # packages this process has put in place: a signal after a commit interrupts nothing of it
 _DEFERRED = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP") else set())
+_HOLDING = [0]  # depth of signals_deferred() blocks
+HELD = []  # signals a handler held inside such a block, sent again to the main thread when it ends
+
+
+def holding_signals():
+    """True inside signals_deferred(): a Python signal handler must record its signal in HELD and return."""
+    return _HOLDING[0] > 0
 
 
 @contextmanager
 def signals_deferred():
     """Signals arriving inside are delivered when it ends: for the few steps an exception must not split
-    (starting the copy thread; renaming into place and recording it)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    (starting the copy thread; renaming into place and recording it). Blocking them in this thread is not enough:
+    another thread (numpy's BLAS threads) may take a signal sent to the process, and Python then runs the handler
+    in this thread all the same. So handlers also ask `holding_signals()` (mlopt/signals.py does) and leave theirs
+    in HELD, sent again to this thread as the block ends."""
+    blocking = hasattr(signal, "pthread_sigmask")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED) if blocking else None
+    _HOLDING[0] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _HOLDING[0] -= 1
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        while HELD and not _HOLDING[0]:
+            signal.pthread_kill(threading.main_thread().ident, HELD.pop(0))
 
 
 def abort_all():
@@ -77,11 +91,12 @@ class PackageWriter:
             with signals_deferred():  # a thread interrupted while starting could neither be joined nor trusted
                 self._thread = threading.Thread(target=self._copy_all, name="mlopt-copy", daemon=True)
                 self._thread.start()
+                pause("copy-start")
         except OSError as e:
-            self._cleanup()
+            self.abort()
             raise self._write_error(e) from None
-        except BaseException:
-            self._cleanup()
+        except BaseException:  # a signal held while the copy started is raised here, the copy running: stop it first
+            self.abort()
             raise
 
     def __enter__(self):
@@ -102,6 +117,7 @@ class PackageWriter:
                     continue
                 if entry.kind == FILE:
                     self.methods.add(self._copy(entry.rel))
+                    pause("copy", cancelled=self._cancel.is_set)
                 else:
                     self._make_folder(entry.rel)
         except Cancelled:
@@ -123,7 +139,7 @@ class PackageWriter:
         link_from = None
         try:
             if self.link:
-                link_from = (self.package.tree.open_folder(parent.split("/") if parent else []), name)
+                link_from = self.package.tree.location(rel)  # a hub cache link: its blob
             try:
                 return copy_into(source, self._folders[parent], name, link_from=link_from, cancelled=self._cancel.is_set)
             except (Cancelled, BadInputError):
@@ -151,9 +167,11 @@ class PackageWriter:
                 os.fsync(fd)
             os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
             with signals_deferred():  # in place and recorded as such, or neither
+                pause("rename")
                 replaced = self._put_in_place()
                 COMMITS[0] += 1
                 _LIVE.discard(self)
+            pause("after-rename")
             os.fsync(self.dest.dir_fd)
             if replaced is not None:
                 self._remove_replaced(replaced)
@@ -220,7 +238,7 @@ class PackageWriter:
     def abort(self):
         """Stop the copy and remove everything this run created."""
         self._cancel.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread.ident is not None:  # started: it may be writing in staging
             self._thread.join()
         self._cleanup()
 

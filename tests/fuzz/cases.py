@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -74,17 +73,24 @@ class Run:
     batch: bool = False  # `--out-dir`: stderr carries one progress line per model
     complete: bool = False  # after success OUT must be a complete package (else: a folder with a Manifest.json)
     partial_ok: bool = False  # interrupted: OUT may also exist after a non-zero exit, if complete
-    signals: tuple = ()  # (delay s, signal) sent while it runs
-    kill_mid_copy: bool = False  # SIGKILL as soon as a staging folder appears (it is then left behind)
+    signals: tuple = ()  # (delay s, signal) sent while it runs: the outcome must be right wherever it lands
+    pause: tuple = None  # (point, signal): the signal sent exactly at that point of mlopt/pause_points.py
+    kill_mid_copy: bool = False  # SIGKILL in the middle of the copy (the staging folder is then left behind)
     stdout: str = None  # "closed": read end closed at once; "head": closed after reading 10 bytes
     fsize: int = None  # RLIMIT_FSIZE: the disk is "full" past this many bytes
 
     def start(self, cwd):
-        child = Child(self.argv, cwd=cwd, stdout="pipe" if self.stdout else None, fsize=self.fsize)
+        pause = ("copy", signal.SIGKILL) if self.kill_mid_copy else self.pause
+        child = Child(self.argv, cwd=cwd, stdout="pipe" if self.stdout else None, fsize=self.fsize,
+                      pause_at=pause[0] if pause else None)
         for delay, sig in self.signals:
             child.send_after(delay, sig)
-        if self.kill_mid_copy:
-            _kill_when_staging(child, os.path.dirname(os.path.abspath(self.outs[0])))
+        if pause:
+            point, sig = pause
+            if child.paused() == point:
+                child.send(sig)
+            if point != "copy":  # at "copy" the run goes on by itself once the signal has cancelled the copy
+                child.resume()
         if self.stdout == "head":
             child.proc.stdout.read(10)
         if self.stdout:
@@ -234,13 +240,3 @@ def _out_problems(run, result, out, before):
     if before is not None and tree_digest(out) != before:
         return [f"OUT {out} (existing) changed by a failed run"]
     return []
-
-
-def _kill_when_staging(child, parent, timeout=10.0):
-    """SIGKILL `child` the moment a staging folder appears in `parent` (polled every ms; WNOWAIT: not reaped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-        if any(".mlopt-tmp-" in n for n in os.listdir(parent)):
-            child.send(signal.SIGKILL)
-            return
-        time.sleep(0.001)

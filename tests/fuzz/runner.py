@@ -40,27 +40,52 @@ class Result:
 
 class Child:
     """One `mlopt` process. `stdout="pipe"` gives a pipe in `self.proc.stdout`; `fsize` limits file sizes (a
-    disk-full stand-in: Python ignores SIGXFSZ, so writes past it fail with EFBIG)."""
+    disk-full stand-in: Python ignores SIGXFSZ, so writes past it fail with EFBIG). `pause_at` names a point of
+    mlopt/pause_points.py where the run waits: `paused()` returns once it is there, `resume()` lets it go on."""
 
-    def __init__(self, argv, cwd=None, timeout=None, stdout=None, fsize=None):
+    def __init__(self, argv, cwd=None, timeout=None, stdout=None, fsize=None, pause_at=None):
         self.argv = [str(a) for a in argv]
         self.timeout = timeout = timeout or TIMEOUT
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
-        env = {k: v for k, v in os.environ.items() if k != "MLOPT_DEBUG"}
+        env = {k: v for k, v in os.environ.items() if k not in ("MLOPT_DEBUG", "MLOPT_PAUSE_AT")}
+        self._ready = self._resume = None
+        passed = ()
+        if pause_at is not None:
+            ready_r, ready_w = os.pipe()
+            resume_r, resume_w = os.pipe()
+            env["MLOPT_PAUSE_AT"] = f"{pause_at}:{ready_w}:{resume_r}"
+            passed, self._ready, self._resume = (ready_w, resume_r), ready_r, resume_w
         # Always a preexec_fn, even a no-op: it makes Popen fork instead of vfork. A vforked child execs from our
         # own address space, and Linux then counts our peak RSS (hiwater) into the child's ru_maxrss.
         limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))) if fsize else (lambda: None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlopt", *self.argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout == "pipe" else self._out, stderr=self._err,
-            start_new_session=True, preexec_fn=limit,
+            start_new_session=True, preexec_fn=limit, pass_fds=passed,
         )
+        for fd in passed:  # the child's ends
+            os.close(fd)
         self.pid = self.proc.pid
         self.started = time.monotonic()
         self.timed_out = False
         self._timers = [threading.Timer(timeout, self._on_timeout)]
         self._timers[0].start()
+
+    def paused(self):
+        """Wait until the run reached its pause point; returns the point's name ("" if it exited first)."""
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(self._ready, 64)
+            if not chunk:
+                break
+            line += chunk
+        return line.decode().strip()
+
+    def resume(self):
+        if self._resume is not None:
+            os.close(self._resume)
+            self._resume = None
 
     def send(self, sig):
         """Deliver `sig` now (to the group for SIGINT/SIGHUP); a process that already exited is no error."""
@@ -86,6 +111,10 @@ class Child:
         for timer in self._timers:
             timer.cancel()
         self.proc.returncode = code = os.waitstatus_to_exitcode(status)  # so Popen does not reap it again
+        self.resume()
+        if self._ready is not None:
+            os.close(self._ready)
+            self._ready = None
         stragglers = _stragglers(self.pid)
         if self.proc.stdout:
             self.proc.stdout.close()

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from .cases import (
-    COMMANDS, INPUT_ERRORS, Case, Run, Scenario, copy_fixture, execute, fuzz_cases, package_case,
+    COMMANDS, INPUT_ERRORS, Case, Run, Scenario, command_run, copy_fixture, execute, fuzz_cases, package_case,
 )
 from .mutators import WEIGHTS
 
@@ -207,8 +207,30 @@ SCENARIOS = {
 }
 
 
+def hub_cached(command, escaping):
+    """A package in a Hugging Face cache (tests/hub_layout.py), run as a process by `command`: read through its
+    links into blobs/ (exit 0, OUT complete), or, with the weight link climbing out of blobs/, refused (exit 2)."""
+
+    def build(tmp_path):
+        from hub_layout import WEIGHTS as LINKED, hub_cache
+
+        package = hub_cache(tmp_path / "in")
+        if escaping:
+            link = os.path.join(package, LINKED)
+            with open(link, "rb") as f:
+                (tmp_path / "in" / "elsewhere").write_bytes(f.read())
+            os.remove(link)
+            os.symlink("../" * 7 + "blobs/../../elsewhere", link)
+        run = command_run(command, package, tmp_path, expect=REFUSED if escaping else frozenset({0}))
+        run.complete = True
+        return Scenario([run], watch=[tmp_path / "in"])
+
+    return build
+
+
 def layout_cases(full):
     cases = [Case(name, build) for name, build in SCENARIOS.items()]
+    cases += [Case(f"hub-cache-{'escaping-' * e}{c}", hub_cached(c, e)) for e in (False, True) for c in COMMANDS]
     for name, layout in INPUT_LAYOUTS.items():
         for command in COMMANDS if full else COMMANDS[:2]:
             cases.append(_complete(package_case(f"layout-{name}-{FIXTURE}-{command}", FIXTURE, layout, command)))

@@ -1,6 +1,10 @@
-"""mlopt as a process among others: interrupted by signals at various moments, killed outright, racing another
-mlopt for the same OUT, writing into a pipe that was closed. The 200 MB package (conftest.big_package) makes the
-copy slow enough to be caught in the middle."""
+"""mlopt as a process among others: interrupted by signals at named points and at various moments, killed
+outright, racing another mlopt for the same OUT, writing into a pipe that was closed.
+
+A signal at a named point (mlopt/pause_points.py: the run waits there until the signal is sent) has exactly one
+right outcome, asserted here; a signal after a delay lands wherever the machine's load puts it, so those cases
+assert only what is right for every landing moment (finished, or interrupted with nothing partial). The 200 MB
+package (conftest.big_package) makes a delayed signal likely to land in the middle of the copy."""
 
 import os
 import signal
@@ -24,8 +28,38 @@ def interrupted(sig, delay, big, tmp_path):
     return Scenario([run], watch=[big])
 
 
+POINTS = ("import", "copy-start", "copy", "rename", "after-rename")
+WRITTEN = ("rename", "after-rename")  # the signal is honoured once the output is in place
+
+
+def at_point(point, sig, big, tmp_path):
+    """optimize IN OUT, `sig` sent exactly at `point`: 128 + sig and the one line saying whether OUT was written;
+    OUT complete after "rename"/"after-rename", absent (its created parent too) before."""
+    if point == "copy-start":  # the 200 MB package: its copy is still running when the held signal is raised
+        package = big
+    else:
+        package = copy_fixture("decoder_fp16_ios17", tmp_path / "in" / "a.mlpackage")
+    out = tmp_path / "out" / "new" / "o.mlpackage"
+    (tmp_path / "out").mkdir()
+    name = signal.Signals(sig).name
+    line = (f"mlopt: interrupted by {name} after the output was written completely" if point in WRITTEN
+            else f"mlopt: interrupted by {name}; no partial output was left")
+    run = Run(["optimize", package, str(out)], frozenset({128 + sig}), (package,), outs=(str(out),), complete=True,
+              partial_ok=point in WRITTEN, pause=(point, sig))
+
+    def exactly(results):
+        problems = [] if results[0].stderr == line + "\n" else [f"stderr {results[0].stderr!r}, expected {line!r}"]
+        if point in WRITTEN and package_problem(str(out)):
+            problems.append(f"OUT is not a complete package ({package_problem(str(out))})")
+        if point not in WRITTEN and os.path.lexists(out.parent):
+            problems.append("the parent folder this run created is still there")
+        return problems
+
+    return Scenario([run], watch=[package], extra=exactly)
+
+
 def killed_then_rerun(big, tmp_path):
-    """SIGKILL while the weights are copied leaves a staging folder; the next run for the same OUT removes it."""
+    """SIGKILL in the middle of the copy leaves a staging folder; the next run for the same OUT removes it."""
     out = tmp_path / "out" / "o.mlpackage"
     out.parent.mkdir()
     argv = ["optimize", big, str(out)]
@@ -80,7 +114,8 @@ def broken_pipe(argv, how, fixture, big, tmp_path):
 
 def process_cases(full):
     signal_runs = [(s, d) for s in SIGNALS for d in DELAYS] if full else FAST_SIGNALS
-    cases = [Case(f"signal-{signal.Signals(s).name}-{d}s-optimize-big", partial(interrupted, s, d)) for s, d in signal_runs]
+    cases = [Case(f"signal-{signal.Signals(s).name}-at-{p}-optimize", partial(at_point, p, s)) for p in POINTS for s in SIGNALS]
+    cases += [Case(f"signal-{signal.Signals(s).name}-{d}s-optimize-big", partial(interrupted, s, d)) for s, d in signal_runs]
     cases.append(Case("signal-SIGKILL-mid-copy-then-rerun-big", killed_then_rerun))
     cases += [Case(f"signal-SIGINT-{d}s-batch-jobs2-big", partial(batch_interrupted, d)) for d in (DELAYS if full else (0.3,))]
     fixtures = ("hf_fp16_ios17", "decoder_fp16_ios17", "real.decoder_qwen3_mixed_ios18", "textbook_eps_fp32_ios17")
