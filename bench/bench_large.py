@@ -100,7 +100,7 @@ def build(path, layers, hidden, mlp, head=0):
     model.save(path)
 
 
-def ensure_package(work_dir, size, head):
+def ensure_package(work_dir, size, head=0):
     """The generated package of `size` and `head` rows in `work_dir`, built on first use and reused after."""
     os.makedirs(work_dir, exist_ok=True)
     src = os.path.join(work_dir, f"llama_{size}_head{head}.mlpackage")

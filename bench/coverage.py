@@ -93,7 +93,7 @@ def table(set_name):
     total = sum(c["rewritten"] for c in cells.values() if not c["negative"])
     wanted = sum(c["norms"] for c in cells.values())
     untouched = all(c["rewritten"] == 0 for c in cells.values() if c["negative"])
-    lines.append(f"\n{total}/{wanted} norms rewritten in {len(expected)} packages; negatives untouched: {untouched}")
+    lines.append(f"\n{total}/{wanted} chains rewritten in {len(expected)} packages; negatives untouched: {untouched}")
     return "\n".join(lines)
 
 
