@@ -13,7 +13,7 @@ from ..errors import BadInputError
 from .manifest import root_model_relpath
 from .tree import FILE, PackageTree, refuse_lfs_pointer
 
-# Function.opset -> the deployment target whose dtype rules apply (docs/coreml-facts.md, "Opsets").
+# Function.opset -> the deployment target whose dtype rules apply (docs/core-ml-format.md, "Opsets").
 KNOWN_OPSETS = {"CoreML5": "iOS15", "CoreML6": "iOS16", "CoreML7": "iOS17", "CoreML8": "iOS18", "CoreML9": "iOS26"}
 # Model.specificationVersion of ML programs: 6 (iOS15, the first with ML programs) .. 10 (iOS26).
 SPEC_VERSIONS = range(6, 11)

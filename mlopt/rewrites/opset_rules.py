@@ -1,4 +1,4 @@
-"""The dtype rules of the target opset for the ops the rewrite emits (docs/coreml-facts.md).
+"""The dtype rules of the target opset for the ops the rewrite emits (docs/core-ml-format.md).
 
 mul/concat/slice need one dtype throughout in every opset. layer_norm's epsilon must have x's dtype on
 iOS15/16 (CoreML5/6); from iOS17 (CoreML7) it may be fp32 under fp16 x, which keeps a 1e-6 epsilon exact
