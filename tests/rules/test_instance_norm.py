@@ -16,11 +16,10 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.frontend.milproto.load import load
 from coremltools.converters.mil.mil import types
 
-from conftest import FIXTURES, file_digest, main_view, op_types, run_package, tree_digest
+from conftest import FIXTURES, chains, file_digest, fixture_path, load_in_coremltools, main_view, op_types, run_package, tree_digest
 from mlopt import optimize_package
 from mlopt.cli import main
 from mlopt.coreml import convert
-from mlopt.graph.dtypes import FLOAT16, FLOAT32
 from mlopt.package.reader import read_package
 from mlopt.analyses.verify import verify_packages
 
@@ -37,19 +36,12 @@ f16, f32 = np.float16, np.float32
 
 
 def path(name):
-    return os.path.join(SET, f"{name}.mlpackage")
-
-
-def chains(report):
-    return [c for f in report.functions for c in f.chains]
+    return fixture_path(name, "coreml_norms")
 
 
 def loaded_ops(out):
     """The op types coremltools' own program loader reads back (it re-runs type inference on every op)."""
-    model = ct.models.MLModel(str(out), skip_model_load=True)
-    spec = model.get_spec()
-    program = load(spec, spec.specificationVersion, model.weights_dir)
-    return [op.op_type for op in program.functions["main"].operations if op.op_type != "const"]
+    return [op.op_type for op in load_in_coremltools(str(out)).functions["main"].operations if op.op_type != "const"]
 
 
 def loaded_norm(out):
