@@ -218,3 +218,24 @@ def concat_without_negation(rule, builder, fused):
     if gamma is not None and builder.dtype(gamma) != fused.dtype:
         gamma = builder.cast(gamma, fused.dtype)
     return out if gamma is None else builder.mul(out, gamma)
+
+
+def mb_builder_ops(emit):
+    """Op types of a pymil block after MbBuilder replaces a relu of a (2, 8) fp32 input with what `emit(builder, x)`
+    returns: how the conversion-time builder's methods are tested without a whole rule."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    from mlopt.coreml.mb_builder import MbBuilder
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        return mb.relu(x=x)
+
+    block = prog.functions["main"]
+    (relu,) = [op for op in block.operations if op.op_type == "relu"]
+    with block:
+        builder = MbBuilder(relu, "CoreML7")
+        builder.finish(emit(builder, relu.x), relu.outputs[0])
+        block.remove_ops([relu])
+    return [op.op_type for op in block.operations if op.op_type != "const"]

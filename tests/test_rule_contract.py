@@ -27,7 +27,7 @@ from coremltools.converters.mil.frontend.milproto.load import load as milproto_l
 from coremltools.converters.mil.mil import types
 
 import mlopt.rules
-from conftest import chains, inputs_for, op_types, run_package, tree_digest
+from conftest import chains, inputs_for, mb_builder_ops, op_types, run_package, tree_digest
 from json_schema import SCHEMA, errors
 from mlopt import optimize_package
 from mlopt.cli import main
@@ -334,20 +334,7 @@ def test_without_candidates_the_note_names_what_each_rule_looks_for(registered, 
 
 
 def test_the_mb_builder_emits_elementwise_ops():
-    from mlopt.coreml.mb_builder import MbBuilder
-
-    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
-    def prog(x):
-        return mb.relu(x=x)
-
-    block = prog.functions["main"]
-    (relu,) = [op for op in block.operations if op.op_type == "relu"]
-    with block:
-        builder = MbBuilder(relu, "CoreML7")
-        out = builder.elementwise("clip", relu.x, alpha=-1.0, beta=1.0)
-        builder.finish(out, relu.outputs[0])
-        block.remove_ops([relu])
-    assert [op.op_type for op in block.operations if op.op_type != "const"] == ["clip"]
+    assert mb_builder_ops(lambda b, x: b.elementwise("clip", x, alpha=-1.0, beta=1.0)) == ["clip"]
 
 
 # -- the three kinds, on saved packages -----------------------------------------------------------------------------------

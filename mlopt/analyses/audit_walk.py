@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
+from ..graph.spec_graph import read_names
 from ..numerics.compare import TOLERANCES, Difference, combine, compare
 from ..numerics.interpreter import Evaluator
 from .audit_report import FP16_MAX, Finding, OpRow, headroom
@@ -156,7 +157,7 @@ def _peak(values, finite):
 
 
 def _judge(view, op, name, row, position, state, result, size, m):
-    inputs = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
+    inputs = read_names(op)
     fp16 = row.dtype == "fp16"
     new_nonfinite, new_nan = m.new_nonfinite, m.new_nan
     fresh = not any(i in state.blown for i in inputs)
@@ -245,11 +246,10 @@ def _nearest_flush(view, name, flushed):
             op = view.producer(value)
             if op is None:
                 continue
-            for arg in op.inputs.values():
-                for b in arg.arguments:
-                    if b.WhichOneof("binding") == "name" and b.name not in seen:
-                        seen.add(b.name)
-                        following.append(b.name)
+            for read in read_names(op):
+                if read not in seen:
+                    seen.add(read)
+                    following.append(read)
         frontier = following
     return None
 

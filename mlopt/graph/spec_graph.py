@@ -13,6 +13,12 @@ from .interface import Use
 from .values import decode_value
 
 
+def read_names(op):
+    """The values `op` reads by name, in argument order (inline literals left out): every walk up a program
+    (dependencies, upstream searches) goes through this one reading of an op's bindings."""
+    return [b.name for argument in op.inputs.values() for b in argument.arguments if b.WhichOneof("binding") == "name"]
+
+
 def op_name(op):
     attr = op.attributes.get("name")
     if attr is not None and attr.immediateValue.tensor.strings.values:
@@ -178,7 +184,7 @@ class SpecGraph:
                 memo[v] = op is not None and op.type == "const"
                 stack.pop()
                 continue
-            inputs = [b.name for a in op.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "name"]
+            inputs = read_names(op)
             if v not in entered:
                 entered.add(v)
                 stack.extend(i for i in inputs if i not in memo and i not in entered)

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import MloptError
 from ..graph.dtypes import FLOATS, NUMPY, SUB_BYTE, name as dtype_name
 from ..graph.values import decode_value, tensor_shape
-from ..graph.spec_graph import op_name
+from ..graph.spec_graph import op_name, read_names
 from ..package.weights import unpack_bits
 from .ops import IMPLEMENTATIONS
 from .ops.lists import TensorList
@@ -177,7 +177,7 @@ class Evaluator:
 
     # -- ops ------------------------------------------------------------------------------------------------
     def _dependencies(self, op):
-        deps = [b.name for arg in op.inputs.values() for b in arg.arguments if b.WhichOneof("binding") == "name"]
+        deps = read_names(op)
         if op.type == "linear" and self._streamed_weight(op) is not None:  # read block by block, not loaded
             deps.remove(self.view.arg(op, "weight"))
         if op.blocks:
@@ -193,7 +193,7 @@ class Evaluator:
             def walk(block):
                 defined.update(i.name for i in block.inputs)
                 for inner in block.operations:
-                    used.extend(b.name for a in inner.inputs.values() for b in a.arguments if b.WhichOneof("binding") == "name")
+                    used.extend(read_names(inner))
                     defined.update(o.name for o in inner.outputs)
                     for nested in inner.blocks:
                         walk(nested)

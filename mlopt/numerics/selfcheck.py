@@ -35,6 +35,7 @@ from ..errors import MloptError
 from ..graph.casts import cast_ancestry
 from ..graph.dtypes import NUMPY, name as dtype_name
 from ..graph.shapes import varies_off
+from ..graph.spec_graph import read_names
 from .compare import compare, tolerance_for
 from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
@@ -198,11 +199,10 @@ def _largest_constant(view, operand):
         op = view.producer(value)
         if op is None:
             continue
-        for argument in op.inputs.values():
-            for binding in argument.arguments:
-                if binding.WhichOneof("binding") == "name" and binding.name not in seen:
-                    seen.add(binding.name)
-                    stack.append(binding.name)
+        for read in read_names(op):
+            if read not in seen:
+                seen.add(read)
+                stack.append(read)
     return largest
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, chains, fixture_path, inputs_for, op_types, run_package, tree_digest
+from conftest import FIXTURES, chains, fixture_path, inputs_for, mb_builder_ops, op_types, run_package, tree_digest
 from mlopt import optimize_package
 from mlopt.package import read_package
 from mlopt.rules import finite_mask
@@ -212,21 +212,12 @@ def test_the_select_form_keeps_its_select_and_loads_in_coremltools(tmp_path):
 
 
 def test_the_mb_builder_emits_select():
-    from mlopt.coreml.mb_builder import MbBuilder
     from mlopt.graph.dtypes import FLOAT32
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
-    def prog(x):
-        return mb.relu(x=x)
+    def emit(builder, x):
+        return builder.select(mb.const(val=np.tri(2, 8, dtype=bool)), x, builder.const(np.float32(FILL), FLOAT32))
 
-    block = prog.functions["main"]
-    (relu,) = [op for op in block.operations if op.op_type == "relu"]
-    with block:
-        builder = MbBuilder(relu, "CoreML7")
-        out = builder.select(mb.const(val=np.tri(2, 8, dtype=bool)), relu.x, builder.const(np.float32(FILL), FLOAT32))
-        builder.finish(out, relu.outputs[0])
-        block.remove_ops([relu])
-    assert [op.op_type for op in block.operations if op.op_type != "const"] == ["select"]
+    assert mb_builder_ops(emit) == ["select"]
 
 
 def test_a_mask_from_the_input_times_the_sentinel_is_rewritten_at_the_product(tmp_path):
