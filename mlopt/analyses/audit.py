@@ -92,5 +92,6 @@ def _audit_function(report, package, blobs, name, given, inputs_path):
         raise CannotVerify(package.path, f"cannot be audited: function '{name}': {e}") from None
     report.rows += result.rows
     report.findings += result.findings
+    report.masked += result.masked
     if report.first_nonfinite is None:
         report.first_nonfinite = result.first_nonfinite if len(report.functions) == 1 or result.first_nonfinite is None else f"{name}/{result.first_nonfinite}"

@@ -64,6 +64,7 @@ class AuditReport:
     findings: list = field(default_factory=list)
     rows: list = field(default_factory=list)
     first_nonfinite: str = None  # the first op output (program order) with NaN/inf where float64 has none
+    masked: list = field(default_factory=list)  # audit_walk.MaskedRows: softmax rows a mask hides entirely
 
     @property
     def passed(self):
@@ -112,6 +113,7 @@ class AuditReport:
         if self.findings:
             lines.append("  findings (program order):")
             lines += [f"    {f.kind:<9}  {_where(f, self)} ({f.op_type}): {f.detail}" for f in self.sorted_findings()]
+        lines += [f"  {masked_rows_line(m, self)}" for m in self.masked]
         flushed = [r for r in self.rows if r.flushed > 0]
         if flushed:
             worst = max(flushed, key=lambda r: r.flushed)
@@ -139,8 +141,20 @@ class AuditReport:
             accumulate=self.accumulate, subnormals=self.subnormals, functions=list(self.functions), inputs=self.notes,
             passed=self.passed, findings=[f.to_dict() for f in self.sorted_findings()],
             first_nonfinite=self.first_nonfinite, peak_abs_fp64=self.peak_abs_fp64,
-            min_headroom_bits=self.min_headroom_bits, ops=[r.to_dict() for r in self.rows],
+            min_headroom_bits=self.min_headroom_bits, fully_masked_rows=[m.to_dict() for m in self.masked],
+            ops=[r.to_dict() for r in self.rows],
         ))
+
+
+def masked_rows_line(m, report):
+    """What the report says of one softmax's rows masked entirely (audit_walk.py: judged against the uniform row)."""
+    where = f"{m.function}/{m.op}" if len(report.functions) > 1 else m.op
+    rows = f"{m.rows} fully masked row{'s' * (m.rows != 1)} at '{where}' (every input at or below -32768)"
+    if not m.nan and not m.uneven:
+        return f"{rows}: fp16 gives a uniform row (the fp32 source model's behaviour), and the audit judges it so"
+    parts = ([f"NaN in {m.nan}"] if m.nan else []) + ([f"a row that is not uniform in {m.uneven}"] if m.uneven else [])
+    parts[-1] += " of them"
+    return f"{rows}: fp16 gives {' and '.join(parts)}, where the fp32 source model gives a uniform row"
 
 
 def _where(finding, report):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..graph.dtypes import BOOL, FLOATS, NUMPY
 from ..graph.spec_graph import SpecGraph
+from ..patterns.attention_mask import keep_drop_inputs
 
 UNKNOWN_DIM = 2
 MAX_ELEMENTS = 2**26  # elements of all random inputs of one function together (512 MB as float64)
@@ -70,18 +71,24 @@ def check_budget(shapes, limit=MAX_ELEMENTS):
 
 def random_inputs(spec, function, rng, scale=1.0, with_ranges=False, view=None):
     """{input name: array}: floats ~ N(0, scale^2) in the declared dtype, bools at random, integers in
-    [0, vocabulary) where they index an embedding (see `index_ranges`), else in [0, 4). With `with_ranges`, also
-    {input name: how it was drawn} for the inputs `scale` does not apply to."""
+    [0, vocabulary) where they index an embedding (see `index_ranges`), else in [0, 4); an input the program uses
+    as a keep/drop attention mask (patterns/attention_mask.py), whatever its dtype, from {0, 1} (`mask_draw`).
+    With `with_ranges`, also {input name: how it was drawn} for the inputs `scale` does not apply to."""
     feeds, notes = {}, {}
     shapes = input_shapes(spec, function)
     check_budget(shapes)  # before anything is allocated
     if view is None:
         view = SpecGraph("", function)
     ranges = index_ranges(view)
+    masks = keep_drop_inputs(view, [inp.name for inp in function.inputs])
     for inp in function.inputs:
         shape = shapes[inp.name]
         dtype = input_tensor(inp.type).dataType
-        if dtype in FLOATS:
+        if inp.name in masks:
+            feeds[inp.name] = mask_draw(rng, shape).astype(bool if dtype == BOOL else NUMPY.get(dtype, np.int32))
+            notes[inp.name] = (f"a keep/drop attention mask ({masks[inp.name]}): drawn from {{0, 1}}, every row "
+                               f"(last axis) holding both (--scale does not apply)")
+        elif dtype in FLOATS:
             feeds[inp.name] = (rng.standard_normal(shape) * scale).astype(NUMPY[dtype])
         elif dtype == BOOL:
             feeds[inp.name] = rng.integers(0, 2, shape).astype(bool)
@@ -95,6 +102,28 @@ def random_inputs(spec, function, rng, scale=1.0, with_ranges=False, view=None):
 
 
 DEFAULT_INT_HIGH = 4
+
+
+def mask_draw(rng, shape):
+    """0s and 1s at random, each row along the last axis holding both at least once (a row of one element: 1).
+
+    A real attention mask keeps at least one element of every row - a sequence holds at least one token - and a
+    row masked entirely is a case of its own (a padded query: docs/audit.md). Which value keeps depends on the
+    model (transformers: 1 keeps; other code passes the inverse), so a row holds both: whichever keeps, at least
+    one element is kept and at least one dropped, and the mask is exercised."""
+    values = rng.integers(0, 2, shape)
+    if not values.size or not len(shape):
+        return values
+    rows = values.reshape(-1, shape[-1])
+    n = rows.shape[1]
+    if n == 1:
+        rows[:] = 1
+        return values
+    index = np.arange(rows.shape[0])
+    one = rng.integers(0, n, rows.shape[0])
+    zero = (one + rng.integers(1, n, rows.shape[0])) % n
+    rows[index, one], rows[index, zero] = 1, 0
+    return values
 
 
 INDEX_HOPS = 8  # ops between an integer input and the gather it indexes (casts, the negative-index select, ...)

@@ -23,6 +23,7 @@ every sentinel read as float32's minimum, so masked entries are exactly 0 and a 
 import numpy as np
 
 from ..graph.dtypes import FLOAT16
+from ..patterns.attention_mask import LAYOUT, mask_readers
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
 from .base import INT, REGION, LoweringFailed, Match, Rule
@@ -35,7 +36,6 @@ ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask
 # softmax(select(c, m, x)), softmax(x + (1 - m) * sentinel)
 FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
          PRODUCT: "(1 - m) * fill"}
-LAYOUT = ("expand_dims", "reshape", "squeeze", "cast")  # ops between a (1 - m) * sentinel and its add: order kept
 
 
 class FiniteMaskRule(Rule):
@@ -118,7 +118,7 @@ class FiniteMaskRule(Rule):
         if producer is None or graph.op_type(producer) != "sub" or graph.const(producer, "x") is None or \
                 float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
             return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
-        ends, path, why = _mask_readers(graph, graph.output(op))
+        ends, path, why = mask_readers(graph, graph.output(op))
         if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
         value, add, softmax, _ = ends[0]  # judged at the first softmax; every reader is the same add -> softmax
@@ -257,36 +257,6 @@ def _combine(x, mask, operands, params):
         return x + mask
     cond = np.asarray(operands["cond"]).astype(bool)
     return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
-
-
-def _mask_readers(graph, value, limit=4096):
-    """Where a (1 - m) * sentinel goes: every path through LAYOUT ops must end in an add whose sum (through casts)
-    only a softmax reads - one per attention layer, as transformers shares one extended mask across layers.
-    ([(value at the add, add, softmax, casts after the add)], the LAYOUT ops, None) or (.., .., why not)."""
-    ends, path, frontier, seen = [], [], [value], set()
-    while frontier and len(seen) < limit:
-        current = frontier.pop()
-        for use in graph.consumers(current):
-            if use.op is None:
-                return [], [], "the product is a model output"
-            if id(use.op) in seen:
-                continue
-            seen.add(id(use.op))
-            kind = graph.op_type(use.op)
-            if kind in LAYOUT:
-                path.append(use.op)
-                frontier.append(graph.output(use.op))
-                continue
-            if kind != "add":
-                return [], [], f"the product is read by {kind}"
-            casts, following = [], [u.op for u in graph.consumers(graph.output(use.op))]
-            while len(following) == 1 and following[0] is not None and graph.op_type(following[0]) == "cast":
-                casts.append(following[0])
-                following = [u.op for u in graph.consumers(graph.output(following[0]))]
-            if len(following) != 1 or following[0] is None or graph.op_type(following[0]) != "softmax":
-                return [], [], "its sum is read by something other than one softmax"
-            ends.append((current, use.op, following[0], casts))
-    return ends, path, None if ends else "it reaches no softmax"
 
 
 def _laid_out(product, shape):
