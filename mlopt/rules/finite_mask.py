@@ -94,7 +94,8 @@ class FiniteMaskRule(Rule):
             axis = int(axis if axis is not None else -1) % graph.rank(total)
             return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
                          dtype=graph.dtype(total), operands={"mask": mask, "cond": cond}, params={"fill": FILL, "form": form},
-                         note=mask_note(values, held["sentinels"], axis, graph.rank(total), form))
+                         note=mask_note(values, held["sentinels"], axis, graph.rank(total), form,
+                                        graph.const_value(cond) if cond is not None else None))
 
         return attempt(graph, body)
 
@@ -141,7 +142,7 @@ class FiniteMaskRule(Rule):
                          facts={"at_add": value},
                          note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
                                f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
-                               f"position the mask keeps"))
+                               f"position the mask keeps; {row_restored('a row that m drops entirely')}"))
 
         return attempt(graph, body)
 
@@ -281,19 +282,31 @@ def _softmax(v, axis, absorb=False):
         return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def mask_note(values, sentinels, axis, rank, form=ADD):
-    """What the report says about one mask: how many sentinels were replaced, and the rows an additive mask masks
-    entirely (a select's rows depend on its condition)."""
-    mask = np.asarray(values, np.float64)
-    full = 0
-    if form != ADD:
-        axis = rank  # no row count
-    axis -= rank - mask.ndim  # the mask broadcasts against the scores from the trailing axes
-    if 0 <= axis < mask.ndim and mask.shape[axis] > 1:
-        full = int(np.all(mask < FILL, axis=axis).sum())
-    rows = (f"; {full} row(s) masked entirely: NaN in the fp16 original, uniform after the rewrite (the float32 "
-            f"source's behaviour, for scores between -16 and 16)") if full else ""
-    return f"{sentinels} sentinel(s) replaced by {FILL:g} (finite in fp16; masked probabilities stay 0){rows}"
+def row_restored(which):
+    """Which behaviour the rewrite gives a softmax row masked entirely (the issue's question, for the report)."""
+    return (f"{which} is uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16), "
+            f"where the fp16 original gave NaN")
+
+
+def mask_note(values, sentinels, axis, rank, form=ADD, cond=None):
+    """What the report says about one mask: how many sentinels were replaced, the rows it masks entirely (an
+    additive mask's, or a select's whose condition is a constant) and which behaviour the rewrite gives them."""
+    if form == ADD:
+        masked = np.asarray(values, np.float64) < FILL
+    elif cond is not None:
+        masked = ~np.asarray(cond, bool) if form == KEEP_WHERE_TRUE else np.asarray(cond, bool)
+    else:
+        masked = None
+    full = None
+    if masked is not None:
+        axis -= rank - masked.ndim  # the mask broadcasts against the scores from the trailing axes
+        full = int(np.all(masked, axis=axis).sum()) if 0 <= axis < masked.ndim and masked.shape[axis] > 1 else 0
+    text = f"{sentinels} sentinel(s) replaced by {FILL:g} (finite in fp16; masked probabilities stay 0)"
+    if full is None:  # a select whose condition is computed: which rows it masks entirely is not known here
+        return f"{text}; {row_restored('a row that the condition masks entirely')}"
+    if full:
+        return f"{text}; {full} row(s) masked entirely: NaN in the fp16 original, uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16)"
+    return text
 
 
 RULE = FiniteMaskRule()

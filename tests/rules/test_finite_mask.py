@@ -365,3 +365,31 @@ def test_done_when_finite_mask_composes_with_the_norms_in_either_order(tmp_path)
     # the RMSNorm as the LayerNorm trick (a mirrored concat into layer_norm), the mask a constant, the LayerNorm native
     assert op_types(outputs[0]) == ["mul", "concat", "layer_norm", "slice_by_index", "mul", "matmul", "mul", "add",
                                     "softmax", "matmul", "layer_norm"]
+
+
+def test_the_report_says_which_behaviour_a_row_masked_entirely_gets(tmp_path):
+    """The issue: a fully masked row is NaN in the fp16 original and uniform in the fp32 source; the note says
+    which one the rewrite gives, for every form."""
+    (chain,) = chains(optimize_package(fixture_path("hf_input_mask_min_fp16_ios17", "fp16"), dry_run=True), rule="finite_mask")
+    assert chain.note == (
+        "(1 - m) * sentinel: the sentinel replaced by -49152, assuming 'sub_0_cast_fp16' holds only 0 and 1 (an "
+        "attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every position the mask keeps; a row that "
+        "m drops entirely is uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16), "
+        "where the fp16 original gave NaN")
+    (chain,) = chains(optimize_package(fixture_path("padded_query_full_row_fp16_ios17", "fp16"), dry_run=True), rule="finite_mask")
+    assert chain.note == (
+        "19 sentinel(s) replaced by -49152 (finite in fp16; masked probabilities stay 0); 1 row(s) masked entirely: NaN "
+        "in the fp16 original, uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16)")
+    keep = np.tri(4, dtype=bool)
+    keep[2] = False  # row 2 keeps nothing
+    from mlopt.rules.finite_mask import KEEP_WHERE_FALSE, KEEP_WHERE_TRUE, mask_note
+
+    assert mask_note(np.float16(-np.inf), 1, 1, 2, KEEP_WHERE_TRUE, keep) == (
+        "1 sentinel(s) replaced by -49152 (finite in fp16; masked probabilities stay 0); 1 row(s) masked entirely: NaN "
+        "in the fp16 original, uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16)")
+    assert mask_note(np.float16(-np.inf), 1, 1, 2, KEEP_WHERE_FALSE, ~np.tri(4, dtype=bool)) == (
+        "1 sentinel(s) replaced by -49152 (finite in fp16; masked probabilities stay 0)")
+    assert mask_note(np.float16(-np.inf), 1, 1, 2, KEEP_WHERE_TRUE, None) == (
+        "1 sentinel(s) replaced by -49152 (finite in fp16; masked probabilities stay 0); a row that the condition "
+        "masks entirely is uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16), "
+        "where the fp16 original gave NaN")
