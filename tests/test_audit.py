@@ -83,7 +83,8 @@ def test_masks_stored_as_fp16_minus_inf_are_static_findings_at_those_constants(n
     report = audited(name)
     static = {f.op for f in findings(report, "static")}
     holding = {n for n, v in const_values(name).items() if v.dtype == np.float16 and np.isneginf(v).any()}
-    assert holding and static == holding
+    # the fill of `inverted.masked_fill(...)` only decides `padding.to(torch.bool)`: -inf or finite, the same True
+    assert "var_45_to_fp16" in holding and static == holding - {"var_45_to_fp16"}
     assert all("-inf" in f.detail for f in findings(report, "static"))
 
 

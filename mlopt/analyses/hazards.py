@@ -5,6 +5,9 @@
   -1e9, -inf) as fp16 -inf: fp16 cannot hold a finite value beyond +-65504 (IEEE 754 binary16). A softmax row
   that such a mask covers entirely computes -inf - (-inf) = NaN, and -inf * 0 is NaN (IEEE 754), where the fp32
   model gave a finite answer (apple/coremltools pull request #2669; huggingface/transformers pull request 17306).
+- Not one that only decides a condition: a select branch whose result is only cast to bool (transformers'
+  AttentionMaskConverter fills the inverted padding mask with the sentinel and casts that to bool for the next
+  masked_fill): -inf and a finite fill give the same bool, so the -inf computes nothing.
 - An fp32 constant beyond fp16's range that an fp16 path casts down (a `cast` to fp16 within CAST_HOPS ops of
   fp32 arithmetic): on the fp16 side it is +-inf, whatever it was meant to be.
 
@@ -14,7 +17,7 @@ largest constant, not the model.
 
 import numpy as np
 
-from ..graph.dtypes import FLOAT16, FLOAT32, NUMPY
+from ..graph.dtypes import BOOL, FLOAT16, FLOAT32, NUMPY
 from ..graph.values import decode_value, tensor_shape
 from .audit_report import FP16_MAX, Finding
 
@@ -37,7 +40,8 @@ def static_hazards(view, blobs):
             continue
         name = op.outputs[0].name
         if dtype == FLOAT16:
-            detail = None if _only_bounds(view, name, array) else _fp16_problem(array)
+            harmless = _only_bounds(view, name, array) or _only_decides_conditions(view, name, array)
+            detail = None if harmless else _fp16_problem(array)
         else:
             cast = _fp16_cast_of(view, name) if _beyond_fp16(array) else None
             detail = _fp32_problem(array, cast) if cast else None
@@ -90,6 +94,22 @@ def _only_bounds(view, name, array):
         if op.type == "maximum" and np.all(values == -np.inf) or op.type == "minimum" and np.all(values == np.inf):
             continue
         return False
+    return bool(uses)
+
+
+def _only_decides_conditions(view, name, array):
+    """True if the constant holds no NaN and every use is a branch (a or b) of a select whose result only casts to
+    bool read: an infinite fill there gives the same True as a finite one."""
+    if np.isnan(np.asarray(array, np.float32)).any():
+        return False
+    uses = view.consumers(name)
+    for use in uses:
+        if use.op is None or use.op.type != "select" or use.param not in ("a", "b"):
+            return False
+        readers = view.consumers(use.op.outputs[0].name)
+        if not readers or any(r.op is None or r.op.type != "cast" or r.op.outputs[0].type.tensorType.dataType != BOOL
+                              for r in readers):
+            return False
     return bool(uses)
 
 

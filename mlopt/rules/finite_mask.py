@@ -34,8 +34,10 @@ FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in th
 FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
 ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask), softmax(select(c, x, m)),
 # softmax(select(c, m, x)), softmax(x + (1 - m) * sentinel)
+FILL_IN_A, FILL_IN_B = 4, 5  # softmax(x + select(c, sentinel, other)), softmax(x + select(c, other, sentinel)): a
+# mask computed from the model's input (transformers' AttentionMaskConverter: masked_fill chains of the sentinel)
 FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
-         PRODUCT: "(1 - m) * fill"}
+         PRODUCT: "(1 - m) * fill", FILL_IN_A: "x + select(cond, fill, m)", FILL_IN_B: "x + select(cond, m, fill)"}
 
 
 class FiniteMaskRule(Rule):
@@ -44,8 +46,9 @@ class FiniteMaskRule(Rule):
     description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
     looks_for = "softmax of a sum with a constant -inf or float32-min mask"
     anchors = ("softmax", "mul", "const")  # mul: (1 - m) * sentinel; const: an infinite constant that is no mask
-    operands = ("mask", "cond", "keep")  # cond: the select's condition; keep: the (1 - m) a sentinel multiplies
-    params = ("fill", "form")  # form: ADD, KEEP_WHERE_TRUE (select(cond, x, fill)) or KEEP_WHERE_FALSE
+    operands = ("mask", "cond", "keep", "other")  # cond: the select's condition; keep: the (1 - m) a sentinel
+    # multiplies; other: the second branch of a select computing the mask (FILL_IN_A/B)
+    params = ("fill", "form")  # form: one of FORMS
     param_types = {"form": INT}
     proof = REGION
     units = None  # only a constant changes: free with any compute units, and an fp16 program may run in fp16 on any
@@ -68,6 +71,8 @@ class FiniteMaskRule(Rule):
             return NOT_THIS_PATTERN
         found = [(x, mask_op, casts, form) for x, side, form in sides
                  for mask_op, casts in [const_through_casts(graph, side)] if mask_op is not None]
+        if not found and kind == "add":
+            return self._computed(graph, op, combine, out_casts, total)
         if len(found) != 1 or x_is_const(graph, found[0][0]):
             return NOT_THIS_PATTERN
         x, mask_op, casts, form = found[0]
@@ -96,6 +101,48 @@ class FiniteMaskRule(Rule):
                          dtype=graph.dtype(total), operands={"mask": mask, "cond": cond}, params={"fill": FILL, "form": form},
                          note=mask_note(values, held["sentinels"], axis, graph.rank(total), form,
                                         graph.const_value(cond) if cond is not None else None))
+
+        return attempt(graph, body)
+
+    def _computed(self, graph, op, add, out_casts, total):
+        """softmax(x + select(cond, sentinel, m)) (or the sentinel in b), the select possibly cast to x's dtype: a mask
+        computed from the model's input, as transformers' AttentionMaskConverter builds it with masked_fill (and its
+        `(1 - m)` cast to bool as the condition). In fp16 the sentinel is -inf and a row it masks entirely is NaN.
+        Only the select's constant branches change; its condition is fed from {0, 1} by the proof through the cast
+        to bool that computes it (the proof cannot feed a bool)."""
+        found = []
+        for x, side in ((graph.arg(add, "x"), graph.arg(add, "y")), (graph.arg(add, "y"), graph.arg(add, "x"))):
+            select, casts = _through_casts(graph, side)
+            if x is None or select is None or graph.op_type(select) != "select" or x_is_const(graph, x) or \
+                    graph.is_constant_expr(graph.output(select)):
+                continue
+            branches = {p: graph.arg(select, p) for p in ("a", "b")}
+            held = {p: scan(graph, v, FILL) if v is not None and graph.is_const(v) else None for p, v in branches.items()}
+            if any(h is not None and h["sentinels"] for h in held.values()):
+                found.append((x, select, casts, branches, held))
+        if len(found) != 1 or graph.dtype(total) != FLOAT16:
+            return NOT_THIS_PATTERN
+        x, select, casts, branches, held = found[0]
+        form = FILL_IN_A if held["a"] is not None and held["a"]["sentinels"] else FILL_IN_B
+        mask, other = (branches["a"], branches["b"]) if form == FILL_IN_A else (branches["b"], branches["a"])
+        cond = graph.arg(select, "cond")
+        cond_op = graph.producer(cond) if cond is not None else None
+        to_bool = cond_op is not None and graph.op_type(cond_op) == "cast" and graph.arg(cond_op, "x") is not None
+
+        def body(trace):
+            trace.take(add, op, select, *casts, *out_casts, *([cond_op] if to_bool else []))
+            for h in held.values():
+                if h is not None and (h["nan"] or h["pos_inf"]):
+                    trace.recognise(self.title, "a branch of the select computing its mask holds NaN or +inf: not a mask sentinel")
+            if any(graph.is_const(v) and graph.const_value(v) is None for v in branches.values() if v is not None):
+                trace.fail("its mask's select reads a constant too large to rewrite as an immediate constant")
+            axis = graph.const(op, "axis")
+            axis = int(axis if axis is not None else -1) % graph.rank(total)
+            count = sum(h["sentinels"] for h in held.values() if h is not None)
+            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
+                         dtype=graph.dtype(total), operands={"mask": mask, "cond": cond, "other": other},
+                         params={"fill": FILL, "form": form}, binary=(graph.arg(cond_op, "x"),) if to_bool else (),
+                         note=mask_note(None, count, axis, graph.rank(total), form))
 
         return attempt(graph, body)
 
@@ -169,10 +216,24 @@ class FiniteMaskRule(Rule):
         mask = b.constant_value(m.operands["mask"])
         if mask is None:
             raise LoweringFailed("its mask cannot be read as a constant")
-        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
         form = int(m.params["form"])
+        if form in (FILL_IN_A, FILL_IN_B):  # the select's constant branches made finite, in their own dtype
+            fill = float(m.params["fill"])
+            mask_value, other = (b.const(finite_sentinels(mask, fill), b.dtype(m.operands["mask"])), m.operands["other"])
+            held = b.constant_value(other)
+            if held is not None:
+                other = b.const(finite_sentinels(held, fill), b.dtype(other))
+            computed = b.select(m.operands["cond"], mask_value, other) if form == FILL_IN_A else \
+                b.select(m.operands["cond"], other, mask_value)
+            if b.dtype(computed) != b.dtype(m.x):  # a mask computed in fp32 and cast to the scores' fp16
+                computed = b.cast(computed, b.dtype(m.x))
+            total = b.add(m.x, computed)
+            if b.dtype(total) != m.dtype:
+                total = b.cast(total, m.dtype)
+            return b.elementwise("softmax", total, axis=int(m.axes[0]))
         if form == PRODUCT:  # the product is the replaced value: the layout ops, add and softmax read it as before
             return b.mul(m.operands["keep"], b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.operands["mask"])))
+        finite = b.const(finite_sentinels(mask, float(m.params["fill"])), b.dtype(m.x))
         if form == ADD:
             total = b.add(m.x, finite)
         elif form == KEEP_WHERE_TRUE:
@@ -192,9 +253,12 @@ class FiniteMaskRule(Rule):
     def reference(self, x, operands, axes, params):
         """The float32 source's meaning: every sentinel is float32's minimum (masked entries exactly 0, a fully
         masked row uniform), in float64."""
-        mask = np.asarray(operands["mask"], np.float64)
-        return _softmax(_combine(x, np.where(mask < params["fill"], FLOAT32_MIN, mask), operands, params), axes[0],
-                        absorb=True)
+        def source(values):
+            values = np.asarray(values, np.float64)
+            return np.where(values < params["fill"], FLOAT32_MIN, values)
+
+        operands = dict(operands, other=source(operands["other"])) if operands.get("other") is not None else operands
+        return _softmax(_combine(x, source(operands["mask"]), operands, params), axes[0], absorb=True)
 
     def as_read(self, match, x, operands):
         """What the chain computes as stored, in float64 (-inf stays -inf: NaN in a row masked entirely)."""
@@ -256,6 +320,9 @@ def _combine(x, mask, operands, params):
         return x + _laid_out(product, x.shape)
     if form == ADD:
         return x + mask
+    if form in (FILL_IN_A, FILL_IN_B):
+        cond, other = np.asarray(operands["cond"], bool), np.asarray(operands["other"], np.float64)
+        return x + (np.where(cond, mask, other) if form == FILL_IN_A else np.where(cond, other, mask))
     cond = np.asarray(operands["cond"]).astype(bool)
     return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, chains, fixture_path, inputs_for, mb_builder_ops, op_types, run_package, tree_digest
+from conftest import FIXTURES, chains, fixture_path, inputs_for, main_view, mb_builder_ops, op_types, run_package, tree_digest
 from mlopt import optimize_package
 from mlopt.package import read_package
 from mlopt.rules import finite_mask
@@ -317,14 +317,24 @@ def test_done_when_healthy_masks_pass_the_audit_and_are_written_back_byte_identi
     assert tree_digest(out) == tree_digest(src)
 
 
-@pytest.mark.xfail(strict=True, reason="a mask computed from the input through selects of the sentinel "
-                   "(transformers' AttentionMaskConverter) is not rewritten yet: docs/rules.md, 'Not yet handled'")
 @pytest.mark.parametrize("name", AUDIT_MASKS)
 def test_done_when_for_a_mask_computed_from_the_input(name, tmp_path):
+    """transformers' AttentionMaskConverter chains (fixtures/make_audit_fixtures.py): the sentinel fills a select
+    computed from the attention_mask input; the audit's random 0/1 mask with the causal mask leaves query rows
+    masked entirely, NaN in the original."""
     src, out = fixture_path(name, "audit"), str(tmp_path / "out.mlpackage")
-    assert not audit_package(src).passed
-    optimize_package(src, out)
-    assert audit_package(out).passed
+    before = audit_package(src)
+    assert "nonfinite" in {f.kind for f in before.findings} and before.masked and all(m.nan for m in before.masked)
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten" and chain.form == "select -> add -> softmax", chain.reason
+    after = audit_package(out)
+    assert after.passed, [f"{f.kind} {f.op}: {f.detail}" for f in after.findings]
+    assert [(m.rows, m.nan, m.uneven) for m in after.masked] == [(m.rows, 0, 0) for m in before.masked]
+    # every output within verify's fp16 tolerance of the float64 run, fully masked rows held to the uniform row
+    outputs = set(main_view(out).main.outputs)
+    assert [r.error <= 1e-2 for r in after.rows if r.op in outputs] == [True] * len(outputs)
+    original = run_package(src, inputs_for(src))
+    assert not all(np.isfinite(v).all() for v in original.values())  # the original: NaN in the masked rows
 
 
 def norms_and_mask(tmp_path):
@@ -393,3 +403,17 @@ def test_the_report_says_which_behaviour_a_row_masked_entirely_gets(tmp_path):
         "1 sentinel(s) replaced by -49152 (finite in fp16; masked probabilities stay 0); a row that the condition "
         "masks entirely is uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16), "
         "where the fp16 original gave NaN")
+
+
+def test_the_computed_mask_proof_rejects_a_fill_that_attends_to_masked_positions(monkeypatch, tmp_path):
+    """The select's sentinel made 0 instead of the fill: masked keys get attended to; the proof, fed the padding
+    from {0, 1} through the cast to bool, rolls it back."""
+    from dataclasses import replace
+
+    original = FiniteMaskRule.lower
+    monkeypatch.setattr(FiniteMaskRule, "lower", lambda self, b, m: original(self, b, replace(m, params={**m.params, "fill": 0.0})))
+    src, out = fixture_path("mask_f32min_fp16_ios17", "audit"), str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out, rules=(FiniteMaskRule(),)))
+    assert chain.status == "left alone"
+    assert chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain"), chain.reason
+    assert tree_digest(out) == tree_digest(src)
