@@ -16,6 +16,14 @@ Why FILL = -49152 (= -1.5 * 2**15, exact in fp16):
   every |s| < 16. -1e4 (Apple's ml-ane-transformers DistilBERT, `(1 - mask).float() * -1e4`) has spacing 8 there
   and absorbs only |s| < 4; the fp16 program with -inf gives NaN for such a row.
 
+Where the sentinels come from (public code): float32's minimum from transformers' mask helpers
+(https://github.com/huggingface/transformers/blob/main/src/transformers/modeling_attn_mask_utils.py, and
+`get_extended_attention_mask` in modeling_utils.py), -inf from `torch.nn.Transformer.generate_square_subsequent_mask`
+(https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/transformer.py) and nanoGPT's `masked_fill`, -1e9
+from harvardnlp's Annotated Transformer. Public code written for the Neural Engine uses -1e4 instead
+(https://github.com/apple/ml-ane-transformers/blob/main/ane_transformers/huggingface/distilbert.py): finite in
+fp16, left alone here, with the smaller absorption above. docs/rules.md ("Finite attention masks") has the table.
+
 The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
 every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
 """
