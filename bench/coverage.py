@@ -9,7 +9,9 @@ error.
 - `layernorm`: decomposed LayerNorms (fixtures/layernorm/, rule layer_norm);
 - `coreml_norms`: the LayerNorm and InstanceNorm programs of coremltools' own fusion tests, saved unfused
   (fixtures/coreml_norms/, rules layer_norm and instance_norm; a row per test variant, its kind first);
-- `fp16`: attention masks whose sentinel fp16 cannot hold (fixtures/fp16/, rule finite_mask; a cell counts masks).
+- `fp16`: attention masks whose sentinel fp16 cannot hold (fixtures/fp16/, rule finite_mask; a cell counts masks),
+  then a second table: `mlopt audit` before and after `mlopt optimize` (default inputs) for those packages and the
+  masks of fixtures/audit/ - the issue's "a finding before the rewrite, none after".
 
 Each cell: chains rewritten by the set's rule / the norms the model code holds (expected.json, written from the
 code, not by mlopt) over the opsets the packages were built for, the worst self-check error of a rewrite against
@@ -97,9 +99,48 @@ def table(set_name):
     return "\n".join(lines)
 
 
+AUDIT_MASKS = ("mask_1e9_fp16_ios17", "mask_f32min_fp16_ios17", "mask_neginf_fp16_ios17")  # fixtures/audit/
+
+
+def audit_table():
+    """mlopt audit of every fp16-set package and the masks of fixtures/audit, before and after mlopt optimize."""
+    from mlopt import optimize_package
+    from mlopt.analyses.audit import audit_package
+
+    with open(os.path.join(FIXTURES, "fp16", "expected.json")) as f:
+        packages = [("fp16", name) for name in sorted(json.load(f))] + [("audit", name) for name in AUDIT_MASKS]
+    lines = ["fp16 audit (mlopt audit before and after mlopt optimize, default inputs):", "",
+             "| package | audit before | audit after | rows masked entirely (after) | finite_mask |", "|---|---|---|---|---|"]
+    done = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder, name in packages:
+            src, out = os.path.join(FIXTURES, folder, f"{name}.mlpackage"), os.path.join(tmp, f"{name}.mlpackage")
+            before = audit_package(src)
+            report = optimize_package(src, out)
+            after = audit_package(out)
+            rewritten = sum(c.rule == "finite_mask" and c.status == "rewritten" for f in report.functions for c in f.chains)
+            masked = sum(m.rows for m in after.masked)
+            lines.append(f"| {folder}/{name} | {_verdict(before)} | {_verdict(after)} | {masked or '-'} | "
+                         f"{f'{rewritten} rewritten' if rewritten else 'nothing to rewrite'} |")
+            done += after.passed
+    lines.append(f"\n{done}/{len(packages)} packages audit-clean after the rewrite")
+    return "\n".join(lines)
+
+
+def _verdict(report):
+    if report.passed:
+        return "no finding"
+    counts = {}
+    for f in report.findings:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    return f"{len(report.findings)} finding{'s' * (len(report.findings) != 1)} (" + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) + ")"
+
+
 def main(argv):
     for set_name in argv or SETS:
         print(table(set_name) + "\n")
+        if set_name == "fp16":
+            print(audit_table() + "\n")
 
 
 if __name__ == "__main__":
