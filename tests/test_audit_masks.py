@@ -149,3 +149,30 @@ def test_the_json_report_lists_the_fully_masked_rows(capsys, tmp_path):
     data = json.loads(stdout)
     assert data["fully_masked_rows"] == [{"function": "main", "op": "softmax_0_cast_fp16", "rows": 2, "nan": 2, "uneven": 0}]
     assert errors(data, SCHEMA) == []
+
+
+def test_verify_holds_a_row_masked_entirely_to_the_uniform_row_too(tmp_path):
+    """verify's float64 yardstick treats a fully masked row as the audit does: the rewrite agrees with it, the NaN
+    original departs from it."""
+    src, out = fixture_path(FULL_ROW, "fp16"), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out)
+    report = verify_packages(src, out)
+    assert report.passed
+    (check,) = report.checks
+    assert check.note == (
+        "against float64: reference inf, candidate 0.00037; the reference departs from the mathematics: not finite "
+        "first at op 'softmax_0_cast_fp16'; beyond tolerance of the reference, which carries no signal here; the "
+        "candidate agrees with float64 within tolerance")
+
+
+def test_verify_says_when_float64_itself_computes_no_number(tmp_path):
+    """(1 - m) * -inf stored in fp16: 0 * -inf is NaN in float64 too, so float64 cannot judge the rewrite."""
+    src, out = fixture_path(HF_INPUT_MASK, "fp16"), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out)
+    report = verify_packages(src, out)
+    assert not report.passed
+    (check,) = report.checks
+    assert check.note == (
+        "against float64: reference 0, candidate inf; float64 itself is NaN/inf where the candidate is finite (the "
+        "reference's program computes no number there, e.g. 0 * a -inf mask sentinel): float64 cannot judge, and the "
+        "candidate differs from the reference")

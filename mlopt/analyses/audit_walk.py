@@ -25,12 +25,9 @@ again):
 fp32 outputs are measured (their rows tell how they would fare in fp16) but raise no runtime finding: the program
 declares them fp32.
 
-Fully masked rows: a softmax row whose every float64 input is at or below MASKED is a row an attention mask hides
-entirely (a padded query). Its float64 value is set to the uniform row before it is measured - what the float32
-source model gives, where the sentinel (float32's minimum) swallows the scores - and the row is counted
-(`MaskedRows`). float64 alone keeps the scores under any sentinel (-49152 + s, even -1e9 + s) and would give
-softmax(s), which neither the source model nor an fp16 device computes; the device's own value in that row
-(uniform, or NaN when the sentinel is -inf) is measured against the uniform row as any other value.
+Fully masked rows: a softmax row an attention mask hides entirely is held, in the float64 run, to the uniform row
+of the float32 source model (numerics/masked_rows.py, as `verify`'s float64 run) and counted (`MaskedRows`), with
+what the device gives there (uniform, or NaN when the sentinel is -inf), which is measured as any other value.
 """
 
 import math
@@ -42,12 +39,12 @@ from ..graph.dtypes import FLOAT16, FLOATS, name as dtype_name
 from ..graph.spec_graph import read_names
 from ..numerics.compare import TOLERANCES, Difference, combine, compare
 from ..numerics.interpreter import Evaluator
+from ..numerics.masked_rows import FullRows, softmax_axis
 from .audit_report import FP16_MAX, Finding, OpRow, headroom
 
 FP16_MIN_NORMAL = 2.0**-14  # ~6.1e-5, IEEE 754 binary16: below it (and above 0) a value is subnormal
 PRECISION = TOLERANCES[np.dtype(np.float16)][0]  # 1e-2: the relative error `verify` tolerates for an fp16 model
 JUMP = 4  # an op that multiplies its inputs' worst error by this much, past PRECISION, is where precision is lost
-MASKED = -(2.0**15)  # at or below it, fp16's spacing is 32: a row holding only such values holds no score (docs/audit.md)
 
 
 @dataclass
@@ -93,17 +90,16 @@ def walk(view, blobs, feeds, flush=True):
     runs = [Evaluator(view, blobs).steps(feeds, keep), Evaluator(view, blobs, float_dtype=np.float64).steps(feeds, keep)]
     if flush and computes_fp16:
         runs.append(Evaluator(view, blobs).steps(feeds, keep))
-    readers = _softmax_inputs(view)  # softmax x -> [(softmax, axis)]
-    hidden = {}  # (softmax x, axis) -> its rows masked entirely, until the softmax has read it
-    _note_masked_rows(feeds, readers, hidden)
+    full_rows = FullRows(view)
+    full_rows.see(feeds, list(feeds))
     for (op, denv), (_, xenv), *third in zip(*runs):
         if op.type == "const":
             continue
         position = view.position(op)
         kenv = third[0][1] if third else None
         if op.type == "softmax":
-            _uniform_masked_rows(view, op, denv, xenv, hidden, result)
-        _note_masked_rows(xenv, readers, hidden, op.outputs)
+            _count_masked_rows(view, op, full_rows.hold(op, xenv), denv, result)
+        full_rows.see(xenv, [o.name for o in op.outputs])
         for out in op.outputs:
             if out.type.WhichOneof("type") != "tensorType" or out.type.tensorType.dataType not in FLOATS:
                 continue
@@ -122,60 +118,18 @@ def walk(view, blobs, feeds, flush=True):
     return result
 
 
-def _softmax_inputs(view):
-    readers = {}
-    for op in view.main.operations:
-        if op.type != "softmax":
-            continue
-        x = view.arg(op, "x")
-        if x is not None and x in view.types and view.types[x].WhichOneof("type") == "tensorType":
-            readers.setdefault(x, []).append((op, _axis(view, op)))
-    return readers
-
-
-def _note_masked_rows(env, readers, hidden, outputs=None):
-    """For each softmax input in `env` (the op's `outputs`, or every fed value), which rows of the float64 run lie
-    entirely at or below MASKED: a bool per row, kept until the last softmax reading it has run."""
-    names = [o.name for o in outputs] if outputs is not None else list(env)
-    for name in names:
-        value = env.get(name)
-        if name not in readers or not isinstance(value, np.ndarray) or value.dtype.kind != "f" or not value.ndim:
-            continue
-        for _, axis in readers[name]:
-            if -value.ndim <= axis < value.ndim:
-                with np.errstate(invalid="ignore"):
-                    rows = np.all(np.asarray(value, np.float64) <= MASKED, axis=axis, keepdims=True)
-                hidden[(name, axis)] = [rows, sum(a == axis for _, a in readers[name])]
-
-
-def _uniform_masked_rows(view, op, denv, xenv, hidden, result):
-    """A softmax row whose float64 input is masked entirely: its float64 output becomes the uniform row; counted,
-    with what the device gives there."""
-    key = (view.arg(op, "x"), _axis(view, op))
-    if key not in hidden:
+def _count_masked_rows(view, op, rows, denv, result):
+    """Count a softmax's rows masked entirely (`rows`, held to the uniform row in the float64 run), with what the
+    device gives there."""
+    device = denv.get(op.outputs[0].name)
+    if rows is None or not isinstance(device, np.ndarray) or device.ndim != rows.ndim:
         return
-    rows, remaining = hidden[key]
-    if remaining <= 1:
-        del hidden[key]
-    else:
-        hidden[key][1] -= 1
-    out = op.outputs[0].name
-    exact, device = xenv.get(out), denv.get(out)
-    if not rows.any() or not isinstance(exact, np.ndarray) or not isinstance(device, np.ndarray) \
-            or exact.shape != device.shape:
-        return
-    axis = _axis(view, op)
-    xenv[out] = np.where(rows, 1.0 / exact.shape[axis], exact).astype(exact.dtype)
+    axis = softmax_axis(view, op)
     with np.errstate(invalid="ignore"):
         d = np.asarray(device, np.float64)
         nan = np.any(np.isnan(d), axis=axis, keepdims=True) & rows
         uneven = (np.max(d, axis=axis, keepdims=True) != np.min(d, axis=axis, keepdims=True)) & rows & ~nan
-    result.masked.append(MaskedRows(view.name, out, int(rows.sum()), int(nan.sum()), int(uneven.sum())))
-
-
-def _axis(view, op):
-    axis = view.const(op, "axis")
-    return int(axis.reshape(-1)[0]) if axis is not None and axis.size == 1 else -1
+    result.masked.append(MaskedRows(view.name, op.outputs[0].name, int(rows.sum()), int(nan.sum()), int(uneven.sum())))
 
 
 CHUNK = 1 << 22  # elements measured at once: float64 temporaries stay near 100 MB whatever a tensor holds

@@ -49,6 +49,7 @@ class Judgement:
     candidate_error: float = None
     reference_departs: bool = False  # A is off float64 past the tolerance, and further off than B
     yardstick: bool = True  # A's error bounds B's (False: A is not finite, or no closer to float64 than zeros)
+    undefined: bool = False  # float64 itself is NaN/inf where B is finite: the program as stored computes no number
 
 
 def judge(ref, cand, truth, difference, factor=FLOAT64_FACTOR):
@@ -63,6 +64,8 @@ def judge(ref, cand, truth, difference, factor=FLOAT64_FACTOR):
     ref_err, cand_err = error_against(ref, truth), error_against(cand, truth)
     yardstick = ref_err < 1 and not departs(ref, truth)
     verdict = Judgement(False, None, ref_err, cand_err, not yardstick or (ref_err > difference.rtol and ref_err > cand_err), yardstick)
+    with np.errstate(all="ignore"):
+        verdict.undefined = bool(np.any(~np.isfinite(np.asarray(truth, np.float64)) & np.isfinite(np.asarray(cand, np.float64))))
     if difference.passed:
         verdict.passed, verdict.passed_by = True, "tolerance"
     elif math.isfinite(cand_err) and not departs(cand, truth):
@@ -89,7 +92,11 @@ def explain(verdict, factor=FLOAT64_FACTOR, overflow=None):
     elif verdict.passed_by == "float64":
         parts.append("beyond tolerance of the reference, which carries no signal here; the candidate agrees with float64 within tolerance")
     elif not verdict.passed:
-        if cand_err > ref_err or not math.isfinite(cand_err):
+        if verdict.undefined:
+            parts.append("float64 itself is NaN/inf where the candidate is finite (the reference's program computes no "
+                         "number there, e.g. 0 * a -inf mask sentinel): float64 cannot judge, and the candidate differs "
+                         "from the reference")
+        elif cand_err > ref_err or not math.isfinite(cand_err):
             parts.append("the candidate departs from the mathematics more than the reference")
         else:
             parts.append("the candidate departs from float64 past the tolerance")

@@ -4,7 +4,8 @@ mathematics the program states" uses these.
 
 `run_float64` runs a function with every float value in float64, casts included (a float cast changes nothing,
 so an fp16 program and its fp32 islands compute the same exact chain): what the program would compute with no
-rounding to speak of. It is the interpreter's `Evaluator(float_dtype=np.float64).run`, with its guarantees: the
+rounding to speak of - except in a softmax row an attention mask hides entirely, held to the uniform row the
+float32 source model gives (masked_rows.py: float64 alone would keep the scores under the sentinel). It is the interpreter's `Evaluator(float_dtype=np.float64).run`, with its guarantees: the
 whole function in program order, weights read at first use and values dropped after their last use, the same
 memory budget (interpreter.MAX_LIVE_BYTES) as any run: a float64 value takes 4x the bytes of an fp16 one, so
 a program near the budget in fp16 can exceed it here, and `InterpreterError` says so (callers fall back; verify
@@ -23,11 +24,20 @@ import numpy as np
 from ..graph.spec_graph import op_name
 from .compare import compare
 from .interpreter import Evaluator, InterpreterError
+from .masked_rows import FullRows
 
 
 def run_float64(view, blobs, feeds, targets):
     """{target: float64 value} for a float64 run of the whole function (InterpreterError if it cannot run)."""
-    return Evaluator(view, blobs, float_dtype=np.float64).run(feeds, list(targets))
+    full_rows = FullRows(view)
+    full_rows.see(feeds, list(feeds))
+
+    def after_op(op, env):
+        if op.type == "softmax":
+            full_rows.hold(op, env)
+        full_rows.see(env, [o.name for o in op.outputs])
+
+    return Evaluator(view, blobs, float_dtype=np.float64).run(feeds, list(targets), after_op=after_op)
 
 
 def error_against(values, truth):

@@ -106,15 +106,17 @@ class Evaluator:
             stack.pop()
         return {t: env[t] for t in targets}
 
-    def run(self, feeds, targets):
-        """Execute the whole function in program order; return `targets` (outputs, or any value).
+    def run(self, feeds, targets, after_op=None):
+        """Execute the whole function in program order; return `targets` (outputs, or any value). `after_op(op,
+        env)`, if given, sees each op of the main block once it ran, and may replace its outputs as `steps` allows.
 
         Memory follows the working set, not the model: a weight (a const stored in weight.bin) is read, as an
         array of its own, just before the first op that needs it, and every value of the main block is dropped
         after its last use unless it is a target. A 2 GB model is run holding about one layer at a time."""
         env = self._fed(feeds)
-        for _op, env in self.steps(feeds, targets, env):
-            pass
+        for op, env in self.steps(feeds, targets, env):
+            if after_op is not None:
+                after_op(op, env)
         weights = self._weights
         return {t: env[t] if t in env or t not in weights else self._load(weights[t], env) for t in targets}
 
