@@ -125,7 +125,7 @@ class FiniteMaskRule(Rule):
                     graph.is_constant_expr(graph.output(select)):
                 continue
             branches = {p: graph.arg(select, p) for p in ("a", "b")}
-            held = {p: scan(graph, v, FILL) if v is not None and graph.is_const(v) else None for p, v in branches.items()}
+            held = {p: scan(graph, v, FILL) if _is_const(graph, v) else None for p, v in branches.items()}
             if any(h is not None and h["sentinels"] for h in held.values()):
                 found.append((x, select, casts, branches, held))
         if len(found) != 1 or graph.dtype(total) != FLOAT16:
@@ -142,7 +142,7 @@ class FiniteMaskRule(Rule):
             for h in held.values():
                 if h is not None and (h["nan"] or h["pos_inf"]):
                     trace.recognise(self.title, "a branch of the select computing its mask holds NaN or +inf: not a mask sentinel")
-            if any(graph.is_const(v) and graph.const_value(v) is None for v in branches.values() if v is not None):
+            if any(_is_const(graph, v) and graph.const_value(v) is None for v in branches.values()):
                 trace.fail("its mask's select reads a constant too large to rewrite as an immediate constant")
             axis = graph.const(op, "axis")
             axis = int(axis if axis is not None else -1) % graph.rank(total)
@@ -287,6 +287,12 @@ def _through_casts(graph, value):
         x = graph.arg(op, "x")
         op = graph.producer(x) if x is not None else None
     return op, casts
+
+
+def _is_const(graph, value):
+    """Whether a const op defines `value` (graph/interface.py has no such question: both adapters answer this)."""
+    op = graph.producer(value) if value is not None else None
+    return op is not None and graph.op_type(op) == "const"
 
 
 def reaches_fp16(graph, value):
