@@ -417,3 +417,30 @@ def test_the_computed_mask_proof_rejects_a_fill_that_attends_to_masked_positions
     assert chain.status == "left alone"
     assert chain.reason.startswith("proof failed: the rewrite differs from the MaskedSoftmax chain"), chain.reason
     assert tree_digest(out) == tree_digest(src)
+
+
+def test_a_computed_mask_shared_by_two_layers_is_made_finite_in_each(tmp_path):
+    """Both layers read one select(cond, -inf, causal): each layer's chain gets its own finite select (the shared
+    one goes), and the audit of the result is clean."""
+    seq, width, f = 6, 8, np.float16
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, seq, width), dtype=types.fp16),
+                             mb.TensorSpec(shape=(1, 1, 1, seq), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(x, m):
+        inv = mb.sub(x=f(1), y=m)
+        pad = mb.select(cond=mb.cast(x=inv, dtype="bool"), a=f(-np.inf), b=inv)
+        causal = np.where(np.triu(np.ones((seq, seq), bool), 1), f(-np.inf), f(0)).reshape(1, 1, seq, seq)
+        mask = mb.select(cond=mb.cast(x=pad, dtype="bool"), a=f(-np.inf), b=causal)
+        h = mb.expand_dims(x=x, axes=[1])
+        for _ in range(2):
+            h = mb.matmul(x=mb.softmax(x=mb.add(x=mb.matmul(x=h, y=h, transpose_y=True), y=mask), axis=-1), y=h)
+        return h
+
+    src, out = str(tmp_path / "in.mlpackage"), str(tmp_path / "out.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(src)
+    assert not audit_package(src).passed
+    found = chains(optimize_package(src, out), rule="finite_mask")
+    assert [c.status for c in found] == ["rewritten", "rewritten"]
+    assert op_types(out).count("select") == 3  # the padding select, and one finite mask select per layer
+    assert audit_package(out).passed
