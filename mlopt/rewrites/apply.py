@@ -93,8 +93,11 @@ def _rebuild_blocks(blocks, substitute):
 
 
 def _const_feeders(view, op):
+    """The const ops, and constexpr ops (a compressed weight's decompression), feeding `op`: swept when the
+    rewrite leaves them unused."""
     names = (view.arg(op, param) for param in op.inputs)
-    return [op_name(view.producers[v]) for v in names if v is not None and view.is_const(v)]
+    return [op_name(view.producers[v]) for v in names if v is not None and v in view.producers
+            and (view.is_const(v) or view.producers[v].type.startswith("constexpr_"))]
 
 
 def _dead_ops(view, candidates):
