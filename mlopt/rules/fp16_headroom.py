@@ -29,7 +29,7 @@ from ..graph.dtypes import NUMPY, name as dtype_name
 from ..graph.values import decode_value
 from ..patterns.status import NOT_THIS_PATTERN, ConditionFailed, Matched, Recognised
 from ..rewrites.compressed_scaling import SCALED_PARAM, held_param
-from .base import EXACT, ROUNDED, Match, Rule, Site
+from .base import EXACT, ROUNDED, LoweringFailed, Match, Rule, Site
 from .fp16_headroom_stream import norm_readers, starts_stream, walk_stream
 
 FP16_MAX = 65504.0
@@ -138,7 +138,10 @@ class Fp16HeadroomRule(Rule):
             raise ValueError("the fp16_headroom rule lowers one site at a time (Match.sites)")
         data, out = site.data, site.op.outputs[0].name
         if "scale" in data:
-            return b.same_op(out, **{p: b.scaled_constant(v, data["factor"]) for p, v in data["scale"].items()})
+            try:
+                return b.same_op(out, **{p: b.scaled_constant(v, data["factor"]) for p, v in data["scale"].items()})
+            except LoweringFailed:  # no weight file to write (the in-memory API): the op as it was, times alpha
+                return b.mul(b.same_op(out), b.const(np.float64(data["factor"]), b.dtype(out)))
         if "insert" in data:
             add = {p: b.mul(_arg(site.op, p), b.const(np.float64(data["factor"]), b.dtype(_arg(site.op, p)))) for p in data["insert"]}
             return b.same_op(out, **add)
