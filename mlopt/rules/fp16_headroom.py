@@ -157,7 +157,7 @@ class Fp16HeadroomRule(Rule):
 
     def report_fields(self, match):
         f = match.facts
-        return {"stream": f["stream"], "alpha": 2.0**f["alpha_log2"], "peak_before": f["peak_before"],
+        return {"stream_first": f["stream"][0], "stream_last": f["stream"][-1], "adds": f["adds"], "alpha": 2.0**f["alpha_log2"], "peak_before": f["peak_before"],
                 "peak_after": f["peak_after"], "entries_folded": f["folded"], "entries_inserted": f["inserted"],
                 "norm_readers": f["readers"], "eps_rounded": f["eps_rounded"], "weights_underflowed": f["underflows"]}
 

@@ -72,7 +72,7 @@ def test_gemma_stream_scaled_by_power_of_two_with_epsilons_moved(tmp_path):
     assert fields["alpha"] == 0.125
     assert fields["peak_before"] == pytest.approx(EXPECTED[name]["stream_peak_fp64"], rel=1e-5)
     assert fields["peak_after"] == pytest.approx(fields["peak_before"] / 8)
-    assert fields["stream"][0] == "x_11" and fields["stream"][-1] == "x_55" and len(fields["stream"]) == 6
+    assert (fields["stream_first"], fields["stream_last"], fields["adds"]) == ("x_11", "x_55", 6)
     assert (fields["entries_folded"], fields["entries_inserted"], fields["norm_readers"]) == (4, 3, 7)
     assert "alpha 2^-3" in chain.summary and "1.069e+05 -> 1.337e+04" in chain.summary
     before, after = main_view(path(name)), main_view(out)
@@ -146,8 +146,10 @@ def test_llama_hot_weights_that_underflow_are_counted(tmp_path):
     chain = stream_chain(report)
     assert chain.status == REWRITTEN, chain.reason
     before, blobs = weighted_view(path(name))
+    stream = {"x_7_cast_fp16", "x_11_cast_fp16", "x_17_cast_fp16", "x_21_cast_fp16", "x_27_cast_fp16", "x_31_cast_fp16"}
+    assert (chain.fields["stream_first"], chain.fields["stream_last"]) == ("x_7_cast_fp16", "x_31_cast_fp16")
     folded = [op for op in before.ops() if op.type == "linear"
-              and any(u.op is not None and u.op.type == "add" and u.op.outputs[0].name in chain.fields["stream"]
+              and any(u.op is not None and u.op.type == "add" and u.op.outputs[0].name in stream
                       for u in before.consumers(before.output(op)))]
     assert len(folded) == 6  # o_proj and down_proj of three layers
     expected = 0
