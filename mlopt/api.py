@@ -89,6 +89,15 @@ def headroom_pass(path, target_bits=2, inputs=None, seed=0, scale=1.0):
     return rule
 
 
+def _warn_over_passes(selection, functions, where, passes):
+    """With several passes, the warning about --only/--skip/--function names that name nothing, over all of them."""
+    if len(passes) > 1:
+        from .engine import warn_unmatched
+        from .rules import rule_set
+
+        warn_unmatched(selection or Selection(), functions, where, tuple(r for rules in passes for r in rule_set(rules)))
+
+
 def _merge(first, second):
     """One FunctionReport per function from two passes: the chains of both, op counts from before the first to
     after the second, the first pass's lint."""
@@ -126,9 +135,10 @@ def _analyse(package, units, verify, selection, passes, dry_run=False):
             reports = _optimize_spec()(
                 package.spec, units, dry_run=dry_run, blobs=blobs if k == 0 else new_blobs.reader_overlay(),
                 verify=verify, validated=True, selection=selection, model_path=package.model_path, label=package.path,
-                rules=rule_set, new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None,
+                rules=rule_set, new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
             )
             functions = reports if functions is None else _merge(functions, reports)
+        _warn_over_passes(selection, functions, package.path, passes)
         return functions, new_blobs
     except BaseException:
         blobs.close()
@@ -201,8 +211,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
         check_blob_references(spec, blobs)
         for k, rule_set in enumerate(passes):
             reports = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                       rules=rule_set, lint=_lint_changes() if k == 0 else None)
+                                       rules=rule_set, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1)
             result.functions = reports if k == 0 else _merge(result.functions, reports)
+        _warn_over_passes(None, result.functions, source, passes)
     finally:
         blobs.close()
     try:

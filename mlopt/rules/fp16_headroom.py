@@ -85,8 +85,10 @@ class Fp16HeadroomRule(Rule):
         return Matched(self._match(graph, stream, ops, alpha, k, peak), form, ops)
 
     def _peak(self, graph, stream):
+        """The largest float64 peak among the values the rewrite scales: the stream's and the folded entries'
+        (an entry given a mul at the add keeps its own magnitude)."""
         peaks = (self.peaks or {}).get(graph.name, {})
-        values = stream.values + [e.value for e in stream.entries]
+        values = stream.values + [e.value for e in stream.entries if e.fold is not None]
         for value in values:
             if value not in peaks:
                 return None, value

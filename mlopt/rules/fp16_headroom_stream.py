@@ -18,7 +18,7 @@ Norm chains are found by the norm rules' own matchers (rms_norm_pattern.py, laye
 rewritten (trick) form; their epsilon-carrying ops are found here (`epsilon_sites`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..graph.dtypes import FLOATS
 from ..patterns.norm import REDUCTIONS
@@ -184,10 +184,26 @@ def _other(view, op, param):
     return view.arg(op, "y" if param == "x" else "x")
 
 
+def readers_of(view, value, readers):
+    """The norm chains reading `value`, directly or through a cast (a mixed-precision program's fp32 stream read by
+    an fp16 norm: a power of two passes a cast exactly), and the names of the ops they cover (those casts
+    included)."""
+    chains = list(readers.get(value, ()))
+    covered = {name for r in chains for name in r.ops}
+    for use in view.consumers(value):
+        if use.op is not None and view.op_type(use.op) == "cast":
+            through = readers.get(view.output(use.op), ())
+            if through and len(view.consumers(view.output(use.op))) == sum(
+                    view.op_name(u.op) in {n for r in through for n in r.ops} for u in view.consumers(view.output(use.op)) if u.op is not None):
+                cast = view.op_name(use.op)
+                chains += [replace(r, ops=(*r.ops, cast)) for r in through]
+                covered |= {name for r in through for name in r.ops} | {cast}
+    return chains, covered
+
+
 def _check_readers(view, value, readers, stream, allowed):
     """Every consumer of a stream value is the next add or inside a norm chain that normalises it."""
-    chains = [r for r in readers.get(value, ())]
-    covered = {name for r in chains for name in r.ops}
+    chains, covered = readers_of(view, value, readers)
     for use in view.consumers(value):
         if use.op is None or id(use.op) in allowed:
             continue
@@ -210,8 +226,7 @@ def _entry(view, value, add, param, readers, stream):
     fold = foldable(view, producer) if producer is not None else None
     if fold is None:
         return entry
-    chains = readers.get(value, ())
-    covered = {name for r in chains for name in r.ops}
+    chains, covered = readers_of(view, value, readers)
     others = [u for u in view.consumers(value) if u.op is not add]
     if any(u.op is None or view.op_name(u.op) not in covered for u in others) or any(r.unsupported for r in chains):
         return entry

@@ -327,3 +327,23 @@ def test_python_api_mlmodel(tmp_path):
     before = main_view(path(name))
     assert sum(op.type == "mul" for op in spec.block_specializations["CoreML7"].operations) == \
         sum(op.type == "mul" for op in before.main.operations) + 7
+
+
+@pytest.mark.parametrize("folder, name, alpha, inserted", [
+    ("real", "decoder_llama_mixed_ios18", 0.5, 5),  # an fp32 stream read by fp16 norms through casts
+    ("", "decoder_fp16_ios17", 0.25, 3),  # the stream starts at the function input: a mul at the first add
+])
+def test_other_streams_with_a_demanding_target(tmp_path, folder, name, alpha, inserted):
+    """A target of 15 bits forces alpha < 1 on healthy streams: streams of other shapes are rewritten exactly."""
+    src, out = fixture_path(name, folder), str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out, rules=(), headroom=True, headroom_target=15)
+    chain = stream_chain(report)
+    assert chain.status == REWRITTEN, chain.reason
+    assert (chain.fields["alpha"], chain.fields["entries_inserted"]) == (alpha, inserted)
+    from conftest import inputs_for
+
+    feeds = inputs_for(src)
+    original = run_package(src, feeds, float_dtype=np.float64)
+    rewritten = run_package(out, feeds, float_dtype=np.float64)
+    for key in original:  # fp16 epsilons are rounded (ROUNDED proof): equal up to that
+        np.testing.assert_allclose(rewritten[key], original[key], rtol=1e-12 if chain.fields["eps_rounded"] == 0 else 1e-3, atol=0)
