@@ -99,19 +99,19 @@ def _warn_over_passes(selection, functions, where, passes):
 
 
 def _merge(first, second):
-    """One FunctionReport per function from two passes: the chains of both, op counts from before the first to
-    after the second, the first pass's lint."""
+    """One FunctionReport per function from two passes: the chains of both; op counts from before the first pass
+    to after the second (the second pass counts every op type the first left); the first pass's lint (the Neural
+    Engine findings of the norm rewrites; the headroom pass changes constants and adds muls)."""
     by_name = {f.name: f for f in second}
     for f in first:
         later = by_name.get(f.name)
-        if later is None:
+        if later is None or not later.chains:
             continue
         f.chains += later.chains
-        if not later.chains:
-            continue
-        f.note = None if f.chains else f.note
-        types = set(f.ops) | set(later.ops)
-        f.ops = {t: [f.ops.get(t, [0, 0])[0], later.ops.get(t, [0, 0])[1] if t in later.ops else f.ops.get(t, [0, 0])[1]] for t in sorted(types)}
+        if f.note and f.note.startswith("no "):  # the first pass's "no ... chain": the second found one
+            f.note = None
+        after = {t: counts[1] for t, counts in later.ops.items()}
+        f.ops = {t: [f.ops.get(t, [0, 0])[0], after.get(t, 0)] for t in sorted(set(f.ops) | set(later.ops))}
     return first
 
 
