@@ -17,8 +17,9 @@ with every value the region reads fed independently). Two things can round: alph
 dtype cannot hold it (an fp16 eps of 1e-6 is subnormal already: it loses bits), and weights whose scaled values
 fall below the dtype's normal range. The rule then stores the nearest value, says so in the note, and proves the
 rewrite with the ROUNDED proof (the float64 comparison within the dtype's tolerance): the nearest eps differs
-from alpha^2 * eps by at most half a subnormal step of the dtype. An fp16 eps below 2^-14 (1e-6 is) is a
-subnormal, which a device that flushes subnormals (the audit's model) adds as 0 already.
+from alpha^2 * eps by at most half a subnormal step of the dtype; one that would round to 0 is stored as the
+dtype's smallest subnormal (an all-zero row then still gives 0, not 0/0). An fp16 eps below 2^-14 (1e-6 is) is
+a subnormal, which a device that flushes subnormals (the audit's model) adds as 0 already.
 """
 
 import math
@@ -109,7 +110,7 @@ class Fp16HeadroomRule(Rule):
         for reader in _readers(stream):
             for op, param in reader.eps:
                 value, dtype = _literal(graph, op, param)
-                scaled = (value.astype(np.float64) * alpha * alpha).astype(NUMPY[dtype])
+                scaled = _scaled_epsilon(value, alpha * alpha, NUMPY[dtype])
                 if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha * alpha):
                     rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype))
                 sites.append(Site(op, {"epsilon": (param, scaled, dtype)}))
@@ -208,6 +209,16 @@ def _literal(graph, op, param):
     if binding.WhichOneof("binding") == "value":
         return np.asarray(decode_value(binding.value)), binding.value.type.tensorType.dataType
     return np.asarray(graph.const_value(binding.name)), graph.dtype(binding.name)
+
+
+def _scaled_epsilon(value, factor, np_dtype):
+    """eps * factor in the epsilon's dtype, rounded to nearest; an epsilon that would round to 0 keeps the dtype's
+    smallest subnormal instead, so that an all-zero row still divides 0 by a finite root (0, as the original
+    gives) rather than by 0 (NaN)."""
+    with np.errstate(all="ignore"):
+        scaled = (value.astype(np.float64) * factor).astype(np_dtype)
+    tiny = np.finfo(np_dtype).smallest_subnormal
+    return np.where((value > 0) & (scaled == 0), tiny, scaled).astype(np_dtype)
 
 
 def _underflows(graph, value, alpha):
