@@ -348,3 +348,18 @@ def test_other_streams_with_a_demanding_target(tmp_path, folder, name, alpha, in
     rewritten = run_package(out, feeds, float_dtype=np.float64)
     for key in original:  # fp16 epsilons are rounded (ROUNDED proof): equal up to that
         np.testing.assert_allclose(rewritten[key], original[key], rtol=1e-12 if chain.fields["eps_rounded"] == 0 else 1e-3, atol=0)
+
+
+def test_cli_headroom_on_a_model_the_audit_cannot_run_writes_nothing(tmp_path, capsys):
+    src, out = fixture_path("unsupported_ops_fp16_ios17", "lint"), tmp_path / "o.mlpackage"
+    code, _, err = run(capsys, "optimize", src, out, "--headroom")
+    assert code == 3  # CANNOT_VERIFY: the peaks --headroom needs cannot be measured
+    assert err.strip().splitlines()[-1] == (
+        f"mlopt: error: {src}: cannot be audited: function 'main': no implementation of MIL op 'lstm' (op 'lstm')")
+    assert not out.exists()
+
+
+def test_cli_headroom_is_for_one_model(tmp_path, capsys):
+    code, _, err = run(capsys, "optimize", path("llama_hot_fp16_ios17"), "--out-dir", tmp_path / "d", "--headroom")
+    assert code == 2
+    assert err.strip().splitlines()[-1].endswith("--headroom is for one model (mlopt optimize IN OUT --headroom): its peaks come from that model's audit")
