@@ -3,7 +3,8 @@
     s_k = add(s_k-1, c_k)  ->  every s_k times alpha = 2^-k:
       each value entering the stream times alpha (folded into a linear's weight and bias, a matmul's or mul's
       constant - the LUT or scale of a compressed weight - or a mul by alpha inserted where the add reads it),
-      each norm reading the stream with epsilon times alpha^2 (norm(alpha x, alpha^2 eps) = norm(x, eps))
+      each norm reading the stream with epsilon times alpha^2 (norm(alpha x, alpha^2 eps) = norm(x, eps); an
+      epsilon added to a standard deviation, x / (std + eps), times alpha)
 
 The stream and its readers are found by fp16_headroom_stream.py. alpha is the largest power of two (at most 1)
 that brings the float64 peak of every stream value to `target_bits` bits below fp16's 65504; the peaks are the
@@ -108,10 +109,10 @@ class Fp16HeadroomRule(Rule):
         for add, params in inserts.values():
             sites.append(Site(add, {"insert": tuple(params), "factor": alpha}))
         for reader in _readers(stream):
-            for op, param in reader.eps:
+            for op, param, power in reader.eps:
                 value, dtype = _literal(graph, op, param)
-                scaled = _scaled_epsilon(value, alpha * alpha, NUMPY[dtype])
-                if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha * alpha):
+                scaled = _scaled_epsilon(value, alpha**power, NUMPY[dtype])
+                if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha**power):
                     rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype))
                 sites.append(Site(op, {"epsilon": (param, scaled, dtype)}))
         sites.sort(key=lambda s: graph.position(s.op))

@@ -109,17 +109,23 @@ def _reader(view, anchor, title, status, by_name):
 
 
 def epsilon_sites(view, ops):
-    """(op, param) of every epsilon in a norm chain's ops: layer_norm's and rsqrt's `epsilon`, and an add of a
-    constant that feeds the root (mean of squares + eps). What moves by alpha^2."""
+    """(op, param, power) of every epsilon in a norm chain's ops, moved by alpha^power: layer_norm's and rsqrt's
+    `epsilon` and an add of a constant that feeds the root (mean of squares + eps) by alpha^2; an add of a
+    constant to a square root (x / (std + eps), as the Annotated Transformer's LayerNorm) by alpha."""
     sites = []
     for op in ops:
         kind = view.op_type(op)
-        if kind in ("layer_norm", "rsqrt", "inverse") and view.has_input(op, "epsilon"):
-            sites.append((op, "epsilon"))
+        if kind in ("layer_norm", "rsqrt") and view.has_input(op, "epsilon"):
+            sites.append((op, "epsilon", 2))
         elif kind == "add":
             const = [p for p in ("x", "y") if view.const(op, p) is not None]
-            if len(const) == 1 and _feeds_root(view, view.output(op)):
-                sites.append((op, const[0]))
+            if len(const) != 1:
+                continue
+            other = producer_through_casts(view, view.arg(op, "y" if const[0] == "x" else "x"))
+            if other is not None and view.op_type(other) == "sqrt":
+                sites.append((op, const[0], 1))
+            elif _feeds_root(view, view.output(op)):
+                sites.append((op, const[0], 2))
     return sites
 
 

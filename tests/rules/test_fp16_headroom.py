@@ -363,3 +363,27 @@ def test_cli_headroom_is_for_one_model(tmp_path, capsys):
     code, _, err = run(capsys, "optimize", path("llama_hot_fp16_ios17"), "--out-dir", tmp_path / "d", "--headroom")
     assert code == 2
     assert err.strip().splitlines()[-1].endswith("--headroom is for one model (mlopt optimize IN OUT --headroom): its peaks come from that model's audit")
+
+
+def test_epsilon_sites_move_by_the_power_the_chain_needs(tmp_path):
+    """eps under the root moves by alpha^2, an eps added to a standard deviation (x / (std + eps), the Annotated
+    Transformer's LayerNorm) by alpha, layer_norm's by alpha^2."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    from mlopt.rules.fp16_headroom_stream import epsilon_sites
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 8))], opset_version=ct.target.iOS17)
+    def prog(x):
+        ms = mb.reduce_mean(x=mb.square(x=x), axes=[-1], keep_dims=True)
+        a = mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=ms, y=np.float32(1e-5), name="under_root"), name="root"))
+        b = mb.real_div(x=x, y=mb.add(x=mb.sqrt(x=ms), y=np.float32(1e-5), name="after_sqrt"))
+        c = mb.layer_norm(x=x, axes=[-1], epsilon=np.float32(1e-5), name="native")
+        return mb.add(x=mb.add(x=a, y=b), y=c)
+
+    out = str(tmp_path / "eps.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(out)
+    view = main_view(out)
+    sites = {(view.op_name(op), param, power) for op, param, power in epsilon_sites(view, list(view.ops()))}
+    assert sites == {("under_root", "y", 2), ("root", "epsilon", 2), ("after_sqrt", "y", 1), ("native", "epsilon", 2)}
