@@ -127,6 +127,7 @@ class Rule:
     units = REWRITING_UNITS  # compute units the rewrite pays for; None: every setting
     units_reason = None  # why it does not rewrite with other units (report note)
     description = None  # one line on what it rewrites (the fused op's docstring at conversion time)
+    saved_programs_only = False  # True: no conversion-time passes (a match with several sites is no fused op)
     looks_for = None  # what its anchors look like, for a function without candidates: "reduce_mean of a square"
 
     def match(self, graph, op):

@@ -47,6 +47,7 @@ class Fp16HeadroomRule(Rule):
     proof = EXACT
     magnitudes = (1.0,)  # the rewrite is linear in every fed value: one magnitude tells whether constants moved right
     units = None  # fp16 overflow is a matter of every compute unit that computes in fp16
+    saved_programs_only = True  # one match, many sites: no fused op at conversion time
 
     def __init__(self, peaks=None, target_bits=DEFAULT_TARGET_BITS):
         """`peaks`: {function name: {value name: float64 peak |x|}} (the audit's rows); `target_bits`: the bits

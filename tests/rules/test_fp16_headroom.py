@@ -399,3 +399,10 @@ def test_epsilon_sites_move_by_the_power_the_chain_needs(tmp_path):
     view = main_view(out)
     sites = {(view.op_name(op), param, power) for op, param, power in epsilon_sites(view, list(view.ops()))}
     assert sites == {("under_root", "y", 2), ("root", "epsilon", 2), ("after_sqrt", "y", 1), ("native", "epsilon", 2)}
+
+
+def test_no_conversion_time_passes():
+    from mlopt.coreml import pass_pipeline
+
+    with pytest.raises(ValueError, match="^the fp16_headroom rule rewrites saved programs only \\(mlopt optimize\\); it has no conversion-time passes$"):
+        pass_pipeline(rules=(Fp16HeadroomRule(),))
