@@ -73,7 +73,8 @@ class Match:
     binary: Tuple[str, ...] = ()  # REGION/EXACT: values the proof feeds from {0, 1} instead of random normals (an
     # attention mask's keep/drop input); the rule's note must name this assumption
     sites: Tuple["Site", ...] = ()  # several values replaced at once: one lowering per site (`Fused.site`), each
-    # spliced where its op stood; the first site's op is `output_op`. Empty: `output_op` alone
+    # spliced where its op stood; the first site's op is `output_op`, and `output` is what the report names (the
+    # rule's choice: the last value of a stream). Empty: `output_op` alone
     proof: Optional[str] = None  # ROUNDED where the rule's proof is EXACT but this rewrite rounds a constant
 
     def fused(self, site=None):

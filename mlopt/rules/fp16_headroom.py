@@ -123,7 +123,7 @@ class Fp16HeadroomRule(Rule):
         return Match(
             x=stream.entries[0].value,
             axes=(),
-            output=graph.output(first),
+            output=stream.values[-1],  # what the report names: the stream's last value (its sites are `sites`)
             output_op=first,
             ops=ops,
             dtype=stream_dtype,
