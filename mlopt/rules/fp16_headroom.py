@@ -109,8 +109,12 @@ class Fp16HeadroomRule(Rule):
             underflows += sum(_underflows(graph, graph.arg(producer, p), alpha) for p in e.fold)
         for add, params in inserts.values():
             sites.append(Site(add, {"insert": tuple(params), "factor": alpha}))
+        moved = set()  # a norm read both directly and through a cast moves its epsilon once
         for reader in _readers(stream):
             for op, param, power in reader.eps:
+                if id(op) in moved:
+                    continue
+                moved.add(id(op))
                 value, dtype = _literal(graph, op, param)
                 scaled = _scaled_epsilon(value, alpha**power, NUMPY[dtype])
                 if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha**power):
