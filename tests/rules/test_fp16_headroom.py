@@ -340,6 +340,12 @@ def test_python_api_mlmodel(tmp_path):
     before = main_view(path(name))
     assert sum(op.type == "mul" for op in spec.block_specializations["CoreML7"].operations) == \
         sum(op.type == "mul" for op in before.main.operations) + 7
+    saved = str(tmp_path / "saved.mlpackage")
+    new.save(saved)
+    truth = run_package(path(name), feeds(name), float_dtype=np.float64)
+    got = run_package(saved, feeds(name), float_dtype=np.float64)
+    for key, value in truth.items():  # fp16 epsilons rounded (ROUNDED proof): equal up to that
+        np.testing.assert_allclose(got[key], value, rtol=1e-3, atol=1e-3 * np.abs(value).max())
 
 
 @pytest.mark.parametrize("folder, name, alpha, inserted", [
