@@ -1,7 +1,7 @@
 """Coverage of real norm implementations: for every package of the three fixture sets, rewritten or not, and the
 error.
 
-    python bench/coverage.py [real|converters|layernorm|coreml_norms|fp16 ...]     # a markdown table per set (default: all)
+    python bench/coverage.py [real|converters|layernorm|coreml_norms|fp16|headroom ...]     # a markdown table per set (default: all)
 
 - `real`: RMSNorm implementations from model code converted from PyTorch (fixtures/real/, rule rms_norm);
 - `converters`: RMSNorm spellings of other converters and hand-written MIL (fixtures/converters/, rule rms_norm;
@@ -12,6 +12,8 @@ error.
 - `fp16`: attention masks whose sentinel fp16 cannot hold (fixtures/fp16/, rule finite_mask; a cell counts masks),
   then a second table: `mlopt audit` before and after `mlopt optimize` (default inputs) for those packages and the
   masks of fixtures/audit/ - the issue's "a finding before the rewrite, none after".
+- `headroom`: residual streams that overflow fp16 (fixtures/headroom/, `optimize --headroom` on each fixture's
+  inputs, rule fp16_headroom; a cell counts streams; healthy streams and a head reading the stream are negatives).
 
 Each cell: chains rewritten by the set's rule / the norms the model code holds (expected.json, written from the
 code, not by mlopt) over the opsets the packages were built for, the worst self-check error of a rewrite against
@@ -50,7 +52,12 @@ SETS = {
         f"{e['kind'] if e['expect'] == 'rewrite' else 'no norm'}: {_family(name)}", e["dtype"], e["norms"],
         e["expect"] != "rewrite")),
     "fp16": ("finite_mask", lambda name, e: (e["implementation"], _precision(name), e["masks"], e["negative"])),
+    "headroom": ("fp16_headroom", lambda name, e: (
+        _family(name), _precision(name), int(e["overflows"] and "head_on_stream" not in name),
+        not e["overflows"] or "head_on_stream" in name)),
 }
+# set -> (folder, package name) -> optimize_package options besides the defaults
+OPTIONS = {"headroom": lambda folder, name: dict(headroom=True, inputs=os.path.join(folder, f"{name}.inputs.npz"))}
 
 
 def table(set_name):
@@ -67,7 +74,7 @@ def table(set_name):
         for name, info in sorted(expected.items()):
             family, precision, norms, negative = read(name, info)
             src, out = os.path.join(folder, f"{name}.mlpackage"), os.path.join(tmp, f"{name}.mlpackage")
-            report = optimize_package(src, out)
+            report = optimize_package(src, out, **OPTIONS.get(set_name, lambda *_: {})(folder, name))
             chains = [c for f in report.functions for c in f.chains if c.rule in rules and c.status == "rewritten"]
             cell = cells[(family, precision)]
             cell["rewritten"] += len(chains)

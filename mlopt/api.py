@@ -14,7 +14,8 @@ log = logging.getLogger("mlopt")
 
 def optimize_package(
     in_path, out_path=None, compute_units="CPU_AND_NE", force: bool = False, dry_run: bool = False, verify: bool = True,
-    link: bool = False, only=None, skip=(), functions=None, rules=None,
+    link: bool = False, only=None, skip=(), functions=None, rules=None, headroom: bool = False,
+    headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0,
 ) -> Report:
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
@@ -24,11 +25,17 @@ def optimize_package(
     instead of copying them. `only` / `skip` (chain anchor op names, as the report shows them) and `functions`
     (function names) limit what is rewritten; everything else is copied as it is. `rules` is the rule set (a
     tuple of rules/base.Rule; default: the registry).
+
+    `headroom` runs the fp16_headroom rule (docs/headroom.md) after the others, as a second pass over the
+    rewritten program: residual streams scaled by a power of two so that their float64 peak leaves
+    `headroom_target` bits below fp16's 65504. The peaks are the audit's (`mlopt audit` of IN, on the .npz
+    `inputs`, else inputs drawn with `seed` and `scale`).
     """
     units = compute_units_name(compute_units)
     if out_path is None and not dry_run:
         raise BadInputError(in_path, "no output path given")
     selection = Selection.of(only, skip, functions)
+    passes = [rules] + ([(headroom_pass(in_path, headroom_target, inputs, seed, scale),)] if headroom else [])
     package = locate_package(in_path)
     try:
         report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
@@ -38,19 +45,19 @@ def optimize_package(
                 from .package import destination
 
                 destination.check(destination.Destination.of(out_path), package, force)
-            report.functions, new_blobs = _analyse(package, units, verify, selection, rules, dry_run=True)
+            report.functions, new_blobs = _analyse(package, units, verify, selection, passes, dry_run=True)
             new_blobs.reader.close()
             return report
-        return _write(package, report, out_path, force, link, units, verify, selection, rules)
+        return _write(package, report, out_path, force, link, units, verify, selection, passes)
     finally:
         package.close()
 
 
-def _write(package, report, out_path, force, link, units, verify, selection, rules):
+def _write(package, report, out_path, force, link, units, verify, selection, passes):
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        report.functions, new_blobs = _analyse(package, units, verify, selection, rules)
+        report.functions, new_blobs = _analyse(package, units, verify, selection, passes)
         try:
             # an unchanged model file is copied as bytes, not re-serialised; weight files that receive new blobs
             # are written anew (package/weight_writer.py)
@@ -65,9 +72,54 @@ def _write(package, report, out_path, force, link, units, verify, selection, rul
     return report
 
 
-def _analyse(package, units, verify, selection, rules, dry_run=False):
-    """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it: (function
-    reports, the NewBlobs the rewrites added, to write with the package; its reader is open: the caller closes it)."""
+def headroom_pass(path, target_bits=2, inputs=None, seed=0, scale=1.0):
+    """The rule set of the headroom pass over the package at `path`: an Fp16HeadroomRule holding the float64 peak
+    of every op output the audit measures (analyses/audit.py, on `inputs` or seeded random inputs)."""
+    from .analyses.audit import audit_package
+    from .rules.fp16_headroom import Fp16HeadroomRule
+
+    try:
+        rule = Fp16HeadroomRule(target_bits=target_bits)
+    except ValueError as e:
+        raise BadInputError("--headroom-target", str(e)) from None
+    peaks = {}
+    for row in audit_package(path, inputs_path=inputs, seed=seed, scale=scale, top=0).rows:
+        peaks.setdefault(row.function, {})[row.op] = row.peak_abs_fp64
+    rule.peaks = peaks
+    return rule
+
+
+def _warn_over_passes(selection, functions, where, passes):
+    """With several passes, the warning about --only/--skip/--function names that name nothing, over all of them."""
+    if len(passes) > 1:
+        from .engine import warn_unmatched
+        from .rules import rule_set
+
+        warn_unmatched(selection or Selection(), functions, where, tuple(r for rules in passes for r in rule_set(rules)))
+
+
+def _merge(first, second):
+    """One FunctionReport per function from two passes: the chains of both; op counts from before the first pass
+    to after the second (the second pass counts every op type the first left); the first pass's lint (the Neural
+    Engine findings of the norm rewrites; the headroom pass changes constants and adds muls)."""
+    by_name = {f.name: f for f in second}
+    for f in first:
+        later = by_name.get(f.name)
+        if later is None or not later.chains:
+            continue
+        f.chains += later.chains
+        if f.note and f.note.startswith("no "):  # the first pass's "no ... chain": the second found one
+            f.note = None
+        after = {t: counts[1] for t, counts in later.ops.items()}
+        f.ops = {t: [f.ops.get(t, [0, 0])[0], after.get(t, 0)] for t in sorted(set(f.ops) | set(later.ops))}
+    return first
+
+
+def _analyse(package, units, verify, selection, passes, dry_run=False):
+    """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it, once per rule
+    set in `passes` (the headroom pass runs on the program the first pass rewrote, so it sees the norms in their
+    final form): (function reports, the NewBlobs the rewrites added, to write with the package; its reader is
+    open: the caller closes it)."""
     from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
     from .package.weight_writer import NewBlobs
@@ -78,10 +130,15 @@ def _analyse(package, units, verify, selection, rules, dry_run=False):
     try:
         check_blob_references(package.spec, blobs)
         new_blobs = NewBlobs(blobs)
-        functions = _optimize_spec()(
-            package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
-            model_path=package.model_path, label=package.path, rules=rules, new_blobs=new_blobs, lint=_lint_changes(),
-        )
+        functions = None
+        for k, rule_set in enumerate(passes):
+            reports = _optimize_spec()(
+                package.spec, units, dry_run=dry_run, blobs=blobs if k == 0 else new_blobs.reader_overlay(),
+                verify=verify, validated=True, selection=selection, model_path=package.model_path, label=package.path,
+                rules=rule_set, new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+            )
+            functions = reports if functions is None else _merge(functions, reports)
+        _warn_over_passes(selection, functions, package.path, passes)
         return functions, new_blobs
     except BaseException:
         blobs.close()
@@ -108,7 +165,8 @@ def _skip_reason(units, rules=None):
     return skip_reason(units, rules)
 
 
-def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None):
+def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None,
+             headroom: bool = False, headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0):
     """Return a new `coremltools.models.MLModel` with every chain the rules match rewritten; with `report=True`,
     the pair `(model, Report)`.
 
@@ -118,7 +176,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     says which were held back. The returned model carries the setting. Works on
     Linux, where the returned model is spec-only (`skip_model_load`) like the input. `rules`: the rule set
     (default: the registry). A rewrite that would add a stored weight is left alone here (the weights folder is
-    coremltools'); `optimize_package` writes it.
+    coremltools'); `optimize_package` writes it. `headroom` and its options: as for `optimize_package`; the
+    audit needs the model's saved package (`package_path`), and a stored weight it would scale is scaled by an
+    inserted mul instead only where the rule can (else that stream is left alone with the reason).
     """
     import warnings
 
@@ -133,6 +193,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     skipped = _skip_reason(units, rules)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
+    if headroom and getattr(mlmodel, "package_path", None) is None:
+        raise BadInputError(source, "headroom needs the audit of a saved package; save the model first (model.save(path))")
+    passes = [rules] + ([(headroom_pass(mlmodel.package_path, headroom_target, inputs, seed, scale),)] if headroom else [])
     from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
     from .package.weights import BlobReader
@@ -146,8 +209,11 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     blobs = BlobReader(os.path.dirname(mlmodel.weights_dir))
     try:
         check_blob_references(spec, blobs)
-        result.functions = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                            rules=rules, lint=_lint_changes())
+        for k, rule_set in enumerate(passes):
+            reports = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
+                                       rules=rule_set, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1)
+            result.functions = reports if k == 0 else _merge(result.functions, reports)
+        _warn_over_passes(None, result.functions, source, passes)
     finally:
         blobs.close()
     try:

@@ -37,7 +37,7 @@ def provenance_key(rule):
 
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
-    validated=False, selection=None, label=None, rules=None, new_blobs=None, lint=None,
+    validated=False, selection=None, label=None, rules=None, new_blobs=None, lint=None, warn=True,
 ):
     """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
@@ -52,7 +52,9 @@ def optimize_spec(
     package/weight_writer.NewBlobs over `blobs`) receives the weights rewrites add; without it a rewrite that
     needs a new stored weight is left alone with the reason. `lint(view)`, if given, is called on each function
     before its rewrites and returns `finish(rewritten view or None)`, whose result the function's report keeps
-    (`FunctionReport.lint`): the API passes analyses/lint.rewrite_changes, which sits above this layer.
+    (`FunctionReport.lint`): the API passes analyses/lint.rewrite_changes, which sits above this layer. `warn`
+    False leaves the warning about --only/--skip/--function names that name nothing to a caller that runs several
+    passes (`warn_unmatched` over all of them).
     """
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
@@ -68,7 +70,8 @@ def optimize_spec(
     finally:
         if owned:
             blobs.close()
-    _warn_unmatched(selection, reports, label or model_path or model_dir, rules)
+    if warn:
+        warn_unmatched(selection, reports, label or model_path or model_dir, rules)
     rewrites = Counter(c.rule for f in reports for c in f.chains if c.status == REWRITTEN)
     if rewrites:
         _record_provenance(spec, rewrites, rules)
@@ -136,7 +139,7 @@ def _why_no_candidates(view, rules):
     return f"no {looked}" + (f"; {seen}" if seen else "")
 
 
-def _warn_unmatched(selection, reports, where, rules):
+def warn_unmatched(selection, reports, where, rules):
     """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
     anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in rules}
     for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),

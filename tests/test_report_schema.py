@@ -18,6 +18,8 @@ def json_of(capsys, *argv):
 
 @pytest.mark.parametrize("argv, code", [
     (["optimize", fixture_path("decoder_fp16_ios17"), "OUT"], 0),
+    (["optimize", fixture_path("headroom/llama_hot_fp16_ios17"), "OUT", "--headroom", "--audit"], 0),
+    (["optimize", fixture_path("headroom/llama_prenorm_fp16_ios17"), "--dry-run", "--headroom"], 0),
     (["optimize", fixture_path("near_misses_fp16_ios17"), "--dry-run"], 0),
     (["optimize", fixture_path("hf_fp16_ios17"), "--dry-run", "--compute-units", "ALL"], 0),
     (["optimize", fixture_path("real/scalenorm_fp16_ios17"), "--dry-run"], 0),

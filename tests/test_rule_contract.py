@@ -11,6 +11,9 @@ them without a line of rule-specific code (docs/writing-a-rule.md).
 - `ScaleWeight` (weight rewrite): linear(x, W, b) -> linear(x, W * 2^shift, b * 2^shift) * 2^-shift, the scaled
   weight a new stored blob (EXACT proof: in float64 the rewrite must equal the original bit for bit).
 
+- `ScaleRatio` (several values at once, `Match.sites`): real_div(linear(x, W1), linear(x, W2)) -> both weights times
+  4, each linear a site of its own, judged at the division (EXACT proof).
+
 Each has a deliberately wrong lowering its proof catches (the tests show the rewrite rolled back)."""
 
 import json
@@ -36,7 +39,7 @@ from mlopt.package import read_package
 from mlopt.patterns.status import NOT_THIS_PATTERN
 from mlopt.patterns.trace import attempt
 from mlopt.patterns.walk import same_tensor
-from mlopt.rules.base import EXACT, INT, REGION, LoweringFailed, Match, Rule
+from mlopt.rules.base import EXACT, INT, REGION, LoweringFailed, Match, Rule, Site
 
 
 # -- the rules --------------------------------------------------------------------------------------------------------
@@ -632,3 +635,92 @@ def test_at_conversion_time_a_replacement_that_cannot_be_built_leaves_the_chain_
                         compute_units=ct.ComputeUnit.CPU_ONLY, skip_model_load=True, rules=(SplitWideLinear(),))
     ops = [op.type for op in model.get_spec().mlProgram.functions["main"].block_specializations["CoreML7"].operations]
     assert [t for t in ops if t not in ("const", "cast")] == ["linear", "relu"]
+
+
+# -- a rule that replaces several values at once (Match.sites) ----------------------------------------------------------
+
+class ScaleRatio(Rule):
+    """real_div(linear(x, W1), linear(x, W2)) -> the same with W1 and W2 both times 2^shift: a ratio is invariant
+    under a common scale, so the two linears (two sites) change and the division, judged, does not."""
+
+    name = "scale_ratio_toy"
+    title = "ScaledRatio"
+    description = "real_div of two linears -> both linears' weights times a power of two"
+    looks_for = "real_div of two linears"
+    anchors = ("real_div",)
+    proof = EXACT
+    magnitudes = (1.0,)
+    units = None
+
+    def match(self, graph, op):
+        parts = [graph.producer(graph.arg(op, p)) for p in ("x", "y")]
+        if any(p is None or graph.op_type(p) != "linear" or not stored_const(graph, graph.arg(p, "weight")) for p in parts):
+            return NOT_THIS_PATTERN
+
+        def body(trace):
+            trace.take(*parts, op)
+            sites = tuple(Site(p, {"weight": graph.arg(p, "weight")}) for p in parts)
+            return Match(x=graph.arg(parts[0], "x"), axes=(), output=graph.output(parts[0]), output_op=parts[0],
+                         ops=trace.op_names(), dtype=graph.dtype(graph.output(op)), judged_at=(graph.output(op),),
+                         sites=sites)
+
+        return attempt(graph, body)
+
+    def lower(self, b, fused):
+        out = fused.site.op.outputs[0].name
+        return b.same_op(out, weight=b.scaled_constant(fused.site.data["weight"], 4.0))
+
+
+SCALE_RATIO_LOWER = ScaleRatio.lower
+
+
+def only_one_site_scaled(self, b, fused):
+    """The second linear rebuilt unscaled: the ratio changes by 4."""
+    if fused.site.op.outputs[0].name == "lin1":
+        return b.same_op("lin1")
+    return SCALE_RATIO_LOWER(self, b, fused)
+
+
+W1 = RNG.standard_normal((OUT, IN)).astype(np.float32)
+W2 = RNG.standard_normal((OUT, IN)).astype(np.float32) + 3
+
+
+def ratio_package(tmp_path):
+    w1, w2 = W1, W2
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, SEQ, IN))], opset_version=ct.target.iOS17)
+    def prog(x):
+        return mb.real_div(x=mb.linear(x=x, weight=w1, name="lin0"), y=mb.linear(x=x, weight=w2, name="lin1"))
+
+    path = str(tmp_path / "ratio.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(path)
+    return path
+
+
+def test_a_match_with_several_sites_rewrites_each_and_is_judged_downstream(tmp_path):
+    src, out = ratio_package(tmp_path), str(tmp_path / "o.mlpackage")
+    report = optimize_package(src, out, rules=(ScaleRatio(),))
+    (chain,) = chains(report)
+    assert chain.status == "rewritten", chain.reason
+    assert op_types(out) == ["linear", "linear", "real_div"] and loads_in_coremltools(out) == ["linear", "linear", "real_div"]
+    count, records = blob_records(out)
+    assert (count, len(records)) == (4, 4)  # each site's weight, scaled, replaces its original; the biases stay
+    with open(weight_file(out), "rb") as f:
+        data = f.read()
+    stored = [data[r[3] : r[3] + r[2]] for r in records]
+    assert (W1 * 4).tobytes() in stored and (W2 * 4).tobytes() in stored
+    assert W1.tobytes() not in stored and W2.tobytes() not in stored
+    feeds = inputs_for(src)
+    original = run_package(src, feeds, float_dtype=np.float64)
+    rewritten = run_package(out, feeds, float_dtype=np.float64)
+    for key in original:
+        np.testing.assert_allclose(rewritten[key], original[key], rtol=1e-12, atol=0)
+
+
+def test_a_multi_site_lowering_that_misses_a_site_is_caught(monkeypatch, tmp_path):
+    monkeypatch.setattr(ScaleRatio, "lower", only_one_site_scaled)
+    src, out = ratio_package(tmp_path), str(tmp_path / "o.mlpackage")
+    (chain,) = chains(optimize_package(src, out, rules=(ScaleRatio(),)))
+    assert chain.status == "left alone" and chain.reason.endswith("rolled back")
+    assert tree_digest(out) == tree_digest(src)

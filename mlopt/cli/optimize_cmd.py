@@ -43,6 +43,15 @@ def add_parser(commands):
     p.add_argument("--skip-existing", action="store_true", help="batch mode: leave models whose output exists alone (listed as skipped)")
     p.add_argument("--audit", action="store_true", help="audit IN and the OUT written (mlopt audit, same inputs) and report "
                    "fp16 headroom and findings before and after")
+    p.add_argument("--headroom", action="store_true", help="also scale residual streams by a power of two so that "
+                   "their float64 peak (mlopt audit of IN) leaves fp16 headroom (docs/headroom.md); runs after the other rules")
+    p.add_argument("--headroom-target", type=float, default=2.0, metavar="BITS",
+                   help="--headroom: the bits below fp16's 65504 a stream's peak must leave (default: %(default)g)")
+    p.add_argument("--inputs", metavar="NPZ", help="--headroom/--audit: the inputs the audit runs IN (and OUT) on "
+                   "(default: seeded random inputs, as mlopt audit draws them)")
+    p.add_argument("--seed", type=int, default=0, help="--headroom/--audit: seed of the random inputs (default: %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help="--headroom/--audit: standard deviation of random float "
+                   "inputs (default: %(default)g)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     add_verbosity(p)
 
@@ -54,7 +63,12 @@ def run(args):
         compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify,
         link=args.link, only=args.only, skip=args.skip or (), functions=args.functions,
     )
+    audit_options = dict(inputs_path=args.inputs, seed=args.seed, scale=args.scale)
+    if args.headroom:
+        options.update(headroom=True, headroom_target=args.headroom_target, inputs=args.inputs, seed=args.seed, scale=args.scale)
     if args.out_dir is not None:
+        if args.headroom:
+            raise BadInputError(args.out_dir, "--headroom is for one model (mlopt optimize IN OUT --headroom): its peaks come from that model's audit")
         if args.audit:
             raise BadInputError(args.out_dir, "--audit is for one model (mlopt optimize IN OUT --audit); run mlopt audit on each output")
         return _batch(args, options)
@@ -74,7 +88,7 @@ def run(args):
         from ..analyses.audit import headroom_change
 
         try:
-            report.audit = headroom_change(input_path, output_path)
+            report.audit = headroom_change(input_path, output_path, **audit_options)
         except CannotVerify as e:  # OUT is written and proved: the audit's limit is no failure of the optimize run
             report.audit = {"skipped": f"{e.path}: {e.problem}"}
     return report, 0

@@ -106,6 +106,9 @@ class MbBuilder:
         with np.errstate(all="ignore"):
             return mb.const(val=(array.astype(np.float64) * factor).astype(array.dtype), **self._args("const"))
 
+    def same_op(self, value, **inputs):
+        raise LoweringFailed("rebuilding an op with other inputs is a saved-spec rewrite (mlopt optimize), not a conversion-time pass")
+
     def constant_as(self, value, shape):
         if value.val is None:  # known while converting: a const, or a cast of one before const elimination
             return None

@@ -17,6 +17,9 @@ def pass_pipeline(base=None, compute_units="CPU_AND_NE", rules=None):
     registry, read now); each is registered with coremltools here."""
     rules = rule_set(rules)
     for rule in rules:
+        if rule.saved_programs_only:
+            raise ValueError(f"the {rule.name} rule rewrites saved programs only (mlopt optimize); it has no conversion-time passes")
+    for rule in rules:
         register(rule)
     base = base or ct.PassPipeline.DEFAULT
     fuses, lowers = [fuse_pass_name(r) for r in rules], [lower_pass_name(r) for r in rules]

@@ -9,11 +9,18 @@
   (or, for a rule without one, the original chain evaluated in float64) within its dtype's tolerance. Because the
   constants are the program's, the values a rewrite changes are the ones the proof exercises.
 - Both judge at `match.judged_at` when a rule sets it (a constant whose effect shows only downstream, judged at
-  the softmax it feeds) and feed `match.binary` values from {0, 1} (an attention mask's keep/drop input: the
-  rule's note names that assumption).
+  the softmax it feeds; several values, such as every norm reading a scaled residual stream, each compared) and
+  feed `match.binary` values from {0, 1} (an attention mask's keep/drop input: the rule's note names that
+  assumption). A match replacing several values (`match.sites`) is proved as one region: every value the region
+  reads that is not constant is fed independently, which is valid because the rewrite must hold for all of them.
 - EXACT: REGION, and the rewrite evaluated in float64 must equal the original evaluated in float64 to EXACT_RTOL:
   for rewrites of constant values that keep the arithmetic (a weight split into chunks, scaled by a power of two,
   a constant re-encoded), where any rounding of a changed constant is a bug, whatever the tolerance would allow.
+  In its declared dtypes the rewrite must then be within tolerance of the float64 original, or no further from
+  it than the original is (a stream scaled to leave fp16 headroom is read by norms that may still overflow in
+  fp16 as the original's do: the rewrite computes the same function, it is not judged by a fix it does not make).
+- ROUNDED (named by a match of an EXACT rule, `match.proof`): EXACT, but the float64 comparison within the
+  dtype's tolerance: a constant the rewrite changed had to be rounded (alpha^2 * eps that fp16 cannot hold).
 
 Memory: every input the proof builds holds at most the rule's `operand_budget` elements (default
 selfcheck.BUDGET); a chain that needs more is left alone with the reason. Weights stored in weight files are
@@ -33,7 +40,7 @@ from .inputs import UNKNOWN_DIM
 from .interpreter import Evaluator, InterpreterError
 from .selfcheck import READ_RTOL, UNCHECKED, CheckResult
 
-ROWS, REGION, EXACT = "rows", "region", "exact"  # the values of rules/base.py (numerics may not import rules)
+ROWS, REGION, EXACT, ROUNDED = "rows", "region", "exact", "rounded"  # rules/base.py's (numerics may not import rules)
 EXACT_RTOL = 1e-12  # float64 against float64: only the order of summation may differ
 
 
@@ -41,15 +48,17 @@ def prove(view, blobs, rule, match, new_ops, seed=0):
     """Run `rule.proof` on `match` and its replacement `new_ops`; a CheckResult, never an exception for what a
     model file holds."""
     proof = getattr(rule, "proof", ROWS)
+    if getattr(match, "proof", None) == ROUNDED and proof == EXACT:  # a match that had to round a constant
+        proof = ROUNDED
     if proof == ROWS:
         if rule.reference is None:
             return CheckResult(False, reason=f"the {rule.name} rule's row self-check needs its float64 reference; not rewritten")
         return selfcheck.self_check(view, blobs, rule, match, new_ops, seed)
-    if proof not in (REGION, EXACT):
+    if proof not in (REGION, EXACT, ROUNDED):
         return CheckResult(False, reason=f"the {rule.name} rule names no known proof ({proof!r}); not rewritten")
     with np.errstate(all="ignore"):
         try:
-            return _region(view, blobs, rule, match, new_ops, seed, exact=proof == EXACT)
+            return _region(view, blobs, rule, match, new_ops, seed, exact=proof in (EXACT, ROUNDED), rounded=proof == ROUNDED)
         except MloptError:
             raise
         except (InterpreterError, ValueError, ArithmeticError) as e:
@@ -75,7 +84,7 @@ def region_inputs(view, match):
     return fed
 
 
-def _region(view, blobs, rule, match, new_ops, seed, exact):
+def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
     budget = rule.operand_budget or selfcheck.BUDGET
     fed = region_inputs(view, match)
     shapes = {}
@@ -92,49 +101,71 @@ def _region(view, blobs, rule, match, new_ops, seed, exact):
         shapes[value] = shape
     rng = np.random.default_rng(seed)
     overlay = {out.name: op for op in new_ops for out in op.outputs}
-    target = getattr(match, "judged_at", None) or match.output  # where the rewrite is judged (rules/base.Match)
+    targets = _judged(match)  # where the rewrite is judged (rules/base.Match)
+    if rule.reference is not None and len(targets) > 1:
+        return CheckResult(False, reason=f"the {rule.name} rule's float64 reference describes one value, the match is judged at {len(targets)}; not rewritten")
     binary = set(getattr(match, "binary", ()))
-    out_dtype = NUMPY.get(view.dtype(target), NUMPY[match.dtype])
-    rtol, atol = tolerance_for(NUMPY[match.dtype], out_dtype)
     operands = {name: value for name, value in match.operands.items() if value is not None}
     # the operands only where a reference reads them: a stored weight evaluated whole would cost its size in float64
-    wanted = [target] + ([match.x, *operands.values()] if rule.reference is not None else [])
+    wanted = list(targets) + ([match.x, *operands.values()] if rule.reference is not None else [])
     result = CheckResult(True)
     for k, magnitude in enumerate(rule.magnitudes):
         feeds = {v: (rng.integers(0, 2, shapes[v]) if v in binary else rng.standard_normal(shapes[v]) * magnitude)
                  .astype(NUMPY[view.dtype(v)]) for v in fed}
         values = Evaluator(view, blobs, float_dtype=np.float64).evaluate(wanted, feeds)
-        original64 = values[target]
-        if rule.reference is not None:
-            known = {name: values[value] for name, value in operands.items()}
-            as_read = rule.as_read(match, values[match.x], known)
-            if as_read is not None:
-                read = compare(original64, as_read, rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read))
-                if not read.passed:
-                    return CheckResult(False, reason=(
-                        f"mlopt misread this chain: in float64 it differs from the matched {rule.title} by "
-                        f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten"))
-            truth = rule.reference(values[match.x], known, match.axes, match.params)
-        else:
-            truth = original64
-        new = Evaluator(view, blobs, overlay=overlay).evaluate([target], feeds)[target]
-        old = Evaluator(view, blobs).evaluate([target], feeds)[target]
-        new_diff = compare(new, truth, rtol=rtol, atol=atol)
-        result.error = max(result.error, _worst(new_diff))
-        result.original_error = max(result.original_error, _worst(compare(old, truth, rtol=rtol, atol=atol)))
-        if not new_diff.passed and result.passed:
-            result.passed, result.reason = False, (
-                f"proof failed: the rewrite differs from the {rule.title} chain by {_worst(new_diff):.2g} (relative) "
-                f"at input magnitude {magnitude:g}; rolled back")
-        if exact and result.passed:
-            new64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate([target], feeds)[target]
-            same = compare(new64, original64, rtol=EXACT_RTOL, atol=0.0)
-            if not same.passed:
-                result.passed, result.reason = False, (
-                    f"exact proof failed: in float64 the rewrite differs from the original by {_worst(same):.2g} "
-                    f"(relative) at input magnitude {magnitude:g}: the constants it changed do not hold the same "
-                    f"values; rolled back")
+        news = Evaluator(view, blobs, overlay=overlay).evaluate(list(targets), feeds)
+        olds = Evaluator(view, blobs).evaluate(list(targets), feeds)
+        news64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate(list(targets), feeds) if exact else None
+        for target in targets:
+            result, final = _judge(rule, match, view, values, operands, target, news[target], olds[target],
+                                   news64[target] if exact else None, magnitude, result, rounded)
+            if final:
+                return result
     return result
+
+
+def _judged(match):
+    """The values the proof compares (rules/base.Match.judged): `judged_at`, one or several, else the output."""
+    judged = getattr(match, "judged", None)
+    return judged() if judged is not None else (getattr(match, "judged_at", None) or match.output,)
+
+
+def _judge(rule, match, view, values, operands, target, new, old, new64, magnitude, result, rounded=False):
+    """Compare the rewrite at `target` (`new` in its dtypes, `new64` in float64 for EXACT) with the truth and update
+    `result`: (result, final), final when the original chain is not what the matcher read (nothing else matters)."""
+    out_dtype = NUMPY.get(view.dtype(target), NUMPY[match.dtype])
+    rtol, atol = tolerance_for(NUMPY[match.dtype], out_dtype)
+    original64 = values[target]
+    truth = original64
+    if rule.reference is not None:
+        known = {name: values[value] for name, value in operands.items()}
+        as_read = rule.as_read(match, values[match.x], known)
+        if as_read is not None:
+            read = compare(original64, as_read, rtol=READ_RTOL, atol=READ_RTOL * _scale(as_read))
+            if not read.passed:
+                return CheckResult(False, reason=(
+                    f"mlopt misread this chain: in float64 it differs from the matched {rule.title} by "
+                    f"{_worst(read):.2g} (relative) at input magnitude {magnitude:g}; not rewritten")), True
+        truth = rule.reference(values[match.x], known, match.axes, match.params)
+    new_diff = compare(new, truth, rtol=rtol, atol=atol)
+    old_error = _worst(compare(old, truth, rtol=rtol, atol=atol))
+    result.error = max(result.error, _worst(new_diff))
+    result.original_error = max(result.original_error, old_error)
+    no_worse = new64 is not None and _worst(new_diff) <= old_error  # EXACT: as far from float64 as the original
+    if not new_diff.passed and not no_worse and result.passed:
+        where = f" at '{target}'" if target != match.output else ""
+        result.passed, result.reason = False, (
+            f"proof failed: the rewrite differs from the {rule.title} chain{where} by {_worst(new_diff):.2g} (relative) "
+            f"at input magnitude {magnitude:g}; rolled back")
+    if new64 is not None and result.passed:
+        same = compare(new64, original64, rtol=rtol, atol=atol) if rounded else compare(new64, original64, rtol=EXACT_RTOL, atol=0.0)
+        if not same.passed:
+            where = f" at '{target}'" if target != match.output else ""
+            result.passed, result.reason = False, (
+                f"{'rounded' if rounded else 'exact'} proof failed: in float64 the rewrite differs from the original{where} by {_worst(same):.2g} "
+                f"(relative) at input magnitude {magnitude:g}: the constants it changed do not hold the same "
+                f"values; rolled back")
+    return result, False
 
 
 def _worst(difference):

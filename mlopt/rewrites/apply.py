@@ -18,7 +18,8 @@ from .spec_builder import OpEmitter, SpecBuilder
 class PlannedRewrite:
     rule: object  # the Rule that matched (rules/base.py)
     match: object  # its Match
-    ops: list  # the replacement ops; the last defines match.output
+    ops: list  # the replacement ops of every site, in site order (one site: the last defines match.output)
+    sites: list = None  # [(op replaced, its replacement ops)], one per site of the match (rules/base.Match.sites)
 
 
 @dataclass
@@ -36,7 +37,8 @@ def plan_rewrites(view, matches, new_blobs=None):
     planned, failed = [], {}
     for rule, m in matches:
         try:
-            planned.append(PlannedRewrite(rule, m, lower(view, emitter, rule, m, new_blobs)))
+            sites = lower_sites(view, emitter, rule, m, new_blobs)
+            planned.append(PlannedRewrite(rule, m, [op for _, ops in sites for op in ops], sites))
         except (ValueError, ArithmeticError, KeyError, IndexError, TypeError) as e:
             failed[id(m)] = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
     return planned, failed
@@ -48,11 +50,23 @@ def lower(view, emitter, rule, match, new_blobs=None):
     return builder.finish(rule.lower(builder, match.fused()), match.output_op)
 
 
+def lower_sites(view, emitter, rule, match, new_blobs=None):
+    """[(op, ops replacing it)] for every site of `match` (rules/base.Match.replaced): one lowering per site, a
+    builder each, names unique across all of them. A match without sites is `lower` at its output op."""
+    if not match.sites:
+        return [(match.output_op, lower(view, emitter, rule, match, new_blobs))]
+    lowered = []
+    for site in match.sites:
+        builder = SpecBuilder(view, emitter, f"{site.op.outputs[0].name}_{rule.name}", new_blobs)
+        lowered.append((site.op, builder.finish(rule.lower(builder, match.fused(site)), site.op)))
+    return lowered
+
+
 def apply_rewrites(view, planned):
     """Splice `planned` into the function `view` describes, in place; return op counts. `view` is stale after."""
     if not planned:
         return RewriteStats()
-    replacement = {id(p.match.output_op): p.ops for p in planned}
+    replacement = {id(op): ops for p in planned for op, ops in (p.sites or [(p.match.output_op, p.ops)])}
     candidates = set()  # names of the ops the sweep may remove
     for p in planned:
         for name in p.match.ops:
@@ -79,8 +93,11 @@ def _rebuild_blocks(blocks, substitute):
 
 
 def _const_feeders(view, op):
+    """The const ops, and constexpr ops (a compressed weight's decompression), feeding `op`: swept when the
+    rewrite leaves them unused."""
     names = (view.arg(op, param) for param in op.inputs)
-    return [op_name(view.producers[v]) for v in names if v is not None and view.is_const(v)]
+    return [op_name(view.producers[v]) for v in names if v is not None and v in view.producers
+            and (view.is_const(v) or view.producers[v].type.startswith("constexpr_"))]
 
 
 def _dead_ops(view, candidates):

@@ -85,8 +85,14 @@ class Builder(Protocol):
 
     def scaled_constant(self, value, factor: float):
         """A new constant: the float constant `value` times `factor`, rounded once to its dtype (a power of two
-        keeps every normal value exact). A stored weight is streamed into a new blob; raises LoweringFailed where
-        it cannot be built."""
+        keeps every normal value exact). A stored weight is streamed into a new blob; a weight a constexpr op
+        decompresses is scaled in the one parameter its decompression is linear in (the LUT, the scale: see
+        rewrites/compressed_scaling.py), never expanded. Raises LoweringFailed where it cannot be built."""
+
+    def same_op(self, value, **inputs):
+        """The op defining `value` (an op of the chain) once more, with the named inputs bound to other values (a
+        scaled weight, a moved epsilon) and everything else as it was; its output has `value`'s type. How a rule
+        changes one operand of an op of any type without knowing its other parameters."""
 
     def constant_as(self, value, shape: Sequence[int]):
         """`value`'s data as a constant of `shape` (same element count), or None unless `value` is a plain

@@ -13,7 +13,7 @@ from ..graph.emit import OpEmitter, literal, retyped, string_value, tensor_type 
 from ..graph.spec_graph import op_name
 from ..graph.values import decode_value
 from ..package.proto import MIL_pb2
-from . import compressed_slicing
+from . import compressed_scaling, compressed_slicing
 from .builder import LoweringFailed, broadcast_dims, slice_masks
 from .opset_rules import epsilon_dtype, folds_params
 
@@ -242,8 +242,28 @@ class SpecBuilder:
         index = tuple(slice(begin, end) if i == axis else slice(None) for i in range(array.ndim))
         return literal(np.ascontiguousarray(array[index]), dtype)
 
+    def same_op(self, value, **inputs):
+        op = self.view.producer(value)
+        if op is None or len(op.outputs) != 1 or op.blocks:
+            raise LoweringFailed(f"'{value}' is not the one output of an op without blocks; it cannot be rebuilt")
+        new = MIL_pb2.Operation()
+        new.CopyFrom(op)
+        for param, bound in inputs.items():
+            argument = new.inputs[param]
+            del argument.arguments[:]
+            argument.arguments.add().name = bound
+        out = self.emitter.fresh(f"{self.base}_{op.type}")
+        new.outputs[0].name = out
+        new.attributes["name"].CopyFrom(string_value(out))
+        self.ops.append(new)
+        self._types[out] = new.outputs[0].type
+        return out
+
     def scaled_constant(self, value, factor):
         op, stored = self._stored(value)
+        producer = self.view.producer(value) if op is None else None
+        if producer is not None and producer.type in compressed_scaling.SCALED_PARAM:
+            return self._compressed_scaled(producer, value, factor)
         if op is None:
             raise LoweringFailed(f"'{value}' is not a plain constant; it cannot be scaled")
         if stored.WhichOneof("value") != "blobFileValue":
@@ -259,6 +279,40 @@ class SpecBuilder:
         except ValueError as e:
             raise LoweringFailed(str(e)) from None
         return self._stored_const(blob.fileName, offset, dtype, dims)
+
+    def _compressed_scaled(self, producer, value, factor):
+        """A new constexpr op of `producer`'s type computing `value` * factor: the one parameter its decompression
+        is linear in scaled (rewrites/compressed_scaling.py), everything else held as it is."""
+        name = compressed_scaling.SCALED_PARAM[producer.type]
+        op = MIL_pb2.Operation()
+        op.CopyFrom(producer)
+        held = compressed_scaling.held_param(op, name)
+        if held is None:
+            raise LoweringFailed(f"its {producer.type} reads '{name}' from another op, not from a value it holds")
+        dtype = held.type.tensorType.dataType
+        if held.WhichOneof("value") == "blobFileValue":
+            dims = _dims_of(held.type)
+            if None in dims or dtype not in NUMPY:
+                raise LoweringFailed(f"its {producer.type}'s '{name}' is stored with a shape or dtype it cannot be scaled in")
+            if self.new_blobs is None:
+                raise LoweringFailed(f"'{value}' is a stored weight, and this run writes no weight file")
+            blob = held.blobFileValue
+            try:
+                held.blobFileValue.offset = self.new_blobs.add_scaled(blob.fileName, blob.offset, NUMPY[dtype], dims, factor)
+            except ValueError as e:
+                raise LoweringFailed(f"its '{name}': {e}") from None
+        else:
+            array = decode_value(held) if dtype not in SUB_BYTE else None
+            if array is None or array.dtype.kind != "f":
+                raise LoweringFailed(f"its {producer.type}'s '{name}' holds no float value the builder can read")
+            with np.errstate(all="ignore"):
+                held.CopyFrom(literal((array.astype(np.float64) * factor).astype(array.dtype), dtype))
+        out = self.emitter.fresh(f"{self.base}_{producer.type}")
+        op.outputs[0].name = out
+        op.attributes["name"].CopyFrom(string_value(out))
+        self.ops.append(op)
+        self._types[out] = op.outputs[0].type
+        return out
 
     def _stored_const(self, file_name, offset, dtype, shape):
         stored = MIL_pb2.Value()

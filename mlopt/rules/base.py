@@ -9,7 +9,9 @@ at and implements:
 - `lower(builder, fused)`: the replacement, written once against the builder contract (rewrites/builder.py).
   Two builders implement it: protobuf ops for saved specs, `mb` calls inside coremltools' pass pipeline. It
   returns the value that replaces the chain's output; the caller casts it to the output's dtype if it differs
-  and gives it the output's name.
+  and gives it the output's name. A match that replaces several values at once (`Match.sites`: scaling a
+  residual stream changes ops all along it) is lowered once per site, `fused.site` telling which; each lowering
+  returns the value replacing that site's op output and is spliced where that op stood.
   `lower` may return a constant (the chain becomes a `const`). A lowering that cannot be built raises
   `LoweringFailed` (or any ValueError): the chain is left alone with that reason, never an internal error.
 - `reference(x, operands, axes, params)`: the float64 meaning of the replacement. The proof compares the
@@ -30,7 +32,9 @@ And declares, as class attributes (docs/writing-a-rule.md has the whole contract
   rows independent along the axes not in `axes`, fed at `magnitudes`), REGION (the whole chain evaluated at its
   declared shape, with the program's real constants, on inputs at `magnitudes`) or EXACT (as REGION, and the
   rewrite in float64 must equal the original in float64: for rewrites of constant values that keep the
-  arithmetic, such as splitting or power-of-two scaling of a weight).
+  arithmetic, such as splitting or power-of-two scaling of a weight). A match of an EXACT rule may name
+  ROUNDED for itself (`Match.proof`: a constant the rewrite changed had to be rounded): the float64 comparison
+  then allows the dtype's tolerance.
 - `operand_budget`: the most elements of one input the proof builds, or of one operand it computes in memory.
 - `lookalikes`: op types that look like what the rule rewrites but are not, each with why (the no-candidate note).
 
@@ -46,7 +50,7 @@ from ..compute_units import REWRITING_UNITS
 from ..rewrites.builder import LoweringFailed  # noqa: F401  (re-exported: what a rule's `lower` raises)
 
 FLOAT, EPSILON, INT = "float", "epsilon", "int"  # literal parameter types (`param_types`)
-ROWS, REGION, EXACT = "rows", "region", "exact"  # proofs (`proof`)
+ROWS, REGION, EXACT, ROUNDED = "rows", "region", "exact", "rounded"  # proofs (`proof`; ROUNDED: `Match.proof`)
 
 
 @dataclass
@@ -63,13 +67,36 @@ class Match:
     params: dict = field(default_factory=dict)  # the rule's literal parameters besides axes (epsilon, ...)
     facts: dict = field(default_factory=dict)  # what only the rule reads back (how the chain spelled itself)
     note: Optional[str] = None  # what the rewrite changes beyond the arithmetic, for the report
-    judged_at: Optional[str] = None  # REGION/EXACT: the value the proof compares, when the rewrite's effect shows
-    # only downstream of `output` (a mask constant judged at its softmax: ops up to it are in `ops`); None: output
+    judged_at: object = None  # REGION/EXACT: the value (or tuple of values) the proof compares, when the rewrite's
+    # effect shows only downstream of `output` (a mask constant judged at its softmax, a scaled residual stream at
+    # every norm reading it: ops up to them are in `ops`); None: output
     binary: Tuple[str, ...] = ()  # REGION/EXACT: values the proof feeds from {0, 1} instead of random normals (an
     # attention mask's keep/drop input); the rule's note must name this assumption
+    sites: Tuple["Site", ...] = ()  # several values replaced at once: one lowering per site (`Fused.site`), each
+    # spliced where its op stood; the first site's op is `output_op`, and `output` is what the report names (the
+    # rule's choice: the last value of a stream). Empty: `output_op` alone
+    proof: Optional[str] = None  # ROUNDED where the rule's proof is EXACT but this rewrite rounds a constant
 
-    def fused(self):
-        return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype)
+    def fused(self, site=None):
+        return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype, site)
+
+    def replaced(self):
+        """The sites the rewrite replaces, in order: `sites`, or `output_op` alone."""
+        return self.sites or (Site(self.output_op),)
+
+    def judged(self):
+        """The values the REGION/EXACT proof compares: `judged_at` (one value or several), else `output`."""
+        if self.judged_at is None:
+            return (self.output,)
+        return (self.judged_at,) if isinstance(self.judged_at, str) else tuple(self.judged_at)
+
+
+@dataclass
+class Site:
+    """One op whose output a multi-site rewrite replaces, and what the rule's `lower` reads to rebuild it."""
+
+    op: object
+    data: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +109,7 @@ class Fused:
     axes: Tuple[int, ...]
     params: dict
     dtype: int
+    site: Optional[Site] = None  # a multi-site match: the site being lowered (rules/base.Match.sites)
 
 
 class Rule:
@@ -100,6 +128,7 @@ class Rule:
     units = REWRITING_UNITS  # compute units the rewrite pays for; None: every setting
     units_reason = None  # why it does not rewrite with other units (report note)
     description = None  # one line on what it rewrites (the fused op's docstring at conversion time)
+    saved_programs_only = False  # True: no conversion-time passes (a match with several sites is no fused op)
     looks_for = None  # what its anchors look like, for a function without candidates: "reduce_mean of a square"
 
     def match(self, graph, op):
