@@ -14,7 +14,7 @@ log = logging.getLogger("mlopt")
 
 def optimize_package(
     in_path, out_path=None, compute_units="CPU_AND_NE", force: bool = False, dry_run: bool = False, verify: bool = True,
-    link: bool = False, only=None, skip=(), functions=None, rules=None,
+    link: bool = False, only=None, skip=(), functions=None, rules=None, split_outputs: bool = False,
 ) -> Report:
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
@@ -23,7 +23,9 @@ def optimize_package(
     `verify=False` skips the numerical self-check. `link` hard-links the output's files (weights) to the input's
     instead of copying them. `only` / `skip` (chain anchor op names, as the report shows them) and `functions`
     (function names) limit what is rewritten; everything else is copied as it is. `rules` is the rule set (a
-    tuple of rules/base.Rule; default: the registry).
+    tuple of rules/base.Rule; default: the registry). `split_outputs` changes the model's interface where a split
+    head is a function output: the function returns the chunks as outputs `<output>_0 ... <output>_{k-1}` instead
+    of their concat (docs/rules.md, split_wide); the report says how to reassemble them.
     """
     units = compute_units_name(compute_units)
     if out_path is None and not dry_run:
@@ -38,19 +40,19 @@ def optimize_package(
                 from .package import destination
 
                 destination.check(destination.Destination.of(out_path), package, force)
-            report.functions, new_blobs = _analyse(package, units, verify, selection, rules, dry_run=True)
+            report.functions, new_blobs = _analyse(package, units, verify, selection, rules, split_outputs, dry_run=True)
             new_blobs.reader.close()
             return report
-        return _write(package, report, out_path, force, link, units, verify, selection, rules)
+        return _write(package, report, out_path, force, link, units, verify, selection, rules, split_outputs)
     finally:
         package.close()
 
 
-def _write(package, report, out_path, force, link, units, verify, selection, rules):
+def _write(package, report, out_path, force, link, units, verify, selection, rules, split_outputs):
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        report.functions, new_blobs = _analyse(package, units, verify, selection, rules)
+        report.functions, new_blobs = _analyse(package, units, verify, selection, rules, split_outputs)
         try:
             # an unchanged model file is copied as bytes, not re-serialised; weight files that receive new blobs
             # are written anew (package/weight_writer.py)
@@ -65,7 +67,7 @@ def _write(package, report, out_path, force, link, units, verify, selection, rul
     return report
 
 
-def _analyse(package, units, verify, selection, rules, dry_run=False):
+def _analyse(package, units, verify, selection, rules, split_outputs=False, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it: (function
     reports, the NewBlobs the rewrites added, to write with the package; its reader is open: the caller closes it)."""
     from .graph.stored_constants import check_blob_references
@@ -81,6 +83,7 @@ def _analyse(package, units, verify, selection, rules, dry_run=False):
         functions = _optimize_spec()(
             package.spec, units, dry_run=dry_run, blobs=blobs, verify=verify, validated=True, selection=selection,
             model_path=package.model_path, label=package.path, rules=rules, new_blobs=new_blobs, lint=_lint_changes(),
+            split_outputs=split_outputs,
         )
         return functions, new_blobs
     except BaseException:
@@ -108,7 +111,8 @@ def _skip_reason(units, rules=None):
     return skip_reason(units, rules)
 
 
-def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None):
+def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None,
+             split_outputs: bool = False):
     """Return a new `coremltools.models.MLModel` with every chain the rules match rewritten; with `report=True`,
     the pair `(model, Report)`.
 
@@ -118,7 +122,8 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     says which were held back. The returned model carries the setting. Works on
     Linux, where the returned model is spec-only (`skip_model_load`) like the input. `rules`: the rule set
     (default: the registry). A rewrite that would add a stored weight is left alone here (the weights folder is
-    coremltools'); `optimize_package` writes it.
+    coremltools'); `optimize_package` writes it. `split_outputs`: as for `optimize_package` (the returned model's
+    description lists the parts).
     """
     import warnings
 
@@ -147,7 +152,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     try:
         check_blob_references(spec, blobs)
         result.functions = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                            rules=rules, lint=_lint_changes())
+                                            rules=rules, lint=_lint_changes(), split_outputs=split_outputs)
     finally:
         blobs.close()
     try:

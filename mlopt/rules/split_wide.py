@@ -15,7 +15,9 @@ chunk is a byte range of the original blob, appended by the weight-file writer (
 the original is dropped from weight.bin when nothing else reads it. A weight a tied embedding's gather also
 reads stays for the gather; the report's note says how many bytes the chunks add.
 
-The concat's output is as wide as before: lint still reports it (docs/lint.md). The rewrite pays only where
+The concat's output is as wide as before: lint still reports it (docs/lint.md). Where it is a function output
+(directly or through casts, transposes and reshapes), `optimize --split-outputs` returns the chunks as separate
+outputs instead, as ANEMLL does (`separable_output`, rewrites/output_parts.py). The rewrite pays only where
 the Neural Engine is targeted explicitly, so it rewrites with CPU_AND_NE only.
 """
 
@@ -35,6 +37,7 @@ class SplitWideRule(Rule):
     proof = EXACT
     magnitudes = (1.0,)  # the chain is linear in x: whether the chunks hold the same rows does not depend on x's scale
     operand_budget = 2**22  # x of a wide head: (batch, sequence, hidden) stays far below this
+    separable_output = True  # --split-outputs: the chunks become outputs <output>_0 ... <output>_{k-1}
     units_reason = f"splitting below {MAX_CHANNELS} channels only pays where the Neural Engine is targeted explicitly (CPU_AND_NE)"
 
     def match(self, graph, op):
@@ -77,6 +80,9 @@ class SplitWideRule(Rule):
             return f"{chunks} chunks"
         sizes = sorted({end - begin for begin, end in chunk_bounds(channels, chunks)}, reverse=True)
         return f"{channels} output channels -> {chunks} chunks of {' or '.join(map(str, sizes))}"
+
+    def part_text(self, match, begin, end, total):
+        return f"output channels {begin}-{end - 1} of {total} (an LM head's logits for token ids {begin}-{end - 1})"
 
     def report_fields(self, match):
         fields = {"axes": list(match.axes), "chunks": int(match.params["chunks"]), "op": ("linear", "matmul", "matmul", "conv")[int(match.params["form"])]}
