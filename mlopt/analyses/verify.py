@@ -153,7 +153,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         verdicts = []
         for out in ref_view.main.outputs:
             if out not in cand_out:
-                report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=f"output missing in {candidate_path}"))
+                report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=_missing(out, candidate_path, cand_view)))
                 continue
             d = compare(
                 cand_out[out], ref_out[out],
@@ -203,6 +203,16 @@ def _paired_outputs(report, name, ref_view, cand_view, cand_out):
     report.notes.append(f"function '{name}': no output name in common; outputs paired by position: " + ", ".join(
         f"{r} ~ {c}" for r, c in zip(ref_names, cand_names)))
     return {r: cand_out[c] for r, c in zip(ref_names, cand_names) if c in cand_out}
+
+
+def _missing(output, candidate_path, cand_view):
+    """Why `output` cannot be compared: missing, and, where the candidate returns `<output>_0`, `<output>_1`, ...
+    without the record optimize --split-outputs writes, that those parts are not tied to it."""
+    parts = [o for o in cand_view.main.outputs if o.startswith(f"{output}_") and o[len(output) + 1:].isdigit()]
+    if not parts:
+        return f"output missing in {candidate_path}"
+    return (f"output missing in {candidate_path}, which returns {', '.join(parts)}: no optimize --split-outputs record "
+            "in its metadata says how they form it, so they are not compared with it")
 
 
 def _reassembled(report, name, ref, cand, ref_view, cand_out):

@@ -177,8 +177,10 @@ def _plan(view, rule, value):
     result.output = current
     if outputs.count(current) != 1:
         return kept(f"'{current}' is returned {outputs.count(current)} times")
-    if len(view.consumers(current)) != 1:
-        return kept(f"'{current}' is also read inside the function")
+    readers = [u.op for u in view.consumers(current) if u.op is not None]
+    if readers:
+        named = ", ".join(f"{op.type} '{op_name(op)}'" for op in readers[:3])
+        return kept(f"'{current}' is also read inside the function, by {named}")
     if concat.type != "concat":
         return kept("its replacement does not end in a concat")
     axis, interleave = view.const(concat, "axis"), view.const(concat, "interleave")
