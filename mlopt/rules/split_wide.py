@@ -32,7 +32,7 @@ class SplitWideRule(Rule):
     looks_for = f"linear, matmul with a constant operand or 1x1 conv with more than {MAX_CHANNELS} output channels"
     anchors = ("linear", "matmul", "conv")
     operands = ("weight", "bias")
-    params = ("chunks", "form", "weight_axis", "concat_axis", "transpose_x", "transpose_y")
+    params = ("chunks", "align", "form", "weight_axis", "concat_axis", "transpose_x", "transpose_y")
     param_types = {name: INT for name in params}
     proof = EXACT
     magnitudes = (1.0,)  # the chain is linear in x: whether the chunks hold the same rows does not depend on x's scale
@@ -47,7 +47,7 @@ class SplitWideRule(Rule):
         weight, bias = m.operands["weight"], m.operands.get("bias")
         p = {k: int(v) for k, v in m.params.items()}
         parts = []
-        for begin, end in chunk_bounds(b.dim(weight, p["weight_axis"]), p["chunks"]):
+        for begin, end in chunk_bounds(b.dim(weight, p["weight_axis"]), p["chunks"], p.get("align", 1)):
             part = b.constant_slice(weight, p["weight_axis"], begin, end)
             part_bias = b.constant_slice(bias, 0, begin, end) if bias is not None else None
             if p["form"] == LINEAR:
@@ -78,7 +78,7 @@ class SplitWideRule(Rule):
         channels, chunks = match.facts.get("channels"), int(match.params["chunks"])
         if channels is None:
             return f"{chunks} chunks"
-        sizes = sorted({end - begin for begin, end in chunk_bounds(channels, chunks)}, reverse=True)
+        sizes = sorted({end - begin for begin, end in chunk_bounds(channels, chunks, int(match.params.get("align", 1)))}, reverse=True)
         return f"{channels} output channels -> {chunks} chunks of {' or '.join(map(str, sizes))}"
 
     def part_text(self, match, begin, end, total):

@@ -40,8 +40,8 @@ def wide_findings(path):
 
 
 def sizes_of(name):
-    vocab = EXPECTED[name]["vocab"]
-    return [e - b for b, e in chunk_bounds(vocab, chunk_count(vocab))]
+    vocab, align = EXPECTED[name]["vocab"], EXPECTED[name]["align"]
+    return [e - b for b, e in chunk_bounds(vocab, chunk_count(vocab, align=align), align)]
 
 
 def description(path):
