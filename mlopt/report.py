@@ -222,7 +222,8 @@ def _op_table(f, after):
 
 
 def _lint_line(f):
-    """'lint: 4 findings fixed (fp32 4), 2 remain (fp32 2) on layer_norm 'x', mul 'y'', when the function has Neural Engine lint findings
+    """'lint: 4 findings fixed (fp32 4), 2 remain (fp32 2)', and where a remaining one moved to another op (a split
+    head's concat: 'dim-over-16384 now on concat 'logits' (was linear)'), when the function has Neural Engine lint findings
     before or after (mlopt lint lists them)."""
     if not f.lint or not any(f.lint.values()):
         return []
@@ -234,8 +235,10 @@ def _lint_line(f):
     fixed, remaining, introduced = f.lint["fixed"], f.lint["remaining"], f.lint["introduced"]
     line = f"    lint: {len(fixed)} finding{'s' * (len(fixed) != 1)} fixed{counted(fixed)}, "
     line += f"{len(remaining)} remain{'s' * (len(remaining) == 1)}{counted(remaining)}"
-    if remaining:  # where they are now: a rewrite may leave a finding on the op that took the value's name
-        line += " on " + ", ".join(f"{x['op_type']} '{x['op']}'" for x in remaining[:3]) + (", ..." if len(remaining) > 3 else "")
+    moved = [x for x in remaining if "was" in x]  # now on another op: a split head's finding on its concat
+    if moved:
+        line += ", " + ", ".join(f"{x['code']} now on {x['op_type']} '{x['op']}' (was {x['was']})" for x in moved[:3])
+        line += ", ..." if len(moved) > 3 else ""
     if introduced:
         line += f", {len(introduced)} introduced{counted(introduced)}"
     return [line + " (mlopt lint lists them)"]
