@@ -250,10 +250,10 @@ def _output_lines(f):
     for o in f.outputs:
         ranges = ", ".join(f"{name} [{sum(o.sizes[:i])}:{sum(o.sizes[:i + 1])}]" for i, name in enumerate(o.parts))
         if o.status in ("split", "would split"):
-            where = ", ".join(o.descriptions) or "no model description lists this function"
+            where = f"described in {', '.join(o.descriptions)}" if o.descriptions else "no model description lists this function"
             verb = "is now" if o.status == "split" else "would be"
             lines.append(f"    interface changed: output '{o.output}' {verb} {len(o.parts)} outputs along axis {o.axis}: {ranges}")
-            lines.append(f"                   to get '{o.output}' back, {o.reassembly()} (described in {where}; "
+            lines.append(f"                   to get '{o.output}' back, {o.reassembly()} ({where}; "
                          "recorded in the metadata for mlopt verify)")
         elif o.status == "available":
             lines.append(f"    output '{o.output}' is reassembled by a concat as wide as the head was; --split-outputs "

@@ -31,6 +31,7 @@ from ..package.proto import MIL_pb2
 from .apply import const_feeders, dead_ops, rebuild_blocks
 
 METADATA_KEY = "com.github.mlopt.split_outputs"  # JSON: {function: {output: {"axis", "parts", "sizes"}}}
+MAX_RECORD = 1 << 20  # characters: a record longer than this is not one mlopt wrote
 SPLIT, WOULD_SPLIT, AVAILABLE, KEPT = "split", "would split", "available", "kept whole"
 PER_PART = ("cast", "identity", "transpose", "squeeze", "expand_dims", "reshape")
 
@@ -128,9 +129,11 @@ def recorded_splits(spec):
     """{function: {output: {"axis", "parts", "sizes"}}} as optimize --split-outputs recorded it; {} if none or if
     the metadata value is not what mlopt writes."""
     text = spec.description.metadata.userDefined.get(METADATA_KEY)
+    if not text or len(text) > MAX_RECORD:
+        return {}
     try:
-        record = json.loads(text) if text else {}
-    except ValueError:
+        record = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: not mlopt's record
         return {}
     if not isinstance(record, dict):
         return {}

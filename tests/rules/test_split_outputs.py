@@ -326,3 +326,34 @@ def test_each_function_of_a_multifunction_package_gets_its_own_description(tmp_p
     assert list(main_view(only, "main").main.outputs) == ["logits"]
     assert json.loads(desc.metadata.userDefined[METADATA_KEY]).keys() == {"decode"}
     assert verify_packages(src, only).passed
+
+
+def test_a_function_no_description_lists_is_split_and_the_report_says_so(tmp_path):
+    """A function with no entry in description.functions (a hand-edited package): its program changes, no
+    description can, and the report says that no description lists it."""
+    src = _multifunction(tmp_path)
+
+    def drop_decode(spec):
+        kept = [f for f in spec.description.functions if f.name != "decode"]
+        del spec.description.functions[:]
+        spec.description.functions.extend(kept)
+
+    _edit_spec(src, drop_decode)
+    report = optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES, split_outputs=True, functions=["decode"])
+    [split] = [o for f in report.functions for o in f.outputs]
+    assert (split.status, split.descriptions) == ("split", [])
+    assert ("                   to get 'logits' back, concatenate logits_0, logits_1 along axis 2 in order (no model "
+            "description lists this function; recorded in the metadata for mlopt verify)") in report.render().splitlines()
+
+
+@pytest.mark.parametrize("record", ["[" * 100_000, "not json", '{"main": {"logits": {"axis": "2", "parts": []}}}',
+                                    '{"main": {"logits": {"axis": 2, "parts": ["logits_0", "nope"]}}}'])
+def test_verify_ignores_a_record_mlopt_did_not_write(record, tmp_path):
+    """A metadata value under mlopt's key that is not its record (hostile, truncated, naming outputs the model
+    lacks) ties nothing: the output is missing and says so, never an internal error."""
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES, split_outputs=True)
+    _edit_spec(out, lambda spec: spec.description.metadata.userDefined.__setitem__(METADATA_KEY, record))
+    result = verify_packages(src, out)
+    [check] = result.checks
+    assert not result.passed and check.problem.startswith(f"output missing in {result.candidate}, which returns logits_0, logits_1")
