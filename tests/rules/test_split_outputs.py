@@ -357,3 +357,24 @@ def test_verify_ignores_a_record_mlopt_did_not_write(record, tmp_path):
     result = verify_packages(src, out)
     [check] = result.checks
     assert not result.passed and check.problem.startswith(f"output missing in {result.candidate}, which returns logits_0, logits_1")
+
+
+def test_the_parts_take_the_place_of_the_output_among_others(tmp_path):
+    """A function returning the head and another output: the parts stand where the head stood, in the program and
+    in the description."""
+    src = _head_program(tmp_path, extra="features")
+    out = str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES, split_outputs=True)
+    assert list(main_view(src).main.outputs) == ["logits", "features"]
+    assert list(main_view(out).main.outputs) == ["logits_0", "logits_1", "features"]
+    assert [f.name for f in description(out).output] == ["logits_0", "logits_1", "features"]
+    assert output_feature(description(out), "features") == output_feature(description(src), "features")
+
+
+def test_batch_mode_lists_the_models_whose_interface_changed(capsys, tmp_path):
+    code, out, _ = run(capsys, "optimize", fixture_path("llama_32000_fp16_ios17", FOLDER), fixture_path("head_16384_fp16_ios17", FOLDER),
+                       "--out-dir", tmp_path / "again", "--split-outputs")
+    assert code == 0
+    assert out.splitlines()[-1] == ("interface changed (--split-outputs; --json says how to reassemble): "
+                                    f"{fixture_path('llama_32000_fp16_ios17', FOLDER)}")
+    assert [f.name for f in description(str(tmp_path / "again" / "llama_32000_fp16_ios17.mlpackage")).output] == ["logits_0", "logits_1"]
