@@ -9,6 +9,7 @@ Prints one line per model and step. docs/rules.md (split_wide) quotes a run. Not
 models: each is converted the way coremltools' documentation shows (`ct.convert` of a traced module).
 """
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -91,9 +92,7 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("transformers") is None:
         sys.exit("this example needs transformers (pip install transformers) besides torch and coremltools")
     if len(sys.argv) > 1:
         os.makedirs(sys.argv[1], exist_ok=True)
