@@ -22,6 +22,7 @@ from mlopt.report import REWRITTEN
 from mlopt.rewrites.output_parts import METADATA_KEY
 from mlopt.rules import split_wide
 from mlopt.rules.split_wide_pattern import MAX_CHANNELS, chunk_bounds, chunk_count
+from test_split_wide import blob_records, referenced_offsets
 
 FOLDER = "wide"
 EXPECTED = json.load(open(os.path.join(os.path.dirname(fixture_path("x", FOLDER)), "expected.json")))
@@ -316,6 +317,10 @@ def test_each_function_of_a_multifunction_package_gets_its_own_description(tmp_p
     assert [[o.name for o in f.output] for f in desc.functions] == [["logits_0", "logits_1"]] * 2
     assert not desc.output  # a multifunction description keeps no top-level outputs
     assert json.loads(desc.metadata.userDefined[METADATA_KEY]).keys() == {"main", "decode"}
+    # the two functions share the head's weight (coremltools deduplicates it); they share its chunks too
+    records, _ = blob_records(out)
+    assert [offset for offset, _ in records] == referenced_offsets(out)
+    assert sum(n for _, n in records) == sum(n for _, n in blob_records(src)[0])
     result = verify_packages(src, out)
     assert result.passed and sorted((c.function, c.output) for c in result.checks) == [("decode", "logits"), ("main", "logits")]
 
