@@ -20,7 +20,7 @@ as a classifier's predicted feature keeps the concat. How to reassemble is recor
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,9 +49,6 @@ class OutputSplit:
     sizes: list = field(default_factory=list)  # each part's size along `axis`
     reason: str = None  # KEPT: why
     descriptions: list = field(default_factory=list)  # which model descriptions list the parts
-
-    def to_dict(self):
-        return asdict(self)
 
     def reassembly(self):
         """'concatenate logits_0, logits_1 along axis 2 in order'."""
