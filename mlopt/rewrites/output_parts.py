@@ -9,7 +9,8 @@ split head is itself as wide as the head was (docs/lint.md, `dim-over-16384`).
 
 The change is exact by construction: each part is the concat's input, and every PER_PART op computes on a slice
 along the axis what it computed on the whole (a cast, an identity, a transpose, a squeeze or expand_dims or a
-reshape that only adds or removes size-1 axes). Anything else keeps the concat, with the reason.
+reshape that only adds or removes size-1 axes, an elementwise op whose other inputs are single constant numbers).
+Anything else keeps the concat, with the reason.
 
 The function's interface changes, so the model description changes with it: every description of the function
 (`description.functions[name]`, and the top-level `description.output`, which describes the default function)
@@ -33,7 +34,13 @@ from .apply import const_feeders, dead_ops, rebuild_blocks
 METADATA_KEY = "com.github.mlopt.split_outputs"  # JSON: {function: {output: {"axis", "parts", "sizes"}}}
 MAX_RECORD = 1 << 20  # characters: a record longer than this is not one mlopt wrote
 SPLIT, WOULD_SPLIT, AVAILABLE, KEPT = "split", "would split", "available", "kept whole"
-PER_PART = ("cast", "identity", "transpose", "squeeze", "expand_dims", "reshape")
+RESHAPING = ("cast", "identity", "transpose", "squeeze", "expand_dims", "reshape")
+# elementwise ops that act on each part alike when every other input is one constant number (Gemma 2's logit
+# soft-capping, tanh(logits / 30) * 30; a temperature)
+ELEMENTWISE = ("mul", "add", "sub", "real_div", "maximum", "minimum", "pow", "tanh", "sigmoid", "relu", "clip", "exp",
+               "log", "sqrt", "rsqrt", "abs", "square", "inverse", "gelu", "silu", "softplus", "erf", "floor", "ceil",
+               "round", "sign", "threshold")
+PER_PART = RESHAPING + ELEMENTWISE
 
 
 @dataclass
@@ -168,11 +175,11 @@ def _plan(view, rule, value):
         if len(uses) != 1 or uses[0].op is None:
             kinds = ", ".join(sorted({u.op.type if u.op is not None else "a block output" for u in uses})) or "nothing"
             return kept(f"'{current}' is no function output: it is read by {len(uses)} ops ({kinds})")
-        op = uses[0].op
-        if view.block(op) is not view.main or op.type not in PER_PART:
+        op, param = uses[0].op, uses[0].param
+        if view.block(op) is not view.main or op.type not in PER_PART or not _reads_one_tensor(view, op, param):
             return kept(f"'{current}' is no function output: {op.type} '{op_name(op)}' reads it, which does not act "
                         "on each part alike")
-        path.append(op)
+        path.append((op, param))
         current = op.outputs[0].name
     result.output = current
     if outputs.count(current) != 1:
@@ -192,8 +199,8 @@ def _plan(view, rule, value):
     sizes = [view.dim(part, axis) if part is not None else None for part in parts]
     if None in sizes:
         return kept("a part's size along the concat axis is unknown")
-    for op in path:
-        axis, why = _axis_after(view, op, axis, sizes)
+    for op, param in path:
+        axis, why = _axis_after(view, op, axis, sizes, param)
         if why:
             return kept(f"'{op.outputs[0].name}' ({op.type}): {why}")
     result.axis, result.sizes = axis, sizes
@@ -209,10 +216,27 @@ def _dims(view, value):
     return [view.dim(value, i) for i in range(view.rank(value))]
 
 
-def _axis_after(view, op, axis, sizes):
-    """(the parts' axis in `op`'s output, None) or (None, why `op` does not act on each part alike)."""
-    if op.type in ("cast", "identity"):
-        return axis, None
+def _reads_one_tensor(view, op, param):
+    """True if `op` reads one tensor, at `param`, and every other input is a constant of at most one element (or
+    a reshaping op's shape, perm or axes): then it acts on a slice of that tensor as on the whole."""
+    if param != "x" and op.type in RESHAPING:
+        return False
+    for other, argument in op.inputs.items():
+        if other == param:
+            if len(argument.arguments) != 1:
+                return False
+            continue
+        value = view.const(op, other)
+        if value is None or (op.type in ELEMENTWISE and np.asarray(value).size > 1):
+            return False
+    return True
+
+
+def _axis_after(view, op, axis, sizes, param="x"):
+    """(the parts' axis in `op`'s output, None) or (None, why `op` does not act on each part alike). `param`: the
+    input reading the parts."""
+    if op.type in ("cast", "identity") or op.type in ELEMENTWISE:  # a one-element constant may add leading axes
+        return axis + view.rank(op.outputs[0].name) - view.rank(view.arg(op, param)), None
     if op.type == "transpose":
         perm = view.const(op, "perm")
         if perm is None:
@@ -243,12 +267,12 @@ def _apply(view, split, path):
     new_ops, renamed = [], {}
     for i, (part, name) in enumerate(zip(parts, split.parts)):
         current, axis = part, int(np.asarray(view.const(concat, "axis")).item()) % view.rank(split.value)
-        for k, op in enumerate(path):
+        for k, (op, param) in enumerate(path):
             last = k == len(path) - 1
-            axis_after, _ = _axis_after(view, op, axis, split.sizes)
+            axis_after, _ = _axis_after(view, op, axis, split.sizes, param)
             copy = MIL_pb2.Operation()
             copy.CopyFrom(op)
-            copy.inputs["x"].arguments[0].name = current
+            copy.inputs[param].arguments[0].name = current
             out = name if last else emitter.fresh(f"{op.outputs[0].name}_{i}")
             copy.outputs[0].name = out
             copy.outputs[0].type.CopyFrom(retyped(op.outputs[0].type, axis=axis_after, size=split.sizes[i]))
@@ -268,14 +292,15 @@ def _apply(view, split, path):
             else:
                 op, _ = emitter.op("identity", {"x": part}, view.types[part], output_name=name, base=f"{name}_identity")
                 new_ops.append(op)
-    doomed = {op_name(op) for op in [concat, *path]}
-    for op in [concat, *path]:
+    ops = [concat, *(op for op, _ in path)]
+    doomed = {op_name(op) for op in ops}
+    for op in ops:
         doomed.update(const_feeders(view, op))
     for op in view.main.operations:  # a part only the concat reads takes the output's name
         for out in op.outputs:
             if out.name in renamed:
                 out.name = renamed[out.name]
-    anchor = path[-1] if path else concat
+    anchor = path[-1][0] if path else concat
     rebuild_blocks([view.main], lambda op: new_ops if op is anchor else [op])
     outputs = list(view.main.outputs)
     at = outputs.index(split.output)

@@ -61,7 +61,7 @@ def test_lint_flags_the_head_before(name):
     findings = wide_findings(fixture_path(name, FOLDER))
     head = [f for f in findings if f[0] == head_op(name)]
     assert len(head) == 1, findings  # the head itself; ops reading it (a cast, a softmax) are flagged as well
-    assert {t for t, _ in findings} <= {head_op(name), "cast", "squeeze", "transpose", "softmax", "reduce_argmax"}
+    assert {t for t, _ in findings} <= {head_op(name), "cast", "squeeze", "transpose", "softmax", "reduce_argmax", "real_div", "tanh", "mul"}
 
 
 @pytest.mark.parametrize("name", RETURNED)
@@ -171,6 +171,32 @@ def test_forms_that_reach_the_output_through_per_part_ops(tmp_path):
     assert op_types(out) == ["conv"] * 10 + ["squeeze", "transpose"] * 10
     view = main_view(out)
     assert [[view.dim(o, i) for i in range(3)] for o in view.main.outputs] == [[1, 3, s] for s in sizes_of("anemll_151936_conv_squeeze_transpose_fp16_ios18")]
+
+    out = str(tmp_path / "gemma.mlpackage")  # Gemma 2's soft-capping: elementwise, by one constant number
+    optimize_package(fixture_path("gemma2_256000_softcap_fp16_ios18", FOLDER), out, rules=RULES, split_outputs=True)
+    assert op_types(out) == ["linear"] * 16 + ["real_div", "tanh", "mul"] * 16
+
+
+def test_an_elementwise_op_with_a_tensor_operand_keeps_the_concat(tmp_path):
+    """logits + a per-token bias vector: the bias would have to be cut too; the concat stays."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(10)
+    weight, bias = rng.standard_normal((16400, 4)).astype(np.float16), rng.standard_normal(16400).astype(np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 2, 4), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(h):
+        return mb.add(x=mb.linear(x=h, weight=weight, name="lm_head"), y=bias, name="logits")
+
+    src = str(tmp_path / "biased.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT16, skip_model_load=True).save(src)
+    report = optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES, split_outputs=True)
+    [split] = report.functions[0].outputs
+    assert (split.status, split.reason) == ("kept whole", "'lm_head' is no function output: add 'logits' reads it, which "
+                                                           "does not act on each part alike")
 
 
 @pytest.mark.parametrize("name, reason", [
