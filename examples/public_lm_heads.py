@@ -1,9 +1,9 @@
-"""Lint and split the LM head of public architectures, as a new user would: GPT-2, Qwen2 and Llama built by
+"""Lint and split the LM head of public architectures, as a new user would: GPT-2, Qwen2, Gemma 2 and Llama built by
 Hugging Face transformers from their configs (real vocabulary sizes, small hidden sizes, random weights),
 converted with coremltools, then `mlopt lint`, `optimize` with and without `--split-outputs`, and `verify`.
 
     pip install transformers           # besides torch and coremltools; not needed by mlopt itself
-    python examples/public_lm_heads.py [OUT_DIR]
+    python examples/public_lm_heads.py [OUT_DIR [MODEL...]]
 
 Prints one line per model and step. docs/rules.md (split_wide) quotes a run. Nothing here is tuned to the
 models: each is converted the way coremltools' documentation shows (`ct.convert` of a traced module).
@@ -26,6 +26,10 @@ MODELS = {
     "qwen2_ios18_palettized": ("Qwen2Config", "Qwen2ForCausalLM", dict(vocab_size=151936, hidden_size=64, intermediate_size=128,
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                                max_position_embeddings=64), "iOS18", "palettize4_grouped16"),
+    "gemma2_ios18": ("Gemma2Config", "Gemma2ForCausalLM", dict(vocab_size=256000, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     max_position_embeddings=64, final_logit_softcapping=30.0, layer_types=["full_attention"] * 2),
+                     "iOS18", None),  # full attention: coremltools 9 does not convert the sliding-window mask (new_ones)
     "llama_ios18": ("LlamaConfig", "LlamaForCausalLM", dict(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64), "iOS18", None),
 }
@@ -71,12 +75,12 @@ def wide(report):
     return [f"{f.op_type} '{f.op}'" for f in report.findings if f.code == "dim-over-16384"]
 
 
-def main(out_dir):
+def main(out_dir, names=None):
     from mlopt import lint, optimize_package
     from mlopt.analyses.verify import verify_packages
     from mlopt.package import read_package
 
-    for name in MODELS:
+    for name in names or MODELS:
         src = os.path.join(out_dir, f"{name}.mlpackage")
         convert(name, src)
         print(f"{name}: lint before: dim-over-16384 on {', '.join(wide(lint(src))) or 'nothing'}")
@@ -94,9 +98,9 @@ def main(out_dir):
 if __name__ == "__main__":
     if importlib.util.find_spec("transformers") is None:
         sys.exit("this example needs transformers (pip install transformers) besides torch and coremltools")
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 1:  # OUT_DIR [MODEL...]
         os.makedirs(sys.argv[1], exist_ok=True)
-        main(sys.argv[1])
+        main(sys.argv[1], sys.argv[2:])
     else:
         with tempfile.TemporaryDirectory() as folder:
             main(folder)
