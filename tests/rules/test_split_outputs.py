@@ -409,3 +409,27 @@ def test_batch_mode_lists_the_models_whose_interface_changed(capsys, tmp_path):
     assert out.splitlines()[-1] == ("interface changed (--split-outputs; --json says how to reassemble): "
                                     f"{fixture_path('llama_32000_fp16_ios17', FOLDER)}")
     assert [f.name for f in description(str(tmp_path / "again" / "llama_32000_fp16_ios17.mlpackage")).output] == ["logits_0", "logits_1"]
+
+
+def test_top_level_outputs_describe_the_default_function_only(tmp_path):
+    """A multifunction description that also lists top-level outputs (they describe the default function, main):
+    splitting main updates both; splitting decode leaves them; a top-level list that lacks the output keeps
+    main's concat, with the reason."""
+    src = _multifunction(tmp_path)
+    _edit_spec(src, lambda spec: spec.description.output.extend(spec.description.functions[0].output))
+    assert [o.name for o in description(src).output] == ["logits"]
+
+    both = str(tmp_path / "both.mlpackage")
+    report = optimize_package(src, both, rules=RULES, split_outputs=True)
+    assert {f.name: f.outputs[0].descriptions for f in report.functions} == {
+        "main": ["description.functions['main']", "description.output"], "decode": ["description.functions['decode']"]}
+    assert [o.name for o in description(both).output] == ["logits_0", "logits_1"]
+
+    decode = str(tmp_path / "decode.mlpackage")
+    optimize_package(src, decode, rules=RULES, split_outputs=True, functions=["decode"])
+    assert [o.name for o in description(decode).output] == ["logits"]
+
+    _edit_spec(src, lambda spec: setattr(spec.description.output[0], "name", "scores"))
+    report = optimize_package(src, str(tmp_path / "refused.mlpackage"), rules=RULES, split_outputs=True)
+    splits = {f.name: (f.outputs[0].status, f.outputs[0].reason) for f in report.functions}
+    assert splits == {"main": ("kept whole", "description.output does not list output 'logits' once"), "decode": ("split", None)}
