@@ -259,7 +259,7 @@ def _output_lines(f):
             lines.append(f"    output '{o.output}' is reassembled by a concat as wide as the head was; --split-outputs "
                          f"returns its {len(o.parts)} parts as separate outputs {', '.join(o.parts)} instead")
         else:
-            lines.append(f"    output '{o.output}' kept whole (the concat stays): {o.reason}")
+            lines.append(f"    --split-outputs: '{o.output}' kept whole (the concat stays): {o.reason}")
     return lines
 
 

@@ -213,7 +213,7 @@ def test_a_head_that_is_not_only_returned_keeps_its_concat(name, reason, tmp_pat
     assert description(out).output == description(src).output
     assert "concat" in op_types(out)
     assert verify_packages(src, out).passed
-    assert f"    output 'logits' kept whole (the concat stays): {reason}" in report.render().splitlines()
+    assert f"    --split-outputs: 'logits' kept whole (the concat stays): {reason}" in report.render().splitlines()
 
 
 def test_dry_run_says_what_would_change_and_writes_nothing(tmp_path):
