@@ -15,7 +15,7 @@ log = logging.getLogger("mlopt")
 def optimize_package(
     in_path, out_path=None, compute_units="CPU_AND_NE", force: bool = False, dry_run: bool = False, verify: bool = True,
     link: bool = False, only=None, skip=(), functions=None, rules=None, headroom: bool = False,
-    headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0,
+    headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0, split_outputs: bool = False,
 ) -> Report:
     """Optimize the package at `in_path` into `out_path` and return a Report.
 
@@ -24,7 +24,9 @@ def optimize_package(
     `verify=False` skips the numerical self-check. `link` hard-links the output's files (weights) to the input's
     instead of copying them. `only` / `skip` (chain anchor op names, as the report shows them) and `functions`
     (function names) limit what is rewritten; everything else is copied as it is. `rules` is the rule set (a
-    tuple of rules/base.Rule; default: the registry).
+    tuple of rules/base.Rule; default: the registry). `split_outputs` changes the model's interface where a split
+    head is a function output: the function returns the chunks as outputs `<output>_0 ... <output>_{k-1}` instead
+    of their concat (docs/rules.md, split_wide); the report says how to reassemble them.
 
     `headroom` runs the fp16_headroom rule (docs/headroom.md) after the others, as a second pass over the
     rewritten program: residual streams scaled by a power of two so that their float64 peak leaves
@@ -45,19 +47,19 @@ def optimize_package(
                 from .package import destination
 
                 destination.check(destination.Destination.of(out_path), package, force)
-            report.functions, new_blobs = _analyse(package, units, verify, selection, passes, dry_run=True)
+            report.functions, new_blobs = _analyse(package, units, verify, selection, passes, split_outputs, dry_run=True)
             new_blobs.reader.close()
             return report
-        return _write(package, report, out_path, force, link, units, verify, selection, passes)
+        return _write(package, report, out_path, force, link, units, verify, selection, passes, split_outputs)
     finally:
         package.close()
 
 
-def _write(package, report, out_path, force, link, units, verify, selection, passes):
+def _write(package, report, out_path, force, link, units, verify, selection, passes, split_outputs):
     # The copy starts first and runs in the background while the spec is parsed, the analysis imported and
     # run: a large model costs about its copy. A spec that turns out bad aborts the writer: nothing is left.
     with PackageWriter(package, out_path, force=force, link=link) as writer:
-        report.functions, new_blobs = _analyse(package, units, verify, selection, passes)
+        report.functions, new_blobs = _analyse(package, units, verify, selection, passes, split_outputs)
         try:
             # an unchanged model file is copied as bytes, not re-serialised; weight files that receive new blobs
             # are written anew (package/weight_writer.py)
@@ -115,7 +117,7 @@ def _merge(first, second):
     return first
 
 
-def _analyse(package, units, verify, selection, passes, dry_run=False):
+def _analyse(package, units, verify, selection, passes, split_outputs=False, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it, once per rule
     set in `passes` (the headroom pass runs on the program the first pass rewrote, so it sees the norms in their
     final form): (function reports, the NewBlobs the rewrites added, to write with the package; its reader is
@@ -136,6 +138,7 @@ def _analyse(package, units, verify, selection, passes, dry_run=False):
                 package.spec, units, dry_run=dry_run, blobs=blobs if k == 0 else new_blobs.reader_overlay(),
                 verify=verify, validated=True, selection=selection, model_path=package.model_path, label=package.path,
                 rules=rule_set, new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+                split_outputs=split_outputs and k == 0,
             )
             functions = reports if functions is None else _merge(functions, reports)
         _warn_over_passes(selection, functions, package.path, passes)
@@ -166,7 +169,8 @@ def _skip_reason(units, rules=None):
 
 
 def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: bool = False, rules=None,
-             headroom: bool = False, headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0):
+             headroom: bool = False, headroom_target: float = 2, inputs=None, seed: int = 0, scale: float = 1.0,
+             split_outputs: bool = False):
     """Return a new `coremltools.models.MLModel` with every chain the rules match rewritten; with `report=True`,
     the pair `(model, Report)`.
 
@@ -179,6 +183,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     coremltools'); `optimize_package` writes it. `headroom` and its options: as for `optimize_package`; the
     audit needs the model's saved package (`package_path`), and a stored weight it would scale is scaled by an
     inserted mul instead only where the rule can (else that stream is left alone with the reason).
+    `split_outputs`: as for `optimize_package` (the returned model's description lists the parts).
     """
     import warnings
 
@@ -211,7 +216,8 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
         check_blob_references(spec, blobs)
         for k, rule_set in enumerate(passes):
             reports = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                       rules=rule_set, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1)
+                                       rules=rule_set, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+                                       split_outputs=split_outputs and k == 0)
             result.functions = reports if k == 0 else _merge(result.functions, reports)
         _warn_over_passes(None, result.functions, source, passes)
     finally:

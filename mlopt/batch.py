@@ -82,6 +82,9 @@ class BatchResult:
         chains = sum(i.rewrites for i in self.items)
         dry = " (dry run: nothing written)" if self.dry_run else ""
         lines.append(f"{len(self.items)} model{'s' * (len(self.items) != 1)}: {counts}; {chains} chain{'s' * (chains != 1)} rewritten{dry}")
+        changed = [i.input for i in self.items if i.report and i.report.get("interface_changed")]
+        if changed:  # --split-outputs: these return other outputs than their inputs (each model's report says which)
+            lines.append(f"interface changed (--split-outputs; --json says how to reassemble): {', '.join(changed)}")
         return lines_text(lines)
 
     def to_dict(self):

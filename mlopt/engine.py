@@ -23,6 +23,7 @@ from .numerics.selfcheck import CheckResult
 from .package.weights import BlobReader
 from .report import LEFT_ALONE, MATCHED, REWRITTEN, WOULD_REWRITE, ChainReport, FunctionReport
 from .rewrites import apply_rewrites, plan_rewrites
+from .rewrites.output_parts import OutputParts
 from . import rules as registry
 from .selection import Selection
 
@@ -38,6 +39,7 @@ def provenance_key(rule):
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
     validated=False, selection=None, label=None, rules=None, new_blobs=None, lint=None, warn=True,
+    split_outputs=False,
 ):
     """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
@@ -55,21 +57,27 @@ def optimize_spec(
     (`FunctionReport.lint`): the API passes analyses/lint.rewrite_changes, which sits above this layer. `warn`
     False leaves the warning about --only/--skip/--function names that name nothing to a caller that runs several
     passes (`warn_unmatched` over all of them).
+    `split_outputs` lets a rule whose replacement is separable (`Rule.separable_output`) return its parts as
+    separate function outputs where its result is one (rewrites/output_parts.py); the model description and
+    metadata follow. Without it the interface never changes, and each report says where it could
+    (`FunctionReport.outputs`).
     """
     if not validated:
         validate_program(spec, model_path or model_dir or "the model")
     rules = registry.rule_set(rules)
     selection = selection or Selection()
     rewriting = {rule.name for rule in rules if rule.applies(compute_units)}
+    outputs = OutputParts(spec, enabled=split_outputs, dry_run=dry_run)
     owned = blobs is None and model_dir is not None
     blobs = BlobReader(model_dir) if owned else blobs
     try:
         reports = [_optimize_function(name, spec.mlProgram.functions[name], rules, rewriting, dry_run, blobs, verify,
-                                      selection, new_blobs, lint)
+                                      selection, new_blobs, lint, outputs)
                    for name in sorted(spec.mlProgram.functions)]
     finally:
         if owned:
             blobs.close()
+    outputs.finish()
     if warn:
         warn_unmatched(selection, reports, label or model_path or model_dir, rules)
     rewrites = Counter(c.rule for f in reports for c in f.chains if c.status == REWRITTEN)
@@ -78,7 +86,7 @@ def optimize_spec(
     return reports
 
 
-def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify, selection, new_blobs, lint=None):
+def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify, selection, new_blobs, lint=None, outputs=None):
     if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
         copy = type(function)()
         copy.CopyFrom(function)
@@ -113,6 +121,8 @@ def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify,
         report.chains.append(chain)
         log.debug("function %s: %s %s: %s (ops %s)", name, chain.status, c.anchor, chain.reason or c.form, ", ".join(c.ops))
     apply_rewrites(view, keep)
+    if outputs is not None and keep:
+        report.outputs = outputs.split(name, function, keep)
     rewritten = SpecGraph(name, function) if keep else None
     after = op_counts(rewritten) if keep else before
     report.ops = {t: [before.get(t, 0), after.get(t, 0)] for t in sorted(set(before) | set(after))}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 SCHEMA = 1
 REWRITTEN, WOULD_REWRITE, MATCHED, LEFT_ALONE = "rewritten", "would rewrite", "matched", "left alone"
-INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run", "audit")  # optimize-only fields
+INSPECT_OMITS = ("output", "written", "copy_method", "housekeeping", "dry_run", "audit", "interface_changed")  # optimize-only fields
 
 
 @dataclass
@@ -59,6 +59,7 @@ class FunctionReport:
     ops: dict = field(default_factory=dict)  # op type -> [count before, count after], constants excluded
     note: str = None  # why the function has no candidates, or was not selected
     lint: dict = None  # Neural Engine lint findings the rewrite fixed, left and introduced (analyses/lint.changes)
+    outputs: list = field(default_factory=list)  # rewrites/output_parts.OutputSplit: outputs returned (or returnable) as parts
 
     def count(self, *statuses):
         return sum(c.status in statuses for c in self.chains)
@@ -86,6 +87,11 @@ class Report:
         return sum(f.count(REWRITTEN, WOULD_REWRITE) for f in self.functions)
 
     @property
+    def interface_changed(self):
+        """True when a function returns other outputs than before (`--split-outputs`; in a dry run: would)."""
+        return any(o.status in ("split", "would split") for f in self.functions for o in f.outputs)
+
+    @property
     def left_alone(self):
         return sum(f.count(LEFT_ALONE) for f in self.functions)
 
@@ -94,7 +100,8 @@ class Report:
         return sum(len(f.chains) for f in self.functions)
 
     def to_dict(self):
-        counts = dict(rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates)
+        counts = dict(rewrites=self.rewrites, left_alone=self.left_alone, candidates=self.candidates,
+                      interface_changed=self.interface_changed)
         d = asdict(self)
         if d["audit"] is None:  # only `optimize --audit` reports it
             del d["audit"]
@@ -121,6 +128,7 @@ class Report:
                 lines += _chain_lines(c, verbose)
             lines += _op_table(f, "after (dry run)" if self.dry_run else "after")
             lines += _lint_line(f)
+            lines += _output_lines(f)
         return lines_text(lines + self._footer())
 
     def _footer(self):
@@ -214,7 +222,8 @@ def _op_table(f, after):
 
 
 def _lint_line(f):
-    """'lint: 4 findings fixed (fp32 4), 2 remain (fp32 2)', when the function has Neural Engine lint findings
+    """'lint: 4 findings fixed (fp32 4), 2 remain (fp32 2)', and where a remaining one moved to another op (a split
+    head's concat: 'dim-over-16384 now on concat 'logits' (was linear)'), when the function has Neural Engine lint findings
     before or after (mlopt lint lists them)."""
     if not f.lint or not any(f.lint.values()):
         return []
@@ -226,9 +235,32 @@ def _lint_line(f):
     fixed, remaining, introduced = f.lint["fixed"], f.lint["remaining"], f.lint["introduced"]
     line = f"    lint: {len(fixed)} finding{'s' * (len(fixed) != 1)} fixed{counted(fixed)}, "
     line += f"{len(remaining)} remain{'s' * (len(remaining) == 1)}{counted(remaining)}"
+    moved = [x for x in remaining if "was" in x]  # now on another op: a split head's finding on its concat
+    if moved:
+        line += ", " + ", ".join(f"{x['code']} now on {x['op_type']} '{x['op']}' (was {x['was']})" for x in moved[:3])
+        line += ", ..." if len(moved) > 3 else ""
     if introduced:
         line += f", {len(introduced)} introduced{counted(introduced)}"
     return [line + " (mlopt lint lists them)"]
+
+
+def _output_lines(f):
+    """What became of each function output a split could return as parts (rewrites/output_parts.py)."""
+    lines = []
+    for o in f.outputs:
+        ranges = ", ".join(f"{name} [{sum(o.sizes[:i])}:{sum(o.sizes[:i + 1])}]" for i, name in enumerate(o.parts))
+        if o.status in ("split", "would split"):
+            where = f"described in {', '.join(o.descriptions)}" if o.descriptions else "no model description lists this function"
+            verb = "is now" if o.status == "split" else "would be"
+            lines.append(f"    interface changed: output '{o.output}' {verb} {len(o.parts)} outputs along axis {o.axis}: {ranges}")
+            lines.append(f"                   to get '{o.output}' back, {o.reassembly()} ({where}; "
+                         "recorded in the metadata for mlopt verify)")
+        elif o.status == "available":
+            lines.append(f"    output '{o.output}' is reassembled by a concat as wide as the head was; --split-outputs "
+                         f"returns its {len(o.parts)} parts as separate outputs {', '.join(o.parts)} instead")
+        else:
+            lines.append(f"    --split-outputs: '{o.output}' kept whole (the concat stays): {o.reason}")
+    return lines
 
 
 def printable(text):

@@ -96,7 +96,7 @@ def lint_function(view):
 def changes(before, after):
     """What a rewrite did to one function's findings (FunctionLints of the function before and after): the findings
     it fixed, those that remain and those it introduced, matched by op output name and code, each as a compact dict
-    (op, op_type, code, detail). A rewrite keeps the names of the values it replaces, so a finding on a replaced
+    (op, op_type, code, detail; a remaining one now on another op type says which it was on: `was`). A rewrite keeps the names of the values it replaces, so a finding on a replaced
     value that persists is "remaining", whatever op now defines it."""
 
     def keyed(report):
@@ -107,9 +107,15 @@ def changes(before, after):
     def compact(findings):
         return [dict(op=f.op, op_type=f.op_type, code=f.code, detail=f.detail) for f in findings]
 
+    def moved(key, f):  # a finding now on another op type than before (a split head's concat took its name)
+        d = compact([f])[0]
+        if old[key].op_type != f.op_type:
+            d["was"] = old[key].op_type
+        return d
+
     return dict(
         fixed=compact(f for k, f in old.items() if k not in new),
-        remaining=compact(f for k, f in new.items() if k in old),
+        remaining=[moved(k, f) for k, f in new.items() if k in old],
         introduced=compact(f for k, f in new.items() if k not in old),
     )
 

@@ -29,6 +29,7 @@ from ..numerics.feeds import check_declared_sizes, check_given_names, check_run_
 from ..numerics.interpreter import InterpreterError, run_function
 from ..numerics.ops.registry import ACCUMULATE, accumulating
 from ..report import SCHEMA, json_safe, lines_text
+from ..rewrites.output_parts import recorded_splits
 from ..rules import find_candidates
 from .source import read_validated
 
@@ -143,7 +144,8 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         feeds, notes = function_feeds(reference_path, ref.spec, name, ref_view, report.seed, report.scale, given, inputs_path)
         report.notes += notes
         ref_out = _run(ref, ref_view, ref_blobs, feeds)
-        cand_out = _paired_outputs(report, name, ref_view, cand_view, _run(cand, cand_view, cand_blobs, feeds))
+        cand_out = _run(cand, cand_view, cand_blobs, feeds)
+        cand_out = _paired_outputs(report, name, ref_view, cand_view, _reassembled(report, name, ref, cand, ref_view, cand_out))
         exact, no_float64 = _float64_outputs(ref_view, ref_blobs, feeds, [o for o in ref_view.main.outputs if o in cand_out])
         if no_float64:
             report.notes.append(f"function '{name}': no float64 run ({no_float64}); judged by tolerance alone")
@@ -151,7 +153,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         verdicts = []
         for out in ref_view.main.outputs:
             if out not in cand_out:
-                report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=f"output missing in {candidate_path}"))
+                report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=_missing(out, candidate_path, cand_view)))
                 continue
             d = compare(
                 cand_out[out], ref_out[out],
@@ -201,6 +203,46 @@ def _paired_outputs(report, name, ref_view, cand_view, cand_out):
     report.notes.append(f"function '{name}': no output name in common; outputs paired by position: " + ", ".join(
         f"{r} ~ {c}" for r, c in zip(ref_names, cand_names)))
     return {r: cand_out[c] for r, c in zip(ref_names, cand_names) if c in cand_out}
+
+
+def _missing(output, candidate_path, cand_view):
+    """Why `output` cannot be compared: missing, and, where the candidate returns `<output>_0`, `<output>_1`, ...
+    without the record optimize --split-outputs writes, that those parts are not tied to it."""
+    parts = [o for o in cand_view.main.outputs if o.startswith(f"{output}_") and o[len(output) + 1:].isdigit()]
+    if not parts:
+        return f"output missing in {candidate_path}"
+    return (f"output missing in {candidate_path}, which returns {', '.join(parts)}: no optimize --split-outputs record "
+            "in its metadata says how they form it, so they are not compared with it")
+
+
+def _reassembled(report, name, ref, cand, ref_view, cand_out):
+    """The candidate's outputs with those `optimize --split-outputs` split (recorded in a model's metadata,
+    rewrites/output_parts.METADATA_KEY) put in the reference's form: the parts concatenated along the recorded
+    axis where the reference has the whole output, or the whole output cut into the parts where the reference
+    has them. A note names each; an output the record does not fit stays missing, and fails as such."""
+    wanted, out = list(ref_view.main.outputs), dict(cand_out)
+    for output, entry in recorded_splits(cand.spec).get(name, {}).items():
+        parts, axis = entry["parts"], entry["axis"]
+        if output not in wanted or output in out or not all(p in out for p in parts):
+            continue
+        try:
+            out[output] = np.concatenate([out[p] for p in parts], axis=axis)
+        except (ValueError, np.exceptions.AxisError):
+            continue
+        report.notes.append(f"function '{name}': '{output}' compared as {', '.join(parts)} concatenated along axis "
+                            f"{axis} in order, as optimize --split-outputs recorded in {cand.path}")
+    for output, entry in recorded_splits(ref.spec).get(name, {}).items():
+        parts, axis, sizes = entry["parts"], entry["axis"], entry.get("sizes")
+        whole = out.get(output)
+        if whole is None or not all(p in wanted and p not in out for p in parts) or not isinstance(sizes, list) \
+                or len(sizes) != len(parts) or not -whole.ndim <= axis < whole.ndim or sum(sizes) != whole.shape[axis]:
+            continue
+        bounds = np.cumsum([0, *sizes])
+        for part, begin, end in zip(parts, bounds, bounds[1:]):
+            out[part] = np.take(whole, np.arange(begin, end), axis=axis)
+        report.notes.append(f"function '{name}': '{output}' compared as its parts {', '.join(parts)} along axis {axis}, "
+                            f"as optimize --split-outputs recorded in {ref.path}")
+    return out
 
 
 def _run(package, view, blobs, feeds):

@@ -37,6 +37,13 @@ def add_parser(commands):
         help="hard-link the weights (and other unchanged files) instead of copying them; safe because packages are "
         "never edited in place, but an in-place edit of one would change both",
     )
+    p.add_argument(
+        "--split-outputs",
+        action="store_true",
+        help="where a split wide head is a function output, return its chunks as separate outputs <output>_0 ... "
+        "<output>_{k-1} instead of concatenating them (changes the model's interface; the report says how to "
+        "reassemble; docs/rules.md)",
+    )
     p.add_argument("--only", action="append", metavar="NAME", help="rewrite only rule NAME or the chain anchored at op NAME (repeatable; names as the report shows them)")
     p.add_argument("--skip", action="append", metavar="NAME", help="leave rule NAME or the chain anchored at op NAME alone (repeatable)")
     p.add_argument("--function", action="append", metavar="NAME", dest="functions", help="optimize only function NAME (repeatable)")
@@ -62,6 +69,7 @@ def run(args):
     options = dict(
         compute_units=args.compute_units, force=args.force, dry_run=args.dry_run, verify=not args.no_verify,
         link=args.link, only=args.only, skip=args.skip or (), functions=args.functions,
+        split_outputs=args.split_outputs,
     )
     audit_options = dict(inputs_path=args.inputs, seed=args.seed, scale=args.scale)
     if args.headroom:

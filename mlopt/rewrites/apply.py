@@ -71,17 +71,17 @@ def apply_rewrites(view, planned):
     for p in planned:
         for name in p.match.ops:
             candidates.add(name)
-            candidates.update(_const_feeders(view, view.op_by_name[name]))
-    _rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
+            candidates.update(const_feeders(view, view.op_by_name[name]))
+    rebuild_blocks(view.blocks, lambda op: replacement.get(id(op), [op]))
 
     new_names = {op_name(op) for p in planned for op in p.ops}
     spliced = SpecGraph(view.name, view.function)  # one index of the spliced function serves both steps
-    dead = _dead_ops(spliced, candidates - new_names)
-    _rebuild_blocks(spliced.blocks, lambda op: [] if op_name(op) in dead else [op])
+    dead = dead_ops(spliced, candidates - new_names)
+    rebuild_blocks(spliced.blocks, lambda op: [] if op_name(op) in dead else [op])
     return RewriteStats(ops_removed=len(planned) + len(dead), ops_added=sum(len(p.ops) for p in planned))
 
 
-def _rebuild_blocks(blocks, substitute):
+def rebuild_blocks(blocks, substitute):
     """Replace each op by `substitute(op)` (a list). Innermost blocks first: rebuilding a block copies its ops,
     so a nested block must be final before the op that holds it is copied."""
     for block in reversed(blocks):
@@ -92,7 +92,7 @@ def _rebuild_blocks(blocks, substitute):
         block.operations.extend(new_ops)
 
 
-def _const_feeders(view, op):
+def const_feeders(view, op):
     """The const ops, and constexpr ops (a compressed weight's decompression), feeding `op`: swept when the
     rewrite leaves them unused."""
     names = (view.arg(op, param) for param in op.inputs)
@@ -100,7 +100,7 @@ def _const_feeders(view, op):
             and (view.is_const(v) or view.producers[v].type.startswith("constexpr_"))]
 
 
-def _dead_ops(view, candidates):
+def dead_ops(view, candidates):
     """Names of candidate ops whose outputs end up unused once dead candidates are gone (a worklist on use counts)."""
     uses = Counter({value: len(u) for value, u in view.uses.items()})
     dead = set()

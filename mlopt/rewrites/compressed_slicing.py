@@ -15,8 +15,11 @@ parameter gets which slice, or raises LoweringFailed with the reason a form cann
   where the mask says) and constexpr_cast are not in SLICERS: the rule leaves them alone.
 """
 
+import math
+
 import numpy as np
 
+from ..graph.dtypes import SUB_BYTE
 from ..graph.values import decode_value
 from .builder import LoweringFailed
 
@@ -95,6 +98,34 @@ SLICERS = {
     "constexpr_blockwise_shift_scale": _blockwise,
     "constexpr_lut_to_dense": _lut,
 }
+
+
+BLOCKED = {"constexpr_blockwise_shift_scale": ("scale", "offset"), "constexpr_lut_to_dense": ("lut",)}
+PACKED = ("quantized_data", "data", "indices")  # parameters laid out like the weight, possibly bit-packed
+
+
+def row_alignment(op, weight_dims, axis):
+    """The multiple of rows along `axis` at which a chunk boundary cuts `op`'s stored parameters exactly: the
+    rows a per-block parameter holds one entry for (a grouped palette's LUT, a per-block scale), and the rows
+    whose sub-byte indices or data fill whole bytes. 1 when any boundary does, or when `plan` refuses the form
+    whatever the boundaries (it then says why)."""
+    if op.type not in SLICERS or None in weight_dims or not 0 <= axis < len(weight_dims):
+        return 1
+    rows, align = weight_dims[axis], 1
+    try:
+        for name in BLOCKED.get(op.type, ()):
+            value = _param(op, name)[1]
+            dims = _dims(value) if value is not None else []
+            if axis < len(dims) and dims[axis] and dims[axis] > 1 and rows % dims[axis] == 0:
+                align = math.lcm(align, rows // dims[axis])
+        for name in PACKED:
+            value = _param(op, name)[1]
+            if value is not None and value.type.tensorType.dataType in SUB_BYTE:
+                bits = SUB_BYTE[value.type.tensorType.dataType][0]
+                align = math.lcm(align, 8 // math.gcd(math.prod(weight_dims[axis + 1:]) * bits, 8))
+    except LoweringFailed:  # a parameter read from another op: plan refuses it with the reason
+        return 1
+    return align
 
 
 def plan(op, weight_dims, axis, begin, end):

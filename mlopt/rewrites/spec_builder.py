@@ -5,6 +5,7 @@ concat, ...); the final value takes the replaced output's declared type exactly.
 """
 
 import math
+import weakref
 
 import numpy as np
 
@@ -16,6 +17,11 @@ from ..package.proto import MIL_pb2
 from . import compressed_scaling, compressed_slicing
 from .builder import LoweringFailed, broadcast_dims, slice_masks
 from .opset_rules import epsilon_dtype, folds_params
+
+
+# new blob offset of every slice of a stored weight already registered, per run (package/weight_writer.NewBlobs):
+# two functions of a multifunction package that share a head weight share its chunks too
+_SLICES = weakref.WeakKeyDictionary()
 
 
 class SpecBuilder:
@@ -190,12 +196,20 @@ class SpecBuilder:
         dims, dtype = self._blob_layout(value, stored)
         blob = stored.blobFileValue
         try:
-            offset = self.new_blobs.add_slice(blob.fileName, blob.offset, NUMPY[dtype], dims, axis, begin, end)
+            offset = self._add_slice(blob.fileName, blob.offset, NUMPY[dtype], dims, axis, begin, end)
         except ValueError as e:
             raise LoweringFailed(str(e)) from None
         shape = list(dims)
         shape[axis] = end - begin
         return self._stored_const(blob.fileName, offset, dtype, shape)
+
+    def _add_slice(self, file_name, offset, np_dtype, dims, axis, begin, end):
+        """The new blob holding a slice of a stored blob: registered once per run, however many rewrites ask."""
+        memo = _SLICES.setdefault(self.new_blobs, {})
+        key = (file_name, int(offset), np.dtype(np_dtype).str, tuple(int(d) for d in dims), int(axis), int(begin), int(end))
+        if key not in memo:
+            memo[key] = self.new_blobs.add_slice(file_name, offset, np_dtype, dims, axis, begin, end)
+        return memo[key]
 
     def _compressed_slice(self, producer, value, axis, begin, end):
         """A new constexpr op of `producer`'s type computing value[begin:end] along `axis`: each of its stored
@@ -232,7 +246,7 @@ class SpecBuilder:
                 raise LoweringFailed(f"its '{name}' is stored as a type a new weight cannot be cut from")
             blob = held.blobFileValue
             try:
-                sliced.blobFileValue.offset = self.new_blobs.add_slice(blob.fileName, blob.offset, np_dtype, dims, axis, begin, end)
+                sliced.blobFileValue.offset = self._add_slice(blob.fileName, blob.offset, np_dtype, dims, axis, begin, end)
             except ValueError as e:
                 raise LoweringFailed(f"its '{name}': {e}") from None
             return sliced

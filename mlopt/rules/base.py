@@ -37,6 +37,10 @@ And declares, as class attributes (docs/writing-a-rule.md has the whole contract
   then allows the dtype's tolerance.
 - `operand_budget`: the most elements of one input the proof builds, or of one operand it computes in memory.
 - `lookalikes`: op types that look like what the rule rewrites but are not, each with why (the no-candidate note).
+- `separable_output`: True when the replacement ends in a `concat` of parts, each exact on its own, that the
+  function may return as separate outputs when the user asks (`optimize --split-outputs`,
+  rewrites/output_parts.py: the only rewrite that changes a function's interface); `part_text(match, begin, end,
+  total)` words what a part holds in the model description.
 
 Everything else - the engine, the proofs, report, `inspect`, `--only/--skip`, provenance, the conversion-time
 passes - iterates over a rule set (a tuple of rules; the registry of rules/__init__.py by default) and never names
@@ -130,6 +134,7 @@ class Rule:
     description = None  # one line on what it rewrites (the fused op's docstring at conversion time)
     saved_programs_only = False  # True: no conversion-time passes (a match with several sites is no fused op)
     looks_for = None  # what its anchors look like, for a function without candidates: "reduce_mean of a square"
+    separable_output = False  # its replacement is a concat whose parts may become separate outputs (--split-outputs)
 
     def match(self, graph, op):
         raise NotImplementedError
@@ -158,6 +163,10 @@ class Rule:
     def report_fields(self, match):
         """JSON fields of a match besides x/output/dtype and the operands: axes and the literal parameters."""
         return {"axes": list(match.axes), **match.params}
+
+    def part_text(self, match, begin, end, total):
+        """What one part of a separable output holds, for the model description: "elements 0 to 15999 of 32000"."""
+        return f"elements {begin} to {end - 1} of {total}"
 
     def accumulation_note(self, graph, anchor, match):
         """What `verify --accumulate fp16` should tell about this match (where it overflows), or None."""

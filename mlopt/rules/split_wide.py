@@ -15,12 +15,14 @@ chunk is a byte range of the original blob, appended by the weight-file writer (
 the original is dropped from weight.bin when nothing else reads it. A weight a tied embedding's gather also
 reads stays for the gather; the report's note says how many bytes the chunks add.
 
-The concat's output is as wide as before: lint still reports it (docs/lint.md). The rewrite pays only where
+The concat's output is as wide as before: lint still reports it (docs/lint.md). Where it is a function output
+(directly or through casts, transposes and reshapes), `optimize --split-outputs` returns the chunks as separate
+outputs instead, as ANEMLL does (`separable_output`, rewrites/output_parts.py). The rewrite pays only where
 the Neural Engine is targeted explicitly, so it rewrites with CPU_AND_NE only.
 """
 
 from .base import EXACT, INT, Rule
-from .split_wide_pattern import CONV, LINEAR, MATMUL_X, MATMUL_Y, MAX_CHANNELS, chunk_bounds, match_wide
+from .split_wide_pattern import CONV, LINEAR, MATMUL_Y, MAX_CHANNELS, chunk_bounds, match_wide
 
 
 class SplitWideRule(Rule):
@@ -30,11 +32,12 @@ class SplitWideRule(Rule):
     looks_for = f"linear, matmul with a constant operand or 1x1 conv with more than {MAX_CHANNELS} output channels"
     anchors = ("linear", "matmul", "conv")
     operands = ("weight", "bias")
-    params = ("chunks", "form", "weight_axis", "concat_axis", "transpose_x", "transpose_y")
+    params = ("chunks", "align", "form", "weight_axis", "concat_axis", "transpose_x", "transpose_y")
     param_types = {name: INT for name in params}
     proof = EXACT
     magnitudes = (1.0,)  # the chain is linear in x: whether the chunks hold the same rows does not depend on x's scale
     operand_budget = 2**22  # x of a wide head: (batch, sequence, hidden) stays far below this
+    separable_output = True  # --split-outputs: the chunks become outputs <output>_0 ... <output>_{k-1}
     units_reason = f"splitting below {MAX_CHANNELS} channels only pays where the Neural Engine is targeted explicitly (CPU_AND_NE)"
 
     def match(self, graph, op):
@@ -44,7 +47,7 @@ class SplitWideRule(Rule):
         weight, bias = m.operands["weight"], m.operands.get("bias")
         p = {k: int(v) for k, v in m.params.items()}
         parts = []
-        for begin, end in chunk_bounds(b.dim(weight, p["weight_axis"]), p["chunks"]):
+        for begin, end in chunk_bounds(b.dim(weight, p["weight_axis"]), p["chunks"], p.get("align", 1)):
             part = b.constant_slice(weight, p["weight_axis"], begin, end)
             part_bias = b.constant_slice(bias, 0, begin, end) if bias is not None else None
             if p["form"] == LINEAR:
@@ -75,8 +78,11 @@ class SplitWideRule(Rule):
         channels, chunks = match.facts.get("channels"), int(match.params["chunks"])
         if channels is None:
             return f"{chunks} chunks"
-        sizes = sorted({end - begin for begin, end in chunk_bounds(channels, chunks)}, reverse=True)
+        sizes = sorted({end - begin for begin, end in chunk_bounds(channels, chunks, int(match.params.get("align", 1)))}, reverse=True)
         return f"{channels} output channels -> {chunks} chunks of {' or '.join(map(str, sizes))}"
+
+    def part_text(self, match, begin, end, total):
+        return f"output channels {begin}-{end - 1} of {total} (an LM head's logits for token ids {begin}-{end - 1})"
 
     def report_fields(self, match):
         fields = {"axes": list(match.axes), "chunks": int(match.params["chunks"]), "op": ("linear", "matmul", "matmul", "conv")[int(match.params["form"])]}

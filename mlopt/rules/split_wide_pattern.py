@@ -7,7 +7,10 @@ no padding and one group (weight (C, D, 1, 1): a linear over the channel axis 1)
 (stored in weight.bin or immediate). The chunking is balanced: k = ceil(C / MAX_CHANNELS) chunks whose sizes differ by at most one,
 the larger ones first (32000 -> 16000 + 16000; 50257 -> 12565 + 3 x 12564). Balanced chunks keep
 every piece as far under the limit as k pieces allow; a size rounded to a multiple of some hardware tile is
-not used because no public source states such a tile for the Neural Engine.
+not used because no public source states such a tile for the Neural Engine. A compressed weight that can only be
+cut every n rows (a LUT per group of 16 or 32 rows, as coremltools' grouped-channel palettization writes; per-block
+scales; 4-bit indices of an odd number of columns) is chunked in units of n rows, balanced the same way, with more
+chunks if the units do not fit (151936 rows in groups of 16: 10 chunks of 15200 or 15184).
 
 Forms it recognises and leaves alone, with the reason the report prints:
 - a weight decompressed by a `constexpr_*` op other than those rewrites/compressed_slicing.py splits in their
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..graph.dtypes import NUMPY
 from ..patterns.status import NOT_THIS_PATTERN
-from ..rewrites.compressed_slicing import SLICERS
+from ..rewrites.compressed_slicing import SLICERS, row_alignment
 from ..patterns.trace import attempt
 from .base import Match
 
@@ -36,20 +39,28 @@ COMPRESSED = ("constexpr_lut_to_dense", "constexpr_affine_dequantize", "constexp
               "constexpr_sparse_to_dense", "constexpr_cast")
 
 
-def chunk_bounds(total, chunks):
-    """[(begin, end)] of `chunks` balanced pieces of `total`: sizes differ by at most one, larger first."""
-    size, extra = divmod(total, chunks)
+def chunk_bounds(total, chunks, align=1):
+    """[(begin, end)] of `chunks` balanced pieces of `total`, each boundary a multiple of `align` (a compressed
+    weight's block of rows, `row_alignment`; `total` is one): sizes differ by at most `align`, larger first."""
+    size, extra = divmod(total // align, chunks)
     bounds, begin = [], 0
     for i in range(chunks):
-        end = begin + size + (1 if i < extra else 0)
+        end = begin + (size + (1 if i < extra else 0)) * align
         bounds.append((begin, end))
         begin = end
     return bounds
 
 
-def chunk_count(total, limit=MAX_CHANNELS):
-    """k = ceil(total / limit): the fewest chunks of at most `limit`."""
-    return math.ceil(total / limit)
+def chunk_count(total, limit=MAX_CHANNELS, align=1):
+    """The fewest balanced chunks of at most `limit` whose boundaries are multiples of `align`: ceil(total / limit)
+    when align is 1; None when `align` itself exceeds `limit`."""
+    if align > limit:
+        return None
+    units = total // align
+    chunks = math.ceil(total / limit)
+    while math.ceil(units / chunks) * align > limit:
+        chunks += 1
+    return chunks
 
 
 def _producer_type(graph, value):
@@ -129,17 +140,32 @@ def match_wide(graph, op, title):
             why = _conv_condition(graph, op, weight)
             if why:
                 trace.fail(why)
+        align = _alignment(graph, weight, axis, out)
+        if chunk_count(out, align=align) is None:
+            trace.fail(f"its compressed weight can be cut only every {align} rows, more than {MAX_CHANNELS}")
         out_rank = graph.rank(graph.output(op))
         concat_axis = {LINEAR: out_rank - 1, MATMUL_Y: out_rank - 1, MATMUL_X: out_rank - 2, CONV: 1}[form]
         readers = [use for use in graph.consumers(weight)
                    if use.op is not None and graph.op_name(use.op) != graph.op_name(op)]
-        params = {"chunks": chunk_count(out), "form": form, "weight_axis": axis, "concat_axis": concat_axis,
+        params = {"chunks": chunk_count(out, align=align), "align": align, "form": form, "weight_axis": axis, "concat_axis": concat_axis,
                   "transpose_x": int(_flag(graph, op, "transpose_x")), "transpose_y": int(_flag(graph, op, "transpose_y"))}
         return Match(x=x, axes=(concat_axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
                      dtype=graph.dtype(x), operands={"weight": weight, "bias": bias}, params=params,
                      facts={"channels": out}, note=_shared_note(graph, weight, readers))
 
     return attempt(graph, body)
+
+
+def _alignment(graph, weight, axis, rows):
+    """The row multiple chunk boundaries keep so a compressed weight splits in its compressed form (a grouped
+    palette's LUT, per-block scales, sub-byte indices: rewrites/compressed_slicing.row_alignment); 1 for a plain
+    weight, or when the rows are no multiple of it (the last chunk could not end on it: the builder says why)."""
+    producer = graph.producer(weight)
+    if producer is None or graph.op_type(producer) not in SLICERS or not hasattr(producer, "DESCRIPTOR"):  # a saved spec's op; conversion time has no compressed weights
+        return 1
+    dims = [graph.dim(weight, i) for i in range(graph.rank(weight))]
+    align = row_alignment(producer, dims, axis)
+    return align if rows % align == 0 else 1
 
 
 def _shared_note(graph, weight, readers):

@@ -22,7 +22,7 @@ from mlopt.rules.split_wide_pattern import MAX_CHANNELS, chunk_bounds, chunk_cou
 
 FOLDER = "wide"
 EXPECTED = json.load(open(os.path.join(os.path.dirname(fixture_path("x", FOLDER)), "expected.json")))
-PLAIN = sorted(n for n, e in EXPECTED.items() if e["vocab"] > MAX_CHANNELS and not e["compression"])
+PLAIN = sorted(n for n, e in EXPECTED.items() if e["vocab"] > MAX_CHANNELS and not e["compression"] and not e["output"])  # the head is the output
 COMPRESSED = sorted(n for n, e in EXPECTED.items() if e["compression"])
 RULES = (split_wide.RULE,)
 
@@ -77,6 +77,10 @@ def test_chunk_sizes_of_public_vocabularies():
     assert [e - b for b, e in chunk_bounds(32000, chunk_count(32000))] == [16000, 16000]
     assert [e - b for b, e in chunk_bounds(50257, chunk_count(50257))] == [12565, 12564, 12564, 12564]
     assert [e - b for b, e in chunk_bounds(151936, chunk_count(151936))] == [15194] * 6 + [15193] * 4
+    # a weight cut only every 16 rows (one LUT per group of 16): balanced in groups, every boundary on a group
+    assert [e - b for b, e in chunk_bounds(151936, chunk_count(151936, align=16), 16)] == [15200] * 6 + [15184] * 4
+    assert chunk_count(3 * 8200, align=8200) == 3  # 2 chunks of 16400 would not fit: one more chunk
+    assert chunk_count(32800, align=16400) is None  # no chunk of at most 16384 rows ends on a boundary
 
 
 # -- the fixtures, end to end -----------------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def test_heads_at_the_limit_are_untouched(tmp_path):
 
 
 def compressed_kind(name):
-    return {"palettize4": "constexpr_lut_to_dense",
+    return {"palettize4": "constexpr_lut_to_dense", "palettize4_grouped16": "constexpr_lut_to_dense",
             "int8": "constexpr_affine_dequantize" if EXPECTED[name]["target"] == "ios17" else "constexpr_blockwise_shift_scale",
             }[EXPECTED[name]["compression"]]
 
@@ -175,13 +179,15 @@ def test_compressed_heads_are_split_in_their_compressed_form(name, tmp_path):
     src, out = fixture_path(name, FOLDER), str(tmp_path / "out.mlpackage")
     report = optimize_package(src, out, rules=RULES)
     [chain] = chains(report, "split_wide")
-    kind, vocab, hidden = compressed_kind(name), EXPECTED[name]["vocab"], EXPECTED[name]["hidden"]
-    assert chain.status == REWRITTEN and chain.chunks == 2
+    kind, vocab, hidden, align = compressed_kind(name), EXPECTED[name]["vocab"], EXPECTED[name]["hidden"], EXPECTED[name]["align"]
+    k = chunk_count(vocab, align=align)
+    sizes = [e - b for b, e in chunk_bounds(vocab, k, align)]
+    assert chain.status == REWRITTEN and chain.chunks == k and all(s % align == 0 for s in sizes)
     assert op_types(src) == [kind, "linear"]
     after = op_types(out)  # constexpr ops may be placed with the constants, ahead of the linears
-    assert sorted(after[:-1]) == sorted([kind, kind, "linear", "linear"]) and after[-1] == "concat"
+    assert sorted(after[:-1]) == sorted([kind] * k + ["linear"] * k) and after[-1] == "concat"
     view = main_view(out)
-    assert [view.dim(view.output(op), 0) for op in view.ops() if view.op_type(op) == kind] == [16000, 16000]
+    assert [view.dim(view.output(op), 0) for op in view.ops() if view.op_type(op) == kind] == sizes
     records, size = blob_records(out)
     assert 64 + sum(64 + (n + 63) // 64 * 64 for _, n in records) == size
     assert [offset for offset, _ in records] == referenced_offsets(out)
@@ -222,18 +228,35 @@ def test_sub_byte_indices_not_on_a_byte_are_left_alone(tmp_path):
                             "element 0 along axis 0: not on a byte; not rewritten")  # the first chunk ends mid-byte
 
 
-def test_per_block_scales_crossing_a_chunk_are_left_alone(tmp_path):
-    """16500 int8 rows with 3 scale blocks of 5500 rows: the boundary at row 8250 falls inside the second block."""
+def test_per_block_scales_are_cut_on_block_boundaries(tmp_path):
+    """16500 int8 rows with 3 scale blocks of 5500 rows: balanced chunks (8250) would cut a block, so the chunks
+    are counted in blocks: 2 blocks and 1 (11000 + 5500 rows)."""
     from coremltools.converters.mil import Builder as mb
 
     rng = np.random.default_rng(5)
     data = rng.integers(-127, 128, (16500, 4)).astype(np.int8)
     scale = (rng.random((3, 1)) * 0.01 + 0.001).astype(np.float16)
     src = compressed_program(tmp_path, 16500, 4, lambda: mb.constexpr_blockwise_shift_scale(data=data, scale=scale))
+    out = str(tmp_path / "out.mlpackage")
+    [chain] = chains(optimize_package(src, out, rules=RULES), "split_wide")
+    assert chain.status == REWRITTEN and chain.summary == "16500 output channels -> 2 chunks of 11000 or 5500"
+    view = main_view(out)
+    assert [view.dim(view.output(op), 0) for op in view.ops() if view.op_type(op) == "constexpr_blockwise_shift_scale"] == [11000, 5500]
+    feeds = inputs_for(src)
+    np.testing.assert_array_equal(run_package(out, feeds)["logits"], run_package(src, feeds)["logits"])
+
+
+def test_blocks_wider_than_the_limit_are_left_alone(tmp_path):
+    """32800 int8 rows with 2 scale blocks of 16400 rows: no chunk of at most 16384 rows ends on a block."""
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(9)
+    data = rng.integers(-127, 128, (32800, 2)).astype(np.int8)
+    scale = (rng.random((2, 1)) * 0.01 + 0.001).astype(np.float16)
+    src = compressed_program(tmp_path, 32800, 2, lambda: mb.constexpr_blockwise_shift_scale(data=data, scale=scale))
     [chain] = chains(optimize_package(src, str(tmp_path / "out.mlpackage"), rules=RULES), "split_wide")
     assert chain.status == LEFT_ALONE
-    assert chain.reason == ("its replacement could not be built: its constexpr_blockwise_shift_scale's 'scale' holds "
-                            "one entry per 5500 rows, and a chunk boundary at row 8250 falls inside a block; not rewritten")
+    assert chain.reason == "its compressed weight can be cut only every 16400 rows, more than 16384"
 
 
 def test_per_block_scales_on_chunk_boundaries_are_sliced(tmp_path):
