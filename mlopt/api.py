@@ -103,10 +103,13 @@ def _warn_over_passes(selection, functions, where, passes):
 def _merge(first, second):
     """One FunctionReport per function from two passes: the chains of both; op counts from before the first pass
     to after the second (the second pass counts every op type the first left); the first pass's lint (the Neural
-    Engine findings of the norm rewrites; the headroom pass changes constants and adds muls)."""
+    Engine findings of the norm rewrites; the headroom pass changes constants and adds muls). A second pass that
+    found nothing adds its reason to the function's note: the user asked for it."""
     by_name = {f.name: f for f in second}
     for f in first:
         later = by_name.get(f.name)
+        if later is not None and not later.chains and later.note and later.note not in (f.note or ""):
+            f.note = f"{f.note}; {later.note}" if f.note else later.note  # why the second pass found nothing
         if later is None or not later.chains:
             continue
         f.chains += later.chains
