@@ -192,3 +192,26 @@ def test_a_mask_also_read_by_something_else_is_rewritten_per_layer(tmp_path):
     found = chains(optimize_package(src, out), rule="finite_mask")
     assert [c.status for c in found] == ["rewritten", "rewritten"]
     assert not any(c.note.startswith("one mask shared") for c in found)
+
+
+def test_at_conversion_time_a_shared_mask_is_left_alone_with_a_warning(tmp_path):
+    """One fused op replaces one value and is judged at one: the shared mask's match is left to `mlopt optimize`
+    (with a warning that says so), and the conversion still succeeds."""
+    import warnings
+
+    import coremltools as ct
+
+    from mlopt.coreml import convert
+
+    prog = made.layered_attention(made.causal(-np.inf), 2, cast="shared")  # fp16-typed: the fusion sees fp16 softmaxes
+    kwargs = dict(convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, skip_model_load=True,
+                  compute_precision=ct.precision.FLOAT16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = convert(prog, compute_units=ct.ComputeUnit.CPU_ONLY, rules=(FiniteMaskRule(),), **kwargs)
+    assert any("judged at 2 values" in str(w.message) and "run mlopt optimize on the saved model" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    path = str(tmp_path / "converted.mlpackage")
+    model.save(path)
+    (chain,) = chains(optimize_package(path, str(tmp_path / "out.mlpackage")), rule="finite_mask")
+    assert chain.status == "rewritten" and chain.note.startswith("one mask shared by 2 softmaxes")
