@@ -26,6 +26,11 @@ fp16, left alone here, with the smaller absorption above. docs/rules.md ("Finite
 
 The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
 every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
+
+A mask that every layer reads (one constant, one cast of it, one select computing it, or a `(1 - m) * sentinel`)
+is one match: it replaces that value once, where it is shared (rules/finite_mask_shared.py), and is judged at
+every softmax it reaches with that layer's own scores (`Match.readings`), so every layer keeps reading the one
+rewritten value instead of getting a copy.
 """
 
 import numpy as np
