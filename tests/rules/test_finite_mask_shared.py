@@ -215,3 +215,40 @@ def test_at_conversion_time_a_shared_mask_is_left_alone_with_a_warning(tmp_path)
     model.save(path)
     (chain,) = chains(optimize_package(path, str(tmp_path / "out.mlpackage")), rule="finite_mask")
     assert chain.status == "rewritten" and chain.note.startswith("one mask shared by 2 softmaxes")
+
+
+def test_a_fill_constant_shared_by_every_layers_masked_fill_is_rewritten_once(tmp_path):
+    """nanoGPT's `att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))` in every layer, converted with one
+    -inf constant that every layer's select reads: that constant becomes the fill, once; each layer keeps its
+    select, and each softmax is judged with its own condition and scores."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    f = np.float16
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, made.HEADS, made.SEQ, made.DIM), dtype=types.fp16)],
+                opset_version=ct.target.iOS17)
+    def prog(q):
+        fill = mb.const(val=f(-np.inf))
+        for window in (made.SEQ, 2):  # layer 2 also masks keys more than one position back (a sliding window)
+            keep = np.tri(made.SEQ, k=0, dtype=bool) & ~np.tri(made.SEQ, k=-window, dtype=bool)
+            scores = mb.matmul(x=q, y=q, transpose_y=True)
+            q = mb.matmul(x=mb.softmax(x=mb.select(cond=keep.reshape(1, 1, made.SEQ, made.SEQ), a=scores, b=fill), axis=-1), y=q)
+        return q
+
+    src, out = str(tmp_path / "in.mlpackage"), str(tmp_path / "out.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(src)
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert chain.status == "rewritten", chain.reason
+    assert chain.note.startswith("one mask shared by 2 softmaxes")
+    assert op_types(out) == op_types(src) == ["matmul", "select", "softmax", "matmul"] * 2
+    view = main_view(out)
+    fills = {view.arg(op, "b") for op in view.ops() if view.op_type(op) == "select"}
+    (fill,) = fills  # both selects read the one rewritten constant
+    assert float(view.const_value(fill)) == FILL and holding_fill(view) == [fill]
+    feeds = inputs_for(src)
+    before, after = run_package(src, feeds), run_package(out, feeds)
+    (output,) = after
+    np.testing.assert_allclose(after[output].astype(np.float64), before[output].astype(np.float64), rtol=2e-2, atol=2e-2)
