@@ -71,7 +71,7 @@ class _Fuse(_RulePass):
             for candidate in find_candidates(graph, rules=(self.rule,)):
                 if candidate.match is None:
                     continue
-                why = self._cannot_lower(graph, candidate.match, _opset(function))
+                why = _not_fusable(candidate.match) or self._cannot_lower(graph, candidate.match, _opset(function))
                 if why is None:
                     self._fuse(graph, candidate.match, _opset(function))
                 else:
@@ -119,6 +119,16 @@ class _Fuse(_RulePass):
                 fused = mb.cast(x=fused, dtype=CAST_NAMES[DTYPES[out.dtype]], before_op=anchor)
             block.replace_uses_of_var_after_op(anchor_op=anchor, old_var=out, new_var=fused)
         _remove_dead(graph, match.ops)
+
+
+def _not_fusable(match):
+    """Why a match is no fused op, or None: one fused op replaces one value and is judged there, so a match that
+    replaces several values (`Match.sites`) or is judged at several (a mask every layer shares, judged at each
+    softmax) is rewritten on the saved program (`mlopt optimize`), not at conversion time."""
+    if match.sites or len(match.judged()) > 1:
+        return (f"it is judged at {len(match.judged())} values (one fused op replaces and is judged at one); "
+                f"run mlopt optimize on the saved model")
+    return None
 
 
 def _typed_param(rule, name, value, opset, dtype):

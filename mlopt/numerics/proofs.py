@@ -9,7 +9,9 @@
   (or, for a rule without one, the original chain evaluated in float64) within its dtype's tolerance. Because the
   constants are the program's, the values a rewrite changes are the ones the proof exercises.
 - Both judge at `match.judged_at` when a rule sets it (a constant whose effect shows only downstream, judged at
-  the softmax it feeds; several values, such as every norm reading a scaled residual stream, each compared) and
+  the softmax it feeds; several values, such as every norm reading a scaled residual stream, each compared; a
+  rule with a float64 `reference` names, for each of several judged values, what the reference reads there:
+  `match.readings`, e.g. each softmax's own scores under a mask every layer shares) and
   feed `match.binary` values from {0, 1} (an attention mask's keep/drop input: the rule's note names that
   assumption). A match replacing several values (`match.sites`) is proved as one region: every value the region
   reads that is not constant is fed independently, which is valid because the rewrite must hold for all of them.
@@ -102,12 +104,16 @@ def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
     rng = np.random.default_rng(seed)
     overlay = {out.name: op for op in new_ops for out in op.outputs}
     targets = _judged(match)  # where the rewrite is judged (rules/base.Match)
-    if rule.reference is not None and len(targets) > 1:
+    readings = getattr(match, "readings", None) or {}
+    if rule.reference is not None and len(targets) > 1 and any(t not in readings for t in targets):
         return CheckResult(False, reason=f"the {rule.name} rule's float64 reference describes one value, the match is judged at {len(targets)}; not rewritten")
     binary = set(getattr(match, "binary", ()))
-    operands = {name: value for name, value in match.operands.items() if value is not None}
     # the operands only where a reference reads them: a stored weight evaluated whole would cost its size in float64
-    wanted = list(targets) + ([match.x, *operands.values()] if rule.reference is not None else [])
+    wanted = list(targets)
+    if rule.reference is not None:
+        for target in targets:
+            read = _read_at(match, target)
+            wanted += [v for v in (read.x, *read.operands.values()) if v is not None and v not in wanted]
     result = CheckResult(True)
     for k, magnitude in enumerate(rule.magnitudes):
         feeds = {v: (rng.integers(0, 2, shapes[v]) if v in binary else rng.standard_normal(shapes[v]) * magnitude)
@@ -117,7 +123,9 @@ def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
         olds = Evaluator(view, blobs).evaluate(list(targets), feeds)
         news64 = Evaluator(view, blobs, float_dtype=np.float64, overlay=overlay).evaluate(list(targets), feeds) if exact else None
         for target in targets:
-            result, final = _judge(rule, match, view, values, operands, target, news[target], olds[target],
+            read = _read_at(match, target)
+            operands = {name: value for name, value in read.operands.items() if value is not None}
+            result, final = _judge(rule, read, view, values, operands, target, news[target], olds[target],
                                    news64[target] if exact else None, magnitude, result, rounded)
             if final:
                 return result
@@ -128,6 +136,12 @@ def _judged(match):
     """The values the proof compares (rules/base.Match.judged): `judged_at`, one or several, else the output."""
     judged = getattr(match, "judged", None)
     return judged() if judged is not None else (getattr(match, "judged_at", None) or match.output,)
+
+
+def _read_at(match, target):
+    """The match as its reference reads it at `target` (rules/base.Match.read_at: a reading per judged value)."""
+    read_at = getattr(match, "read_at", None)
+    return read_at(target) if read_at is not None else match
 
 
 def _judge(rule, match, view, values, operands, target, new, old, new64, magnitude, result, rounded=False):

@@ -47,7 +47,7 @@ passes - iterates over a rule set (a tuple of rules; the registry of rules/__ini
 a rule.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
 from ..compute_units import REWRITING_UNITS
@@ -80,9 +80,20 @@ class Match:
     # spliced where its op stood; the first site's op is `output_op`, and `output` is what the report names (the
     # rule's choice: the last value of a stream). Empty: `output_op` alone
     proof: Optional[str] = None  # ROUNDED where the rule's proof is EXACT but this rewrite rounds a constant
+    readings: dict = field(default_factory=dict)  # judged value -> Reading: what a rule's `reference` (and
+    # `as_read`) reads at that value when the match is judged at several (a mask shared by every layer, judged at each
+    # layer's softmax with that layer's scores as x). Every judged value needs one then; empty: one judged value,
+    # read through the match's own x/operands/axes/params
 
     def fused(self, site=None):
         return Fused(self.x, dict(self.operands), tuple(self.axes), dict(self.params), self.dtype, site)
+
+    def read_at(self, value):
+        """The match as the reference reads it at judged value `value`: its Reading there, else the match itself."""
+        reading = self.readings.get(value)
+        if reading is None:
+            return self
+        return replace(self, x=reading.x, operands=dict(reading.operands), axes=tuple(reading.axes), params=dict(reading.params))
 
     def replaced(self):
         """The sites the rewrite replaces, in order: `sites`, or `output_op` alone."""
@@ -93,6 +104,17 @@ class Match:
         if self.judged_at is None:
             return (self.output,)
         return (self.judged_at,) if isinstance(self.judged_at, str) else tuple(self.judged_at)
+
+
+@dataclass
+class Reading:
+    """What the float64 reference reads at one judged value of a match judged at several (`Match.readings`): that
+    value's own x, operands (name -> value), axes and literal parameters."""
+
+    x: str
+    operands: dict
+    axes: Tuple[int, ...]
+    params: dict
 
 
 @dataclass

@@ -26,6 +26,11 @@ fp16, left alone here, with the smaller absorption above. docs/rules.md ("Finite
 
 The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
 every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
+
+A mask that every layer reads (one constant, one cast of it, one select computing it, or a `(1 - m) * sentinel`)
+is one match: it replaces that value once, where it is shared (rules/finite_mask_shared.py), and is judged at
+every softmax it reaches with that layer's own scores (`Match.readings`), so every layer keeps reading the one
+rewritten value instead of getting a copy.
 """
 
 import numpy as np
@@ -34,8 +39,9 @@ from ..graph.dtypes import FLOAT16
 from ..patterns.attention_mask import LAYOUT, mask_readers
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
-from .base import INT, REGION, LoweringFailed, Match, Rule
+from .base import INT, REGION, LoweringFailed, Match, Reading, Rule
 from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels, scan
+from .finite_mask_shared import mask_readers as shared_readers, shared_point
 
 FILL = -49152.0  # see the module docstring
 FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
@@ -44,8 +50,13 @@ ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask
 # softmax(select(c, m, x)), softmax(x + (1 - m) * sentinel)
 FILL_IN_A, FILL_IN_B = 4, 5  # softmax(x + select(c, sentinel, other)), softmax(x + select(c, other, sentinel)): a
 # mask computed from the model's input (transformers' AttentionMaskConverter: masked_fill chains of the sentinel)
+SHARED, SHARED_FILL_IN_A, SHARED_FILL_IN_B = 6, 7, 8  # one mask value several softmaxes read, replaced once where
+# it is shared (rules/finite_mask_shared.py): a constant made finite, or the select computing it with finite branches;
+# each softmax is judged with its own form (Match.readings)
 FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
-         PRODUCT: "(1 - m) * fill", FILL_IN_A: "x + select(cond, fill, m)", FILL_IN_B: "x + select(cond, m, fill)"}
+         PRODUCT: "(1 - m) * fill", FILL_IN_A: "x + select(cond, fill, m)", FILL_IN_B: "x + select(cond, m, fill)",
+         SHARED: "shared mask", SHARED_FILL_IN_A: "shared select(cond, fill, m)", SHARED_FILL_IN_B: "shared select(cond, m, fill)"}
+SIDE_FORMS = {"add": ADD, "a": KEEP_WHERE_FALSE, "b": KEEP_WHERE_TRUE}  # how a MaskReader combines a shared mask
 
 
 class FiniteMaskRule(Rule):
@@ -91,6 +102,9 @@ class FiniteMaskRule(Rule):
         held = scan(graph, mask, FILL)
         if held is not None and not (held["sentinels"] or held["nan"] or held["pos_inf"]):
             return NOT_THIS_PATTERN  # a finite mask (-1e4, ALiBi): nothing fp16 breaks
+        shared = self._shared(graph, op, mask_op, held)
+        if shared is not None:
+            return shared
 
         def body(trace):
             trace.take(combine, op, *casts, *out_casts)
@@ -136,6 +150,9 @@ class FiniteMaskRule(Rule):
         cond = graph.arg(select, "cond")
         cond_op = graph.producer(cond) if cond is not None else None
         to_bool = cond_op is not None and graph.op_type(cond_op) == "cast" and graph.arg(cond_op, "x") is not None
+        shared = self._shared(graph, op, select, held, computed=(form, mask, cond, other, cond_op if to_bool else None))
+        if shared is not None:
+            return shared
 
         def body(trace):
             trace.take(add, op, select, *casts, *out_casts, *([cond_op] if to_bool else []))
@@ -177,27 +194,83 @@ class FiniteMaskRule(Rule):
         ends, path, why = mask_readers(graph, graph.output(op))
         if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
-        value, add, softmax, _ = ends[0]  # judged at the first softmax; every reader is the same add -> softmax
         out_casts = [o for end in ends for o in end[3]]
-        x = graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x")
+        scores = [graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x") for value, add, _, _ in ends]
+        operands = {"mask": sentinel, "keep": keep}
+        # judged at every softmax the product reaches (one per layer of a BERT), each with its own scores
+        readings = {graph.output(end[2]): Reading(x, operands, (_softmax_axis(graph, end[2]),), {"fill": FILL, "form": PRODUCT})
+                    for end, x in zip(ends, scores)}
 
         def body(trace):
             trace.take(op, *casts, *path, *(end[1] for end in ends), *out_casts, *(end[2] for end in ends))
-            at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
             keep_shape = [graph.dim(keep, i) for i in range(graph.rank(keep))]
-            scores = [graph.dim(x, i) for i in range(graph.rank(x))]
-            if None in at_add + keep_shape + scores or \
-                    list(_laid_out(np.zeros(keep_shape), scores).shape) != [1] * (len(scores) - len(at_add)) + at_add:
-                trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
-            axis = graph.const(softmax, "axis")
-            axis = int(axis if axis is not None else -1) % graph.rank(graph.output(softmax))
-            return Match(x=x, axes=(axis,), output=graph.output(op), output_op=op, ops=trace.op_names(),
-                         dtype=graph.dtype(graph.output(op)), operands={"mask": sentinel, "keep": keep},
-                         params={"fill": FILL, "form": PRODUCT}, judged_at=graph.output(softmax), binary=(keep,),
-                         facts={"at_add": value},
+            for (value, _, _, _), x in zip(ends, scores):
+                at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
+                dims = [graph.dim(x, i) for i in range(graph.rank(x))]
+                if None in at_add + keep_shape + dims or \
+                        list(_laid_out(np.zeros(keep_shape), dims).shape) != [1] * (len(dims) - len(at_add)) + at_add:
+                    trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
+            return Match(x=scores[0], axes=readings[graph.output(ends[0][2])].axes, output=graph.output(op), output_op=op,
+                         ops=trace.op_names(), dtype=graph.dtype(graph.output(op)), operands=operands,
+                         params={"fill": FILL, "form": PRODUCT}, judged_at=tuple(readings), readings=readings,
+                         binary=(keep,), facts={"at_add": ends[0][0]},
                          note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
                                f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
                                f"position the mask keeps; {row_restored('a row that m drops entirely')}"))
+
+        return attempt(graph, body)
+
+    def _shared(self, graph, op, root_op, held, computed=None):
+        """A mask several softmaxes read (every layer of a BERT or a decoder): one match, anchored at the first of them
+        in program order, replacing the mask once where it is shared (the constant, or the select computing it, or
+        the cast of either that every layer reads) and judged at every softmax with that layer's own scores. None when
+        `op`'s mask is read by this softmax alone, or by anything but such layers (each layer is then rewritten on
+        its own); NOT_THIS_PATTERN at the other softmaxes (the first one's match covers them). `computed`: (form,
+        mask, cond, other, cond cast or None) of a mask computed by a select from the input."""
+        point, down = shared_point(graph, graph.output(root_op))
+        readers = shared_readers(graph, point, adds_only=computed is not None)
+        if not readers or len(readers) < 2 or any(graph.dtype(graph.arg(r.softmax, "x")) != FLOAT16 for r in readers):
+            return None
+        if readers[0].softmax is not op:
+            return NOT_THIS_PATTERN  # judged with the first reader's match
+        judged = tuple(graph.output(r.softmax) for r in readers)
+        if computed is None:
+            mask = graph.output(root_op)
+            readings = {j: Reading(r.x, {"mask": mask, "cond": r.cond}, (_softmax_axis(graph, r.softmax),),
+                                   {"fill": FILL, "form": SIDE_FORMS[r.side]}) for j, r in zip(judged, readers)}
+            operands, form, binary, extra = {"mask": mask, "cond": None}, SHARED, (), ()
+        else:
+            each, mask, cond, other, cond_op = computed
+            operands = {"mask": mask, "cond": cond, "other": other}
+            readings = {j: Reading(r.x, operands, (_softmax_axis(graph, r.softmax),), {"fill": FILL, "form": each})
+                        for j, r in zip(judged, readers)}
+            form = SHARED_FILL_IN_A if each == FILL_IN_A else SHARED_FILL_IN_B
+            binary, extra = ((graph.arg(cond_op, "x"),), (cond_op,)) if cond_op is not None else ((), ())
+
+        def body(trace):
+            trace.take(root_op, *down, *extra, *(o for r in readers for o in r.ops()))
+            for h in (held.values() if computed is not None else (held,)):
+                if h is None and computed is None:
+                    trace.fail("its mask cannot be read")
+                if h is not None and (h["nan"] or h["pos_inf"]):
+                    trace.recognise(self.title, f"its mask holds {h['nan']} NaN and {h['pos_inf']} +inf: not a mask sentinel")
+            constants = [operands["mask"]] + ([operands["other"]] if computed is not None and _is_const(graph, operands["other"]) else [])
+            if any(graph.const_value(v) is None for v in constants):
+                trace.fail("its mask is too large to rewrite as an immediate constant (a stored mask is not rewritten yet)")
+            first = readings[judged[0]]
+            if computed is None:
+                count = held["sentinels"]
+                values = graph.const_value(operands["mask"])
+                note = mask_note(values, count, first.axes[0], graph.rank(graph.arg(op, "x")), first.params["form"],
+                                 graph.const_value(readers[0].cond) if readers[0].cond is not None else None)
+            else:
+                count = sum(h["sentinels"] for h in held.values() if h is not None)
+                note = mask_note(None, count, first.axes[0], graph.rank(graph.arg(op, "x")), first.params["form"])
+            note = (f"one mask shared by {len(readers)} softmaxes, rewritten once at '{point}' and read by all of them; "
+                    f"{note}")
+            return Match(x=first.x, axes=first.axes, output=point, output_op=graph.producer(point), ops=trace.op_names(),
+                         dtype=graph.dtype(point), operands=operands, params={"fill": FILL, "form": form},
+                         judged_at=judged, readings=readings, binary=binary, note=note)
 
         return attempt(graph, body)
 
@@ -225,6 +298,16 @@ class FiniteMaskRule(Rule):
         if mask is None:
             raise LoweringFailed("its mask cannot be read as a constant")
         form = int(m.params["form"])
+        fill = float(m.params["fill"])
+        if form == SHARED:  # the shared mask itself, made finite in the dtype its readers read it in
+            return b.const(finite_sentinels(mask, fill), m.dtype)
+        if form in (SHARED_FILL_IN_A, SHARED_FILL_IN_B):  # the shared select, its constant branches made finite
+            mask_value, other = b.const(finite_sentinels(mask, fill), b.dtype(m.operands["mask"])), m.operands["other"]
+            held = b.constant_value(other)
+            if held is not None:
+                other = b.const(finite_sentinels(held, fill), b.dtype(other))
+            return b.select(m.operands["cond"], mask_value, other) if form == SHARED_FILL_IN_A else \
+                b.select(m.operands["cond"], other, mask_value)
         if form in (FILL_IN_A, FILL_IN_B):  # the select's constant branches made finite, in their own dtype
             fill = float(m.params["fill"])
             mask_value, other = (b.const(finite_sentinels(mask, fill), b.dtype(m.operands["mask"])), m.operands["other"])
@@ -287,6 +370,11 @@ def _through_casts(graph, value):
         x = graph.arg(op, "x")
         op = graph.producer(x) if x is not None else None
     return op, casts
+
+
+def _softmax_axis(graph, softmax):
+    axis = graph.const(softmax, "axis")
+    return int(axis if axis is not None else -1) % graph.rank(graph.output(softmax))
 
 
 def _is_const(graph, value):
