@@ -11,7 +11,8 @@ reused if present), then times, side by side on the warm page cache, each until 
 after the process ends, inside the timed span; mlopt fsyncs its files itself before renaming them into place):
   - `cp -r` of the package;
   - `mlopt optimize` (a fresh process, as a user runs it), and the same with `--no-verify` (no proofs: the cost
-    of the rewrite and the writing alone);
+    of the rewrite and the writing alone), and with OPENBLAS_NUM_THREADS set to the number of cores (OpenBLAS's
+    default, which the `mlopt` command replaces by one thread where the user set none);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
 Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
 start-up cost of `mlopt optimize` on a small fixture.
@@ -36,6 +37,7 @@ SIZES = {
     "2gb": dict(layers=16, hidden=2048, mlp=8192),
 }
 SEQ = 8
+BLAS_ALL = "mlopt optimize, BLAS threads on every core"  # what mlopt's command avoids (mlopt/cli/blas_threads.py)
 
 # Runs a module (`-m`) or a script in this process, then prints the process's own peak RSS: VmHWM belongs to
 # this process image only (a wait4 rusage would also count the benchmark process it was forked from).
@@ -115,7 +117,7 @@ def package_size(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-def timed(argv, dst, peak=False):
+def timed(argv, dst, peak=False, env=None):
     """Wall seconds and peak RSS (MB, or None) of one run writing `dst` (removed before and after). With `peak`,
     argv is ["-m", module, args...] or ["-s", script, args...], run through the PEAK wrapper. Dirty pages are
     flushed first (`sync`), so every run starts from the same state of the page cache, and again before the clock
@@ -125,7 +127,7 @@ def timed(argv, dst, peak=False):
     if peak:
         argv = [sys.executable, "-c", PEAK, *argv]
     start = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
     os.sync()  # timed until the output is on disk, for every step alike
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -155,11 +157,13 @@ def rewrites(src, dst):
 def bench(src, work, runs, round_trip_runs):
     dst = os.path.join(work, "out.mlpackage")
     timed(["cp", "-r", src, dst], dst)  # warm the page cache
-    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": []}
+    every_core = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1)}  # OpenBLAS's own default
+    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": [], BLAS_ALL: []}
     for _ in range(runs):  # interleaved, so all see the same machine state
         results["cp -r"].append(timed(["cp", "-r", src, dst], dst))
         results["mlopt optimize"].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True))
         results["mlopt optimize --no-verify"].append(timed(["-m", "mlopt", "optimize", "--no-verify", src, dst], dst, peak=True))
+        results[BLAS_ALL].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True, env=every_core))
     script = os.path.join(work, "round_trip.py")
     with open(script, "w") as f:
         f.write(ROUND_TRIP)
