@@ -318,3 +318,31 @@ def test_a_file_with_another_name_is_never_updated_in_place(tmp_path, monkeypatc
     optimize_package(src, out, link=True)
     assert sha256(src / WEIGHTS) == before
     assert os.stat(out / WEIGHTS).st_ino != os.stat(src / WEIGHTS).st_ino
+
+
+def test_a_staged_file_replaced_after_the_copy_is_not_written_through(tmp_path, monkeypatch):
+    """The staged weight.bin swapped for another file (one name, so st_nlink alone would not tell) between the copy
+    and the weight writing: the writer sees another inode than the one its copy made, and leaves it alone."""
+    held = []
+    real = writer.PackageWriter._write_weights
+
+    def swap_then_write(self, spec, new_blobs):
+        folder = self._folders["Data/com.apple.CoreML/weights"]
+        fd = os.open("intruder", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=folder)
+        os.write(fd, b"not yours")
+        os.rename("intruder", "weight.bin", src_dir_fd=folder, dst_dir_fd=folder)
+        held.append(fd)
+        return real(self, spec, new_blobs)
+
+    monkeypatch.setattr(writer.PackageWriter, "_write_weights", swap_then_write)
+    out = tmp_path / "out.mlpackage"
+    optimize_package(fixture_path("llama_32000_fp16_ios17", "wide"), out)
+    fd, = held
+    try:
+        assert os.pread(fd, 100, 0) == b"not yours" and os.fstat(fd).st_nlink == 0  # untouched, unlinked
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(writer.PackageWriter, "_write_weights", real)
+    anew = tmp_path / "anew.mlpackage"
+    optimize_package(fixture_path("llama_32000_fp16_ios17", "wide"), anew)
+    assert tree_digest(out) == tree_digest(anew)
