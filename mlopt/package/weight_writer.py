@@ -179,7 +179,7 @@ class NewBlobs:
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def files_to_write(self, spec):
-        """The weight files the final program refers to a new blob in (those must be written anew)."""
+        """The weight files the final program refers to a new blob in (those must be rewritten)."""
         return sorted({v.blobFileValue.fileName for f in spec.mlProgram.functions.values() for v in blob_values(f)
                        if (v.blobFileValue.fileName, v.blobFileValue.offset) in self.blobs})
 
