@@ -14,8 +14,8 @@ after the process ends, inside the timed span; mlopt fsyncs its files itself bef
     of the rewrite and the writing alone), and with OPENBLAS_NUM_THREADS set to the number of cores (OpenBLAS's
     default, which the `mlopt` command replaces by one thread where the user set none);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
-Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
-start-up cost of `mlopt optimize` on a small fixture.
+Prints medians over --runs (and each run, in order: a busy machine shows in them) and the ratios, plus each
+process's own peak RSS (VmHWM from /proc, Linux), and the start-up cost of `mlopt optimize` on a small fixture.
 """
 
 import argparse
@@ -191,11 +191,12 @@ def main():
     results = bench(src, args.work_dir, args.runs, args.round_trip_runs)
     medians = {k: statistics.median(s for s, _ in v) for k, v in results.items()}
     peaks = {k: max((p for _, p in v if p is not None), default=None) for k, v in results.items()}
-    print("| step | median wall s | peak RSS MB | vs cp -r |")
-    print("|---|---|---|---|")
+    print("| step | median wall s | each run, s | peak RSS MB | vs cp -r |")
+    print("|---|---|---|---|---|")
     for name, seconds in medians.items():
         peak = "-" if peaks[name] is None else f"{peaks[name]:.0f}"
-        print(f"| {name} | {seconds:.2f} | {peak} | {seconds / medians['cp -r']:.2f}x |")
+        each = " ".join(f"{s:.2f}" for s, _ in results[name])
+        print(f"| {name} | {seconds:.2f} | {each} | {peak} | {seconds / medians['cp -r']:.2f}x |")
     line = f"\nmlopt optimize: {medians['mlopt optimize'] / medians['cp -r']:.2f}x cp -r"
     if "coremltools round trip" in medians:
         line += f"; coremltools round trip / mlopt: {medians['coremltools round trip'] / medians['mlopt optimize']:.1f}x"
