@@ -192,10 +192,10 @@ class PackageWriter:
         return self.methods
 
     def _write_weights(self, spec, new_blobs):
-        """Each weight file the program refers to a new blob in, written anew over its copy. A copy this run made
-        (`_open_private`) is updated in place: the blobs that keep their offsets (all before the first dropped one)
-        are not written again, and a 2 GB file whose last blob (an LM head) was split costs about the head. Any
-        other file (a `--link` hard link to the input's) is unlinked and created anew: never written through."""
+        """Each weight file the program refers to a new blob in, rewritten. A copy this run made (`_open_private`)
+        is updated in place: the blobs that keep their offsets (all before the first dropped one) are not written
+        again, and a 2 GB file whose last blob (an LM head) was split costs the rows after the head's first chunk.
+        Any other file (a `--link` hard link to the input's) is unlinked and created anew: never written through."""
         for file_name in new_blobs.files_to_write(spec):
             rel = new_blobs.reader.relpath(file_name)
             parent, _, name = rel.rpartition("/")
