@@ -11,10 +11,12 @@ reused if present), then times, side by side on the warm page cache, each until 
 after the process ends, inside the timed span; mlopt fsyncs its files itself before renaming them into place):
   - `cp -r` of the package;
   - `mlopt optimize` (a fresh process, as a user runs it), and the same with `--no-verify` (no proofs: the cost
-    of the rewrite and the writing alone);
+    of the rewrite and the writing alone), and with OPENBLAS_NUM_THREADS set to the number of cores (OpenBLAS's
+    default, which the `mlopt` command replaces by one thread where the user set none); with --compare-with,
+    also `mlopt optimize` from another source tree (e.g. `git archive <commit> mlopt | tar -x -C DIR`);
   - the coremltools-only way to edit a saved package: spec -> pymil program (milproto load) -> ct.convert -> save.
-Prints medians over --runs and the ratios, plus each process's own peak RSS (VmHWM from /proc, Linux), and the
-start-up cost of `mlopt optimize` on a small fixture.
+Prints medians over --runs (and each run, in order: a busy machine shows in them) and the ratios, plus each
+process's own peak RSS (VmHWM from /proc, Linux), and the start-up cost of `mlopt optimize` on a small fixture.
 """
 
 import argparse
@@ -36,6 +38,7 @@ SIZES = {
     "2gb": dict(layers=16, hidden=2048, mlp=8192),
 }
 SEQ = 8
+BLAS_ALL = "mlopt optimize, BLAS threads on every core"  # what mlopt's command avoids (mlopt/cli/blas_threads.py)
 
 # Runs a module (`-m`) or a script in this process, then prints the process's own peak RSS: VmHWM belongs to
 # this process image only (a wait4 rusage would also count the benchmark process it was forked from).
@@ -115,7 +118,7 @@ def package_size(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-def timed(argv, dst, peak=False):
+def timed(argv, dst, peak=False, env=None, cwd=None):
     """Wall seconds and peak RSS (MB, or None) of one run writing `dst` (removed before and after). With `peak`,
     argv is ["-m", module, args...] or ["-s", script, args...], run through the PEAK wrapper. Dirty pages are
     flushed first (`sync`), so every run starts from the same state of the page cache, and again before the clock
@@ -125,7 +128,7 @@ def timed(argv, dst, peak=False):
     if peak:
         argv = [sys.executable, "-c", PEAK, *argv]
     start = time.perf_counter()
-    result = subprocess.run(argv, capture_output=True, text=True)
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd)
     os.sync()  # timed until the output is on disk, for every step alike
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -152,18 +155,37 @@ def rewrites(src, dst):
     return ", ".join(f"{rule} {n}" for rule, n in sorted(counts.items())) or "nothing"
 
 
-def bench(src, work, runs, round_trip_runs):
+def other_source(folder):
+    """(env, cwd) that make `python -m mlopt` import the mlopt of source tree `folder` (first on sys.path: as
+    the working folder, since `python -c` puts that before PYTHONPATH), and the module file it imports."""
+    folder = os.path.abspath(folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH")) if p)}
+    found = subprocess.run([sys.executable, "-c", "import mlopt; print(mlopt.__file__)"], capture_output=True, text=True,
+                           env=env, cwd=folder).stdout.strip()
+    return env, folder, found
+
+
+def bench(src, work, runs, round_trip_runs, compare_with=None):
     dst = os.path.join(work, "out.mlpackage")
     timed(["cp", "-r", src, dst], dst)  # warm the page cache
-    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": []}
+    every_core = {**os.environ, "OPENBLAS_NUM_THREADS": str(os.cpu_count() or 1)}  # OpenBLAS's own default
+    results = {"cp -r": [], "mlopt optimize": [], "mlopt optimize --no-verify": [], BLAS_ALL: []}
+    if compare_with is not None:
+        other_env, other_cwd, _ = other_source(compare_with)
+        results[f"mlopt optimize of {compare_with}"] = []
     for _ in range(runs):  # interleaved, so all see the same machine state
         results["cp -r"].append(timed(["cp", "-r", src, dst], dst))
         results["mlopt optimize"].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True))
         results["mlopt optimize --no-verify"].append(timed(["-m", "mlopt", "optimize", "--no-verify", src, dst], dst, peak=True))
+        results[BLAS_ALL].append(timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True, env=every_core))
+        if compare_with is not None:
+            results[f"mlopt optimize of {compare_with}"].append(
+                timed(["-m", "mlopt", "optimize", src, dst], dst, peak=True, env=other_env, cwd=other_cwd))
     script = os.path.join(work, "round_trip.py")
     with open(script, "w") as f:
         f.write(ROUND_TRIP)
-    results["coremltools round trip"] = [timed(["-s", script, src, dst], dst, peak=True) for _ in range(round_trip_runs)]
+    if round_trip_runs:
+        results["coremltools round trip"] = [timed(["-s", script, src, dst], dst, peak=True) for _ in range(round_trip_runs)]
     return results
 
 
@@ -174,7 +196,10 @@ def main():
     parser.add_argument("--round-trip-runs", type=int, default=2, help="runs of the coremltools round trip")
     parser.add_argument("--head", type=int, default=32000, help="output rows of the LM head (0: no head)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "mlopt-bench"))
+    parser.add_argument("--compare-with", metavar="SOURCE_TREE",
+                        help="also time `mlopt optimize` from another source tree (a checkout of an earlier commit), interleaved")
     args = parser.parse_args()
+    args.work_dir = os.path.abspath(args.work_dir)
 
     src = ensure_package(args.work_dir, args.size, args.head)
     shape = SIZES[args.size]
@@ -183,16 +208,21 @@ def main():
           f"{args.runs} runs ({args.round_trip_runs} for the round trip)")
     print(f"mlopt optimize rewrites: {rewrites(src, os.path.join(args.work_dir, 'rewrites.mlpackage'))}")
 
-    results = bench(src, args.work_dir, args.runs, args.round_trip_runs)
+    if args.compare_with is not None:
+        print(f"compared with: {other_source(args.compare_with)[2]}")
+    results = bench(src, args.work_dir, args.runs, args.round_trip_runs, args.compare_with)
     medians = {k: statistics.median(s for s, _ in v) for k, v in results.items()}
     peaks = {k: max((p for _, p in v if p is not None), default=None) for k, v in results.items()}
-    print("| step | median wall s | peak RSS MB | vs cp -r |")
-    print("|---|---|---|---|")
+    print("| step | median wall s | each run, s | peak RSS MB | vs cp -r |")
+    print("|---|---|---|---|---|")
     for name, seconds in medians.items():
         peak = "-" if peaks[name] is None else f"{peaks[name]:.0f}"
-        print(f"| {name} | {seconds:.2f} | {peak} | {seconds / medians['cp -r']:.2f}x |")
-    print(f"\nmlopt optimize: {medians['mlopt optimize'] / medians['cp -r']:.2f}x cp -r; "
-          f"coremltools round trip / mlopt: {medians['coremltools round trip'] / medians['mlopt optimize']:.1f}x")
+        each = " ".join(f"{s:.2f}" for s, _ in results[name])
+        print(f"| {name} | {seconds:.2f} | {each} | {peak} | {seconds / medians['cp -r']:.2f}x |")
+    line = f"\nmlopt optimize: {medians['mlopt optimize'] / medians['cp -r']:.2f}x cp -r"
+    if "coremltools round trip" in medians:
+        line += f"; coremltools round trip / mlopt: {medians['coremltools round trip'] / medians['mlopt optimize']:.1f}x"
+    print(line)
 
     fixture = os.path.join(ROOT, "fixtures", "hf_fp16_ios17.mlpackage")
     out = os.path.join(args.work_dir, "small.mlpackage")

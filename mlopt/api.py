@@ -62,7 +62,7 @@ def _write(package, report, out_path, force, link, units, verify, selection, pas
         report.functions, new_blobs = _analyse(package, units, verify, selection, passes, split_outputs)
         try:
             # an unchanged model file is copied as bytes, not re-serialised; weight files that receive new blobs
-            # are written anew (package/weight_writer.py)
+            # are rewritten over their copy (package/weight_writer.py)
             methods = writer.commit(package.spec if report.rewrites else None, new_blobs)
         finally:
             new_blobs.reader.close()

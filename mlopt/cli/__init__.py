@@ -4,7 +4,8 @@
 return, a Ctrl-C, SIGTERM or SIGHUP ends the run with 128 + N and one line, imports included. Called with no
 arguments (the `mlopt` command, `python -m mlopt`) it leaves each signal its default action on return, so one
 that lands as the process exits ends it by that signal (128 + N, no traceback); called with arguments (tests,
-scripts) it restores the handlers it found and leaves no trace.
+scripts) it restores the handlers it found and leaves no trace. Only with no arguments, where the process is the
+command, does it also set numpy's BLAS to one thread if the user chose no number (cli/blas_threads.py).
 """
 
 import sys
@@ -15,6 +16,10 @@ def main(argv=None):
         from .. import signals
 
         previous = signals.install()
+        if argv is None:  # the process is the command: its BLAS may run one thread (blas_threads.py says why)
+            from . import blas_threads
+
+            blas_threads.limit()
     except KeyboardInterrupt:  # Ctrl-C before the handlers were in place: Python's own handler raised it
         return _interrupted_outside_run_cli(None, 0)
     committed, code = _commits(), None

@@ -39,9 +39,11 @@ def create_file(dir_fd, name):
     return os.open(name, _CREATE, 0o666, dir_fd=dir_fd)
 
 
-def copy_into(src_fd, dst_dir_fd, name, link_from=None, cancelled=lambda: False):
+def copy_into(src_fd, dst_dir_fd, name, link_from=None, cancelled=lambda: False, made=None):
     """Copy the open regular file `src_fd` to the new file `name` in `dst_dir_fd`, flushed to disk; return the
-    method used. With `link_from=(src_dir_fd, src_name)` a hard link is tried first."""
+    method used. With `link_from=(src_dir_fd, src_name)` a hard link is tried first. `made`, a list, receives the
+    (st_dev, st_ino) of the file this call created with its own bytes (a copy or a clone, read from the descriptor
+    it wrote; never a hard link): a private file of this run, which the package writer may later update in place."""
     fallback = ""
     if link_from is not None:
         try:
@@ -52,10 +54,11 @@ def copy_into(src_fd, dst_dir_fd, name, link_from=None, cancelled=lambda: False)
                 raise
             fallback = f" ({LINK_FALLBACK}: {e.strerror})"
     if sys.platform == "darwin" and _clone(src_fd, dst_dir_fd, name):
-        _fsync_new(dst_dir_fd, name)
+        _record(made, _fsync_new(dst_dir_fd, name))
         return CLONE + fallback
     dst_fd = create_file(dst_dir_fd, name)
     try:
+        _record(made, os.fstat(dst_fd))
         size = os.fstat(src_fd).st_size
         method = COPY_FILE_RANGE if _copy_file_range(src_fd, dst_fd, size, cancelled) else _stream(src_fd, dst_fd, size, cancelled)
         if cancelled():
@@ -84,11 +87,18 @@ def _clone(src_fd, dst_dir_fd, name):
 
 
 def _fsync_new(dir_fd, name):
+    """Flush the file just cloned to disk; returns its fstat."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         os.fsync(fd)
+        return os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def _record(made, st):
+    if made is not None:
+        made.append((st.st_dev, st.st_ino))
 
 
 def _copy_file_range(src_fd, dst_fd, size, cancelled):

@@ -22,6 +22,10 @@ cloned where the file system shares extents; no copy of an unchanged weight pass
 new blobs are appended, and blobs nothing refers to any more (the weight a split replaced) are dropped. The
 same input gives the same bytes. Only files that receive a new blob are rewritten (`files_to_write`); the
 others are copied whole as before.
+
+`write(..., in_place=True)` updates a private copy of the input's file (the package writer's, never the input's
+own) to the same bytes: every blob before the first dropped one keeps its offset, so nothing of it is written
+again; an LM head split at the end of a 2 GB file costs the rows after its first chunk, not the file.
 """
 
 import math
@@ -175,18 +179,24 @@ class NewBlobs:
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def files_to_write(self, spec):
-        """The weight files the final program refers to a new blob in (those must be written anew)."""
+        """The weight files the final program refers to a new blob in (those must be rewritten)."""
         return sorted({v.blobFileValue.fileName for f in spec.mlProgram.functions.values() for v in blob_values(f)
                        if (v.blobFileValue.fileName, v.blobFileValue.offset) in self.blobs})
 
-    def write(self, spec, file_name, fd):
-        """Write the weight file `file_name` anew into `fd` (an empty file) and remap the program's offsets into it.
-        Returns the copy methods used."""
+    def write(self, spec, file_name, fd, in_place=False):
+        """Write the weight file `file_name` into `fd` and remap the program's offsets into it. Returns the copy
+        methods used. `fd` is an empty file, or with `in_place` a byte-for-byte copy of the input's file (one
+        this run made: never the input's own): then only what differs from that copy is written - a blob whose
+        bytes stay where they were is not touched, and one whose offset is unchanged costs a 64-byte comparison -
+        and the file is cut to its new length. Both give the same bytes."""
         values = [v for f in spec.mlProgram.functions.values() for v in blob_values(f) if v.blobFileValue.fileName == file_name]
         offsets = sorted({v.blobFileValue.offset for v in values}, key=lambda o: ((file_name, o) in self.blobs, o))
-        src_fd, _ = self.reader.open_file(file_name)
-        header = struct.pack("<II", len(offsets), VERSION).ljust(HEADER, b"\0")
-        _write_all(fd, header, 0)
+        src_fd, src_size = self.reader.open_file(file_name)
+        if in_place and os.fstat(fd).st_size != src_size:  # not a whole copy after all: write everything
+            os.ftruncate(fd, 0)
+            in_place = False
+        out = _Target(fd, in_place)
+        out.put(struct.pack("<II", len(offsets), VERSION).ljust(HEADER, b"\0"), 0)
         position, moved, methods = HEADER, {}, set()
         for old in offsets:
             new = self.blobs.get((file_name, old))
@@ -199,11 +209,11 @@ class NewBlobs:
             else:
                 code, nbytes, ranges, reserved = new.code, new.nbytes, new.ranges, b"\0" * (HEADER - 24)
             data_at = position + HEADER
-            _write_all(fd, struct.pack("<IIQQ", SENTINEL, code, nbytes, data_at) + reserved, position)
+            out.put(struct.pack("<IIQQ", SENTINEL, code, nbytes, data_at) + reserved, position)
             if new is None or new.ranges:
                 at = data_at
                 for start, n in ranges:
-                    methods.add(_copy_range(src_fd, fd, start, at, n))
+                    methods.update(out.copy(src_fd, start, at, n))
                     at += n
             else:
                 at = data_at
@@ -213,10 +223,37 @@ class NewBlobs:
                 methods.add("streamed")
             moved[old] = position
             position = _aligned(data_at + nbytes)
+            out.pad(data_at + nbytes, position)
         os.ftruncate(fd, max(position, HEADER))
         for v in values:
             v.blobFileValue.offset = moved[v.blobFileValue.offset]
         return methods
+
+
+class _Target:
+    """The weight file being written, with what an in-place update may leave as it is. Every byte of the new file
+    is covered once, in increasing order - the header, then per blob its record, its data, the zeros up to the next
+    64-byte boundary - so a byte not yet written still holds the copy's (the input's) byte at that position: data
+    copied to where it already is, and a record or padding equal to what is there, need no write."""
+
+    def __init__(self, fd, in_place):
+        self.fd = fd
+        self.in_place = in_place
+
+    def put(self, data, offset):
+        if not (self.in_place and os.pread(self.fd, len(data), offset) == data):
+            _write_all(self.fd, data, offset)
+
+    def copy(self, src_fd, start, at, n):
+        """Bytes `start`..`start + n` of the input's file to `at`; returns the methods used (none: already there)."""
+        if self.in_place and start == at:
+            return ()
+        return (_copy_range(src_fd, self.fd, start, at, n),)
+
+    def pad(self, end, aligned):
+        """Zeros between a blob's end and the next record: holes in a new file, written over an old one's bytes."""
+        if self.in_place and aligned > end:
+            self.put(b"\0" * (aligned - end), end)
 
 
 class _OverlayReader:

@@ -1,5 +1,7 @@
 """Write the optimized package: every file copied byte for byte except the root model, written from the new spec,
-and the weight files that receive a rewrite's new blobs, written anew by package/weight_writer.py.
+and the weight files that receive a rewrite's new blobs, rewritten by package/weight_writer.py - over the copy
+this run made, in place (only from the first blob that moves on), or anew where the staged file is the input's
+own (a `--link` hard link: never written through).
 
 `PackageWriter` checks OUT (destination.py), then starts copying at once, in a background thread, into a hidden
 staging folder it creates next to OUT (staging.py); the caller analyses and rewrites the spec meanwhile (the copy
@@ -12,6 +14,7 @@ SIGTERM removes the staging folder and the parent folders this run created: noth
 
 import os
 import signal
+import stat
 import threading
 from contextlib import contextmanager
 
@@ -74,6 +77,7 @@ class PackageWriter:
         self._error = None
         self._cancel = threading.Event()
         self._folders = {}  # staging-relative folder -> fd
+        self._private = {}  # staging-relative file -> (st_dev, st_ino) of the copy this run made (never a hard link)
         self._thread = None
         self.staging = None  # the staging folder's name in OUT's parent, while it exists
         self.dest = destination.Destination.of(out_path)
@@ -140,8 +144,12 @@ class PackageWriter:
         try:
             if self.link:
                 link_from = self.package.tree.location(rel)  # a hub cache link: its blob
+            made = []
             try:
-                return copy_into(source, self._folders[parent], name, link_from=link_from, cancelled=self._cancel.is_set)
+                method = copy_into(source, self._folders[parent], name, link_from=link_from, cancelled=self._cancel.is_set, made=made)
+                if made:
+                    self._private[rel] = made[0]
+                return method
             except (Cancelled, BadInputError):
                 raise
             except OSError as e:
@@ -184,17 +192,41 @@ class PackageWriter:
         return self.methods
 
     def _write_weights(self, spec, new_blobs):
-        """Each weight file the program refers to a new blob in, written anew in place of its copy."""
+        """Each weight file the program refers to a new blob in, rewritten. A copy this run made (`_open_private`)
+        is updated in place: the blobs that keep their offsets (all before the first dropped one) are not written
+        again, and a 2 GB file whose last blob (an LM head) was split costs the rows after the head's first chunk.
+        Any other file (a `--link` hard link to the input's) is unlinked and created anew: never written through."""
         for file_name in new_blobs.files_to_write(spec):
             rel = new_blobs.reader.relpath(file_name)
             parent, _, name = rel.rpartition("/")
-            os.unlink(name, dir_fd=self._folders[parent])
-            fd = create_file(self._folders[parent], name)
+            fd = self._open_private(rel)
+            in_place = fd is not None
+            if not in_place:
+                os.unlink(name, dir_fd=self._folders[parent])
+                fd = create_file(self._folders[parent], name)
             try:
-                self.methods.update(new_blobs.write(spec, file_name, fd))
+                self.methods.update(new_blobs.write(spec, file_name, fd, in_place=in_place))
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def _open_private(self, rel):
+        """A read-write descriptor of `rel` if it is the private copy this run's copy made - the same inode the
+        copy wrote (no link followed), a regular file with no other name (st_nlink 1: not the input's, which a
+        `--link` run shares) - else None."""
+        made = self._private.get(rel)
+        if made is None:
+            return None
+        parent, _, name = rel.rpartition("/")
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=self._folders[parent])
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != made or st.st_nlink != 1:
+            os.close(fd)
+            return None
+        return fd
 
     def _write_model(self, spec):
         parent, _, name = self.package.model_rel.rpartition("/")
