@@ -71,3 +71,23 @@ def test_the_audit_tour_quotes_what_audit_prints(tmp_path):
     (excerpt,) = [b for b in plain_blocks() if b.startswith("  fp16 audit (mlopt audit, same inputs):")]
     code, printed = mlopt("optimize", model, str(tmp_path / "out.mlpackage"), "--audit")
     assert code == 0 and excerpt + "\n" in printed
+
+
+def test_the_split_outputs_tour_quotes_what_optimize_prints(tmp_path):
+    model = "fixtures/wide/llama_32000_fp16_ios17.mlpackage"
+    quoted = quoted_blocks()[f"mlopt optimize {model}"]
+    out = str(tmp_path / "llama_split.mlpackage")
+    code, printed = mlopt("optimize", model, out, "--force", "--split-outputs")
+    assert code == 0
+    assert printed.rstrip("\n") == quoted.replace("/tmp/llama_split.mlpackage", out)
+    code, printed = mlopt("lint", out)
+    assert code == 0 and "no finding in 2 ops" in printed
+
+
+def test_the_headroom_excerpt_is_what_optimize_prints(tmp_path):
+    model, inputs = "fixtures/audit/gemma_residual_fp16_ios17.mlpackage", "fixtures/audit/gemma_residual_fp16_ios17.inputs.npz"
+    (excerpt,) = [b for b in plain_blocks() if b.startswith("    rewritten      x_11_cast_fp16")]
+    code, printed = mlopt("optimize", model, str(tmp_path / "gemma_safe.mlpackage"), "--inputs", inputs, "--headroom", "--audit")
+    assert code == 0
+    stream, audit = excerpt.split("\n  fp16 audit")
+    assert stream + "\n" in printed and "  fp16 audit" + audit + "\n" in printed
