@@ -239,3 +239,27 @@ def mb_builder_ops(emit):
         builder.finish(emit(builder, relu.x), relu.outputs[0])
         block.remove_ops([relu])
     return [op.op_type for op in block.operations if op.op_type != "const"]
+
+
+WEIGHT_FILE = "@model_path/weights/weight.bin"
+
+
+def blob_consts_program(consts, file_name=WEIGHT_FILE):
+    """A spec whose function 'main' holds one const per (offset, dtype, shape) in `consts`, each stored in
+    `file_name` at that offset: what the weight-file writer's tests rewrite."""
+    from mlopt.package.proto import Model_pb2
+    from mlopt.rewrites.spec_builder import tensor_type
+
+    spec = Model_pb2.Model()
+    function = spec.mlProgram.functions["main"]
+    function.opset = "CoreML7"
+    block = function.block_specializations["CoreML7"]
+    for k, (offset, dtype, shape) in enumerate(consts):
+        op = block.operations.add()
+        op.type = "const"
+        op.outputs.add().name = f"c{k}"
+        value = op.attributes["val"]
+        value.type.CopyFrom(tensor_type(dtype, shape))
+        value.blobFileValue.fileName = file_name
+        value.blobFileValue.offset = offset
+    return spec

@@ -13,14 +13,13 @@ import pytest
 
 from coremltools import libmilstoragepython
 
-from conftest import fixture_path, load_in_coremltools, tree_digest
+from conftest import blob_consts_program, fixture_path, load_in_coremltools, tree_digest
 from mlopt import optimize_package
 from mlopt.graph.dtypes import DT, FLOAT16, FLOAT32, NUMPY, SUB_BYTE
 from mlopt.package import read_package
 from mlopt.package import weight_writer, writer
 from mlopt.package.weight_writer import NewBlobs
 from mlopt.package.weights import BlobReader, blob_values
-from mlopt.rewrites.spec_builder import tensor_type
 from mlopt.rules.split_wide_pattern import MAX_CHANNELS
 
 FILE = "@model_path/weights/weight.bin"
@@ -51,23 +50,7 @@ def five(tmp_path):
     return str(tmp_path / "src"), offsets
 
 
-def program(consts):
-    """A spec whose function holds one const per (offset, dtype, shape)."""
-    from mlopt.package.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    function = spec.mlProgram.functions["main"]
-    function.opset = "CoreML7"
-    block = function.block_specializations["CoreML7"]
-    for k, (offset, dtype, shape) in enumerate(consts):
-        op = block.operations.add()
-        op.type = "const"
-        op.outputs.add().name = f"c{k}"
-        value = op.attributes["val"]
-        value.type.CopyFrom(tensor_type(dtype, shape))
-        value.blobFileValue.fileName = FILE
-        value.blobFileValue.offset = offset
-    return spec
+program = blob_consts_program
 
 
 def offsets_of(spec):

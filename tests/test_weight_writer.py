@@ -11,10 +11,9 @@ from coremltools import libmilstoragepython
 
 from mlopt.graph.dtypes import DT, FLOAT32
 from mlopt.graph.stored_constants import StoredConstants
-from mlopt.package.proto import Model_pb2
 from mlopt.package.weight_writer import NewBlobs
 from mlopt.package.weights import BlobReader
-from mlopt.rewrites.spec_builder import tensor_type
+from conftest import blob_consts_program
 
 FILE = "@model_path/weights/weight.bin"
 UINT4 = DT.Value("UINT4")
@@ -34,21 +33,7 @@ def weights(tmp_path):
     return str(tmp_path), offsets
 
 
-def program(consts):
-    """A spec whose function holds one const per (offset, dtype, shape) in `consts`."""
-    spec = Model_pb2.Model()
-    function = spec.mlProgram.functions["main"]
-    function.opset = "CoreML7"
-    block = function.block_specializations["CoreML7"]
-    for k, (offset, dtype, shape) in enumerate(consts):
-        op = block.operations.add()
-        op.type = "const"
-        op.outputs.add().name = f"c{k}"
-        value = op.attributes["val"]
-        value.type.CopyFrom(tensor_type(dtype, shape))
-        value.blobFileValue.fileName = FILE
-        value.blobFileValue.offset = offset
-    return spec
+program = blob_consts_program
 
 
 def offsets_of(spec):
