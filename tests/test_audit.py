@@ -381,3 +381,26 @@ def test_optimize_audit_of_a_model_audit_cannot_run_writes_the_output_and_says_w
     assert doc["audit"]["skipped"].startswith(f"{fixture_path('hf_fp16_ios17')}: cannot be audited: function 'main': op ")
     code, text, _ = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--audit", "--force")
     assert code == 0 and f"  fp16 audit: not run: {fixture_path('hf_fp16_ios17')}: cannot be audited: " in text
+
+
+@pytest.mark.parametrize("array, problem", [
+    (np.full((1, 8), 0.5, np.float32), "holds non-integer values (e.g. 0.5)"),
+    (np.full((1, 8), 2**40, np.int64), "holds 1099511627776, beyond the range of int32 (-2147483648 to 2147483647)"),
+    (np.full((1, 8), -1.0e10), "holds -1e+10, beyond the range of int32 (-2147483648 to 2147483647)"),
+])
+def test_inputs_an_integer_input_cannot_hold_unchanged_are_bad_input(capsys, tmp_path, array, problem):
+    """A cast would truncate 0.5 token ids to 0 or wrap 2^40 around: the audit would run on other inputs than given."""
+    np.savez(tmp_path / "x.npz", input_ids=array)
+    code, out, err = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "x.npz")
+    assert (code, out) == (2, "")
+    assert err == f"mlopt: error: {tmp_path / 'x.npz'}: array 'input_ids' {problem}; input 'input_ids' of function 'main' is int32\n"
+
+
+def test_whole_floats_for_an_integer_input_are_taken_as_those_integers(capsys, tmp_path):
+    given = np.load(os.path.join(AUDIT, "gemma_residual_fp16_ios17.inputs.npz"))["input_ids"]
+    np.savez(tmp_path / "f.npz", input_ids=given.astype(np.float32))
+    np.savez(tmp_path / "i.npz", input_ids=given)
+    as_floats = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "f.npz", "--json")
+    as_ints = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "i.npz", "--json")
+    strip = lambda text: text.replace(str(tmp_path / "f.npz"), "X").replace(str(tmp_path / "i.npz"), "X")
+    assert as_floats[0] == as_ints[0] == 1 and strip(as_floats[1]) == strip(as_ints[1])
