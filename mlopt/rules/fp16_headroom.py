@@ -50,8 +50,8 @@ class Fp16HeadroomRule(Rule):
     saved_programs_only = True  # one match, many sites: no fused op at conversion time
 
     def __init__(self, peaks=None, target_bits=DEFAULT_TARGET_BITS):
-        """`peaks`: {function name: {value name: float64 peak |x|}} (the audit's rows); `target_bits`: the bits
-        of headroom below 65504 the stream's peak must leave."""
+        """`peaks`: {function name: {value name: float64 peak |x|, NaN where float64 itself held NaN}} (the
+        audit's rows); `target_bits`: the bits of headroom below 65504 the stream's peak must leave."""
         if isinstance(target_bits, bool) or not isinstance(target_bits, (int, float)) or not 0 <= target_bits <= 15:
             raise ValueError(f"headroom target {target_bits!r}: expected a number of bits from 0 to 15")
         self.peaks = peaks
@@ -71,13 +71,19 @@ class Fp16HeadroomRule(Rule):
         if not stream.readers and not any(e.readers for e in stream.entries):
             return NOT_THIS_PATTERN  # adds nothing normalises (rotary embeddings, gates): no residual stream
         ops = _region_ops(graph, stream)
-        form = f"residual stream: {len(stream.adds)} adds, {len(_judged(stream))} norms reading it"
+        adds, norms = len(stream.adds), len(_judged(stream))
+        form = f"residual stream: {adds} add{'s' * (adds != 1)}, {norms} norm{'s' * (norms != 1)} reading it"
         name = f"'{stream.values[0]}' .. '{stream.values[-1]}'"
         if stream.problems:
             return ConditionFailed(f"stream {name} left alone: {stream.problems[0]}", form, ops)
         peak, missing = self._peak(graph, stream)
         if missing is not None:
             return ConditionFailed(f"stream {name} left alone: the audit measured no float64 peak for '{missing}'", form, ops)
+        if math.isnan(peak):
+            unmeasured = next(v for v in self._scaled_values(stream) if math.isnan(self.peaks[graph.name][v]))
+            return ConditionFailed(
+                f"stream {name} left alone: float64 is NaN at '{unmeasured}' (the program as stored computes no number "
+                f"there: mlopt audit says where it starts), so its peak is unmeasured", form, ops)
         limit = FP16_MAX / 2.0**self.target_bits
         if peak <= limit:
             return Recognised(self.title, (
@@ -91,11 +97,17 @@ class Fp16HeadroomRule(Rule):
         """The largest float64 peak among the values the rewrite scales: the stream's and the folded entries'
         (an entry given a mul at the add keeps its own magnitude)."""
         peaks = (self.peaks or {}).get(graph.name, {})
-        values = stream.values + [e.value for e in stream.entries if e.fold is not None]
+        values = self._scaled_values(stream)
         for value in values:
             if value not in peaks:
                 return None, value
+        if any(math.isnan(peaks[v]) for v in values):  # NaN in float64 itself: not a measure
+            return math.nan, None
         return max(peaks[v] for v in values), None
+
+    @staticmethod
+    def _scaled_values(stream):
+        return stream.values + [e.value for e in stream.entries if e.fold is not None]
 
     def _match(self, graph, stream, ops, alpha, k, peak):
         sites, rounded, underflows = [], [], 0
@@ -159,7 +171,7 @@ class Fp16HeadroomRule(Rule):
 
     def summary(self, match):
         f = match.facts
-        return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} adds), alpha 2^{f['alpha_log2']}, "
+        return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} add{'s' * (f['adds'] != 1)}), alpha 2^{f['alpha_log2']}, "
                 f"float64 peak {f['peak_before']:.4g} -> {f['peak_after']:.4g} ({_bits(f['peak_before']):.1f} -> "
                 f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entries folded into their constants, "
                 f"{f['inserted']} scaled by an inserted mul, {f['readers']} norms with epsilon x 2^{2 * f['alpha_log2']}")

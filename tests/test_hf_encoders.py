@@ -1,0 +1,63 @@
+"""Encoders written as transformers writes them, with the padding mask a model input (fixtures/hf_encoders,
+make_hf_encoder_fixtures.py): converted at FLOAT16, `(1 - m) * finfo.min` is `0 * -inf` = NaN in the stored
+program itself, so its float64 run has no number there either. The audit says where and which outputs it reaches,
+and the headroom pass does not take an all-NaN value's peak (0) for a measurement."""
+
+import json
+import os
+
+from conftest import fixture_path, run as cli
+from mlopt import optimize_package
+from mlopt.analyses.audit import audit_package
+from mlopt.report import LEFT_ALONE
+
+BERT = fixture_path("bert_input_mask_fp16_ios17", "hf_encoders")
+T5 = fixture_path("t5_input_mask_fp16_ios17", "hf_encoders")
+HEALTHY = fixture_path("real/decoder_llama_fp16_ios17")
+
+
+def test_audit_says_float64_itself_is_nan_and_which_output_it_reaches(capsys):
+    code, out, _ = cli(capsys, "audit", BERT, "--top", "0")
+    lines = out.splitlines()
+    assert code == 1 and lines[0] == f"{BERT}: 1 finding (static 1)"
+    assert lines[-1] == (
+        "  float64 itself is NaN at 14 op outputs, first at 'var_105_cast_fp16' (mul): the program as stored computes "
+        "no number there, so nothing is judged against float64 at those elements and their peaks are unmeasured; "
+        "NaN reaches output 'var_175' (256 elements)")
+
+
+def test_audit_json_counts_float64_nan_per_op_output(capsys):
+    code, out, _ = cli(capsys, "audit", BERT, "--json")
+    rows = {r["op"]: r for r in json.loads(out)["ops"]}
+    # (1 - m) * -inf: NaN where m keeps (1 - m = 0); the output (1, 8, 32) is NaN everywhere, the device's too
+    assert rows["var_175"]["nan_fp64"] == 256 and rows["var_175"]["nan"] == 256 and rows["var_175"]["peak_abs_fp64"] == 0
+    first = [r["op"] for r in json.loads(out)["ops"] if r["nan_fp64"]][0]
+    assert first == "var_105_cast_fp16" and rows[first]["op_type"] == "mul"
+
+
+def test_healthy_model_has_no_float64_nan_line_and_zero_counts(capsys):
+    report = audit_package(HEALTHY, top=0)
+    assert report.rows and all(r.nan_fp64 == 0 for r in report.rows)
+    assert report.float64_nan_lines() == []
+
+
+def test_after_finite_mask_the_float64_run_has_numbers_again(tmp_path):
+    out = tmp_path / "bert.mlpackage"
+    optimize_package(BERT, out)
+    report = audit_package(out, top=0)
+    assert report.passed and all(r.nan_fp64 == 0 for r in report.rows) and report.float64_nan_lines() == []
+
+
+def test_headroom_leaves_a_stream_float64_cannot_measure_alone_with_the_reason(tmp_path):
+    report = optimize_package(BERT, tmp_path / "out.mlpackage", headroom=True)
+    streams = [c for f in report.functions for c in f.chains if c.rule == "fp16_headroom"]
+    assert [(c.status, c.form) for c in streams] == [(LEFT_ALONE, "residual stream: 1 add, 1 norm reading it")] * 2
+    assert streams[0].reason == (
+        "stream 'input_9_cast_fp16' .. 'input_9_cast_fp16' left alone: float64 is NaN at 'input_9_cast_fp16' (the "
+        "program as stored computes no number there: mlopt audit says where it starts), so its peak is unmeasured")
+
+
+def test_t5_mask_added_to_the_position_bias_is_named_too(capsys):
+    code, out, _ = cli(capsys, "audit", T5, "--top", "0")
+    assert code == 1 and any(line.startswith("  float64 itself is NaN at ") and line.endswith("NaN reaches output 'var_249' (256 elements)")
+                             for line in out.splitlines())
