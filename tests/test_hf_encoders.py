@@ -6,6 +6,8 @@ and the headroom pass does not take an all-NaN value's peak (0) for a measuremen
 import json
 import os
 
+import numpy as np
+
 from conftest import fixture_path, run as cli
 from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
@@ -61,3 +63,27 @@ def test_t5_mask_added_to_the_position_bias_is_named_too(capsys):
     code, out, _ = cli(capsys, "audit", T5, "--top", "0")
     assert code == 1 and any(line.startswith("  float64 itself is NaN at ") and line.endswith("NaN reaches output 'var_249' (256 elements)")
                              for line in out.splitlines())
+
+
+def test_headroom_report_of_a_one_add_stream_reads_in_the_singular_and_names_the_stored_epsilon(tmp_path):
+    """The BERT after finite_mask, with a target that makes its post-norm streams scale: one add, one norm each.
+    LayerNorm's fp16 epsilon is already fp16's smallest subnormal: x 1/4 it would be 0, so it stays there."""
+    fixed = tmp_path / "fixed.mlpackage"
+    optimize_package(BERT, fixed)
+    report = optimize_package(fixed, tmp_path / "out.mlpackage", rules=(), headroom=True, headroom_target=15)
+    first = [c for f in report.functions for c in f.chains if c.rule == "fp16_headroom"][0]
+    assert first.form == "residual stream: 1 add, 1 norm reading it"
+    assert " (1 add), alpha 2^-1, " in first.summary and "1 entry folded into their constants, 1 scaled by an inserted mul, 1 norm with epsilon x 2^-2" in first.summary
+    assert ("1 epsilon cannot hold eps x 0.25 exactly in fp16 (e.g. 5.96e-08 x 0.25 = 1.49e-08 -> stored 5.96e-08, "
+            "the smallest fp16 subnormal, as 0 would make an all-zero row NaN)") in first.note
+
+
+def test_epsilon_note_says_nearest_when_the_scaled_value_rounds_to_a_nonzero_neighbour():
+    from mlopt.graph.dtypes import FLOAT16
+    from mlopt.rules.fp16_headroom import _note, _scaled_epsilon
+
+    eps = np.float16(3e-6)  # 50 * 2^-24: x 1/4 it is 12.5 * 2^-24, stored as its nearest even neighbour 12 * 2^-24
+    stored = _scaled_epsilon(np.array([eps]), 0.25, np.float16)[0]
+    assert float(stored) != float(eps) * 0.25 and stored > 0
+    note = _note(0.5, [(float(eps), float(stored), FLOAT16, 0.25)], 0, FLOAT16)
+    assert f"(e.g. {float(eps):.4g} x 0.25 = {float(eps) * 0.25:.4g} -> nearest {float(stored):.4g})" in note

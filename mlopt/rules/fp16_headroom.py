@@ -130,7 +130,7 @@ class Fp16HeadroomRule(Rule):
                 value, dtype = _literal(graph, op, param)
                 scaled = _scaled_epsilon(value, alpha**power, NUMPY[dtype])
                 if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha**power):
-                    rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype))
+                    rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype, alpha**power))
                 sites.append(Site(op, {"epsilon": (param, scaled, dtype)}))
         sites.sort(key=lambda s: graph.position(s.op))
         first = sites[0].op
@@ -173,8 +173,8 @@ class Fp16HeadroomRule(Rule):
         f = match.facts
         return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} add{'s' * (f['adds'] != 1)}), alpha 2^{f['alpha_log2']}, "
                 f"float64 peak {f['peak_before']:.4g} -> {f['peak_after']:.4g} ({_bits(f['peak_before']):.1f} -> "
-                f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entries folded into their constants, "
-                f"{f['inserted']} scaled by an inserted mul, {f['readers']} norms with epsilon x 2^{2 * f['alpha_log2']}")
+                f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entr{'y' if f['folded'] == 1 else 'ies'} folded into their "
+                f"constants, {f['inserted']} scaled by an inserted mul, {f['readers']} norm{'s' * (f['readers'] != 1)} with epsilon x 2^{2 * f['alpha_log2']}")
 
     def report_fields(self, match):
         f = match.facts
@@ -268,11 +268,15 @@ def _underflows(graph, value, alpha):
 def _note(alpha, rounded, underflows, dtype):
     parts = [f"every value of the stream is multiplied by {alpha:g}; norms read it unchanged"]
     if rounded:
-        before, after, eps_dtype = rounded[0]
+        before, after, eps_dtype, factor = rounded[0]
+        exact = before * factor
+        floor = after == float(np.finfo(NUMPY[eps_dtype]).smallest_subnormal) and exact < after / 2
+        stored = (f"stored {after:.4g}, the smallest {dtype_name(eps_dtype)} subnormal, as 0 would make an all-zero "
+                  f"row NaN") if floor else f"nearest {after:.4g}"
         parts.append(
-            f"{len(rounded)} epsilon{'s' * (len(rounded) != 1)} cannot hold eps x {alpha * alpha:g} exactly in "
-            f"{dtype_name(eps_dtype)} (e.g. {before:.4g} -> nearest {after:.4g}): stored rounded, proved against "
-            f"float64 within {dtype_name(dtype)} tolerance, not bit-exact")
+            f"{len(rounded)} epsilon{'s' * (len(rounded) != 1)} cannot hold eps x {factor:g} exactly in "
+            f"{dtype_name(eps_dtype)} (e.g. {before:.4g} x {factor:g} = {exact:.4g} -> {stored}): stored rounded, "
+            f"proved against float64 within {dtype_name(dtype)} tolerance, not bit-exact")
     if underflows:
         parts.append(f"{underflows} weight element{'s' * (underflows != 1)} underflow{'s' * (underflows == 1)} "
                      f"when scaled (below the dtype's normal range): proved within tolerance, not bit-exact")

@@ -135,7 +135,8 @@ def test_fp16_epsilon_that_fp16_cannot_scale_is_rounded_and_said(tmp_path):
     eps16 = np.float16(1e-6)  # 17 * 2^-24: x 2^-6 is below half the smallest subnormal, it would round to 0
     assert float(np.float16(np.float64(eps16) / 64)) == 0.0
     # stored as fp16's smallest subnormal instead: an all-zero row still gives 0, not 0/0
-    assert "7 epsilons cannot hold eps x 0.015625 exactly in fp16 (e.g. 1.013e-06 -> nearest 5.96e-08)" in chain.note
+    assert ("7 epsilons cannot hold eps x 0.015625 exactly in fp16 (e.g. 1.013e-06 x 0.015625 = 1.583e-08 -> stored "
+            "5.96e-08, the smallest fp16 subnormal, as 0 would make an all-zero row NaN): stored rounded") in chain.note
     after = main_view(out)
     add = after.producer("var_86_cast_fp16")
     assert float(after.const(add, "y")) == 2.0**-24
