@@ -321,6 +321,24 @@ def test_a_program_computing_in_fp32_only_is_not_called_fp16_safe(capsys):
     assert "fp16-safe" not in first
 
 
+def test_optimize_audit_of_an_fp32_program_says_what_mlopt_audit_says(capsys, tmp_path):
+    """`optimize --audit` used to print "fp16-safe; least headroom -112.0 bits" for an fp32 Llama."""
+    name = fixture_path("real/decoder_llama_fp32_ios15")
+    report = audit_package(name)
+    bits, op = report.min_headroom_bits, report.least_headroom(1)[0].op
+    code, out, _ = cli(capsys, "optimize", name, tmp_path / "o.mlpackage", "--audit")
+    lines = out.splitlines()
+    at = lines.index("  fp16 audit (mlopt audit, same inputs):")
+    assert code == 0 and lines[at + 1] == (
+        f"    before no finding; it computes in fp32 only (in fp16, its least headroom would be {bits:.1f} bits at '{op}')")
+    assert lines[at + 2].startswith("    after  no finding; it computes in fp32 only (in fp16, its least headroom would be ")
+    code, text, _ = cli(capsys, "optimize", name, tmp_path / "j.mlpackage", "--audit", "--json")
+    doc = json.loads(text)
+    assert code == 0 and errors(doc, SCHEMA) == [] and doc["audit"]["before"]["fp32_only"] is True
+    code, text, _ = cli(capsys, "optimize", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), tmp_path / "g.mlpackage", "--audit", "--json")
+    assert json.loads(text)["audit"]["before"]["fp32_only"] is False
+
+
 @pytest.mark.parametrize("name", ["gemma_residual_fp16_ios17", "subnormal_rmsnorm_fp16_ios17", "mask_1e9_fp16_ios17"])
 def test_measuring_in_slices_gives_the_numbers_of_whole_tensors(monkeypatch, name):
     """Large tensors are measured slice by slice (bounded temporaries); the rows and findings must not change."""

@@ -88,8 +88,13 @@ class AuditReport:
     def sorted_findings(self):
         return sorted(self.findings, key=lambda f: (self.functions.index(f.function) if f.function in self.functions else 0, f.position))
 
+    @property
+    def fp32_only(self):
+        """The program computes in fp32 only: its rows say how it would fare in fp16, no finding is raised."""
+        return bool(self.rows) and not any(r.dtype == "fp16" for r in self.rows)
+
     def verdict(self):
-        if not self.findings and self.rows and not any(r.dtype == "fp16" for r in self.rows):
+        if not self.findings and self.fp32_only:
             return (f"{self.model}: no finding; it computes in fp32 only (in fp16, its least headroom would be "
                     f"{_bits(self.min_headroom_bits)})")
         if not self.findings:
@@ -153,7 +158,8 @@ class AuditReport:
         least = self.least_headroom(1)
         return dict(model=self.model, passed=self.passed, findings=[f.to_dict() for f in self.sorted_findings()],
                     first_nonfinite=self.first_nonfinite, peak_abs_fp64=self.peak_abs_fp64,
-                    min_headroom_bits=self.min_headroom_bits, least_headroom_op=least[0].op if least else None)
+                    min_headroom_bits=self.min_headroom_bits, least_headroom_op=least[0].op if least else None,
+                    fp32_only=self.fp32_only)
 
     def to_dict(self):
         from ..report import SCHEMA, json_safe
