@@ -87,3 +87,18 @@ def test_epsilon_note_says_nearest_when_the_scaled_value_rounds_to_a_nonzero_nei
     assert float(stored) != float(eps) * 0.25 and stored > 0
     note = _note(0.5, [(float(eps), float(stored), FLOAT16, 0.25)], 0, FLOAT16)
     assert f"(e.g. {float(eps):.4g} x 0.25 = {float(eps) * 0.25:.4g} -> nearest {float(stored):.4g})" in note
+
+
+def test_verify_of_two_all_nan_models_says_float64_is_nan_too_not_the_inputs(capsys, tmp_path):
+    """Both models NaN everywhere pass as equal (docs/verify.md); the note used to point at the inputs' domain only,
+    where the stored program itself computes no number (T5's mask reaches the softmax through the position bias:
+    only the norms are rewritten here)."""
+    out = tmp_path / "t5.mlpackage"
+    optimize_package(T5, out, only=["rms_norm"])
+    code, text, _ = cli(capsys, "verify", T5, out)
+    (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
+    assert code == 0 and check.startswith(
+        "  pass  main/var_249: max abs 0, max rel 0 (rtol 0.01, atol 0.01); no element is finite in either model: "
+        "nothing was compared (inputs outside the model's domain, such as the log of a negative value? give real ones "
+        "with --inputs); float64 is NaN there too: the reference as stored computes no number on these inputs; if real "
+        "ones give NaN as well, look for 0 times an fp16 -inf mask sentinel (mlopt audit says where NaN starts)")
