@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ..graph.dtypes import NUMPY, name as dtype_name
+from ..graph.dtypes import FLOAT16, NUMPY, name as dtype_name
 from ..graph.values import decode_value
 from ..patterns.status import NOT_THIS_PATTERN, ConditionFailed, Matched, Recognised
 from ..rewrites.compressed_scaling import SCALED_PARAM, held_param
@@ -136,6 +136,12 @@ class Fp16HeadroomRule(Rule):
         first = sites[0].op
         stream_dtype = graph.dtype(stream.values[-1])
         note = _note(alpha, rounded, underflows, stream_dtype)
+        squaring = _squares_past_fp16(graph, _readers(stream), peak * alpha)
+        if squaring:
+            note += (f"; {squaring} RMSNorm chain{'s' * (squaring != 1)} reading it square{'s' * (squaring == 1)} it in "
+                     f"fp16 as written: x^2 passes 65504 once |x| > 256, and the peak is {peak * alpha:.4g} after "
+                     f"scaling, so {'it still overflows' if squaring == 1 else 'they still overflow'} unless the "
+                     f"rms_norm rule rewrites {'it' if squaring == 1 else 'them'} (compute units CPU_AND_NE)")
         return Match(
             x=stream.entries[0].value,
             axes=(),
@@ -185,6 +191,33 @@ class Fp16HeadroomRule(Rule):
 
 def _bits(peak):
     return math.log2(FP16_MAX / peak) if peak > 0 else math.inf
+
+
+SQUARE_LIMIT = math.sqrt(65504.0)  # |x| beyond it: x^2 is beyond fp16's largest finite value
+
+
+def _squares_past_fp16(graph, readers, peak):
+    """How many decomposed RMSNorm readers square the (scaled) stream in fp16 where x^2 still overflows: scaling
+    the stream to `peak` leaves their x^2 beyond 65504 while peak > 256 (docs/headroom.md, "With the norm rules")."""
+    if peak <= SQUARE_LIMIT:
+        return 0
+    count = 0
+    for reader in readers:
+        if reader.kind != "RMSNorm":
+            continue
+        ops = [graph.op_by_name.get(name) for name in reader.ops]
+        if any(op is not None and _squares(graph, op) and graph.dtype(graph.output(op)) == FLOAT16 for op in ops):
+            count += 1
+    return count
+
+
+def _squares(graph, op):
+    kind = graph.op_type(op)
+    if kind in ("square", "reduce_sum_square"):
+        return True
+    if kind == "mul":
+        return graph.arg(op, "x") is not None and graph.arg(op, "x") == graph.arg(op, "y")
+    return kind == "pow"  # the rms_norm rule matched it: a pow in its chain is the square
 
 
 def _readers(stream):

@@ -413,3 +413,20 @@ def test_no_conversion_time_passes():
 
     with pytest.raises(ValueError, match="^the fp16_headroom rule rewrites saved programs only \\(mlopt optimize\\); it has no conversion-time passes$"):
         pass_pipeline(rules=(Fp16HeadroomRule(),))
+
+
+def test_rms_norms_left_decomposed_say_their_square_still_overflows(tmp_path):
+    """With compute units CPU_ONLY the rms_norm rule does not rewrite: the stream is scaled, its fp16 RMSNorms
+    still square it past 65504. The note says so (the audit of the output agrees); with the trick it does not."""
+    name = "gemma_postnorm_fp16_ios17"
+    out, report = headroom(tmp_path, name, rules=None, compute_units="CPU_ONLY")
+    chain = stream_chain(report)
+    n, after = chain.fields["norm_readers"], chain.fields["peak_after"]
+    assert chain.status == REWRITTEN and after > 256
+    assert chain.note.endswith(
+        f"; {n} RMSNorm chains reading it square it in fp16 as written: x^2 passes 65504 once |x| > 256, and the peak "
+        f"is {after:.4g} after scaling, so they still overflow unless the rms_norm rule rewrites them (compute units "
+        f"CPU_AND_NE)")
+    assert any(f.kind == "overflow" and f.op_type == "pow" for f in audit_package(out).findings)
+    _, report = headroom(tmp_path, name, rules=None)
+    assert "RMSNorm chain" not in stream_chain(report).note
