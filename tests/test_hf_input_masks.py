@@ -1,5 +1,5 @@
-"""Encoders written as transformers writes them, with the padding mask a model input (fixtures/hf_encoders,
-make_hf_encoder_fixtures.py): converted at FLOAT16, `(1 - m) * finfo.min` is `0 * -inf` = NaN in the stored
+"""Encoders written as transformers writes them, with the padding mask a model input (fixtures/hf_input_masks,
+make_hf_input_mask_fixtures.py): converted at FLOAT16, `(1 - m) * finfo.min` is `0 * -inf` = NaN in the stored
 program itself, so its float64 run has no number there either. The audit says where and which outputs it reaches,
 and the headroom pass does not take an all-NaN value's peak (0) for a measurement."""
 
@@ -13,8 +13,8 @@ from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
 from mlopt.report import LEFT_ALONE
 
-BERT = fixture_path("bert_input_mask_fp16_ios17", "hf_encoders")
-T5 = fixture_path("t5_input_mask_fp16_ios17", "hf_encoders")
+BERT = fixture_path("bert_input_mask_fp16_ios17", "hf_input_masks")
+T5 = fixture_path("t5_input_mask_fp16_ios17", "hf_input_masks")
 HEALTHY = fixture_path("real/decoder_llama_fp16_ios17")
 
 
@@ -102,3 +102,18 @@ def test_verify_of_two_all_nan_models_says_float64_is_nan_too_not_the_inputs(cap
         "nothing was compared (inputs outside the model's domain, such as the log of a negative value? give real ones "
         "with --inputs); float64 is NaN there too: the reference as stored computes no number on these inputs; if real "
         "ones give NaN as well, look for 0 times an fp16 -inf mask sentinel (mlopt audit says where NaN starts)")
+
+
+def test_verify_of_two_all_nan_models_where_float64_has_numbers_does_not_blame_the_inputs(capsys, tmp_path):
+    """transformers' padding + causal mask from an input: finite_mask cannot prove the bool-conditioned select, a
+    fully masked query row is NaN and spreads to every output; float64 has numbers. Both models NaN pass as equal,
+    and the note says float64 computed numbers (the inputs are in the model's domain)."""
+    llama = fixture_path("llama_input_mask_fp16_ios18", "hf_input_masks")
+    out = tmp_path / "llama.mlpackage"
+    optimize_package(llama, out)
+    code, text, _ = cli(capsys, "verify", llama, out)
+    (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
+    assert code == 0 and (
+        "no element is finite in either model: nothing was compared, though float64 computes numbers there on these "
+        "inputs: both models lose them; against float64: reference inf, candidate inf; the reference departs from the "
+        "mathematics: not finite first at op ") in check
