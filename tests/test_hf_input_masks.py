@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from conftest import fixture_path, run as cli
+from conftest import ROOT, fixture_path, run as cli
+from json_schema import errors
 from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
 from mlopt.report import LEFT_ALONE
@@ -30,6 +31,8 @@ def test_audit_says_float64_itself_is_nan_and_which_output_it_reaches(capsys):
 
 def test_audit_json_counts_float64_nan_per_op_output(capsys):
     code, out, _ = cli(capsys, "audit", BERT, "--json")
+    with open(os.path.join(ROOT, "mlopt", "report.schema.json")) as f:
+        assert errors(json.loads(out), json.load(f)) == []
     rows = {r["op"]: r for r in json.loads(out)["ops"]}
     # (1 - m) * -inf: NaN where m keeps (1 - m = 0); the output (1, 8, 32) is NaN everywhere, the device's too
     assert rows["var_175"]["nan_fp64"] == 256 and rows["var_175"]["nan"] == 256 and rows["var_175"]["peak_abs_fp64"] == 0
