@@ -12,7 +12,7 @@ from conftest import ROOT, fixture_path, run as cli
 from json_schema import errors
 from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
-from mlopt.report import LEFT_ALONE
+from mlopt.report import LEFT_ALONE, REWRITTEN
 
 BERT = fixture_path("bert_input_mask_fp16_ios17", "hf_input_masks")
 T5 = fixture_path("t5_input_mask_fp16_ios17", "hf_input_masks")
@@ -120,3 +120,18 @@ def test_verify_of_two_all_nan_models_where_float64_has_numbers_does_not_blame_t
         "no element is finite in either model: nothing was compared, though float64 computes numbers there on these "
         "inputs: both models lose them; against float64: reference inf, candidate inf; the reference departs from the "
         "mathematics: not finite first at op ") in check
+
+
+def test_a_product_mask_finite_mask_does_not_handle_is_left_alone_with_the_reason(tmp_path):
+    """T5 adds `(1 - m) * finfo.min` to its position bias before the scores: the rule does not rewrite that path,
+    and used to say nothing at all - the model's every output stays NaN. It is now a left-alone chain."""
+    report = optimize_package(T5, tmp_path / "t5.mlpackage")
+    (chain,) = [c for f in report.functions for c in f.chains if c.rule == "finite_mask"]
+    assert (chain.status, chain.anchor, chain.form) == (LEFT_ALONE, "op_91_cast_fp16", "mul")
+    assert chain.reason == (
+        "(1 - m) * sentinel, not made finite: its sum is read by something other than one softmax (only adds into a "
+        "softmax, through expand_dims/reshape/squeeze/casts, are handled); fp16 holds the sentinel as -inf, so "
+        "0 * -inf is NaN at every position the mask keeps")
+    # BERT's product goes straight to its softmaxes: rewritten, as before
+    (chain,) = [c for f in optimize_package(BERT, tmp_path / "b.mlpackage").functions for c in f.chains if c.rule == "finite_mask"]
+    assert chain.status == REWRITTEN and chain.form.startswith("mul -> add -> softmax")

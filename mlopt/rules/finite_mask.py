@@ -175,6 +175,8 @@ class FiniteMaskRule(Rule):
                 float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
             return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
         ends, path, why = mask_readers(graph, graph.output(op))
+        if why is not None and graph.dtype(graph.output(op)) == FLOAT16:
+            return self._product_left_alone(graph, op, casts, why, float(np.asarray(held, np.float64).reshape(())))
         if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
         value, add, softmax, _ = ends[0]  # judged at the first softmax; every reader is the same add -> softmax
@@ -198,6 +200,20 @@ class FiniteMaskRule(Rule):
                          note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
                                f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
                                f"position the mask keeps; {row_restored('a row that m drops entirely')}"))
+
+        return attempt(graph, body)
+
+    @staticmethod
+    def _product_left_alone(graph, op, casts, why, sentinel):
+        """An fp16 `(1 - m) * sentinel` whose path to the softmax the rule does not handle (T5 adds it to its
+        position bias first): left alone with the reason, not silently - in fp16 it may be NaN everywhere."""
+
+        def body(trace):
+            trace.take(op, *casts)
+            effect = ("fp16 holds the sentinel as -inf, so 0 * -inf is NaN at every position the mask keeps"
+                      if not abs(sentinel) < FP16_LIMIT else "the sentinel stays as it is")
+            trace.fail(f"(1 - m) * sentinel, not made finite: {why} (only adds into a softmax, through "
+                       f"expand_dims/reshape/squeeze/casts, are handled); {effect}")
 
         return attempt(graph, body)
 
