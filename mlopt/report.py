@@ -48,7 +48,10 @@ class ChainReport:
     def to_dict(self):
         d = asdict(self)
         fields, operands = d.pop("fields"), d.pop("operands")
-        return {**d, **fields, **operands}
+        # a rule's field never replaces a common one (finite_mask's and split_wide's integer `form` param would
+        # overwrite the chain's form string): it is kept as rule_<name>
+        rule_fields = {(f"rule_{k}" if k in d else k): v for k, v in {**fields, **operands}.items()}
+        return {**d, **rule_fields}
 
 
 @dataclass

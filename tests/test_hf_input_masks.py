@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, fixture_path, run as cli
 from json_schema import errors
@@ -135,3 +136,28 @@ def test_a_product_mask_finite_mask_does_not_handle_is_left_alone_with_the_reaso
     # BERT's product goes straight to its softmaxes: rewritten, as before
     (chain,) = [c for f in optimize_package(BERT, tmp_path / "b.mlpackage").functions for c in f.chains if c.rule == "finite_mask"]
     assert chain.status == REWRITTEN and chain.form.startswith("mul -> add -> softmax")
+
+
+@pytest.mark.parametrize("path, mask_form", [
+    (BERT, "(1 - m) * fill"),
+    (fixture_path("llama_finfo_min_fp16_ios17", "fp16"), "additive mask"),
+])
+def test_optimize_json_of_a_finite_mask_chain_keeps_the_chain_form_and_validates(capsys, tmp_path, path, mask_form):
+    """finite_mask's integer `form` param used to overwrite the chain's form string in --json: schema-invalid."""
+    code, out, _ = cli(capsys, "optimize", path, tmp_path / "o.mlpackage", "--json")
+    doc = json.loads(out)
+    with open(os.path.join(ROOT, "mlopt", "report.schema.json")) as f:
+        assert code == 0 and errors(doc, json.load(f)) == []
+    chains = [c for f in doc["functions"] for c in f["chains"] if c["rule"] == "finite_mask"]
+    report = optimize_package(path, tmp_path / "p.mlpackage")
+    forms = [c.form for f in report.functions for c in f.chains if c.rule == "finite_mask"]
+    assert chains and [c["form"] for c in chains] == forms and {c["mask_form"] for c in chains} == {mask_form}
+    assert all(c["fill"] == -49152 and "rule_form" not in c for c in chains)
+
+
+def test_a_rule_field_named_like_a_common_chain_field_does_not_replace_it():
+    from mlopt.report import ChainReport
+
+    chain = ChainReport("a", "mul -> add", REWRITTEN, rule="r", fields={"form": 3, "fill": -1.0}, operands={"x": "k"})
+    d = chain.to_dict()
+    assert (d["form"], d["rule_form"], d["fill"], d["x"], d["rule_x"]) == ("mul -> add", 3, -1.0, None, "k")

@@ -288,6 +288,11 @@ class FiniteMaskRule(Rule):
         """What the chain computes as stored, in float64 (-inf stays -inf: NaN in a row masked entirely)."""
         return _softmax(_combine(x, np.asarray(operands["mask"], np.float64), operands, match.params), match.axes[0])
 
+    def report_fields(self, match):
+        """The form by name (`mask_form`), not the integer code the lowering reads."""
+        params = dict(match.params)
+        return {"axes": list(match.axes), "fill": params["fill"], "mask_form": FORMS[int(params["form"])]}
+
     def summary(self, match):
         return f"{FORMS[int(match.params['form'])]}, axis {match.axes[0]}, fill {match.params['fill']:g}"
 
