@@ -1,6 +1,7 @@
 """The Python entry points: `optimize_package` (path to path) and `optimize` (MLModel to MLModel)."""
 
 import logging
+import math
 import os
 
 from .compute_units import compute_units_name
@@ -86,7 +87,8 @@ def headroom_pass(path, target_bits=2, inputs=None, seed=0, scale=1.0):
         raise BadInputError("--headroom-target", str(e)) from None
     peaks = {}
     for row in audit_package(path, inputs_path=inputs, seed=seed, scale=scale, top=0).rows:
-        peaks.setdefault(row.function, {})[row.op] = row.peak_abs_fp64
+        # a value float64 itself holds NaN in (0 * a stored -inf) has no measured peak: the rule says so
+        peaks.setdefault(row.function, {})[row.op] = math.nan if row.nan_fp64 else row.peak_abs_fp64
     rule.peaks = peaks
     return rule
 

@@ -151,10 +151,15 @@ def _why_no_candidates(view, rules):
 
 def warn_unmatched(selection, reports, where, rules):
     """A name given to --only/--skip/--function that names nothing is most likely a typo: say so."""
+    from .rules import OPT_IN
+
     anchors = {c.anchor for f in reports for c in f.chains} | {rule.name for rule in rules}
     for flag, names, known in (("--only", selection.only, anchors), ("--skip", selection.skip, anchors),
                                ("--function", selection.functions, {f.name for f in reports})):
         for missing in sorted((names or set()) - known):
+            if flag != "--function" and missing in OPT_IN:
+                log.warning("%s: %s %s: the rule runs only with %s", where, flag, missing, OPT_IN[missing])
+                continue
             log.warning("%s: %s %s names no %s of this model", where, flag, missing, "function" if flag == "--function" else "candidate chain")
 
 

@@ -48,7 +48,10 @@ class ChainReport:
     def to_dict(self):
         d = asdict(self)
         fields, operands = d.pop("fields"), d.pop("operands")
-        return {**d, **fields, **operands}
+        # a rule's field never replaces a common one (finite_mask's and split_wide's integer `form` param would
+        # overwrite the chain's form string): it is kept as rule_<name>
+        rule_fields = {(f"rule_{k}" if k in d else k): v for k, v in {**fields, **operands}.items()}
+        return {**d, **rule_fields}
 
 
 @dataclass
@@ -175,6 +178,9 @@ def _audit_lines(audit):
         n = len(a["findings"])
         bits = a["min_headroom_bits"]
         head = "unbounded" if bits == math.inf else f"{bits:.1f} bits" + (f" at '{a['least_headroom_op']}'" if a["least_headroom_op"] else "")
+        if not n and a.get("fp32_only"):  # as `mlopt audit` says it: an fp32 program raises no finding
+            lines.append(f"    {side:<6} no finding; it computes in fp32 only (in fp16, its least headroom would be {head})")
+            continue
         verdict = "fp16-safe" if not n else f"{n} finding{'s' * (n != 1)}: " + ", ".join(f"{f['kind']} at '{f['op']}'" for f in a["findings"][:3]) + (", ..." if n > 3 else "")
         lines.append(f"    {side:<6} {verdict}; least headroom {head}")
     return lines

@@ -321,6 +321,24 @@ def test_a_program_computing_in_fp32_only_is_not_called_fp16_safe(capsys):
     assert "fp16-safe" not in first
 
 
+def test_optimize_audit_of_an_fp32_program_says_what_mlopt_audit_says(capsys, tmp_path):
+    """`optimize --audit` used to print "fp16-safe; least headroom -112.0 bits" for an fp32 Llama."""
+    name = fixture_path("real/decoder_llama_fp32_ios15")
+    report = audit_package(name)
+    bits, op = report.min_headroom_bits, report.least_headroom(1)[0].op
+    code, out, _ = cli(capsys, "optimize", name, tmp_path / "o.mlpackage", "--audit")
+    lines = out.splitlines()
+    at = lines.index("  fp16 audit (mlopt audit, same inputs):")
+    assert code == 0 and lines[at + 1] == (
+        f"    before no finding; it computes in fp32 only (in fp16, its least headroom would be {bits:.1f} bits at '{op}')")
+    assert lines[at + 2].startswith("    after  no finding; it computes in fp32 only (in fp16, its least headroom would be ")
+    code, text, _ = cli(capsys, "optimize", name, tmp_path / "j.mlpackage", "--audit", "--json")
+    doc = json.loads(text)
+    assert code == 0 and errors(doc, SCHEMA) == [] and doc["audit"]["before"]["fp32_only"] is True
+    code, text, _ = cli(capsys, "optimize", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), tmp_path / "g.mlpackage", "--audit", "--json")
+    assert json.loads(text)["audit"]["before"]["fp32_only"] is False
+
+
 @pytest.mark.parametrize("name", ["gemma_residual_fp16_ios17", "subnormal_rmsnorm_fp16_ios17", "mask_1e9_fp16_ios17"])
 def test_measuring_in_slices_gives_the_numbers_of_whole_tensors(monkeypatch, name):
     """Large tensors are measured slice by slice (bounded temporaries); the rows and findings must not change."""
@@ -381,3 +399,26 @@ def test_optimize_audit_of_a_model_audit_cannot_run_writes_the_output_and_says_w
     assert doc["audit"]["skipped"].startswith(f"{fixture_path('hf_fp16_ios17')}: cannot be audited: function 'main': op ")
     code, text, _ = cli(capsys, "optimize", fixture_path("hf_fp16_ios17"), out, "--audit", "--force")
     assert code == 0 and f"  fp16 audit: not run: {fixture_path('hf_fp16_ios17')}: cannot be audited: " in text
+
+
+@pytest.mark.parametrize("array, problem", [
+    (np.full((1, 8), 0.5, np.float32), "holds non-integer values (e.g. 0.5)"),
+    (np.full((1, 8), 2**40, np.int64), "holds 1099511627776, beyond the range of int32 (-2147483648 to 2147483647)"),
+    (np.full((1, 8), -1.0e10), "holds -1e+10, beyond the range of int32 (-2147483648 to 2147483647)"),
+])
+def test_inputs_an_integer_input_cannot_hold_unchanged_are_bad_input(capsys, tmp_path, array, problem):
+    """A cast would truncate 0.5 token ids to 0 or wrap 2^40 around: the audit would run on other inputs than given."""
+    np.savez(tmp_path / "x.npz", input_ids=array)
+    code, out, err = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "x.npz")
+    assert (code, out) == (2, "")
+    assert err == f"mlopt: error: {tmp_path / 'x.npz'}: array 'input_ids' {problem}; input 'input_ids' of function 'main' is int32\n"
+
+
+def test_whole_floats_for_an_integer_input_are_taken_as_those_integers(capsys, tmp_path):
+    given = np.load(os.path.join(AUDIT, "gemma_residual_fp16_ios17.inputs.npz"))["input_ids"]
+    np.savez(tmp_path / "f.npz", input_ids=given.astype(np.float32))
+    np.savez(tmp_path / "i.npz", input_ids=given)
+    as_floats = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "f.npz", "--json")
+    as_ints = cli(capsys, "audit", os.path.join(AUDIT, "gemma_residual_fp16_ios17.mlpackage"), "--inputs", tmp_path / "i.npz", "--json")
+    strip = lambda text: text.replace(str(tmp_path / "f.npz"), "X").replace(str(tmp_path / "i.npz"), "X")
+    assert as_floats[0] == as_ints[0] == 1 and strip(as_floats[1]) == strip(as_ints[1])

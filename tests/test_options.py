@@ -50,6 +50,18 @@ def test_a_selection_name_that_matches_nothing_is_warned_about(capsys):
     assert err == f"mlopt: warning: {fixture_path('hf_fp16_ios17')}: --skip reduce_mean_99 names no candidate chain of this model\n"
 
 
+def test_an_opt_in_rule_named_without_its_option_says_which_option_runs_it(capsys):
+    """`--only fp16_headroom` without `--headroom` used to say it "names no candidate chain of this model", which
+    reads as "this model has no residual stream"."""
+    path = fixture_path("gemma_postnorm_fp16_ios17", "headroom")
+    code, _, err = run(capsys, "optimize", path, "--dry-run", "--only", "fp16_headroom")
+    assert code == 0 and err == f"mlopt: warning: {path}: --only fp16_headroom: the rule runs only with --headroom\n"
+    code, _, err = run(capsys, "optimize", path, "--dry-run", "--skip", "fp16_headroom")
+    assert code == 0 and err == f"mlopt: warning: {path}: --skip fp16_headroom: the rule runs only with --headroom\n"
+    code, _, err = run(capsys, "optimize", path, "--dry-run", "--headroom", "--only", "fp16_headroom")
+    assert code == 0 and err == ""
+
+
 def test_quiet_prints_nothing_on_success_and_verbose_adds_op_detail(capsys, tmp_path):
     code, text, err = run(capsys, "optimize", fixture_path("hf_fp16_ios17"), tmp_path / "q.mlpackage", "--quiet")
     assert (code, text, err) == (0, "", "")

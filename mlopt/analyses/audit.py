@@ -90,6 +90,7 @@ def _audit_function(report, package, blobs, name, given, inputs_path):
         result = walk(view, blobs, feeds, flush=report.subnormals == "flush")
     except InterpreterError as e:
         raise CannotVerify(package.path, f"cannot be audited: function '{name}': {e}") from None
+    report.outputs[name] = list(view.main.outputs)
     report.rows += result.rows
     report.findings += result.findings
     report.masked += result.masked

@@ -41,6 +41,7 @@ class OpRow:
     nan: int  # elements the device run holds as NaN
     flushed: float  # share of the elements that were fp16 subnormals flushed to zero (0 with --subnormals keep)
     error: float  # max |device - float64| / max |float64|, as `verify` measures (inf: NaN/inf where float64 has none)
+    nan_fp64: int = 0  # elements the float64 run itself holds as NaN: its peak counts only the others
 
     def to_dict(self):
         return asdict(self)
@@ -65,6 +66,7 @@ class AuditReport:
     rows: list = field(default_factory=list)
     first_nonfinite: str = None  # the first op output (program order) with NaN/inf where float64 has none
     masked: list = field(default_factory=list)  # audit_walk.MaskedRows: softmax rows a mask hides entirely
+    outputs: dict = field(default_factory=dict)  # function -> its output names (for what NaN in float64 reaches)
 
     @property
     def passed(self):
@@ -86,8 +88,13 @@ class AuditReport:
     def sorted_findings(self):
         return sorted(self.findings, key=lambda f: (self.functions.index(f.function) if f.function in self.functions else 0, f.position))
 
+    @property
+    def fp32_only(self):
+        """The program computes in fp32 only: its rows say how it would fare in fp16, no finding is raised."""
+        return bool(self.rows) and not any(r.dtype == "fp16" for r in self.rows)
+
     def verdict(self):
-        if not self.findings and self.rows and not any(r.dtype == "fp16" for r in self.rows):
+        if not self.findings and self.fp32_only:
             return (f"{self.model}: no finding; it computes in fp32 only (in fp16, its least headroom would be "
                     f"{_bits(self.min_headroom_bits)})")
         if not self.findings:
@@ -114,6 +121,7 @@ class AuditReport:
             lines.append("  findings (program order):")
             lines += [f"    {f.kind:<9}  {_where(f, self)} ({f.op_type}): {f.detail}" for f in self.sorted_findings()]
         lines += [f"  {masked_rows_line(m, self)}" for m in self.masked]
+        lines += self.float64_nan_lines()
         flushed = [r for r in self.rows if r.flushed > 0]
         if flushed:
             worst = max(flushed, key=lambda r: r.flushed)
@@ -126,12 +134,32 @@ class AuditReport:
             lines += _table(rows, multi=len(self.functions) > 1)
         return lines_text(lines)
 
+    def float64_nan_lines(self):
+        """Where the float64 run itself is NaN: the program as stored computes no number there (0 times an fp16
+        -inf sentinel, -inf - -inf), so float64 cannot judge the device there and the peaks count the other
+        elements only (an all-NaN value has peak 0). Said per function, with the function outputs it reaches:
+        a static finding names the constant, this line what it does to the outputs."""
+        lines = []
+        for name in self.functions:
+            rows = [r for r in self.rows if r.function == name and r.nan_fp64]
+            if not rows:
+                continue
+            first, where = rows[0], f"function '{name}': " if len(self.functions) > 1 else ""
+            outputs = [f"'{r.op}' ({r.nan_fp64} elements)" for r in rows if r.op in self.outputs.get(name, ())]
+            reach = f"; NaN reaches output{'s' * (len(outputs) != 1)} {', '.join(outputs)}" if outputs else ""
+            lines.append(
+                f"  {where}float64 itself is NaN at {len(rows)} op output{'s' * (len(rows) != 1)}, first at "
+                f"'{first.op}' ({first.op_type}): the program as stored computes no number there, so nothing is judged "
+                f"against float64 at those elements and their peaks are unmeasured{reach}")
+        return lines
+
     def summary(self):
         """The short form `optimize --audit` reports for each side: verdict numbers and the findings."""
         least = self.least_headroom(1)
         return dict(model=self.model, passed=self.passed, findings=[f.to_dict() for f in self.sorted_findings()],
                     first_nonfinite=self.first_nonfinite, peak_abs_fp64=self.peak_abs_fp64,
-                    min_headroom_bits=self.min_headroom_bits, least_headroom_op=least[0].op if least else None)
+                    min_headroom_bits=self.min_headroom_bits, least_headroom_op=least[0].op if least else None,
+                    fp32_only=self.fp32_only)
 
     def to_dict(self):
         from ..report import SCHEMA, json_safe

@@ -111,7 +111,8 @@ def walk(view, blobs, feeds, flush=True):
             denv[out.name] = device
             error = math.inf if m.error.mismatched_nonfinite else m.error.max_rel
             row = OpRow(view.name, out.name, op.type, dtype_name(out.type.tensorType.dataType), m.peak_exact,
-                        m.peak_device, headroom(m.peak_exact), m.inf, m.nan, m.flushed / max(device.size, 1), error)
+                        m.peak_device, headroom(m.peak_exact), m.inf, m.nan, m.flushed / max(device.size, 1), error,
+                        m.exact_nan)
             result.rows.append(row)
             _judge(view, op, out.name, row, position, state, result, device.size, m)
     _underflow_findings(view, state, result)
@@ -144,6 +145,7 @@ class _Measures:
     inf: int = 0
     new_nonfinite: int = 0  # NaN/inf on the device where float64 is finite
     new_nan: int = 0  # NaN on the device where float64 has none
+    exact_nan: int = 0  # NaN in the float64 run itself (a stored -inf times 0): no yardstick there
     peak_exact: float = 0.0
     peak_device: float = 0.0
     error: Difference = None  # device against float64, as `verify` compares
@@ -180,6 +182,7 @@ def _measure_all(device, exact, kept, flush):
             m.inf += int(np.count_nonzero(~finite_d & ~nan))
             m.new_nonfinite += int(np.count_nonzero(~finite_d & finite_x))
             m.new_nan += int(np.count_nonzero(nan & ~np.isnan(xc)))
+            m.exact_nan += int(np.count_nonzero(np.isnan(xc)))
             m.peak_exact = max(m.peak_exact, _peak(xc, finite_x))
             m.peak_device = max(m.peak_device, _peak(dc, finite_d))
             errors.append(compare(dc, xc))

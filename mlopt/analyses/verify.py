@@ -171,11 +171,28 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         for check, verdict in verdicts:
             check.note = explain(verdict, report.float64_factor, overflow)
             if _nothing_finite(ref_out[check.output], cand_out[check.output]):
-                check.note = "; ".join(filter(None, [NOTHING_COMPARED, check.note]))
+                float64 = exact.get(check.output)
+                if float64 is not None and np.isfinite(float64).any():  # the inputs are in the domain: the models lose it
+                    check.note = "; ".join(filter(None, [NOTHING_COMPARED_FLOAT64_FINITE, check.note]))
+                    continue
+                stored_nan = float64 is not None and _all_nan(float64)
+                check.note = "; ".join(filter(None, [NOTHING_COMPARED, FLOAT64_NAN_TOO if stored_nan else None, check.note]))
 
 
 NOTHING_COMPARED = ("no element is finite in either model: nothing was compared (inputs outside the model's domain, "
                     "such as the log of a negative value? give real ones with --inputs)")
+
+
+NOTHING_COMPARED_FLOAT64_FINITE = ("no element is finite in either model: nothing was compared, though float64 computes "
+                                   "numbers there on these inputs: both models lose them")
+FLOAT64_NAN_TOO = ("float64 is NaN there too: the reference as stored computes no number on these inputs; if real ones "
+                   "give NaN as well, look for 0 times an fp16 -inf mask sentinel (mlopt audit says where NaN starts)")
+
+
+def _all_nan(array):
+    """True if a float array is NaN everywhere (float64's run of a program that multiplies 0 by a stored -inf)."""
+    array = np.asarray(array)
+    return array.dtype.kind == "f" and array.size > 0 and bool(np.isnan(array).all())
 
 
 def _nothing_finite(*arrays):

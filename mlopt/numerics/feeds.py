@@ -88,8 +88,35 @@ def given_for(given, function, name, feeds, path):
             raise BadInputError(path, f"array '{key}' has shape {list(array.shape)}; input '{input_name}' of function '{name}' is {wanted}")
         if array.dtype.kind not in "biuf":
             raise BadInputError(path, f"array '{key}' holds {array.dtype}, not numbers")
+        problem = _unrepresentable(array, value.dtype)
+        if problem:
+            raise BadInputError(path, f"array '{key}' {problem}; input '{input_name}' of function '{name}' is {value.dtype}")
         picked[input_name] = array.astype(value.dtype)
     return picked
+
+
+def _unrepresentable(array, dtype):
+    """Why `array` cannot become an input of integer or bool `dtype` unchanged, or None. A cast would truncate
+    0.5 to 0, wrap 2^40 around, or make 2 True: token ids or a mask changed silently (floats convert to any
+    float dtype by rounding, as the model's own input would)."""
+    if dtype.kind not in "iub" or array.size == 0:
+        return None
+    if array.dtype.kind == "f" and not np.array_equal(array, np.trunc(array)):
+        return f"holds non-integer values (e.g. {_show(array[array != np.trunc(array)].flat[0])})"
+    if dtype.kind == "b":
+        if array.dtype.kind != "b" and not np.isin(array, (0, 1)).all():
+            return f"holds values other than 0 and 1 (e.g. {_show(array[~np.isin(array, (0, 1))].flat[0])})"
+        return None
+    info = np.iinfo(dtype)
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        return f"holds {_show(low if low < info.min else high)}, beyond the range of {dtype} ({info.min} to {info.max})"
+    return None
+
+
+def _show(number):
+    """A number of an array as the user wrote it: integers whole, floats short."""
+    return f"{number:g}" if np.asarray(number).dtype.kind == "f" else str(int(number))
 
 
 PARTICIPLE = {"verify": "verified", "audit": "audited"}

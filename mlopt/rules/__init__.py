@@ -8,6 +8,9 @@ from . import finite_bounds, finite_mask, instance_norm, layer_norm, rms_norm, s
 
 RULES = (layer_norm.RULE, rms_norm.RULE, instance_norm.RULE, split_wide.RULE, finite_mask.RULE, finite_bounds.RULE)
 
+# Rules outside the registry, and the option that runs them: `--only fp16_headroom` alone selects nothing.
+OPT_IN = {"fp16_headroom": "--headroom"}
+
 
 def rule_set(rules=None):
     """`rules` as a tuple, or the registry as it is now when None."""

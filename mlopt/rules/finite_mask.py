@@ -192,6 +192,8 @@ class FiniteMaskRule(Rule):
                 float(np.asarray(graph.const(producer, "x"), np.float64).reshape(-1)[0]) != 1.0:
             return NOT_THIS_PATTERN  # only (1 - m): a keep/drop mask
         ends, path, why = mask_readers(graph, graph.output(op))
+        if why is not None and graph.dtype(graph.output(op)) == FLOAT16:
+            return self._product_left_alone(graph, op, casts, why, float(np.asarray(held, np.float64).reshape(())))
         if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
         out_casts = [o for end in ends for o in end[3]]
@@ -271,6 +273,20 @@ class FiniteMaskRule(Rule):
             return Match(x=first.x, axes=first.axes, output=point, output_op=graph.producer(point), ops=trace.op_names(),
                          dtype=graph.dtype(point), operands=operands, params={"fill": FILL, "form": form},
                          judged_at=judged, readings=readings, binary=binary, note=note)
+
+        return attempt(graph, body)
+
+    @staticmethod
+    def _product_left_alone(graph, op, casts, why, sentinel):
+        """An fp16 `(1 - m) * sentinel` whose path to the softmax the rule does not handle (T5 adds it to its
+        position bias first): left alone with the reason, not silently - in fp16 it may be NaN everywhere."""
+
+        def body(trace):
+            trace.take(op, *casts)
+            effect = ("fp16 holds the sentinel as -inf, so 0 * -inf is NaN at every position the mask keeps"
+                      if not abs(sentinel) < FP16_LIMIT else "the sentinel stays as it is")
+            trace.fail(f"(1 - m) * sentinel, not made finite: {why} (only adds into a softmax, through "
+                       f"expand_dims/reshape/squeeze/casts, are handled); {effect}")
 
         return attempt(graph, body)
 
@@ -354,6 +370,11 @@ class FiniteMaskRule(Rule):
     def as_read(self, match, x, operands):
         """What the chain computes as stored, in float64 (-inf stays -inf: NaN in a row masked entirely)."""
         return _softmax(_combine(x, np.asarray(operands["mask"], np.float64), operands, match.params), match.axes[0])
+
+    def report_fields(self, match):
+        """The form by name (`mask_form`), not the integer code the lowering reads."""
+        params = dict(match.params)
+        return {"axes": list(match.axes), "fill": params["fill"], "mask_form": FORMS[int(params["form"])]}
 
     def summary(self, match):
         return f"{FORMS[int(match.params['form'])]}, axis {match.axes[0]}, fill {match.params['fill']:g}"

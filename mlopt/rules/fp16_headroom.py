@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ..graph.dtypes import NUMPY, name as dtype_name
+from ..graph.dtypes import FLOAT16, NUMPY, name as dtype_name
 from ..graph.values import decode_value
 from ..patterns.status import NOT_THIS_PATTERN, ConditionFailed, Matched, Recognised
 from ..rewrites.compressed_scaling import SCALED_PARAM, held_param
@@ -50,8 +50,8 @@ class Fp16HeadroomRule(Rule):
     saved_programs_only = True  # one match, many sites: no fused op at conversion time
 
     def __init__(self, peaks=None, target_bits=DEFAULT_TARGET_BITS):
-        """`peaks`: {function name: {value name: float64 peak |x|}} (the audit's rows); `target_bits`: the bits
-        of headroom below 65504 the stream's peak must leave."""
+        """`peaks`: {function name: {value name: float64 peak |x|, NaN where float64 itself held NaN}} (the
+        audit's rows); `target_bits`: the bits of headroom below 65504 the stream's peak must leave."""
         if isinstance(target_bits, bool) or not isinstance(target_bits, (int, float)) or not 0 <= target_bits <= 15:
             raise ValueError(f"headroom target {target_bits!r}: expected a number of bits from 0 to 15")
         self.peaks = peaks
@@ -71,13 +71,19 @@ class Fp16HeadroomRule(Rule):
         if not stream.readers and not any(e.readers for e in stream.entries):
             return NOT_THIS_PATTERN  # adds nothing normalises (rotary embeddings, gates): no residual stream
         ops = _region_ops(graph, stream)
-        form = f"residual stream: {len(stream.adds)} adds, {len(_judged(stream))} norms reading it"
+        adds, norms = len(stream.adds), len(_judged(stream))
+        form = f"residual stream: {adds} add{'s' * (adds != 1)}, {norms} norm{'s' * (norms != 1)} reading it"
         name = f"'{stream.values[0]}' .. '{stream.values[-1]}'"
         if stream.problems:
             return ConditionFailed(f"stream {name} left alone: {stream.problems[0]}", form, ops)
         peak, missing = self._peak(graph, stream)
         if missing is not None:
             return ConditionFailed(f"stream {name} left alone: the audit measured no float64 peak for '{missing}'", form, ops)
+        if math.isnan(peak):
+            unmeasured = next(v for v in self._scaled_values(stream) if math.isnan(self.peaks[graph.name][v]))
+            return ConditionFailed(
+                f"stream {name} left alone: float64 is NaN at '{unmeasured}' (the program as stored computes no number "
+                f"there: mlopt audit says where it starts), so its peak is unmeasured", form, ops)
         limit = FP16_MAX / 2.0**self.target_bits
         if peak <= limit:
             return Recognised(self.title, (
@@ -91,11 +97,17 @@ class Fp16HeadroomRule(Rule):
         """The largest float64 peak among the values the rewrite scales: the stream's and the folded entries'
         (an entry given a mul at the add keeps its own magnitude)."""
         peaks = (self.peaks or {}).get(graph.name, {})
-        values = stream.values + [e.value for e in stream.entries if e.fold is not None]
+        values = self._scaled_values(stream)
         for value in values:
             if value not in peaks:
                 return None, value
+        if any(math.isnan(peaks[v]) for v in values):  # NaN in float64 itself: not a measure
+            return math.nan, None
         return max(peaks[v] for v in values), None
+
+    @staticmethod
+    def _scaled_values(stream):
+        return stream.values + [e.value for e in stream.entries if e.fold is not None]
 
     def _match(self, graph, stream, ops, alpha, k, peak):
         sites, rounded, underflows = [], [], 0
@@ -118,12 +130,18 @@ class Fp16HeadroomRule(Rule):
                 value, dtype = _literal(graph, op, param)
                 scaled = _scaled_epsilon(value, alpha**power, NUMPY[dtype])
                 if not np.array_equal(scaled.astype(np.float64), value.astype(np.float64) * alpha**power):
-                    rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype))
+                    rounded.append((float(value.reshape(-1)[0]), float(scaled.reshape(-1)[0]), dtype, alpha**power))
                 sites.append(Site(op, {"epsilon": (param, scaled, dtype)}))
         sites.sort(key=lambda s: graph.position(s.op))
         first = sites[0].op
         stream_dtype = graph.dtype(stream.values[-1])
         note = _note(alpha, rounded, underflows, stream_dtype)
+        squaring = _squares_past_fp16(graph, _readers(stream), peak * alpha)
+        if squaring:
+            note += (f"; {squaring} RMSNorm chain{'s' * (squaring != 1)} reading it square{'s' * (squaring == 1)} it in "
+                     f"fp16 as written: x^2 passes 65504 once |x| > 256, and the peak is {peak * alpha:.4g} after "
+                     f"scaling, so {'it still overflows' if squaring == 1 else 'they still overflow'} unless the "
+                     f"rms_norm rule rewrites {'it' if squaring == 1 else 'them'} (compute units CPU_AND_NE)")
         return Match(
             x=stream.entries[0].value,
             axes=(),
@@ -159,10 +177,10 @@ class Fp16HeadroomRule(Rule):
 
     def summary(self, match):
         f = match.facts
-        return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} adds), alpha 2^{f['alpha_log2']}, "
+        return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} add{'s' * (f['adds'] != 1)}), alpha 2^{f['alpha_log2']}, "
                 f"float64 peak {f['peak_before']:.4g} -> {f['peak_after']:.4g} ({_bits(f['peak_before']):.1f} -> "
-                f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entries folded into their constants, "
-                f"{f['inserted']} scaled by an inserted mul, {f['readers']} norms with epsilon x 2^{2 * f['alpha_log2']}")
+                f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entr{'y' if f['folded'] == 1 else 'ies'} folded into their "
+                f"constants, {f['inserted']} scaled by an inserted mul, {f['readers']} norm{'s' * (f['readers'] != 1)} with epsilon x 2^{2 * f['alpha_log2']}")
 
     def report_fields(self, match):
         f = match.facts
@@ -173,6 +191,33 @@ class Fp16HeadroomRule(Rule):
 
 def _bits(peak):
     return math.log2(FP16_MAX / peak) if peak > 0 else math.inf
+
+
+SQUARE_LIMIT = math.sqrt(65504.0)  # |x| beyond it: x^2 is beyond fp16's largest finite value
+
+
+def _squares_past_fp16(graph, readers, peak):
+    """How many decomposed RMSNorm readers square the (scaled) stream in fp16 where x^2 still overflows: scaling
+    the stream to `peak` leaves their x^2 beyond 65504 while peak > 256 (docs/headroom.md, "With the norm rules")."""
+    if peak <= SQUARE_LIMIT:
+        return 0
+    count = 0
+    for reader in readers:
+        if reader.kind != "RMSNorm":
+            continue
+        ops = [graph.op_by_name.get(name) for name in reader.ops]
+        if any(op is not None and _squares(graph, op) and graph.dtype(graph.output(op)) == FLOAT16 for op in ops):
+            count += 1
+    return count
+
+
+def _squares(graph, op):
+    kind = graph.op_type(op)
+    if kind in ("square", "reduce_sum_square"):
+        return True
+    if kind == "mul":
+        return graph.arg(op, "x") is not None and graph.arg(op, "x") == graph.arg(op, "y")
+    return kind == "pow"  # the rms_norm rule matched it: a pow in its chain is the square
 
 
 def _readers(stream):
@@ -256,11 +301,15 @@ def _underflows(graph, value, alpha):
 def _note(alpha, rounded, underflows, dtype):
     parts = [f"every value of the stream is multiplied by {alpha:g}; norms read it unchanged"]
     if rounded:
-        before, after, eps_dtype = rounded[0]
+        before, after, eps_dtype, factor = rounded[0]
+        exact = before * factor
+        floor = after == float(np.finfo(NUMPY[eps_dtype]).smallest_subnormal) and exact < after / 2
+        stored = (f"stored {after:.4g}, the smallest {dtype_name(eps_dtype)} subnormal, as 0 would make an all-zero "
+                  f"row NaN") if floor else f"nearest {after:.4g}"
         parts.append(
-            f"{len(rounded)} epsilon{'s' * (len(rounded) != 1)} cannot hold eps x {alpha * alpha:g} exactly in "
-            f"{dtype_name(eps_dtype)} (e.g. {before:.4g} -> nearest {after:.4g}): stored rounded, proved against "
-            f"float64 within {dtype_name(dtype)} tolerance, not bit-exact")
+            f"{len(rounded)} epsilon{'s' * (len(rounded) != 1)} cannot hold eps x {factor:g} exactly in "
+            f"{dtype_name(eps_dtype)} (e.g. {before:.4g} x {factor:g} = {exact:.4g} -> {stored}): stored rounded, "
+            f"proved against float64 within {dtype_name(dtype)} tolerance, not bit-exact")
     if underflows:
         parts.append(f"{underflows} weight element{'s' * (underflows != 1)} underflow{'s' * (underflows == 1)} "
                      f"when scaled (below the dtype's normal range): proved within tolerance, not bit-exact")

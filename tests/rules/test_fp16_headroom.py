@@ -135,7 +135,8 @@ def test_fp16_epsilon_that_fp16_cannot_scale_is_rounded_and_said(tmp_path):
     eps16 = np.float16(1e-6)  # 17 * 2^-24: x 2^-6 is below half the smallest subnormal, it would round to 0
     assert float(np.float16(np.float64(eps16) / 64)) == 0.0
     # stored as fp16's smallest subnormal instead: an all-zero row still gives 0, not 0/0
-    assert "7 epsilons cannot hold eps x 0.015625 exactly in fp16 (e.g. 1.013e-06 -> nearest 5.96e-08)" in chain.note
+    assert ("7 epsilons cannot hold eps x 0.015625 exactly in fp16 (e.g. 1.013e-06 x 0.015625 = 1.583e-08 -> stored "
+            "5.96e-08, the smallest fp16 subnormal, as 0 would make an all-zero row NaN): stored rounded") in chain.note
     after = main_view(out)
     add = after.producer("var_86_cast_fp16")
     assert float(after.const(add, "y")) == 2.0**-24
@@ -412,3 +413,20 @@ def test_no_conversion_time_passes():
 
     with pytest.raises(ValueError, match="^the fp16_headroom rule rewrites saved programs only \\(mlopt optimize\\); it has no conversion-time passes$"):
         pass_pipeline(rules=(Fp16HeadroomRule(),))
+
+
+def test_rms_norms_left_decomposed_say_their_square_still_overflows(tmp_path):
+    """With compute units CPU_ONLY the rms_norm rule does not rewrite: the stream is scaled, its fp16 RMSNorms
+    still square it past 65504. The note says so (the audit of the output agrees); with the trick it does not."""
+    name = "gemma_postnorm_fp16_ios17"
+    out, report = headroom(tmp_path, name, rules=None, compute_units="CPU_ONLY")
+    chain = stream_chain(report)
+    n, after = chain.fields["norm_readers"], chain.fields["peak_after"]
+    assert chain.status == REWRITTEN and after > 256
+    assert chain.note.endswith(
+        f"; {n} RMSNorm chains reading it square it in fp16 as written: x^2 passes 65504 once |x| > 256, and the peak "
+        f"is {after:.4g} after scaling, so they still overflow unless the rms_norm rule rewrites them (compute units "
+        f"CPU_AND_NE)")
+    assert any(f.kind == "overflow" and f.op_type == "pow" for f in audit_package(out).findings)
+    _, report = headroom(tmp_path, name, rules=None)
+    assert "RMSNorm chain" not in stream_chain(report).note
