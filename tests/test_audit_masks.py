@@ -111,12 +111,12 @@ def test_a_fully_masked_row_is_judged_against_the_uniform_row(tmp_path):
     assert [(f.kind, f.op) for f in before.findings] == [("static", "add_0_y_0_to_fp16"), ("nonfinite", "softmax_0_cast_fp16")]
     assert before.findings[1].detail == "first op output with NaN/inf where float64 has none: 12 NaN of 72 elements"
     text = before.render()
-    assert ("  2 fully masked rows at 'softmax_0_cast_fp16' (every input at or below -32768): fp16 gives NaN in 2 of "
+    assert ("  2 fully masked rows at 'softmax_0_cast_fp16' (every input at or below -16384): fp16 gives NaN in 2 of "
             "them, where the fp32 source model gives a uniform row\n") in text
     optimize_package(src, out)
     after = audit_package(out)
     assert after.passed, after.findings  # no "precision" finding: float64's softmax(s) is not the reference there
-    assert ("  2 fully masked rows at 'softmax_0_cast_fp16' (every input at or below -32768): fp16 gives a uniform "
+    assert ("  2 fully masked rows at 'softmax_0_cast_fp16' (every input at or below -16384): fp16 gives a uniform "
             "row (the fp32 source model's behaviour), and the audit judges it so\n") in after.render()
     (row,) = [r for r in after.rows if r.op == "softmax_0_cast_fp16"]
     assert row.error < 1e-2
@@ -136,7 +136,7 @@ def test_a_row_that_is_not_absorbed_is_said_so(tmp_path):
     report = audit_package(path, inputs_path=str(npz))
     (masked,) = report.masked
     assert (masked.rows, masked.nan, masked.uneven) == (1, 0, 1)
-    assert ("  1 fully masked row at 'softmax_0' (every input at or below -32768): fp16 gives a row that is not "
+    assert ("  1 fully masked row at 'softmax_0' (every input at or below -16384): fp16 gives a row that is not "
             "uniform in 1 of them, where the fp32 source model gives a uniform row\n") in report.render()
 
 

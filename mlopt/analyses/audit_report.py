@@ -8,6 +8,7 @@ commands' reports.
 
 import math
 from dataclasses import asdict, dataclass, field
+from ..numerics.masked_rows import MASKED
 
 FP16_MAX = 65504.0  # fp16's largest finite value (IEEE 754 binary16)
 KINDS = ("overflow", "nonfinite", "precision", "underflow", "static")
@@ -175,9 +176,10 @@ class AuditReport:
 
 
 def masked_rows_line(m, report):
-    """What the report says of one softmax's rows masked entirely (audit_walk.py: judged against the uniform row)."""
+    """What the report says of one softmax's rows masked entirely (audit_walk.py: judged against the fp32 source's
+    row, uniform over its entries with the fewest sentinels: numerics/masked_rows.py)."""
     where = f"{m.function}/{m.op}" if len(report.functions) > 1 else m.op
-    rows = f"{m.rows} fully masked row{'s' * (m.rows != 1)} at '{where}' (every input at or below -32768)"
+    rows = f"{m.rows} fully masked row{'s' * (m.rows != 1)} at '{where}' (every input at or below {MASKED:g})"
     if not m.nan and not m.uneven:
         return f"{rows}: fp16 gives a uniform row (the fp32 source model's behaviour), and the audit judges it so"
     parts = ([f"NaN in {m.nan}"] if m.nan else []) + ([f"a row that is not uniform in {m.uneven}"] if m.uneven else [])

@@ -9,6 +9,8 @@ with m ~ N(0, 1) is no mask, and its values overflow fp16 where a 0/1 mask never
 Both end the same way: a value that reaches, through casts only, the `x` of a softmax (`softmax_after`).
 """
 
+from typing import NamedTuple, Optional, Tuple
+
 import numpy as np
 
 from ..graph.dtypes import BOOL
@@ -36,28 +38,53 @@ def softmax_after(graph, value):
 def mask_readers(graph, value, limit=4096):
     """Where a (1 - m) * sentinel goes: every path through LAYOUT ops must end in an add whose sum (through casts)
     only a softmax reads - one per attention layer, as transformers shares one extended mask across layers.
-    ([(value at the add, add, softmax, casts after the add)], the LAYOUT ops, None) or (.., .., why not)."""
-    ends, path, frontier, seen = [], [], [value], set()
+    On the way it may be added to one other tensor first (`stacked`: T5 adds the mask to its position bias, and
+    every layer adds that sum to its scores). [End], the LAYOUT ops, None) or (.., .., why not)."""
+    ends, path, frontier, seen = [], [], [(value, None)], set()
     while frontier and len(seen) < limit:
-        current = frontier.pop()
+        current, stacked = frontier.pop()
         for use in graph.consumers(current):
             if use.op is None:
-                return [], [], "the product is a model output"
+                return [], [], "the product is a model output" if stacked is None else "its sum with another tensor is a model output"
             if id(use.op) in seen:
                 continue
             seen.add(id(use.op))
             kind = graph.op_type(use.op)
             if kind in LAYOUT:
                 path.append(use.op)
-                frontier.append(graph.output(use.op))
+                frontier.append((graph.output(use.op), stacked))
                 continue
             if kind != "add":
                 return [], [], f"the product is read by {kind}"
             reader = softmax_after(graph, graph.output(use.op))
             if reader is None:
-                return [], [], "its sum is read by something other than one softmax"
-            ends.append((current, use.op, reader[0], reader[1]))
+                other = graph.arg(use.op, "y" if use.param == "x" else "x")
+                if stacked is not None:
+                    return [], [], "it is added to more than one other tensor before a softmax"
+                if other is None or other == current:
+                    return [], [], "its sum is read by something other than one softmax"
+                frontier.append((graph.output(use.op), Stacked(use.op, other, current)))
+                continue
+            ends.append(End(current, use.op, reader[0], tuple(reader[1]), stacked))
     return ends, path, None if ends else "it reaches no softmax"
+
+
+class Stacked(NamedTuple):
+    """An add on the mask's way to the softmaxes that sums it with another tensor (a position bias, another mask)."""
+
+    add: object
+    other: str  # the tensor the mask is added to there
+    entry: str  # the mask's value entering that add
+
+
+class End(NamedTuple):
+    """One softmax a mask reaches."""
+
+    value: str  # the mask's value (or its sum with `stacked.other`) at the add into the softmax
+    add: object
+    softmax: object
+    casts: Tuple[object, ...]  # between the add and the softmax
+    stacked: Optional[Stacked]
 
 
 def keep_drop_inputs(graph, inputs):

@@ -36,7 +36,7 @@ rewritten value instead of getting a copy.
 import numpy as np
 
 from ..graph.dtypes import FLOAT16
-from ..patterns.attention_mask import LAYOUT, mask_readers
+from ..patterns.attention_mask import LAYOUT, mask_readers, softmax_after
 from ..patterns.status import NOT_THIS_PATTERN
 from ..patterns.trace import attempt
 from .base import INT, REGION, LoweringFailed, Match, Reading, Rule
@@ -44,6 +44,7 @@ from .finite_mask_pattern import FP16_MAX, const_through_casts, finite_sentinels
 from .finite_mask_shared import mask_readers as shared_readers, shared_point
 
 FILL = -49152.0  # see the module docstring
+STACKED_FILL = FILL / 2  # each of two sentinels that add up on one entry (docs/rules.md, "Stacked masks")
 FLOAT32_MIN = float(np.finfo(np.float32).min)  # what a masked entry means in the float32 source model
 FP16_LIMIT = FP16_MAX + 16  # fp16 rounds a value of magnitude 65520 or more to infinity
 ADD, KEEP_WHERE_TRUE, KEEP_WHERE_FALSE, PRODUCT = 0, 1, 2, 3  # softmax(x + mask), softmax(select(c, x, m)),
@@ -56,6 +57,8 @@ SHARED, SHARED_FILL_IN_A, SHARED_FILL_IN_B = 6, 7, 8  # one mask value several s
 FORMS = {ADD: "additive mask", KEEP_WHERE_TRUE: "select(cond, x, fill)", KEEP_WHERE_FALSE: "select(cond, fill, x)",
          PRODUCT: "(1 - m) * fill", FILL_IN_A: "x + select(cond, fill, m)", FILL_IN_B: "x + select(cond, m, fill)",
          SHARED: "shared mask", SHARED_FILL_IN_A: "shared select(cond, fill, m)", SHARED_FILL_IN_B: "shared select(cond, m, fill)"}
+STACKED = 9  # select(cond, x, fill) + (1 - m) * fill: the select's fill constant made finite (STACKED_FILL)
+FORMS[STACKED] = "select fill stacked with (1 - m) * fill"
 SIDE_FORMS = {"add": ADD, "a": KEEP_WHERE_FALSE, "b": KEEP_WHERE_TRUE}  # how a MaskReader combines a shared mask
 
 
@@ -65,8 +68,9 @@ class FiniteMaskRule(Rule):
     description = "softmax(x + mask) with a sentinel fp16 cannot hold (-inf, float32's minimum, -1e9) -> a finite one"
     looks_for = "softmax of a sum with a constant -inf or float32-min mask"
     anchors = ("softmax", "mul", "const")  # mul: (1 - m) * sentinel; const: an infinite constant that is no mask
-    operands = ("mask", "cond", "keep", "other")  # cond: the select's condition; keep: the (1 - m) a sentinel
-    # multiplies; other: the second branch of a select computing the mask (FILL_IN_A/B)
+    operands = ("mask", "cond", "keep", "other", "bias")  # cond: the select's condition; keep: the (1 - m) a sentinel
+    # multiplies; other: the second branch of a select computing the mask (FILL_IN_A/B); bias: a tensor a
+    # (1 - m) * sentinel is added to before the scores (T5's position bias)
     params = ("fill", "form")  # form: one of FORMS
     param_types = {"form": INT}
     proof = REGION
@@ -194,31 +198,47 @@ class FiniteMaskRule(Rule):
         ends, path, why = mask_readers(graph, graph.output(op))
         if why is not None and graph.dtype(graph.output(op)) == FLOAT16:
             return self._product_left_alone(graph, op, casts, why, float(np.asarray(held, np.float64).reshape(())))
-        if why is not None or any(graph.dtype(graph.output(end[2])) != FLOAT16 for end in ends):
+        if why is not None or any(graph.dtype(graph.output(end.softmax)) != FLOAT16 for end in ends):
             return NOT_THIS_PATTERN
-        out_casts = [o for end in ends for o in end[3]]
-        scores = [graph.arg(add, "y") if graph.arg(add, "x") == value else graph.arg(add, "x") for value, add, _, _ in ends]
+        out_casts = [o for end in ends for o in end.casts]
+        scores = [graph.arg(end.add, "y") if graph.arg(end.add, "x") == end.value else graph.arg(end.add, "x") for end in ends]
+        stacked = {id(end.stacked.add): end.stacked for end in ends if end.stacked is not None}
+        # scores a select already filled with a sentinel (GPT-2's eager `where(causal, w, min) + mask`): two
+        # sentinels stack on a key both in the future and padded, each made finite as STACKED_FILL (_stacked_fill)
+        filled = sorted({why for x in scores for why in [stacked_sentinel(graph, x)] if why is not None})
+        fill = STACKED_FILL if filled else FILL
         operands = {"mask": sentinel, "keep": keep}
-        # judged at every softmax the product reaches (one per layer of a BERT), each with its own scores
-        readings = {graph.output(end[2]): Reading(x, operands, (_softmax_axis(graph, end[2]),), {"fill": FILL, "form": PRODUCT})
+        # judged at every softmax the product reaches (one per layer of a BERT), each with its own scores; a tensor
+        # the product is added to on the way (T5's position bias) is read too: the proof feeds or computes it
+        readings = {graph.output(end.softmax): Reading(x, dict(operands, bias=end.stacked.other if end.stacked else None),
+                                                       (_softmax_axis(graph, end.softmax),), {"fill": fill, "form": PRODUCT})
                     for end, x in zip(ends, scores)}
 
         def body(trace):
-            trace.take(op, *casts, *path, *(end[1] for end in ends), *out_casts, *(end[2] for end in ends))
+            trace.take(op, *casts, *path, *(s.add for s in stacked.values()), *(end.add for end in ends), *out_casts,
+                       *(end.softmax for end in ends))
+            for s in stacked.values():
+                other = stacked_sentinel(graph, s.other)
+                if other is not None:
+                    trace.fail(f"(1 - m) * sentinel is added to '{s.other}', which holds a mask sentinel too ({other}): "
+                               f"two stacked sentinels are not rewritten by this form")
             keep_shape = [graph.dim(keep, i) for i in range(graph.rank(keep))]
-            for (value, _, _, _), x in zip(ends, scores):
+            for end, x in zip(ends, scores):
+                value = end.stacked.entry if end.stacked is not None else end.value
+                if end.stacked is not None:  # laid out along the trailing axes of its sum with the bias
+                    x = graph.output(end.stacked.add)
                 at_add = [graph.dim(value, i) for i in range(graph.rank(value))]
                 dims = [graph.dim(x, i) for i in range(graph.rank(x))]
                 if None in at_add + keep_shape + dims or \
                         list(_laid_out(np.zeros(keep_shape), dims).shape) != [1] * (len(dims) - len(at_add)) + at_add:
                     trace.fail("its (1 - m) * sentinel reaches the add in a layout other than the scores' trailing axes")
-            return Match(x=scores[0], axes=readings[graph.output(ends[0][2])].axes, output=graph.output(op), output_op=op,
+            return Match(x=scores[0], axes=readings[graph.output(ends[0].softmax)].axes, output=graph.output(op), output_op=op,
                          ops=trace.op_names(), dtype=graph.dtype(graph.output(op)), operands=operands,
-                         params={"fill": FILL, "form": PRODUCT}, judged_at=tuple(readings), readings=readings,
-                         binary=(keep,), facts={"at_add": ends[0][0]},
-                         note=(f"(1 - m) * sentinel: the sentinel replaced by {FILL:g}, assuming '{keep}' holds only 0 "
+                         params={"fill": fill, "form": PRODUCT}, judged_at=tuple(readings), readings=readings,
+                         binary=(keep,), facts={"at_add": ends[0].value},
+                         note=(f"(1 - m) * sentinel: the sentinel replaced by {fill:g}{stacked_note(filled)}, assuming '{keep}' holds only 0 "
                                f"and 1 (an attention mask; the proof feeds it so): in fp16 0 * -inf was NaN at every "
-                               f"position the mask keeps; {row_restored('a row that m drops entirely')}"))
+                               f"position the mask keeps; {row_restored('a row that m drops entirely', 8 if filled else 16)}"))
 
         return attempt(graph, body)
 
@@ -298,8 +318,10 @@ class FiniteMaskRule(Rule):
         if data is None or np.asarray(data).dtype.kind != "f" or not reaches_fp16(graph, value):
             return NOT_THIS_PATTERN
         data = np.asarray(data, np.float64)
-        if not (np.abs(data[~np.isnan(data)]) > FP16_LIMIT).any() or feeds_a_handled_op(graph, value):
+        if not (np.abs(data[~np.isnan(data)]) > FP16_LIMIT).any():
             return NOT_THIS_PATTERN
+        if feeds_a_handled_op(graph, value):
+            return self._stacked_fill(graph, op)
 
         def body(trace):
             trace.take(op)
@@ -309,13 +331,63 @@ class FiniteMaskRule(Rule):
 
         return attempt(graph, body)
 
+    def _stacked_fill(self, graph, op):
+        """The fill constant of selects whose result is added to a `(1 - m) * sentinel` before a softmax: GPT-2's
+        eager attention, `where(causal, w, finfo.min) + (1 - m) * finfo.min` (transformers' GPT2Attention._attn
+        before SDPA). In fp16 the fill is -inf; the product's match (`_product`) makes its own sentinel finite, this
+        one makes the fill STACKED_FILL, so that a key both in the future and padded holds 2 * STACKED_FILL = FILL,
+        finite, and one under a single mask STACKED_FILL. Judged at every softmax with that layer's scores, the
+        select's condition and the product fed as a finite tensor (it is computed outside this chain)."""
+        point, down = shared_point(graph, graph.output(op))
+        readings, taken = {}, []
+        for use in graph.consumers(point):
+            select = use.op
+            if select is None or graph.op_type(select) != "select" or use.param not in ("a", "b"):
+                return NOT_THIS_PATTERN
+            x = graph.arg(select, "b" if use.param == "a" else "a")
+            after = [u for u in graph.consumers(graph.output(select))]
+            if x is None or graph.is_constant_expr(x) or len(after) != 1 or after[0].op is None or \
+                    graph.op_type(after[0].op) != "add":
+                return NOT_THIS_PATTERN
+            add = after[0].op
+            bias = graph.arg(add, "y" if after[0].param == "x" else "x")
+            reader = softmax_after(graph, graph.output(add))
+            if reader is None or bias is None or not is_sentinel_product(graph, bias):
+                return NOT_THIS_PATTERN
+            softmax, out_casts = reader
+            if graph.dtype(graph.arg(softmax, "x")) != FLOAT16:
+                return NOT_THIS_PATTERN
+            form = KEEP_WHERE_FALSE if use.param == "a" else KEEP_WHERE_TRUE
+            readings[graph.output(softmax)] = Reading(x, {"mask": point, "cond": graph.arg(select, "cond"), "bias": bias},
+                                                      (_softmax_axis(graph, softmax),), {"fill": STACKED_FILL, "form": form})
+            taken += [select, add, *out_casts, softmax]
+        if not readings:
+            return NOT_THIS_PATTERN
+        held = scan(graph, point, FILL)
+
+        def body(trace):
+            trace.take(op, *down, *taken)
+            if held is None or held["nan"] or held["pos_inf"]:
+                trace.recognise(self.title, "its select fill holds NaN or +inf (or cannot be read): not a mask sentinel")
+            first = readings[next(iter(readings))]
+            return Match(x=first.x, axes=first.axes, output=point, output_op=graph.producer(point), ops=trace.op_names(),
+                         dtype=graph.dtype(point), operands={"mask": point, "cond": None},
+                         params={"fill": STACKED_FILL, "form": STACKED}, judged_at=tuple(readings), readings=readings,
+                         note=(f"{held['sentinels']} sentinel(s) of a select fill replaced by {STACKED_FILL:g}: its "
+                               f"result is added to a (1 - m) * sentinel before {len(readings)} softmax(es), so two "
+                               f"sentinels stack on a key both masks drop; 2 x {STACKED_FILL:g} = {FILL:g} stays "
+                               f"finite in fp16; {row_restored('a row that both masks drop entirely', 8)} (uniform over "
+                               f"the keys only one mask drops: min + min is -inf in float32 too)"))
+
+        return attempt(graph, body)
+
     def lower(self, b, m):
         mask = b.constant_value(m.operands["mask"])
         if mask is None:
             raise LoweringFailed("its mask cannot be read as a constant")
         form = int(m.params["form"])
         fill = float(m.params["fill"])
-        if form == SHARED:  # the shared mask itself, made finite in the dtype its readers read it in
+        if form in (SHARED, STACKED):  # the shared mask (or a stacked select fill) itself, made finite in the dtype its readers read it in
             return b.const(finite_sentinels(mask, fill), m.dtype)
         if form in (SHARED_FILL_IN_A, SHARED_FILL_IN_B):  # the shared select, its constant branches made finite
             mask_value, other = b.const(finite_sentinels(mask, fill), b.dtype(m.operands["mask"])), m.operands["other"]
@@ -429,6 +501,52 @@ def feeds_a_handled_op(graph, value, depth=6):
     return False
 
 
+def stacked_sentinel(graph, value):
+    """What sentinel a tensor a (1 - m) * sentinel is added to holds itself ("a constant with N sentinel(s)", "the
+    select '<name>' fills with one"), or None: a position bias, a finite constant. Only its producer is asked, through
+    casts: a sentinel deeper inside a computed tensor is the proof's to find (it feeds the tensor as computed)."""
+    source, _ = _through_casts(graph, value)
+    if source is None:
+        return None
+    if graph.op_type(source) == "const":
+        held = scan(graph, graph.output(source), FILL)
+        return None if held is None or not held["sentinels"] else f"a constant with {held['sentinels']} sentinel(s)"
+    if graph.op_type(source) == "select":
+        for branch in ("a", "b"):
+            fill_op, _ = const_through_casts(graph, graph.arg(source, branch))
+            held = scan(graph, graph.output(fill_op), FILL) if fill_op is not None else None
+            if held is not None and held["sentinels"]:
+                return f"the select '{graph.output(source)}' fills with one"
+    return None
+
+
+def is_sentinel_product(graph, value):
+    """Whether `value` is, through LAYOUT ops, a product of a computed tensor and a constant scalar sentinel (below
+    FILL): the `(1 - m) * finfo.min` the select's fill stacks with."""
+    seen = set()
+    op = graph.producer(value)
+    while op is not None and graph.op_type(op) in LAYOUT and id(op) not in seen:
+        seen.add(id(op))
+        op = graph.producer(graph.arg(op, "x"))
+    if op is None or graph.op_type(op) != "mul":
+        return False
+    for keep, side in (("x", "y"), ("y", "x")):
+        const_op, _ = const_through_casts(graph, graph.arg(op, side))
+        held = graph.const_value(graph.output(const_op)) if const_op is not None else None
+        if held is not None and np.size(held) == 1 and float(np.asarray(held, np.float64).reshape(())) < FILL and \
+                not graph.is_constant_expr(graph.arg(op, keep)):
+            return True
+    return False
+
+
+def stacked_note(filled):
+    """What the product's note adds when its scores hold a select fill too."""
+    if not filled:
+        return ""
+    return (f" (stacked: its scores hold a sentinel too - {'; '.join(filled)} - made finite as {STACKED_FILL:g} as well, "
+            f"so a key both masks drop holds {FILL:g})")
+
+
 def x_is_const(graph, value):
     return graph.is_constant_expr(value)
 
@@ -440,14 +558,17 @@ def _combine(x, mask, operands, params):
         keep = np.asarray(operands["keep"], np.float64)
         with np.errstate(invalid="ignore"):
             product = keep * mask
-        return x + _laid_out(product, x.shape)
+        bias = operands.get("bias")
+        return x + _laid_out(product, x.shape) + (0.0 if bias is None else np.asarray(bias, np.float64))
     if form == ADD:
         return x + mask
     if form in (FILL_IN_A, FILL_IN_B):
         cond, other = np.asarray(operands["cond"], bool), np.asarray(operands["other"], np.float64)
         return x + (np.where(cond, mask, other) if form == FILL_IN_A else np.where(cond, other, mask))
     cond = np.asarray(operands["cond"]).astype(bool)
-    return np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
+    selected = np.where(cond, x, mask) if form == KEEP_WHERE_TRUE else np.where(cond, mask, x)
+    bias = operands.get("bias")  # a (1 - m) * sentinel added to the select (STACKED)
+    return selected if bias is None else selected + np.asarray(bias, np.float64)
 
 
 def _laid_out(product, shape):
@@ -472,9 +593,11 @@ def _softmax(v, axis, absorb=False):
         return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def row_restored(which):
-    """Which behaviour the rewrite gives a softmax row masked entirely (the issue's question, for the report)."""
-    return (f"{which} is uniform after the rewrite (the float32 source's behaviour, for scores between -16 and 16), "
+def row_restored(which, absorbed=16):
+    """Which behaviour the rewrite gives a softmax row masked entirely (the issue's question, for the report):
+    `absorbed`, the scores fp16's spacing at the fill swallows (16 at FILL, 8 at STACKED_FILL)."""
+    return (f"{which} is uniform after the rewrite (the float32 source's behaviour, for scores between -{absorbed} and "
+            f"{absorbed}), "
             f"where the fp16 original gave NaN")
 
 
