@@ -107,15 +107,18 @@ def table(set_name):
 
 
 AUDIT_MASKS = ("mask_1e9_fp16_ios17", "mask_f32min_fp16_ios17", "mask_neginf_fp16_ios17")  # fixtures/audit/
+STACKED_MASKS = ("t5_input_mask_fp16_ios17", "gpt2_eager_mask_fp16_ios17")  # fixtures/hf_input_masks/: a second add
 
 
 def audit_table():
-    """mlopt audit of every fp16-set package and the masks of fixtures/audit, before and after mlopt optimize."""
+    """mlopt audit of every fp16-set package, the masks of fixtures/audit and the stacked masks of
+    fixtures/hf_input_masks, before and after mlopt optimize."""
     from mlopt import optimize_package
     from mlopt.analyses.audit import audit_package
 
     with open(os.path.join(FIXTURES, "fp16", "expected.json")) as f:
         packages = [("fp16", name) for name in sorted(json.load(f))] + [("audit", name) for name in AUDIT_MASKS]
+        packages += [("hf_input_masks", name) for name in STACKED_MASKS]
     lines = ["fp16 audit (mlopt audit before and after mlopt optimize, default inputs):", "",
              "| package | audit before | audit after | rows masked entirely (after) | finite_mask |", "|---|---|---|---|---|"]
     done = 0
