@@ -318,10 +318,10 @@ class FiniteMaskRule(Rule):
         if data is None or np.asarray(data).dtype.kind != "f" or not reaches_fp16(graph, value):
             return NOT_THIS_PATTERN
         data = np.asarray(data, np.float64)
+        if feeds_a_handled_op(graph, value):  # a stacked select fill is a sentinel from below FILL on (-65504 too)
+            return self._stacked_fill(graph, op) if (data < FILL).any() else NOT_THIS_PATTERN
         if not (np.abs(data[~np.isnan(data)]) > FP16_LIMIT).any():
             return NOT_THIS_PATTERN
-        if feeds_a_handled_op(graph, value):
-            return self._stacked_fill(graph, op)
 
         def body(trace):
             trace.take(op)
