@@ -133,3 +133,55 @@ def test_masked_rows_every_entry_stacked_or_infinite_is_uniform():
 
 def test_masked_rows_threshold_keeps_apples_minus_1e4_out():
     assert least_masked(_rows([-1e4, -1e4 + 3.0]), -1)[0].tolist() == [[[False]]] and MASKED == -16384.0
+
+
+def _masked_program(tmp_path, name, body):
+    """An fp16 program softmax(body(scores, expand_dims((1 - m) * -inf))), scores (1, 8, 8) and m (1, 8) inputs."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 8), dtype=ct.converters.mil.mil.types.fp16),
+                             mb.TensorSpec(shape=(1, 8), dtype=ct.converters.mil.mil.types.fp16)],
+                opset_version=ct.target.iOS17)
+    def prog(x, m):
+        product = mb.mul(x=mb.sub(x=np.float16(1), y=m), y=np.float16(-np.inf))
+        return mb.softmax(x=body(mb, x, mb.expand_dims(x=product, axes=[1])), axis=-1)
+
+    path = str(tmp_path / f"{name}.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(path)
+    return path
+
+
+def _causal(value):
+    return np.where(np.tri(8, dtype=bool), np.float16(0), np.float16(value)).reshape(1, 8, 8).astype(np.float16)
+
+
+@pytest.mark.parametrize("body, reason", [
+    (lambda mb, x, e: mb.add(x=x, y=mb.add(x=_causal(0.5), y=mb.add(x=_causal(0.25), y=e))),
+     "it is added to more than one other tensor before a softmax"),
+    (lambda mb, x, e: mb.add(x=x, y=mb.add(x=_causal(-np.inf), y=e)),
+     "(1 - m) * sentinel is added to 'add_0_x_0', which holds a mask sentinel too (a constant with 28 sentinel(s)): two "
+     "stacked sentinels are not rewritten by this form"),
+])
+def test_stacked_forms_the_rule_does_not_rewrite_are_left_alone_with_the_reason(tmp_path, body, reason):
+    src = _masked_program(tmp_path, "in", body)
+    report = optimize_package(src, tmp_path / "out.mlpackage")
+    (chain,) = [c for f in report.functions for c in f.chains if c.rule == "finite_mask"]
+    assert chain.status != REWRITTEN and reason in chain.reason
+
+
+def test_a_stacked_select_fill_of_fp16_min_is_made_finite_too(tmp_path):
+    """-65504 is finite in fp16, but -65504 + (1 - m) * fill overflows: the select's fill is a stacked sentinel."""
+    src = _masked_program(tmp_path, "in", lambda mb, x, e: mb.add(
+        x=mb.select(cond=np.tri(8, dtype=bool).reshape(1, 8, 8), a=x, b=np.full((1, 8, 8), -65504, np.float16)), y=e))
+    out = tmp_path / "out.mlpackage"
+    report = optimize_package(src, out)
+    assert [(c.status, c.fill) for c in report.functions[0].chains if c.rule == "finite_mask"] == \
+        [(REWRITTEN, -24576.0), (REWRITTEN, -24576.0)]
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 8, 8)).astype(np.float16),
+             "m": np.array([[0, 0, 1, 1, 1, 1, 1, 1]], np.float16)}
+    (probs,) = run_package(str(out), feeds).values()
+    assert np.isfinite(probs).all()
+    # query 0: key 1 is in the future and padded (two sentinels: 0), the other seven keys one sentinel each
+    np.testing.assert_allclose(probs[0, 0].astype(np.float64), [1 / 7, 0, *[1 / 7] * 6], atol=2e-3)

@@ -27,6 +27,11 @@ fp16, left alone here, with the smaller absorption above. docs/rules.md ("Finite
 The proof (REGION, fed the program's own mask) compares the rewrite with the float32 source's meaning in float64:
 every sentinel read as float32's minimum, so masked entries are exactly 0 and a fully masked row is uniform.
 
+Masks that stack (docs/rules.md, "Masks that stack"): a `(1 - m) * sentinel` added to one other tensor before the
+scores (T5's position bias) keeps FILL, one sentinel per path; added to a select that fills with a sentinel itself
+(GPT-2's eager `where(causal, w, min) + mask`), both become STACKED_FILL = FILL / 2, so that the sum of the two is
+FILL (2 * FILL would be -inf in fp16) and a key one mask drops keeps a margin of 40928 on its add.
+
 A mask that every layer reads (one constant, one cast of it, one select computing it, or a `(1 - m) * sentinel`)
 is one match: it replaces that value once, where it is shared (rules/finite_mask_shared.py), and is judged at
 every softmax it reaches with that layer's own scores (`Match.readings`), so every layer keeps reading the one
