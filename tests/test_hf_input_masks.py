@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, fixture_path, run as cli
+from conftest import ROOT, fixture_path, inputs_for, run as cli, run_package
 from json_schema import errors
 from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
@@ -55,12 +55,38 @@ def test_after_finite_mask_the_float64_run_has_numbers_again(tmp_path):
 
 
 def test_headroom_leaves_a_stream_float64_cannot_measure_alone_with_the_reason(tmp_path):
-    report = optimize_package(BERT, tmp_path / "out.mlpackage", headroom=True)
+    """Without finite_mask (no first-pass rules) the mask is still `0 * -inf` when the headroom pass measures."""
+    report = optimize_package(BERT, tmp_path / "out.mlpackage", rules=(), headroom=True)
     streams = [c for f in report.functions for c in f.chains if c.rule == "fp16_headroom"]
     assert [(c.status, c.form) for c in streams] == [(LEFT_ALONE, "residual stream: 1 add, 1 norm reading it")] * 2
     assert streams[0].reason == (
         "stream 'input_9_cast_fp16' .. 'input_9_cast_fp16' left alone: float64 is NaN at 'input_9_cast_fp16' (the "
         "program as stored computes no number there: mlopt audit says where it starts), so its peak is unmeasured")
+
+
+def test_one_headroom_run_measures_the_peaks_after_finite_mask(tmp_path):
+    """The headroom pass used to measure IN, before the first pass made BERT's mask finite: the streams were left
+    alone as unmeasured (float64 NaN) and a second run was needed. It now measures the program the first pass
+    produced: one run gives what the two runs gave (the peaks of `audit` of the first run's output)."""
+    one = optimize_package(BERT, tmp_path / "one.mlpackage", headroom=True)
+    streams = [c for f in one.functions for c in f.chains if c.rule == "fp16_headroom"]
+    assert {c.rule for f in one.functions for c in f.chains if c.status == REWRITTEN} == {"finite_mask"}
+    peaks = {r.op: r.peak_abs_fp64 for r in audit_package(tmp_path / "one.mlpackage", top=0).rows}
+    assert [c.reason for c in streams] == [
+        f"ResidualStream: stream '{v}' .. '{v}': float64 peak {peaks[v]:.4g} leaves {np.log2(65504 / peaks[v]):.1f} "
+        f"bits below 65504, at least the target 2; alpha = 1, nothing to do" for v in ("input_9_cast_fp16", "input_cast_fp16")]
+    # with a target that makes the streams scale: one run, the same rewrite as finite_mask, then --headroom
+    fixed = tmp_path / "fixed.mlpackage"
+    optimize_package(BERT, fixed)
+    two = optimize_package(fixed, tmp_path / "two.mlpackage", rules=(), headroom=True, headroom_target=15)
+    one = optimize_package(BERT, tmp_path / "one15.mlpackage", headroom=True, headroom_target=15)
+    chains = [[c.to_dict() for f in r.functions for c in f.chains if c.rule == "fp16_headroom"] for r in (one, two)]
+    assert chains[0] == chains[1] and [c["status"] for c in chains[0]] == [REWRITTEN] * 2
+    feeds = inputs_for(BERT)
+    ran = [run_package(tmp_path / f"{n}.mlpackage", feeds) for n in ("one15", "two")]
+    assert ran[0].keys() == ran[1].keys() and all(np.isfinite(v).all() for v in ran[0].values())
+    for key in ran[0]:
+        np.testing.assert_array_equal(ran[0][key], ran[1][key])
 
 
 def test_t5_mask_added_to_the_position_bias_is_named_too(capsys):

@@ -430,3 +430,20 @@ def test_rms_norms_left_decomposed_say_their_square_still_overflows(tmp_path):
     assert any(f.kind == "overflow" and f.op_type == "pow" for f in audit_package(out).findings)
     _, report = headroom(tmp_path, name, rules=None)
     assert "RMSNorm chain" not in stream_chain(report).note
+
+
+def test_dry_run_headroom_sees_the_first_pass_and_reports_what_a_real_run_writes(tmp_path):
+    """`--dry-run --headroom` used to run the headroom pass on the program as it was (the dry run's rewrites went
+    into per-function copies): it saw the decomposed RMSNorms and said their square still overflowed. It now reads
+    a copy of the program with the first pass's rewrites: the same chains as the real run, "would rewrite"."""
+    from mlopt.report import WOULD_REWRITE
+
+    name = "gemma_postnorm_fp16_ios17"
+    digest = tree_digest(path(name))
+    dry = optimize_package(path(name), None, dry_run=True, headroom=True, inputs=inputs(name))
+    assert tree_digest(path(name)) == digest
+    _, real = headroom(tmp_path, name, rules=None)
+    chains = [[c.to_dict() for f in r.functions for c in f.chains] for r in (dry, real)]
+    assert [c["status"] for c in chains[0]] == [WOULD_REWRITE] * len(chains[1])
+    assert [{**c, "status": None} for c in chains[0]] == [{**c, "status": None} for c in chains[1]]
+    assert stream_chain(dry).note == "every value of the stream is multiplied by 0.125; norms read it unchanged"
