@@ -447,3 +447,55 @@ def test_dry_run_headroom_sees_the_first_pass_and_reports_what_a_real_run_writes
     assert [c["status"] for c in chains[0]] == [WOULD_REWRITE] * len(chains[1])
     assert [{**c, "status": None} for c in chains[0]] == [{**c, "status": None} for c in chains[1]]
     assert stream_chain(dry).note == "every value of the stream is multiplied by 0.125; norms read it unchanged"
+
+
+def _rms_stream_package(tmp_path):
+    """A stream `s = x + linear(x)` read by two RMSNorms: one with its epsilon under the root, one without."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    w = (np.eye(16) * 40).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 16))], opset_version=ct.target.iOS17)
+    def prog(x):
+        s = mb.add(x=x, y=mb.linear(x=x, weight=w), name="s")
+        ms = mb.reduce_mean(x=mb.square(x=s), axes=[-1], keep_dims=True)
+        a = mb.mul(x=s, y=mb.rsqrt(x=mb.add(x=ms, y=np.float32(1e-5))))
+        b = mb.real_div(x=s, y=mb.sqrt(x=mb.reduce_mean(x=mb.square(x=s), axes=[-1], keep_dims=True)))
+        return mb.add(x=mb.linear(x=a, weight=w), y=mb.linear(x=b, weight=w))
+
+    out = str(tmp_path / "two_norms.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(out)
+    return out
+
+
+def test_summary_says_how_each_norms_epsilon_moved(tmp_path):
+    """The summary used to say "2 norms with epsilon x 2^(2 log2 alpha)" for every norm: a norm without an epsilon
+    (x / sqrt(mean(x^2))) moves none, and one whose epsilon is added to a standard deviation moves it by alpha."""
+    src = _rms_stream_package(tmp_path)
+    report = optimize_package(src, str(tmp_path / "o.mlpackage"), rules=(), headroom=True, headroom_target=15)
+    chain = stream_chain(report)
+    assert chain.status == REWRITTEN and chain.fields["alpha"] == 2.0**-6
+    peak = chain.fields["peak_before"]
+    assert chain.summary == (
+        f"stream 's' .. 's' (1 add), alpha 2^-6, float64 peak {peak:.4g} -> {peak / 64:.4g} ({np.log2(65504 / peak):.1f} "
+        f"-> {np.log2(65504 / peak) + 6:.1f} bits below 65504); 1 entry folded into their constants, 1 scaled by an "
+        f"inserted mul, 1 norm with epsilon x 2^-12, 1 without an epsilon")
+
+
+def test_epsilon_text_per_power():
+    """x / (std + eps) readers (epsilon_sites power 1) are counted apart from the epsilons under a root."""
+    from mlopt.rules.fp16_headroom import _epsilon_powers, _epsilon_text
+    from mlopt.rules.fp16_headroom_stream import Reader
+
+    def reader(*powers):
+        r = Reader("LayerNorm", "x", (), "y")
+        r.eps = [(object(), "y", p) for p in powers]
+        return r
+
+    readers = [reader(2)] * 5 + [reader(1), reader(2, 2)]
+    assert _epsilon_text(_epsilon_powers(readers), -3) == "6 norms with epsilon x 2^-6, 1 with epsilon x 2^-3"
+    assert _epsilon_text(_epsilon_powers([reader(2)] * 7), -3) == "7 norms with epsilon x 2^-6"
+    assert _epsilon_text(_epsilon_powers([reader(1), reader()]), -1) == "1 norm with epsilon x 2^-1, 1 without an epsilon"
+    assert _epsilon_text(_epsilon_powers([reader(1, 2)]), -2) == "1 norm with epsilons x 2^-4 and 2^-2"
