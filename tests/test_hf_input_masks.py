@@ -134,19 +134,41 @@ def test_verify_of_two_all_nan_models_says_float64_is_nan_too_not_the_inputs(cap
         "ones give NaN as well, look for 0 times an fp16 -inf mask sentinel (mlopt audit says where NaN starts)")
 
 
+LLAMA = fixture_path("llama_input_mask_fp16_ios18", "hf_input_masks")
+
+
 def test_verify_of_two_all_nan_models_where_float64_has_numbers_does_not_blame_the_inputs(capsys, tmp_path):
-    """transformers' padding + causal mask from an input: finite_mask cannot prove the bool-conditioned select, a
-    fully masked query row is NaN and spreads to every output; float64 has numbers. Both models NaN pass as equal,
-    and the note says float64 computed numbers (the inputs are in the model's domain)."""
-    llama = fixture_path("llama_input_mask_fp16_ios18", "hf_input_masks")
+    """transformers' padding + causal mask from an input, left as it is (finite_mask skipped): a fully masked
+    query row is NaN and spreads to every output; float64 has numbers. Both models NaN pass as equal, and the note
+    says float64 computed numbers (the inputs are in the model's domain)."""
+    llama = LLAMA
     out = tmp_path / "llama.mlpackage"
-    optimize_package(llama, out)
+    optimize_package(llama, out, skip=["finite_mask"])
     code, text, _ = cli(capsys, "verify", llama, out)
     (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
     assert code == 0 and (
         "no element is finite in either model: nothing was compared, though float64 computes numbers there on these "
         "inputs: both models lose them; against float64: reference inf, candidate inf; the reference departs from the "
         "mathematics: not finite first at op ") in check
+
+
+def test_llamas_padding_and_causal_mask_is_made_finite_now_that_the_proof_feeds_its_bool_condition(capsys, tmp_path):
+    """The select on `padding == 0` (a bool computed from the attention_mask input) used to be refused by the proof
+    ("the chain reads 'padding_cast_fp16', bool, which the proof cannot feed"): every output stayed NaN. The proof
+    feeds bools as keep/drop masks now: finite_mask rewrites it, and the outputs agree with float64."""
+    out = tmp_path / "llama.mlpackage"
+    (chain,) = [c for f in optimize_package(LLAMA, out).functions for c in f.chains if c.rule == "finite_mask"]
+    assert (chain.status, chain.form, chain.operands["cond"]) == (REWRITTEN, "select -> add -> softmax -> add -> softmax", "padding_cast_fp16")
+    feeds = inputs_for(LLAMA)
+    before, after = run_package(LLAMA, feeds), run_package(out, feeds)
+    (key,) = before
+    assert np.isnan(before[key]).all() and np.isfinite(after[key]).all()
+    report = audit_package(out, top=0)  # the causal constant still holds -inf where it is compared (== 0), not added
+    assert [(f.kind, f.op) for f in report.findings] == [("static", "var_23_to_fp16")] and not any(r.nan for r in report.rows)
+    # against float64 (a padded query's row masked entirely held uniform, as the float32 source gives it)
+    code, text, _ = cli(capsys, "verify", LLAMA, out)
+    (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
+    assert code == 0 and check.endswith("the candidate agrees with float64 within tolerance")
 
 
 def test_a_product_mask_finite_mask_does_not_handle_is_left_alone_with_the_reason(tmp_path):
