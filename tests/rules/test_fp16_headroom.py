@@ -499,3 +499,19 @@ def test_epsilon_text_per_power():
     assert _epsilon_text(_epsilon_powers([reader(2)] * 7), -3) == "7 norms with epsilon x 2^-6"
     assert _epsilon_text(_epsilon_powers([reader(1), reader()]), -1) == "1 norm with epsilon x 2^-1, 1 without an epsilon"
     assert _epsilon_text(_epsilon_powers([reader(1, 2)]), -2) == "1 norm with epsilons x 2^-4 and 2^-2"
+
+
+@pytest.mark.parametrize("src, npz", [
+    (path("gemma_postnorm_fp16_ios17"), inputs("gemma_postnorm_fp16_ios17")),
+    (os.path.join(FIXTURES, "audit", "gemma_residual_fp16_ios17.mlpackage"), os.path.join(FIXTURES, "audit", "gemma_residual_fp16_ios17.inputs.npz")),
+])
+def test_peaks_measured_after_the_norm_rewrites_give_the_alpha_of_the_input(tmp_path, src, npz):
+    """The peaks are measured on the program the first pass produced: rms_norm's rewrite leaves the stream's
+    float64 values as they were, so one run gives the alpha and peak of the headroom pass alone on IN."""
+    alone = stream_chain(optimize_package(src, str(tmp_path / "a.mlpackage"), rules=(), headroom=True, inputs=npz))
+    after = optimize_package(src, str(tmp_path / "b.mlpackage"), headroom=True, inputs=npz)
+    assert {c.rule for f in after.functions for c in f.chains if c.status == REWRITTEN} == {"rms_norm", "fp16_headroom"}
+    both = stream_chain(after)
+    assert (both.fields["alpha"], alone.fields["alpha"]) == (0.125, 0.125)
+    assert both.fields["peak_before"] == pytest.approx(alone.fields["peak_before"], rel=1e-9)
+    assert (both.fields["stream_first"], both.fields["stream_last"]) == (alone.fields["stream_first"], alone.fields["stream_last"])
