@@ -147,8 +147,8 @@ def _merge(first, second):
 def _analyse(package, units, verify, selection, passes, split_outputs=False, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it, once per rule
     set in `passes` (the headroom pass runs on the program the first pass rewrote, so it sees the norms in their
-    final form and measures its peaks there; a dry run rewrites a copy of the program for it): (function reports, the NewBlobs the rewrites added, to write with the package; its reader is
-    open: the caller closes it)."""
+    final form and measures its peaks there; a dry run rewrites a copy of the program for it): (function reports,
+    the NewBlobs the rewrites added, to write with the package; its reader is open: the caller closes it)."""
     from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
     from .package.weight_writer import NewBlobs
@@ -248,7 +248,8 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
         check_blob_references(spec, blobs)
         for k, pass_rules in enumerate(passes):
             reports = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                       rules=_rule_set(pass_rules, spec, blobs, source), lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+                                       rules=_rule_set(pass_rules, spec, blobs, source),
+                                       lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
                                        split_outputs=split_outputs and k == 0)
             result.functions = reports if k == 0 else _merge(result.functions, reports)
         _warn_over_passes(None, result.functions, source, passes)

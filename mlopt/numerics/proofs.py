@@ -14,8 +14,10 @@
   `match.readings`, e.g. each softmax's own scores under a mask every layer shares) and
   feed `match.binary` values (float, or integer) from {0, 1} (an attention mask's keep/drop input: the rule's
   note names that assumption), and every bool value the chain reads from {False, True}, each row (last axis)
-  holding both, as the audit draws a keep/drop mask (inputs.mask_draw): a select's condition, a padding mask. A match replacing several values (`match.sites`) is proved as one region: every value the region
-  reads that is not constant is fed independently, which is valid because the rewrite must hold for all of them.
+  holding both, as the audit draws a keep/drop mask (inputs.mask_draw): a select's condition, a padding mask (a
+  row of one element is True: a condition broadcast along the softmax axis that is False masks a row entirely).
+  A match replacing several values (`match.sites`) is proved as one region: every value the region reads that
+  is not constant is fed independently, which is valid because the rewrite must hold for all of them.
 - EXACT: REGION, and the rewrite evaluated in float64 must equal the original evaluated in float64 to EXACT_RTOL:
   for rewrites of constant values that keep the arithmetic (a weight split into chunks, scaled by a power of two,
   a constant re-encoded), where any rounding of a changed constant is a bug, whatever the tolerance would allow.
