@@ -31,14 +31,15 @@ def optimize_package(
 
     `headroom` runs the fp16_headroom rule (docs/headroom.md) after the others, as a second pass over the
     rewritten program: residual streams scaled by a power of two so that their float64 peak leaves
-    `headroom_target` bits below fp16's 65504. The peaks are the audit's (`mlopt audit` of IN, on the .npz
-    `inputs`, else inputs drawn with `seed` and `scale`).
+    `headroom_target` bits below fp16's 65504. The peaks are the audit's, of the program the first pass produced
+    (a mask finite_mask made finite computes numbers where IN's float64 run was NaN), on the .npz `inputs`, else
+    inputs drawn with `seed` and `scale`.
     """
     units = compute_units_name(compute_units)
     if out_path is None and not dry_run:
         raise BadInputError(in_path, "no output path given")
     selection = Selection.of(only, skip, functions)
-    passes = [rules] + ([(headroom_pass(in_path, headroom_target, inputs, seed, scale),)] if headroom else [])
+    passes = [rules] + ([HeadroomPass(headroom_target, inputs, seed, scale)] if headroom else [])
     package = locate_package(in_path)
     try:
         report = Report(input=os.fspath(in_path), output=out_path and os.fspath(out_path), compute_units=units, dry_run=dry_run)
@@ -75,22 +76,42 @@ def _write(package, report, out_path, force, link, units, verify, selection, pas
     return report
 
 
-def headroom_pass(path, target_bits=2, inputs=None, seed=0, scale=1.0):
-    """The rule set of the headroom pass over the package at `path`: an Fp16HeadroomRule holding the float64 peak
-    of every op output the audit measures (analyses/audit.py, on `inputs` or seeded random inputs)."""
-    from .analyses.audit import audit_package
-    from .rules.fp16_headroom import Fp16HeadroomRule
+class HeadroomPass:
+    """The headroom pass (docs/headroom.md): an Fp16HeadroomRule whose peaks are measured when the pass runs, on
+    the program the first pass produced (`rules(spec, blobs, label)`): the float64 peak of every op output the
+    audit measures (analyses/audit.py, on `inputs` or seeded random inputs). A mask the first pass made finite
+    (finite_mask), a norm it rewrote: the peaks and the value names are the rewritten program's. The options
+    are checked, and the .npz read, when the pass is made: bad ones stop the run before anything is rewritten."""
 
-    try:
-        rule = Fp16HeadroomRule(target_bits=target_bits)
-    except ValueError as e:
-        raise BadInputError("--headroom-target", str(e)) from None
-    peaks = {}
-    for row in audit_package(path, inputs_path=inputs, seed=seed, scale=scale, top=0).rows:
-        # a value float64 itself holds NaN in (0 * a stored -inf) has no measured peak: the rule says so
-        peaks.setdefault(row.function, {})[row.op] = math.nan if row.nan_fp64 else row.peak_abs_fp64
-    rule.peaks = peaks
-    return rule
+    def __init__(self, target_bits=2, inputs=None, seed=0, scale=1.0):
+        from .analyses.audit import check_arguments
+        from .numerics.feeds import load_npz
+        from .rules.fp16_headroom import Fp16HeadroomRule
+
+        try:
+            self.rule = Fp16HeadroomRule(target_bits=target_bits)
+        except ValueError as e:
+            raise BadInputError("--headroom-target", str(e)) from None
+        check_arguments(seed, scale)
+        self.inputs, self.seed, self.scale = inputs, seed, scale
+        self.given = load_npz(inputs)
+
+    def rules(self, spec, blobs, label):
+        """The pass's rule set, its rule holding the peaks of `spec` as it is now (weights read through `blobs`)."""
+        from .analyses.audit import audit_program
+
+        peaks = {}
+        report = audit_program(spec, blobs, label, self.given, self.inputs, self.seed, self.scale, top=0)
+        for row in report.rows:
+            # a value float64 itself holds NaN in (0 * a stored -inf) has no measured peak: the rule says so
+            peaks.setdefault(row.function, {})[row.op] = math.nan if row.nan_fp64 else row.peak_abs_fp64
+        self.rule.peaks = peaks
+        return (self.rule,)
+
+
+def _rule_set(rules, spec, blobs, label):
+    """A pass's rule set: as given, or the headroom pass's, measured on `spec` now."""
+    return rules.rules(spec, blobs, label) if isinstance(rules, HeadroomPass) else rules
 
 
 def _warn_over_passes(selection, functions, where, passes):
@@ -99,7 +120,8 @@ def _warn_over_passes(selection, functions, where, passes):
         from .engine import warn_unmatched
         from .rules import rule_set
 
-        warn_unmatched(selection or Selection(), functions, where, tuple(r for rules in passes for r in rule_set(rules)))
+        sets = [(p.rule,) if isinstance(p, HeadroomPass) else rule_set(p) for p in passes]
+        warn_unmatched(selection or Selection(), functions, where, tuple(r for rules in sets for r in rules))
 
 
 def _merge(first, second):
@@ -125,8 +147,8 @@ def _merge(first, second):
 def _analyse(package, units, verify, selection, passes, split_outputs=False, dry_run=False):
     """Parse and check the spec and the weights it refers to, then run the optimize pipeline on it, once per rule
     set in `passes` (the headroom pass runs on the program the first pass rewrote, so it sees the norms in their
-    final form): (function reports, the NewBlobs the rewrites added, to write with the package; its reader is
-    open: the caller closes it)."""
+    final form and measures its peaks there; a dry run rewrites a copy of the program for it): (function reports,
+    the NewBlobs the rewrites added, to write with the package; its reader is open: the caller closes it)."""
     from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
     from .package.weight_writer import NewBlobs
@@ -138,12 +160,19 @@ def _analyse(package, units, verify, selection, passes, split_outputs=False, dry
         check_blob_references(package.spec, blobs)
         new_blobs = NewBlobs(blobs)
         functions = None
-        for k, rule_set in enumerate(passes):
+        spec = package.spec
+        if dry_run and len(passes) > 1:  # the rewrites go into a copy of the whole program, which the next pass reads
+            from .package.proto import Model_pb2
+
+            spec = Model_pb2.Model()
+            spec.CopyFrom(package.spec)
+        for k, pass_rules in enumerate(passes):
+            reader = blobs if k == 0 else new_blobs.reader_overlay()  # the weights the first pass added, as written
             reports = _optimize_spec()(
-                package.spec, units, dry_run=dry_run, blobs=blobs if k == 0 else new_blobs.reader_overlay(),
-                verify=verify, validated=True, selection=selection, model_path=package.model_path, label=package.path,
-                rules=rule_set, new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
-                split_outputs=split_outputs and k == 0,
+                spec, units, dry_run=dry_run, blobs=reader, verify=verify, validated=True, selection=selection,
+                model_path=package.model_path, label=package.path, rules=_rule_set(pass_rules, spec, reader, package.path),
+                new_blobs=new_blobs, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+                split_outputs=split_outputs and k == 0, scratch=spec is not package.spec,
             )
             functions = reports if functions is None else _merge(functions, reports)
         _warn_over_passes(selection, functions, package.path, passes)
@@ -185,9 +214,9 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     says which were held back. The returned model carries the setting. Works on
     Linux, where the returned model is spec-only (`skip_model_load`) like the input. `rules`: the rule set
     (default: the registry). A rewrite that would add a stored weight is left alone here (the weights folder is
-    coremltools'); `optimize_package` writes it. `headroom` and its options: as for `optimize_package`; the
-    audit needs the model's saved package (`package_path`), and a stored weight it would scale is scaled by an
-    inserted mul instead only where the rule can (else that stream is left alone with the reason).
+    coremltools'); `optimize_package` writes it. `headroom` and its options: as for `optimize_package` (the
+    audit runs on the program in memory: no saved package is needed); a stored weight it would scale is scaled by
+    an inserted mul instead only where the rule can (else that stream is left alone with the reason).
     `split_outputs`: as for `optimize_package` (the returned model's description lists the parts).
     """
     import warnings
@@ -203,9 +232,7 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     skipped = _skip_reason(units, rules)
     if skipped:
         warnings.warn(f"mlopt.optimize: {skipped}", UserWarning, stacklevel=2)
-    if headroom and getattr(mlmodel, "package_path", None) is None:
-        raise BadInputError(source, "headroom needs the audit of a saved package; save the model first (model.save(path))")
-    passes = [rules] + ([(headroom_pass(mlmodel.package_path, headroom_target, inputs, seed, scale),)] if headroom else [])
+    passes = [rules] + ([HeadroomPass(headroom_target, inputs, seed, scale)] if headroom else [])
     from .graph.stored_constants import check_blob_references
     from .graph.validate import validate_program
     from .package.weights import BlobReader
@@ -219,9 +246,10 @@ def optimize(mlmodel, compute_units="CPU_AND_NE", verify: bool = True, report: b
     blobs = BlobReader(os.path.dirname(mlmodel.weights_dir))
     try:
         check_blob_references(spec, blobs)
-        for k, rule_set in enumerate(passes):
+        for k, pass_rules in enumerate(passes):
             reports = _optimize_spec()(spec, units, blobs=blobs, verify=verify, validated=True, model_path=source,
-                                       rules=rule_set, lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
+                                       rules=_rule_set(pass_rules, spec, blobs, source),
+                                       lint=_lint_changes() if k == 0 else None, warn=len(passes) == 1,
                                        split_outputs=split_outputs and k == 0)
             result.functions = reports if k == 0 else _merge(result.functions, reports)
         _warn_over_passes(None, result.functions, source, passes)

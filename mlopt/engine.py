@@ -39,11 +39,12 @@ def provenance_key(rule):
 def optimize_spec(
     spec, compute_units="CPU_AND_NE", dry_run=False, model_dir=None, verify=True, blobs=None, model_path=None,
     validated=False, selection=None, label=None, rules=None, new_blobs=None, lint=None, warn=True,
-    split_outputs=False,
+    split_outputs=False, scratch=False,
 ):
     """Rewrite every chain the rules (rules/) match in `spec`, in place; return one FunctionReport per function.
 
-    Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do); a rule
+    Nothing changes with `dry_run` (the rewrite is applied to a copy, to report what a real run would do; with
+    `scratch` too, `spec` is that copy: the caller made it, a later pass reads the rewrites there); a rule
     that does not pay for `compute_units` only reports its chains ("matched"). With `verify`, each replacement is proved
     (numerics/proofs.py) and rolled back if it disagrees; `model_dir` (the folder holding the model file,
     "@model_path") lets the proof read the weights its operands hold from weight.bin; a caller that already has a
@@ -72,7 +73,7 @@ def optimize_spec(
     blobs = BlobReader(model_dir) if owned else blobs
     try:
         reports = [_optimize_function(name, spec.mlProgram.functions[name], rules, rewriting, dry_run, blobs, verify,
-                                      selection, new_blobs, lint, outputs)
+                                      selection, new_blobs, lint, outputs, in_place=scratch)
                    for name in sorted(spec.mlProgram.functions)]
     finally:
         if owned:
@@ -86,8 +87,9 @@ def optimize_spec(
     return reports
 
 
-def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify, selection, new_blobs, lint=None, outputs=None):
-    if dry_run:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
+def _optimize_function(name, function, rules, rewriting, dry_run, blobs, verify, selection, new_blobs, lint=None, outputs=None,
+                       in_place=False):
+    if dry_run and not in_place:  # the rewrite goes into a copy: the report shows what a real run would do, the spec stays
         copy = type(function)()
         copy.CopyFrom(function)
         function = copy

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, fixture_path, run as cli
+from conftest import ROOT, fixture_path, inputs_for, run as cli, run_package
 from json_schema import errors
 from mlopt import optimize_package
 from mlopt.analyses.audit import audit_package
@@ -55,12 +55,38 @@ def test_after_finite_mask_the_float64_run_has_numbers_again(tmp_path):
 
 
 def test_headroom_leaves_a_stream_float64_cannot_measure_alone_with_the_reason(tmp_path):
-    report = optimize_package(BERT, tmp_path / "out.mlpackage", headroom=True)
+    """Without finite_mask (no first-pass rules) the mask is still `0 * -inf` when the headroom pass measures."""
+    report = optimize_package(BERT, tmp_path / "out.mlpackage", rules=(), headroom=True)
     streams = [c for f in report.functions for c in f.chains if c.rule == "fp16_headroom"]
     assert [(c.status, c.form) for c in streams] == [(LEFT_ALONE, "residual stream: 1 add, 1 norm reading it")] * 2
     assert streams[0].reason == (
         "stream 'input_9_cast_fp16' .. 'input_9_cast_fp16' left alone: float64 is NaN at 'input_9_cast_fp16' (the "
         "program as stored computes no number there: mlopt audit says where it starts), so its peak is unmeasured")
+
+
+def test_one_headroom_run_measures_the_peaks_after_finite_mask(tmp_path):
+    """The headroom pass used to measure IN, before the first pass made BERT's mask finite: the streams were left
+    alone as unmeasured (float64 NaN) and a second run was needed. It now measures the program the first pass
+    produced: one run gives what the two runs gave (the peaks of `audit` of the first run's output)."""
+    one = optimize_package(BERT, tmp_path / "one.mlpackage", headroom=True)
+    streams = [c for f in one.functions for c in f.chains if c.rule == "fp16_headroom"]
+    assert {c.rule for f in one.functions for c in f.chains if c.status == REWRITTEN} == {"finite_mask"}
+    peaks = {r.op: r.peak_abs_fp64 for r in audit_package(tmp_path / "one.mlpackage", top=0).rows}
+    assert [c.reason for c in streams] == [
+        f"ResidualStream: stream '{v}' .. '{v}': float64 peak {peaks[v]:.4g} leaves {np.log2(65504 / peaks[v]):.1f} "
+        f"bits below 65504, at least the target 2; alpha = 1, nothing to do" for v in ("input_9_cast_fp16", "input_cast_fp16")]
+    # with a target that makes the streams scale: one run, the same rewrite as finite_mask, then --headroom
+    fixed = tmp_path / "fixed.mlpackage"
+    optimize_package(BERT, fixed)
+    two = optimize_package(fixed, tmp_path / "two.mlpackage", rules=(), headroom=True, headroom_target=15)
+    one = optimize_package(BERT, tmp_path / "one15.mlpackage", headroom=True, headroom_target=15)
+    chains = [[c.to_dict() for f in r.functions for c in f.chains if c.rule == "fp16_headroom"] for r in (one, two)]
+    assert chains[0] == chains[1] and [c["status"] for c in chains[0]] == [REWRITTEN] * 2
+    feeds = inputs_for(BERT)
+    ran = [run_package(tmp_path / f"{n}.mlpackage", feeds) for n in ("one15", "two")]
+    assert ran[0].keys() == ran[1].keys() and all(np.isfinite(v).all() for v in ran[0].values())
+    for key in ran[0]:
+        np.testing.assert_array_equal(ran[0][key], ran[1][key])
 
 
 def test_t5_mask_added_to_the_position_bias_is_named_too(capsys):
@@ -108,19 +134,41 @@ def test_verify_of_two_all_nan_models_says_float64_is_nan_too_not_the_inputs(cap
         "ones give NaN as well, look for 0 times an fp16 -inf mask sentinel (mlopt audit says where NaN starts)")
 
 
+LLAMA = fixture_path("llama_input_mask_fp16_ios18", "hf_input_masks")
+
+
 def test_verify_of_two_all_nan_models_where_float64_has_numbers_does_not_blame_the_inputs(capsys, tmp_path):
-    """transformers' padding + causal mask from an input: finite_mask cannot prove the bool-conditioned select, a
-    fully masked query row is NaN and spreads to every output; float64 has numbers. Both models NaN pass as equal,
-    and the note says float64 computed numbers (the inputs are in the model's domain)."""
-    llama = fixture_path("llama_input_mask_fp16_ios18", "hf_input_masks")
+    """transformers' padding + causal mask from an input, left as it is (finite_mask skipped): a fully masked
+    query row is NaN and spreads to every output; float64 has numbers. Both models NaN pass as equal, and the note
+    says float64 computed numbers (the inputs are in the model's domain)."""
+    llama = LLAMA
     out = tmp_path / "llama.mlpackage"
-    optimize_package(llama, out)
+    optimize_package(llama, out, skip=["finite_mask"])
     code, text, _ = cli(capsys, "verify", llama, out)
     (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
     assert code == 0 and (
         "no element is finite in either model: nothing was compared, though float64 computes numbers there on these "
         "inputs: both models lose them; against float64: reference inf, candidate inf; the reference departs from the "
         "mathematics: not finite first at op ") in check
+
+
+def test_llamas_padding_and_causal_mask_is_made_finite_now_that_the_proof_feeds_its_bool_condition(capsys, tmp_path):
+    """The select on `padding == 0` (a bool computed from the attention_mask input) used to be refused by the proof
+    ("the chain reads 'padding_cast_fp16', bool, which the proof cannot feed"): every output stayed NaN. The proof
+    feeds bools as keep/drop masks now: finite_mask rewrites it, and the outputs agree with float64."""
+    out = tmp_path / "llama.mlpackage"
+    (chain,) = [c for f in optimize_package(LLAMA, out).functions for c in f.chains if c.rule == "finite_mask"]
+    assert (chain.status, chain.form, chain.operands["cond"]) == (REWRITTEN, "select -> add -> softmax -> add -> softmax", "padding_cast_fp16")
+    feeds = inputs_for(LLAMA)
+    before, after = run_package(LLAMA, feeds), run_package(out, feeds)
+    (key,) = before
+    assert np.isnan(before[key]).all() and np.isfinite(after[key]).all()
+    report = audit_package(out, top=0)  # the causal constant still holds -inf where it is compared (== 0), not added
+    assert [(f.kind, f.op) for f in report.findings] == [("static", "var_23_to_fp16")] and not any(r.nan for r in report.rows)
+    # against float64 (a padded query's row masked entirely held uniform, as the float32 source gives it)
+    code, text, _ = cli(capsys, "verify", LLAMA, out)
+    (check,) = [line for line in text.splitlines() if line.startswith("  pass  main/")]
+    assert code == 0 and check.endswith("the candidate agrees with float64 within tolerance")
 
 
 def test_a_product_mask_added_to_the_position_bias_is_rewritten(tmp_path):

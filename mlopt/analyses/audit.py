@@ -31,26 +31,40 @@ SUBNORMALS = ("flush", "keep")
 def audit_package(path, inputs_path=None, seed=0, scale=1.0, function=None, top=10, accumulate="fp32", subnormals="flush"):
     """Audit the package at `path`; returns an AuditReport (`.passed`: no finding). BadInputError for bad
     arguments or a package that cannot be read; CannotVerify for a program the interpreter cannot run."""
-    _check_arguments(seed, scale, top, accumulate, subnormals)
+    check_arguments(seed, scale, top, accumulate, subnormals)
     given = load_npz(inputs_path)
     package = read_validated(path)
     blobs = package.blob_reader()
     try:
         check_blob_references(package.spec, blobs)
-        check_given_names(given, package.spec, inputs_path)
-        functions = sorted(package.spec.mlProgram.functions)
-        if function is not None:
-            if function not in functions:
-                raise BadInputError(package.path, f"has no function '{function}' (it has: {', '.join(functions)})")
-            functions = [function]
-        report = AuditReport(os.fspath(path), seed, scale, accumulate, subnormals, top, functions=functions)
-        with accumulating(ACCUMULATE[accumulate]):
-            for name in functions:
-                _audit_function(report, package, blobs, name, given, inputs_path)
-        return report
+        return audit_program(package.spec, blobs, package.path, given, inputs_path, seed, scale, function, top,
+                             accumulate, subnormals, source=os.fspath(path))
     finally:
         blobs.close()
         package.close()
+
+
+def audit_program(spec, blobs, label, given=None, inputs_path=None, seed=0, scale=1.0, function=None, top=10,
+                  accumulate="fp32", subnormals="flush", source=None):
+    """Audit a program held in memory: `spec` (validated, its blob references checked), its weights read through
+    `blobs` (a BlobReader, or NewBlobs' reader overlay: the weights a rewrite added, as they will be written).
+    The headroom pass measures the program the first optimize pass produced this way, before anything is
+    written. `label` names the model in errors and notes, `source` in the report (default `label`); `given`:
+    the arrays of `load_npz(inputs_path)`. Returns the AuditReport."""
+    check_arguments(seed, scale, top, accumulate, subnormals)
+    given = {} if given is None else given
+    check_given_names(given, spec, inputs_path)
+    functions = sorted(spec.mlProgram.functions)
+    if function is not None:
+        if function not in functions:
+            raise BadInputError(label, f"has no function '{function}' (it has: {', '.join(functions)})")
+        functions = [function]
+    report = AuditReport(source if source is not None else os.fspath(label), seed, scale, accumulate, subnormals, top,
+                         functions=functions)
+    with accumulating(ACCUMULATE[accumulate]):
+        for name in functions:
+            _audit_function(report, spec, blobs, label, name, given, inputs_path)
+    return report
 
 
 def audit(model_or_path, inputs=None, seed=0, scale=1.0, function=None, top=10, accumulate="fp32", subnormals="flush"):
@@ -67,7 +81,8 @@ def headroom_change(in_path, out_path, **options):
     return {"before": audit_package(in_path, **options).summary(), "after": audit_package(out_path, **options).summary()}
 
 
-def _check_arguments(seed, scale, top, accumulate, subnormals):
+def check_arguments(seed, scale, top=0, accumulate="fp32", subnormals="flush"):
+    """BadInputError for an audit option no run could use."""
     check_run_options(seed, scale, accumulate, ACCUMULATE)
     if subnormals not in SUBNORMALS:
         raise BadInputError("--subnormals", f"{subnormals!r}: expected one of {', '.join(SUBNORMALS)}")
@@ -75,11 +90,11 @@ def _check_arguments(seed, scale, top, accumulate, subnormals):
         raise BadInputError("--top", f"{top!r}: expected a number of ops >= 0")
 
 
-def _audit_function(report, package, blobs, name, given, inputs_path):
-    view = SpecGraph(name, package.spec.mlProgram.functions[name])
-    check_declared_sizes(package.path, view, command="audit")
+def _audit_function(report, spec, blobs, label, name, given, inputs_path):
+    view = SpecGraph(name, spec.mlProgram.functions[name])
+    check_declared_sizes(label, view, command="audit")
     report.findings += static_hazards(view, blobs)
-    feeds, notes = function_feeds(package.path, package.spec, name, view, report.seed, report.scale, given, inputs_path, command="audit")
+    feeds, notes = function_feeds(label, spec, name, view, report.seed, report.scale, given, inputs_path, command="audit")
     described = {i for i in feeds if any(note.startswith(f"function '{name}' input '{i}':") for note in notes)}
     drawn = [i for i in feeds if i not in described]  # floats drawn with --scale: random_inputs says nothing of them
     if drawn:
@@ -89,7 +104,7 @@ def _audit_function(report, package, blobs, name, given, inputs_path):
     try:
         result = walk(view, blobs, feeds, flush=report.subnormals == "flush")
     except InterpreterError as e:
-        raise CannotVerify(package.path, f"cannot be audited: function '{name}': {e}") from None
+        raise CannotVerify(label, f"cannot be audited: function '{name}': {e}") from None
     report.outputs[name] = list(view.main.outputs)
     report.rows += result.rows
     report.findings += result.findings

@@ -51,7 +51,8 @@ def add_parser(commands):
     p.add_argument("--audit", action="store_true", help="audit IN and the OUT written (mlopt audit, same inputs) and report "
                    "fp16 headroom and findings before and after")
     p.add_argument("--headroom", action="store_true", help="also scale residual streams by a power of two so that "
-                   "their float64 peak (mlopt audit of IN) leaves fp16 headroom (docs/headroom.md); runs after the other rules")
+                   "their float64 peak (audited after the other rules rewrote the program) leaves fp16 headroom "
+                   "(docs/headroom.md); runs after the other rules")
     p.add_argument("--headroom-target", type=float, default=2.0, metavar="BITS",
                    help="--headroom: the bits below fp16's 65504 a stream's peak must leave (default: %(default)g)")
     p.add_argument("--inputs", metavar="NPZ", help="--headroom/--audit: the inputs the audit runs IN (and OUT) on "

@@ -12,9 +12,12 @@
   the softmax it feeds; several values, such as every norm reading a scaled residual stream, each compared; a
   rule with a float64 `reference` names, for each of several judged values, what the reference reads there:
   `match.readings`, e.g. each softmax's own scores under a mask every layer shares) and
-  feed `match.binary` values from {0, 1} (an attention mask's keep/drop input: the rule's note names that
-  assumption). A match replacing several values (`match.sites`) is proved as one region: every value the region
-  reads that is not constant is fed independently, which is valid because the rewrite must hold for all of them.
+  feed `match.binary` values (float, or integer) from {0, 1} (an attention mask's keep/drop input: the rule's
+  note names that assumption), and every bool value the chain reads from {False, True}, each row (last axis)
+  holding both, as the audit draws a keep/drop mask (inputs.mask_draw): a select's condition, a padding mask (a
+  row of one element is True: a condition broadcast along the softmax axis that is False masks a row entirely).
+  A match replacing several values (`match.sites`) is proved as one region: every value the region reads that
+  is not constant is fed independently, which is valid because the rewrite must hold for all of them.
 - EXACT: REGION, and the rewrite evaluated in float64 must equal the original evaluated in float64 to EXACT_RTOL:
   for rewrites of constant values that keep the arithmetic (a weight split into chunks, scaled by a power of two,
   a constant re-encoded), where any rounding of a changed constant is a bug, whatever the tolerance would allow.
@@ -35,10 +38,10 @@ import math
 import numpy as np
 
 from ..errors import MloptError
-from ..graph.dtypes import FLOATS, NUMPY, name as dtype_name
+from ..graph.dtypes import BOOL, FLOATS, NUMPY, name as dtype_name
 from . import selfcheck
 from .compare import compare, tolerance_for
-from .inputs import UNKNOWN_DIM
+from .inputs import UNKNOWN_DIM, mask_draw
 from .interpreter import Evaluator, InterpreterError
 from .selfcheck import READ_RTOL, UNCHECKED, CheckResult
 
@@ -73,7 +76,9 @@ def region_inputs(view, match):
     fed = []
     for name in match.ops:
         op = view.op_by_name.get(name)
-        for argument in op.inputs.values() if op is not None else ():
+        # by parameter name: a protobuf map's order varies from process to process, and the values are drawn in
+        # this order (the same model must get the same proof, and the same report, every run)
+        for _, argument in sorted(op.inputs.items()) if op is not None else ():
             for binding in argument.arguments:
                 if binding.WhichOneof("binding") != "name":
                     continue
@@ -89,10 +94,11 @@ def region_inputs(view, match):
 def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
     budget = rule.operand_budget or selfcheck.BUDGET
     fed = region_inputs(view, match)
+    binary = set(getattr(match, "binary", ()))
     shapes = {}
     for value in fed:
         vt = view.types.get(value)
-        if vt is None or vt.WhichOneof("type") != "tensorType" or view.dtype(value) not in FLOATS:
+        if vt is None or vt.WhichOneof("type") != "tensorType" or not _feedable(view.dtype(value), value in binary):
             kind = "no tensor" if vt is None or vt.WhichOneof("type") != "tensorType" else dtype_name(view.dtype(value))
             return CheckResult(False, reason=f"could not be evaluated: the chain reads '{value}', {kind}, which the proof cannot feed; not rewritten")
         shape = [d if d is not None else UNKNOWN_DIM for d in (view.dim(value, i) for i in range(view.rank(value)))]
@@ -107,7 +113,6 @@ def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
     readings = getattr(match, "readings", None) or {}
     if rule.reference is not None and len(targets) > 1 and any(t not in readings for t in targets):
         return CheckResult(False, reason=f"the {rule.name} rule's float64 reference describes one value, the match is judged at {len(targets)}; not rewritten")
-    binary = set(getattr(match, "binary", ()))
     # the operands only where a reference reads them: a stored weight evaluated whole would cost its size in float64
     wanted = list(targets)
     if rule.reference is not None:
@@ -116,8 +121,8 @@ def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
             wanted += [v for v in (read.x, *read.operands.values()) if v is not None and v not in wanted]
     result = CheckResult(True)
     for k, magnitude in enumerate(rule.magnitudes):
-        feeds = {v: (rng.integers(0, 2, shapes[v]) if v in binary else rng.standard_normal(shapes[v]) * magnitude)
-                 .astype(NUMPY[view.dtype(v)]) for v in fed}
+        feeds = {v: (mask_draw(rng, shapes[v]) if v in binary or view.dtype(v) not in FLOATS
+                     else rng.standard_normal(shapes[v]) * magnitude).astype(NUMPY[view.dtype(v)]) for v in fed}
         values = Evaluator(view, blobs, float_dtype=np.float64).evaluate(wanted, feeds)
         news = Evaluator(view, blobs, overlay=overlay).evaluate(list(targets), feeds)
         olds = Evaluator(view, blobs).evaluate(list(targets), feeds)
@@ -130,6 +135,13 @@ def _region(view, blobs, rule, match, new_ops, seed, exact, rounded=False):
             if final:
                 return result
     return result
+
+
+def _feedable(dtype, binary):
+    """A value the proof can feed: a float (random normals, or 0s and 1s where the rule marks it `binary`), a bool,
+    or an integer the rule marks `binary`. Bools and binary values are drawn as keep/drop masks (inputs.mask_draw:
+    every row along the last axis holds both), whatever the rule: a condition the chain selects on, a mask."""
+    return dtype in FLOATS or dtype == BOOL or (binary and dtype in NUMPY and np.issubdtype(NUMPY[dtype], np.integer))
 
 
 def _judged(match):

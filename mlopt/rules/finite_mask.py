@@ -139,8 +139,8 @@ class FiniteMaskRule(Rule):
         """softmax(x + select(cond, sentinel, m)) (or the sentinel in b), the select possibly cast to x's dtype: a mask
         computed from the model's input, as transformers' AttentionMaskConverter builds it with masked_fill (and its
         `(1 - m)` cast to bool as the condition). In fp16 the sentinel is -inf and a row it masks entirely is NaN.
-        Only the select's constant branches change; its condition is fed from {0, 1} by the proof through the cast
-        to bool that computes it (the proof cannot feed a bool)."""
+        Only the select's constant branches change; the proof feeds its condition as a keep/drop mask: from {0, 1}
+        through the cast to bool that computes it, or as a bool the chain reads (numerics/proofs.py)."""
         found = []
         for x, side in ((graph.arg(add, "x"), graph.arg(add, "y")), (graph.arg(add, "y"), graph.arg(add, "x"))):
             select, casts = _through_casts(graph, side)

@@ -4,7 +4,7 @@
       each value entering the stream times alpha (folded into a linear's weight and bias, a matmul's or mul's
       constant - the LUT or scale of a compressed weight - or a mul by alpha inserted where the add reads it),
       each norm reading the stream with epsilon times alpha^2 (norm(alpha x, alpha^2 eps) = norm(x, eps); an
-      epsilon added to a standard deviation, x / (std + eps), times alpha)
+      epsilon added to a standard deviation, x / (std + eps), times alpha: the summary says which moved how)
 
 The stream and its readers are found by fp16_headroom_stream.py. alpha is the largest power of two (at most 1)
 that brings the float64 peak of every stream value to `target_bits` bits below fp16's 65504; the peaks are the
@@ -152,6 +152,7 @@ class Fp16HeadroomRule(Rule):
             facts={"stream": list(stream.values), "alpha_log2": -k, "peak_before": peak, "peak_after": peak * alpha,
                    "adds": len(stream.adds), "folded": sum(e.fold is not None for e in stream.entries),
                    "inserted": sum(e.fold is None for e in stream.entries), "readers": len(_readers(stream)),
+                   "eps_powers": _epsilon_powers(_readers(stream)),
                    "eps_rounded": len(rounded), "underflows": underflows},
             note=note,
             judged_at=tuple(_judged(stream)),
@@ -180,13 +181,34 @@ class Fp16HeadroomRule(Rule):
         return (f"stream '{f['stream'][0]}' .. '{f['stream'][-1]}' ({f['adds']} add{'s' * (f['adds'] != 1)}), alpha 2^{f['alpha_log2']}, "
                 f"float64 peak {f['peak_before']:.4g} -> {f['peak_after']:.4g} ({_bits(f['peak_before']):.1f} -> "
                 f"{_bits(f['peak_after']):.1f} bits below 65504); {f['folded']} entr{'y' if f['folded'] == 1 else 'ies'} folded into their "
-                f"constants, {f['inserted']} scaled by an inserted mul, {f['readers']} norm{'s' * (f['readers'] != 1)} with epsilon x 2^{2 * f['alpha_log2']}")
+                f"constants, {f['inserted']} scaled by an inserted mul, {_epsilon_text(f['eps_powers'], f['alpha_log2'])}")
 
     def report_fields(self, match):
         f = match.facts
         return {"stream_first": f["stream"][0], "stream_last": f["stream"][-1], "adds": f["adds"], "alpha": 2.0**f["alpha_log2"], "peak_before": f["peak_before"],
                 "peak_after": f["peak_after"], "entries_folded": f["folded"], "entries_inserted": f["inserted"],
                 "norm_readers": f["readers"], "eps_rounded": f["eps_rounded"], "weights_underflowed": f["underflows"]}
+
+
+def _epsilon_powers(readers):
+    """[(powers, count)]: how many norm readers move their epsilon by alpha^p for each set of powers p (2: under
+    the root, 1: added to a standard deviation; none: a norm without an epsilon), highest power first."""
+    counts = {}
+    for reader in readers:
+        key = tuple(sorted({power for _, _, power in reader.eps}, reverse=True))
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(counts.items(), key=lambda item: [-p for p in item[0]] + [0])
+
+
+def _epsilon_text(groups, alpha_log2):
+    """'7 norms with epsilon x 2^-6', or per kind: '6 norms with epsilon x 2^-6, 1 with epsilon x 2^-3'."""
+    parts = []
+    for powers, count in groups:
+        factors = " and ".join(f"2^{p * alpha_log2}" for p in powers)
+        moved = f"with epsilon{'s' * (len(powers) > 1)} x {factors}" if powers else "without an epsilon"
+        noun = f" norm{'s' * (count != 1)}" if not parts else ""
+        parts.append(f"{count}{noun} {moved}")
+    return ", ".join(parts)
 
 
 def _bits(peak):

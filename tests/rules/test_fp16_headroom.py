@@ -430,3 +430,88 @@ def test_rms_norms_left_decomposed_say_their_square_still_overflows(tmp_path):
     assert any(f.kind == "overflow" and f.op_type == "pow" for f in audit_package(out).findings)
     _, report = headroom(tmp_path, name, rules=None)
     assert "RMSNorm chain" not in stream_chain(report).note
+
+
+def test_dry_run_headroom_sees_the_first_pass_and_reports_what_a_real_run_writes(tmp_path):
+    """`--dry-run --headroom` used to run the headroom pass on the program as it was (the dry run's rewrites went
+    into per-function copies): it saw the decomposed RMSNorms and said their square still overflowed. It now reads
+    a copy of the program with the first pass's rewrites: the same chains as the real run, "would rewrite"."""
+    from mlopt.report import WOULD_REWRITE
+
+    name = "gemma_postnorm_fp16_ios17"
+    digest = tree_digest(path(name))
+    dry = optimize_package(path(name), None, dry_run=True, headroom=True, inputs=inputs(name))
+    assert tree_digest(path(name)) == digest
+    _, real = headroom(tmp_path, name, rules=None)
+    chains = [[c.to_dict() for f in r.functions for c in f.chains] for r in (dry, real)]
+    assert [c["status"] for c in chains[0]] == [WOULD_REWRITE] * len(chains[1])
+    assert [{**c, "status": None} for c in chains[0]] == [{**c, "status": None} for c in chains[1]]
+    assert stream_chain(dry).note == "every value of the stream is multiplied by 0.125; norms read it unchanged"
+
+
+def _rms_stream_package(tmp_path):
+    """A stream `s = x + linear(x)` read by two RMSNorms: one with its epsilon under the root, one without."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+
+    w = (np.eye(16) * 40).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 16))], opset_version=ct.target.iOS17)
+    def prog(x):
+        s = mb.add(x=x, y=mb.linear(x=x, weight=w), name="s")
+        ms = mb.reduce_mean(x=mb.square(x=s), axes=[-1], keep_dims=True)
+        a = mb.mul(x=s, y=mb.rsqrt(x=mb.add(x=ms, y=np.float32(1e-5))))
+        b = mb.real_div(x=s, y=mb.sqrt(x=mb.reduce_mean(x=mb.square(x=s), axes=[-1], keep_dims=True)))
+        return mb.add(x=mb.linear(x=a, weight=w), y=mb.linear(x=b, weight=w))
+
+    out = str(tmp_path / "two_norms.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(out)
+    return out
+
+
+def test_summary_says_how_each_norms_epsilon_moved(tmp_path):
+    """The summary used to say "2 norms with epsilon x 2^(2 log2 alpha)" for every norm: a norm without an epsilon
+    (x / sqrt(mean(x^2))) moves none, and one whose epsilon is added to a standard deviation moves it by alpha."""
+    src = _rms_stream_package(tmp_path)
+    report = optimize_package(src, str(tmp_path / "o.mlpackage"), rules=(), headroom=True, headroom_target=15)
+    chain = stream_chain(report)
+    assert chain.status == REWRITTEN and chain.fields["alpha"] == 2.0**-6
+    peak = chain.fields["peak_before"]
+    assert chain.summary == (
+        f"stream 's' .. 's' (1 add), alpha 2^-6, float64 peak {peak:.4g} -> {peak / 64:.4g} ({np.log2(65504 / peak):.1f} "
+        f"-> {np.log2(65504 / peak) + 6:.1f} bits below 65504); 1 entry folded into their constants, 1 scaled by an "
+        f"inserted mul, 1 norm with epsilon x 2^-12, 1 without an epsilon")
+
+
+def test_epsilon_text_per_power():
+    """x / (std + eps) readers (epsilon_sites power 1) are counted apart from the epsilons under a root."""
+    from mlopt.rules.fp16_headroom import _epsilon_powers, _epsilon_text
+    from mlopt.rules.fp16_headroom_stream import Reader
+
+    def reader(*powers):
+        r = Reader("LayerNorm", "x", (), "y")
+        r.eps = [(object(), "y", p) for p in powers]
+        return r
+
+    readers = [reader(2)] * 5 + [reader(1), reader(2, 2)]
+    assert _epsilon_text(_epsilon_powers(readers), -3) == "6 norms with epsilon x 2^-6, 1 with epsilon x 2^-3"
+    assert _epsilon_text(_epsilon_powers([reader(2)] * 7), -3) == "7 norms with epsilon x 2^-6"
+    assert _epsilon_text(_epsilon_powers([reader(1), reader()]), -1) == "1 norm with epsilon x 2^-1, 1 without an epsilon"
+    assert _epsilon_text(_epsilon_powers([reader(1, 2)]), -2) == "1 norm with epsilons x 2^-4 and 2^-2"
+
+
+@pytest.mark.parametrize("src, npz", [
+    (path("gemma_postnorm_fp16_ios17"), inputs("gemma_postnorm_fp16_ios17")),
+    (os.path.join(FIXTURES, "audit", "gemma_residual_fp16_ios17.mlpackage"), os.path.join(FIXTURES, "audit", "gemma_residual_fp16_ios17.inputs.npz")),
+])
+def test_peaks_measured_after_the_norm_rewrites_give_the_alpha_of_the_input(tmp_path, src, npz):
+    """The peaks are measured on the program the first pass produced: rms_norm's rewrite leaves the stream's
+    float64 values as they were, so one run gives the alpha and peak of the headroom pass alone on IN."""
+    alone = stream_chain(optimize_package(src, str(tmp_path / "a.mlpackage"), rules=(), headroom=True, inputs=npz))
+    after = optimize_package(src, str(tmp_path / "b.mlpackage"), headroom=True, inputs=npz)
+    assert {c.rule for f in after.functions for c in f.chains if c.status == REWRITTEN} == {"rms_norm", "fp16_headroom"}
+    both = stream_chain(after)
+    assert (both.fields["alpha"], alone.fields["alpha"]) == (0.125, 0.125)
+    assert both.fields["peak_before"] == pytest.approx(alone.fields["peak_before"], rel=1e-9)
+    assert (both.fields["stream_first"], both.fields["stream_last"]) == (alone.fields["stream_first"], alone.fields["stream_last"])
