@@ -146,10 +146,26 @@ def recorded_splits(spec):
         if not isinstance(outputs, dict):
             continue
         for output, entry in outputs.items():
-            if (isinstance(entry, dict) and isinstance(entry.get("axis"), int) and isinstance(entry.get("parts"), list)
-                    and all(isinstance(p, str) for p in entry["parts"]) and entry["parts"]):
+            if _well_formed(entry):
                 good.setdefault(function, {})[output] = entry
     return good
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _well_formed(entry):
+    """An entry as mlopt writes it: an int axis, distinct part names (a name repeated would make verify build an
+    output as large as the record is long), and sizes, where given, one non-negative int per part (anything else
+    - a string, a float, a negative or huge size - would make verify fail or allocate what the record says)."""
+    if not isinstance(entry, dict) or not _is_int(entry.get("axis")):
+        return False
+    parts, sizes = entry.get("parts"), entry.get("sizes")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts) or len(set(parts)) != len(parts):
+        return False
+    return sizes is None or (isinstance(sizes, list) and len(sizes) == len(parts)
+                             and all(_is_int(n) and 0 <= n < 1 << 31 for n in sizes))
 
 
 # -- finding the path ---------------------------------------------------------------------------------------------

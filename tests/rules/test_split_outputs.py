@@ -390,6 +390,35 @@ def test_verify_ignores_a_record_mlopt_did_not_write(record, tmp_path):
     assert not result.passed and check.problem.startswith(f"output missing in {result.candidate}, which returns logits_0, logits_1")
 
 
+HOSTILE_SIZES = ['["a", "b"]', "[16000.5, 15999.5]", "[-5, 32005]", "[1000000000000, -999999968000]", "[true, 31999]",
+                 "[16000]", '"16000,16000"']
+
+
+@pytest.mark.parametrize("sizes", HOSTILE_SIZES)
+def test_a_reference_record_with_hostile_sizes_ties_nothing(sizes, tmp_path):
+    """The split model as the reference: the whole output is cut by the record's sizes. Sizes that are not one
+    non-negative int per part (a string, a float, a negative size, a huge one whose sum still fits) are not mlopt's
+    record: the parts are missing from the candidate and say so - no TypeError, no 7 TiB allocation."""
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES, split_outputs=True)
+    record = '{"main": {"logits": {"axis": 2, "parts": ["logits_0", "logits_1"], "sizes": %s}}}' % sizes
+    _edit_spec(out, lambda spec: spec.description.metadata.userDefined.__setitem__(METADATA_KEY, record))
+    result = verify_packages(out, src)
+    assert not result.passed and [c.output for c in result.checks] == ["logits_0", "logits_1"]
+    assert [c.problem for c in result.checks] == [f"output missing in {src}"] * 2
+
+
+def test_a_record_repeating_a_part_ties_nothing(tmp_path):
+    """A part named twice would let a 1 MB record make verify concatenate one output tens of thousands of times."""
+    src, out = fixture_path("llama_32000_fp16_ios17", FOLDER), str(tmp_path / "out.mlpackage")
+    optimize_package(src, out, rules=RULES, split_outputs=True)
+    record = json.dumps({"main": {"logits": {"axis": 2, "parts": ["logits_0"] * 2, "sizes": [16000, 16000]}}})
+    _edit_spec(out, lambda spec: spec.description.metadata.userDefined.__setitem__(METADATA_KEY, record))
+    result = verify_packages(src, out)
+    [check] = result.checks
+    assert not result.passed and check.problem.startswith(f"output missing in {result.candidate}, which returns logits_0, logits_1")
+
+
 def test_the_parts_take_the_place_of_the_output_among_others(tmp_path):
     """A function returning the head and another output: the parts stand where the head stood, in the program and
     in the description."""
