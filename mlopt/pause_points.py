@@ -9,6 +9,7 @@ and lets the run go on. Without the variable `pause` returns at once. The points
 - "import": while the command line's modules are being imported (inside the import machinery);
 - "copy-start": inside the step that starts the copy thread, signals held, the copy already running;
 - "copy": in the copy thread, after the first file of the output was copied, before any other;
+- "weights": after a weight file that receives new blobs (a split head) was updated, before it is flushed;
 - "rename": inside the step that puts the output in place, signals blocked, just before the rename;
 - "after-rename": just after that step, the output complete and in place.
 """

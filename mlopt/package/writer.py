@@ -174,15 +174,19 @@ class PackageWriter:
             for fd in self._folders.values():  # every folder's entries on disk before the rename
                 os.fsync(fd)
             os.fchmod(self._folders[""], 0o777 & ~_umask())  # a normal folder's mode; staging starts 0700
-            with signals_deferred():  # in place and recorded as such, or neither
-                pause("rename")
-                replaced = self._put_in_place()
-                COMMITS[0] += 1
-                _LIVE.discard(self)
-            pause("after-rename")
-            os.fsync(self.dest.dir_fd)
-            if replaced is not None:
-                self._remove_replaced(replaced)
+            replaced = None
+            try:
+                with signals_deferred():  # in place and recorded as such, or neither
+                    pause("rename")
+                    replaced = self._put_in_place()
+                    COMMITS[0] += 1
+                    _LIVE.discard(self)
+                pause("after-rename")
+                os.fsync(self.dest.dir_fd)
+            finally:  # also when a signal held by the rename, or one just after it, ends the run: the package
+                # --force replaced is not left behind (hidden, as large as the model) for a next run to find
+                if replaced is not None:
+                    self._remove_replaced(replaced)
         except OSError as e:
             raise self._write_error(e) from None
         finally:
@@ -206,6 +210,7 @@ class PackageWriter:
                 fd = create_file(self._folders[parent], name)
             try:
                 self.methods.update(new_blobs.write(spec, file_name, fd, in_place=in_place))
+                pause("weights")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -244,8 +249,9 @@ class PackageWriter:
 
     def _put_in_place(self):
         """Claim OUT, or swap with the package --force replaces; returns where that old package now is (or None).
-        Its removal comes after, outside the few steps that signals must not split (it may take a while; if a
-        signal cuts it short, the next run for OUT removes the rest: its owner is then gone)."""
+        Its removal comes after, outside the few steps that signals must not split (it may take a while), and also
+        runs when a signal ends the run there (a second one does not cut it short: mlopt/signals.py); if a SIGKILL
+        does, the next run for OUT removes the rest: its owner is then gone."""
         fd, name = self.dest.dir_fd, self.dest.name
         if self.dest.replaces is not None and _identity_at(fd, name) == self.dest.replaces:
             old = claim.swap(fd, self.staging, name, aside=staging.new_name(name, staging.OLD))

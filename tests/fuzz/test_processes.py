@@ -12,7 +12,7 @@ from functools import partial
 
 from .cases import INPUT_ERRORS, Case, Run, Scenario, copy_fixture, execute, fuzz_cases
 from .mutators import WEIGHTS
-from .tree import package_problem
+from .tree import package_problem, tree_digest
 
 DELAYS = (0.05, 0.15, 0.3, 0.6)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -56,6 +56,42 @@ def at_point(point, sig, big, tmp_path):
         return problems
 
     return Scenario([run], watch=[package], extra=exactly)
+
+
+SPLIT_HEAD_POINTS = ("copy", "weights", "rename", "after-rename")  # "weights": the staged weight file updated in place
+
+
+def at_point_split_head(point, sig, target, big, tmp_path):
+    """optimize a split head (its weight file updated in place over the run's private copy), `sig` exactly at
+    `point`, with --force onto an existing package (`target` "existing") or onto IN itself ("in place"): the one
+    line, the input untouched before the rename, OUT complete after it, and no staging folder nor the package
+    --force replaced left anywhere (the rule every case checks) - also when the signal lands at the rename."""
+    package = copy_fixture("wide.llama_32000_fp16_ios17", tmp_path / "in" / "a.mlpackage")
+    if target == "in place":
+        out = package
+    else:
+        out = copy_fixture("decoder_fp16_ios17", tmp_path / "out" / "o.mlpackage")
+    before = {p: tree_digest(p) for p in (package, out)}
+    name = signal.Signals(sig).name
+    line = (f"mlopt: interrupted by {name} after the output was written completely" if point in WRITTEN
+            else f"mlopt: interrupted by {name}; no partial output was left")
+    run = Run(["optimize", package, out, "--force"], frozenset({128 + sig}), (package,), outs=(out,), complete=True,
+              partial_ok=point in WRITTEN, pause=(point, sig))
+
+    def exactly(results):
+        problems = [] if results[0].stderr == line + "\n" else [f"stderr {results[0].stderr!r}, expected {line!r}"]
+        if point in WRITTEN:
+            if package_problem(out):
+                problems.append(f"OUT is not a complete package ({package_problem(out)})")
+            if tree_digest(out) == before[out]:
+                problems.append("OUT was not replaced")
+        elif tree_digest(out) != before[out]:
+            problems.append("OUT changed although the run was interrupted before the rename")
+        if target != "in place" and tree_digest(package) != before[package]:
+            problems.append("the input changed")
+        return problems
+
+    return Scenario([run], extra=exactly)
 
 
 def killed_then_rerun(big, tmp_path):
@@ -116,6 +152,10 @@ def process_cases(full):
     signal_runs = [(s, d) for s in SIGNALS for d in DELAYS] if full else FAST_SIGNALS
     cases = [Case(f"signal-{signal.Signals(s).name}-at-{p}-optimize", partial(at_point, p, s)) for p in POINTS for s in SIGNALS]
     cases += [Case(f"signal-{signal.Signals(s).name}-{d}s-optimize-big", partial(interrupted, s, d)) for s, d in signal_runs]
+    cases += [Case(f"signal-{signal.Signals(s).name}-at-{p}-optimize-split-head-force-existing",
+                   partial(at_point_split_head, p, s, "existing")) for p in SPLIT_HEAD_POINTS for s in SIGNALS]
+    cases += [Case(f"signal-SIGINT-at-{p}-optimize-split-head-in-place", partial(at_point_split_head, p, signal.SIGINT, "in place"))
+              for p in SPLIT_HEAD_POINTS]
     cases.append(Case("signal-SIGKILL-mid-copy-then-rerun-big", killed_then_rerun))
     cases += [Case(f"signal-SIGINT-{d}s-batch-jobs2-big", partial(batch_interrupted, d)) for d in (DELAYS if full else (0.3,))]
     fixtures = ("hf_fp16_ios17", "decoder_fp16_ios17", "real.decoder_qwen3_mixed_ios18", "textbook_eps_fp32_ios17")
