@@ -78,6 +78,9 @@ class Fp16HeadroomRule(Rule):
             return ConditionFailed(f"stream {name} left alone: {stream.problems[0]}", form, ops)
         peak, missing = self._peak(graph, stream)
         if missing is not None:
+            if graph.block(op) is not graph.main:  # the audit steps through the function's own ops only
+                return ConditionFailed(f"stream {name} left alone: it lies inside the body of a cond or while_loop, "
+                                       "whose values the audit does not measure", form, ops)
             return ConditionFailed(f"stream {name} left alone: the audit measured no float64 peak for '{missing}'", form, ops)
         if math.isnan(peak):
             unmeasured = next(v for v in self._scaled_values(stream) if math.isnan(self.peaks[graph.name][v]))

@@ -515,3 +515,51 @@ def test_peaks_measured_after_the_norm_rewrites_give_the_alpha_of_the_input(tmp_
     assert (both.fields["alpha"], alone.fields["alpha"]) == (0.125, 0.125)
     assert both.fields["peak_before"] == pytest.approx(alone.fields["peak_before"], rel=1e-9)
     assert (both.fields["stream_first"], both.fields["stream_last"]) == (alone.fields["stream_first"], alone.fields["stream_last"])
+
+
+def _stream_in_a_body(tmp_path, kind):
+    """A hot residual stream (3 adds, 4 RMSNorms reading it) as the body of a cond or a while_loop."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(0)
+    weights = [(rng.standard_normal((64, 64)) * 600).astype(np.float16) for _ in range(3)]
+
+    def rms(x):
+        mean = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
+        return mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=mean, y=np.float16(1e-5))))
+
+    def body(x):
+        h = mb.mul(x=x, y=np.float16(900.0))
+        for w in weights:
+            h = mb.add(x=h, y=mb.linear(x=rms(h), weight=w))
+        return rms(h)
+
+    @mb.program(input_specs=[mb.TensorSpec((1, 4, 64), dtype=types.fp16), mb.TensorSpec((1,), dtype=types.int32)],
+                opset_version=ct.target.iOS17)
+    def prog(x, flag):
+        if kind == "cond":
+            taken = mb.squeeze(x=mb.greater(x=flag, y=np.int32(-1)))
+            return mb.cond(pred=taken, _true_fn=lambda: body(x), _false_fn=lambda: mb.identity(x=x))
+        _, out = mb.while_loop(_cond=lambda i, v: mb.less(x=i, y=np.int32(1)),
+                               _body=lambda i, v: (mb.add(x=i, y=np.int32(1)), body(v)), loop_vars=(np.int32(0), x))
+        return out
+
+    path = str(tmp_path / f"{kind}.mlpackage")
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, pass_pipeline=ct.PassPipeline.EMPTY,
+               compute_precision=ct.precision.FLOAT16, skip_model_load=True).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["cond", "while"])
+def test_a_stream_inside_a_cond_or_loop_body_is_left_alone_and_says_why(tmp_path, kind):
+    """The audit measures the function's own ops, not those of a nested body: the stream there has no peak, and
+    the reason says where it lies (it said only that no peak was measured for one of its values)."""
+    src, out = _stream_in_a_body(tmp_path, kind), str(tmp_path / "out.mlpackage")
+    report = optimize_package(src, out, rules=(), headroom=True)
+    chain = stream_chain(report)
+    assert chain.status == LEFT_ALONE
+    assert chain.reason.endswith("left alone: it lies inside the body of a cond or while_loop, whose values the audit "
+                                 "does not measure"), chain.reason
+    assert tree_digest(out) == tree_digest(src)
