@@ -285,3 +285,56 @@ def test_an_output_missing_from_the_candidate_is_a_failed_check(tmp_path, capsys
     code, out, err = run(capsys, reference, candidate)
     assert code == 1 and err == ""
     assert f"  FAIL  main/w: output missing in {tmp_path / 'a.mlpackage'}" in out.splitlines()
+
+
+def _state_only_changed(tmp_path):
+    """The stateful fixture rewired so that its output is unchanged but its state is not updated: the write stores
+    the state it read, and the norm after it reads the sum directly instead of reading the state back. Every
+    output equals the reference's; only the state the next prediction reads differs."""
+    from coremltools.proto import Model_pb2
+
+    candidate = tmp_path / "stale_state.mlpackage"
+    shutil.copytree(fixture_path("stateful_fp16_ios18", "real"), candidate)
+    spec_file = candidate / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    function = spec.mlProgram.functions["main"]
+    ops = function.block_specializations[function.opset].operations
+    for op in ops:
+        for argument in op.inputs.values():
+            for arg in argument.arguments:
+                if op.type == "write_state" and arg.name == "var_28_cast_fp16":
+                    arg.name = "read_state_0"
+                elif arg.name == "coreml_update_state_1":
+                    arg.name = "var_28_cast_fp16"
+    spec_file.write_bytes(spec.SerializeToString())
+    return candidate
+
+
+def test_a_state_the_candidate_leaves_stale_fails(capsys, tmp_path):
+    """A stateful model's state after the prediction is compared as its outputs are: a candidate whose outputs
+    agree but whose state update is lost fails on that state (before, every output agreed and it passed)."""
+    candidate = _state_only_changed(tmp_path)
+    code, out, _ = run(capsys, fixture_path("stateful_fp16_ios18", "real"), candidate)
+    lines = out.splitlines()
+    assert code == 1
+    assert lines[1] == "  pass  main/var_48: max abs 0, max rel 0 (rtol 0.01, atol 0.01); against float64: reference 0.00081, candidate 0.00081"
+    assert lines[2].startswith("  FAIL  main/acc: max abs ")
+    assert "; state: its value after the prediction, what the next prediction reads; against float64: reference " in lines[2]
+    assert lines[-1] == "  outputs differ"
+
+
+def test_a_state_is_compared_with_its_value_after_the_run(tmp_path):
+    """The state's check holds its value after the prediction: the fed initial value plus the projection, equal
+    in both runs of an optimized model within fp16 rounding, not the fed value itself."""
+    from mlopt.analyses.verify import STATE_AFTER_RUN
+
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("stateful_fp16_ios18", "real"), out)
+    report = verify_packages(fixture_path("stateful_fp16_ios18", "real"), out)
+    assert [c.output for c in report.checks] == ["var_48", "acc"]
+    state = report.checks[1]
+    assert state.passed and state.note.startswith(STATE_AFTER_RUN + "; against float64: reference ")
+    assert 0 < state.max_abs < 0.01  # the rewritten norm before the projection rounds differently: the state moved
+    identical = verify_packages(fixture_path("stateful_fp16_ios18", "real"), fixture_path("stateful_fp16_ios18", "real"))
+    assert [(c.output, c.passed_by) for c in identical.checks] == [("var_48", "identical"), ("acc", "identical")]
