@@ -338,3 +338,61 @@ def test_a_state_is_compared_with_its_value_after_the_run(tmp_path):
     assert 0 < state.max_abs < 0.01  # the rewritten norm before the projection rounds differently: the state moved
     identical = verify_packages(fixture_path("stateful_fp16_ios18", "real"), fixture_path("stateful_fp16_ios18", "real"))
     assert [(c.output, c.passed_by) for c in identical.checks] == [("var_48", "identical"), ("acc", "identical")]
+
+
+def _wide_scale_norm_head(path):
+    """An fp16 RMSNorm (transformers' LlamaRMSNorm as coremltools converts it) feeding a linear head whose weights
+    of ~300 make logits in the 10^3-10^4, as a Gemma-style residual stream does: at --scale 300 the norm's x^2
+    overflows fp16 and the reference collapses."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(0)
+    gamma = (1 + 0.1 * rng.standard_normal(64)).astype(np.float16)
+    weight = (300 * rng.standard_normal((256, 64))).astype(np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 64), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(x):
+        variance = mb.reduce_mean(x=mb.pow(x=x, y=np.float16(2)), axes=[-1], keep_dims=True)
+        normed = mb.mul(x=gamma, y=mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=variance, y=np.float16(1e-6)))))
+        return mb.linear(x=normed, weight=weight, name="logits")
+
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT16,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(str(path))
+    return path
+
+
+def test_a_large_scale_output_passes_by_its_error_relative_to_its_scale(tmp_path):
+    """The reference carries no signal (its x^2 overflowed) and the output's scale is ~10^4: element by element,
+    the candidate's logits near 0 carry the fp16 rounding of the large products they sum (past atol 0.01), yet its
+    error against float64 relative to the largest logit is ~1e-4, within rtol. It passes, and says why (it failed
+    before with "the candidate departs from float64 past the tolerance")."""
+    from mlopt.numerics.compare import compare
+
+    reference = _wide_scale_norm_head(tmp_path / "head.mlpackage")
+    out = tmp_path / "o.mlpackage"
+    assert optimize_package(reference, out).rewrites == 1
+    report = verify_packages(reference, out, scale=300)
+    (check,) = report.checks
+    assert check.passed and check.passed_by == "float64"
+    assert check.reference_error == 1.0 and 0 < check.candidate_error < 1e-3
+    assert check.note.endswith(
+        "; beyond tolerance of the reference, which carries no signal here; the candidate's error against float64, "
+        "relative to the output's largest magnitude, is within rtol (element by element, the rounding of large "
+        "values puts the elements near 0 past atol)")
+
+
+@pytest.mark.parametrize("name", ["dropped gamma", "concat([x, x])"])
+def test_a_wrong_rewrite_of_a_reference_without_signal_still_fails(tmp_path, name):
+    """Where the reference carries no signal, a wrong rewrite's error relative to the output's scale is far past
+    rtol: it fails as before, whatever the output's scale. (An epsilon of 0.1 for 1e-6 is no error at this scale:
+    beside a mean square of 9e4 it moves the result by 6e-7 relative, and it passes.)"""
+    from broken_rewrites import BROKEN, edited
+
+    reference = _wide_scale_norm_head(tmp_path / "head.mlpackage")
+    out = tmp_path / "o.mlpackage"
+    optimize_package(reference, out)
+    wrong = edited(out, tmp_path / "wrong.mlpackage", BROKEN[name])
+    (check,) = verify_packages(reference, wrong, scale=300).checks
+    assert not check.passed and check.reference_error == 1.0 and check.candidate_error > 0.01
