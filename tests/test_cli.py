@@ -167,7 +167,47 @@ def test_inputs_must_name_inputs_and_hold_finite_numbers(capsys, tmp_path, comma
     assert run(capsys, command, *models, "--inputs", wrong_key) == (
         2, "", f"mlopt: error: {wrong_key}: array 'y' names no input of the model (its inputs: x)\n")
     assert run(capsys, command, *models, "--inputs", nan) == (
-        2, "", f"mlopt: error: {nan}: array 'x' holds NaN or inf; inputs must be finite numbers\n")
+        2, "", f"mlopt: error: {nan}: array 'x' holds NaN or +inf; inputs must be numbers (-inf is accepted, as an "
+               "additive attention mask holds it)\n")
+    np.savez(nan, x=np.full((1, 4, 16), np.inf, np.float32))
+    assert run(capsys, command, *models, "--inputs", nan)[0] == 2
+
+
+def _additive_mask_attention(path):
+    """Attention whose mask is an input added to the scores, as a stateful decoder's `causal_mask` input is
+    (coremltools' stateful-model guide; -inf above the diagonal)."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8), dtype=types.fp16), mb.TensorSpec(shape=(1, 4, 4), dtype=types.fp16)],
+                opset_version=ct.target.iOS17)
+    def prog(x, causal_mask):
+        scores = mb.add(x=mb.matmul(x=x, y=x, transpose_y=True), y=causal_mask)
+        return mb.matmul(x=mb.softmax(x=scores, axis=-1), y=x, name="attended")
+
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT16,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(str(path))
+    return path
+
+
+def test_an_additive_mask_input_with_minus_inf_is_accepted(capsys, tmp_path):
+    """--inputs takes a causal mask holding -inf (it was refused as "NaN or inf"): the audit runs on it, and
+    the masked positions get exactly zero weight (the first row attends to its own position only)."""
+    from conftest import run_package
+
+    pkg = _additive_mask_attention(tmp_path / "attn.mlpackage")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 8)).astype(np.float16)
+    mask = np.triu(np.full((1, 4, 4), -np.inf, np.float16), 1)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, x=x, causal_mask=mask)
+    capsys.readouterr()  # the conversion's progress bars
+    code, out, err = run(capsys, "audit", pkg, "--inputs", npz)
+    assert (code, err) == (0, "")
+    assert f"  input: function 'main' input 'causal_mask': from {npz} (--seed and --scale do not apply)" in out.splitlines()
+    attended = run_package(str(pkg), {"x": x, "causal_mask": mask})["attended"]
+    np.testing.assert_array_equal(attended[0, 0], x[0, 0])
 
 
 def test_dry_run_checks_out_like_a_real_run(capsys, tmp_path):

@@ -285,3 +285,114 @@ def test_an_output_missing_from_the_candidate_is_a_failed_check(tmp_path, capsys
     code, out, err = run(capsys, reference, candidate)
     assert code == 1 and err == ""
     assert f"  FAIL  main/w: output missing in {tmp_path / 'a.mlpackage'}" in out.splitlines()
+
+
+def _state_only_changed(tmp_path):
+    """The stateful fixture rewired so that its output is unchanged but its state is not updated: the write stores
+    the state it read, and the norm after it reads the sum directly instead of reading the state back. Every
+    output equals the reference's; only the state the next prediction reads differs."""
+    from coremltools.proto import Model_pb2
+
+    candidate = tmp_path / "stale_state.mlpackage"
+    shutil.copytree(fixture_path("stateful_fp16_ios18", "real"), candidate)
+    spec_file = candidate / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    function = spec.mlProgram.functions["main"]
+    ops = function.block_specializations[function.opset].operations
+    for op in ops:
+        for argument in op.inputs.values():
+            for arg in argument.arguments:
+                if op.type == "write_state" and arg.name == "var_28_cast_fp16":
+                    arg.name = "read_state_0"
+                elif arg.name == "coreml_update_state_1":
+                    arg.name = "var_28_cast_fp16"
+    spec_file.write_bytes(spec.SerializeToString())
+    return candidate
+
+
+def test_a_state_the_candidate_leaves_stale_fails(capsys, tmp_path):
+    """A stateful model's state after the prediction is compared as its outputs are: a candidate whose outputs
+    agree but whose state update is lost fails on that state (before, every output agreed and it passed)."""
+    candidate = _state_only_changed(tmp_path)
+    code, out, _ = run(capsys, fixture_path("stateful_fp16_ios18", "real"), candidate)
+    lines = out.splitlines()
+    assert code == 1
+    assert lines[1] == "  pass  main/var_48: max abs 0, max rel 0 (rtol 0.01, atol 0.01); against float64: reference 0.00081, candidate 0.00081"
+    assert lines[2].startswith("  FAIL  main/acc: max abs ")
+    assert "; state: its value after the prediction, what the next prediction reads; against float64: reference " in lines[2]
+    assert lines[-1] == "  outputs differ"
+
+
+def test_a_state_is_compared_with_its_value_after_the_run(tmp_path):
+    """The state's check holds its value after the prediction: the fed initial value plus the projection, equal
+    in both runs of an optimized model within fp16 rounding, not the fed value itself."""
+    from mlopt.analyses.verify import STATE_AFTER_RUN
+
+    out = tmp_path / "o.mlpackage"
+    optimize_package(fixture_path("stateful_fp16_ios18", "real"), out)
+    report = verify_packages(fixture_path("stateful_fp16_ios18", "real"), out)
+    assert [c.output for c in report.checks] == ["var_48", "acc"]
+    state = report.checks[1]
+    assert state.passed and state.note.startswith(STATE_AFTER_RUN + "; against float64: reference ")
+    assert 0 < state.max_abs < 0.01  # the rewritten norm before the projection rounds differently: the state moved
+    identical = verify_packages(fixture_path("stateful_fp16_ios18", "real"), fixture_path("stateful_fp16_ios18", "real"))
+    assert [(c.output, c.passed_by) for c in identical.checks] == [("var_48", "identical"), ("acc", "identical")]
+
+
+def _wide_scale_norm_head(path):
+    """An fp16 RMSNorm (transformers' LlamaRMSNorm as coremltools converts it) feeding a linear head whose weights
+    of ~300 make logits in the 10^3-10^4, as a Gemma-style residual stream does: at --scale 300 the norm's x^2
+    overflows fp16 and the reference collapses."""
+    import coremltools as ct
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    rng = np.random.default_rng(0)
+    gamma = (1 + 0.1 * rng.standard_normal(64)).astype(np.float16)
+    weight = (300 * rng.standard_normal((256, 64))).astype(np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8, 64), dtype=types.fp16)], opset_version=ct.target.iOS17)
+    def prog(x):
+        variance = mb.reduce_mean(x=mb.pow(x=x, y=np.float16(2)), axes=[-1], keep_dims=True)
+        normed = mb.mul(x=gamma, y=mb.mul(x=x, y=mb.rsqrt(x=mb.add(x=variance, y=np.float16(1e-6)))))
+        return mb.linear(x=normed, weight=weight, name="logits")
+
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17, compute_precision=ct.precision.FLOAT16,
+               pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True).save(str(path))
+    return path
+
+
+def test_a_large_scale_output_passes_by_its_error_relative_to_its_scale(tmp_path):
+    """The reference carries no signal (its x^2 overflowed) and the output's scale is ~10^4: element by element,
+    the candidate's logits near 0 carry the fp16 rounding of the large products they sum (past atol 0.01), yet its
+    error against float64 relative to the largest logit is ~1e-4, within rtol. It passes, and says why (it failed
+    before with "the candidate departs from float64 past the tolerance")."""
+    from mlopt.numerics.compare import compare
+
+    reference = _wide_scale_norm_head(tmp_path / "head.mlpackage")
+    out = tmp_path / "o.mlpackage"
+    assert optimize_package(reference, out).rewrites == 1
+    report = verify_packages(reference, out, scale=300)
+    (check,) = report.checks
+    assert check.passed and check.passed_by == "float64"
+    assert check.reference_error == 1.0 and 0 < check.candidate_error < 1e-3
+    assert check.note.endswith(
+        "; beyond tolerance of the reference, which carries no signal here; the candidate's error against float64, "
+        "relative to the output's largest magnitude, is within rtol (element by element, the rounding of large "
+        "values puts the elements near 0 past atol)")
+
+
+@pytest.mark.parametrize("name", ["dropped gamma", "concat([x, x])"])
+def test_a_wrong_rewrite_of_a_reference_without_signal_still_fails(tmp_path, name):
+    """Where the reference carries no signal, a wrong rewrite's error relative to the output's scale is far past
+    rtol: it fails as before, whatever the output's scale. (An epsilon of 0.1 for 1e-6 is no error at this scale:
+    beside a mean square of 9e4 it moves the result by 6e-7 relative, and it passes.)"""
+    from broken_rewrites import BROKEN, edited
+
+    reference = _wide_scale_norm_head(tmp_path / "head.mlpackage")
+    out = tmp_path / "o.mlpackage"
+    optimize_package(reference, out)
+    wrong = edited(out, tmp_path / "wrong.mlpackage", BROKEN[name])
+    (check,) = verify_packages(reference, wrong, scale=300).checks
+    assert not check.passed and check.reference_error == 1.0 and check.candidate_error > 0.01

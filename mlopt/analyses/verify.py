@@ -135,23 +135,26 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         cand_view = SpecGraph(name, cand_fn)
         if report.accumulate == "fp16":
             report.notes += [f"function '{name}': {note}" for note in _accumulation_notes(ref_view)]
+        states = _state_inputs(ref_fn)  # what a prediction leaves for the next one: compared as outputs are
+        compared = list(ref_view.main.outputs) + states
         if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
             note = "identical program and weights: equal without running"
-            report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note, passed_by="identical") for out in ref_view.main.outputs]
+            report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note, passed_by="identical") for out in compared]
             continue
         for package, view in ((ref, ref_view), (cand, cand_view)):
             check_declared_sizes(package.path, view)
         feeds, notes = function_feeds(reference_path, ref.spec, name, ref_view, report.seed, report.scale, given, inputs_path)
         report.notes += notes
-        ref_out = _run(ref, ref_view, ref_blobs, feeds)
-        cand_out = _run(cand, cand_view, cand_blobs, feeds)
-        cand_out = _paired_outputs(report, name, ref_view, cand_view, _reassembled(report, name, ref, cand, ref_view, cand_out))
-        exact, no_float64 = _float64_outputs(ref_view, ref_blobs, feeds, [o for o in ref_view.main.outputs if o in cand_out])
+        ref_out = _run(ref, ref_view, ref_blobs, feeds, states)
+        cand_run = _run(cand, cand_view, cand_blobs, feeds, states)
+        cand_out = _paired_outputs(report, name, ref_view, cand_view, _reassembled(report, name, ref, cand, ref_view, cand_run))
+        cand_out.update((state, cand_run[state]) for state in states)
+        exact, no_float64 = _float64_outputs(ref_view, ref_blobs, feeds, [o for o in compared if o in cand_out])
         if no_float64:
             report.notes.append(f"function '{name}': no float64 run ({no_float64}); judged by tolerance alone")
         default_rtol, default_atol = tolerance_for(_precision(ref_view), _precision(cand_view))
         verdicts = []
-        for out in ref_view.main.outputs:
+        for out in compared:
             if out not in cand_out:
                 report.checks.append(OutputCheck(name, out, 0, 0, 0, 0, False, problem=_missing(out, candidate_path, cand_view)))
                 continue
@@ -170,6 +173,8 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
         overflow = overflow_op([v for _, v in verdicts], ref_view, ref_blobs, feeds)
         for check, verdict in verdicts:
             check.note = explain(verdict, report.float64_factor, overflow)
+            if check.output in states:
+                check.note = "; ".join(filter(None, [STATE_AFTER_RUN, check.note]))
             if _nothing_finite(ref_out[check.output], cand_out[check.output]):
                 float64 = exact.get(check.output)
                 if float64 is not None and np.isfinite(float64).any():  # the inputs are in the domain: the models lose it
@@ -177,6 +182,9 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
                     continue
                 stored_nan = float64 is not None and _all_nan(float64)
                 check.note = "; ".join(filter(None, [NOTHING_COMPARED, FLOAT64_NAN_TOO if stored_nan else None, check.note]))
+
+
+STATE_AFTER_RUN = "state: its value after the prediction, what the next prediction reads"
 
 
 NOTHING_COMPARED = ("no element is finite in either model: nothing was compared (inputs outside the model's domain, "
@@ -262,10 +270,16 @@ def _reassembled(report, name, ref, cand, ref_view, cand_out):
     return out
 
 
-def _run(package, view, blobs, feeds):
-    """The function's outputs, or CannotVerify naming the package when the interpreter cannot run it."""
+def _state_inputs(function):
+    """The names of a function's state inputs (iOS18 `ct.StateType`), in declaration order."""
+    return [i.name for i in function.inputs if i.type.WhichOneof("type") == "stateType"]
+
+
+def _run(package, view, blobs, feeds, states=()):
+    """The function's outputs and the final value of each of `states`, or CannotVerify naming the package when the
+    interpreter cannot run it."""
     try:
-        return run_function(view, blobs, feeds)
+        return run_function(view, blobs, feeds, keep=states)
     except InterpreterError as e:
         raise CannotVerify(package.path, f"cannot be verified: function '{view.name}': {e}") from None
 

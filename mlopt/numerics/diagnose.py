@@ -50,6 +50,7 @@ class Judgement:
     reference_departs: bool = False  # A is off float64 past the tolerance, and further off than B
     yardstick: bool = True  # A's error bounds B's (False: A is not finite, or no closer to float64 than zeros)
     undefined: bool = False  # float64 itself is NaN/inf where B is finite: the program as stored computes no number
+    by_scale: bool = False  # no yardstick, and B passed by its error against float64 (relative to the output's scale)
 
 
 def judge(ref, cand, truth, difference, factor=FLOAT64_FACTOR):
@@ -58,7 +59,11 @@ def judge(ref, cand, truth, difference, factor=FLOAT64_FACTOR):
 
     A's error is B's yardstick unless A carries no signal: an error of 1 is what an all-zero output has (an fp16
     chain whose x^2 overflowed collapses to 0), and an infinite one is an overflow the mathematics does not have.
-    Then B is held to the tolerance against float64 itself."""
+    Then B is held to the tolerance against float64 itself: element by element, or, for an output whose scale
+    is far above atol (logits in the 10^4 of an fp16 model), by B's error against float64 relative to the output's
+    largest magnitude, which must be within rtol. Element by element, the elements near 0 of such an output
+    carry the absolute rounding of the large values they are computed from (an fp16 step is 16 at 2^14), which
+    no fp16 computation can bring within atol."""
     if truth is None:
         return Judgement(difference.passed, "tolerance" if difference.passed else None)
     ref_err, cand_err = error_against(ref, truth), error_against(cand, truth)
@@ -73,6 +78,8 @@ def judge(ref, cand, truth, difference, factor=FLOAT64_FACTOR):
             verdict.passed = cand_err <= factor * ref_err
         else:
             verdict.passed = compare(np.asarray(cand, np.float64), truth, rtol=difference.rtol, atol=difference.atol).passed
+            if not verdict.passed and cand_err <= difference.rtol:
+                verdict.passed = verdict.by_scale = True
         verdict.passed_by = "float64" if verdict.passed else None
     return verdict
 
@@ -89,6 +96,10 @@ def explain(verdict, factor=FLOAT64_FACTOR, overflow=None):
         parts.append(f"the reference departs from the mathematics{where}")
     if verdict.passed_by == "float64" and verdict.yardstick:
         parts.append(f"beyond tolerance of the reference, but no further from float64 than {factor:g}x the reference's error")
+    elif verdict.by_scale:
+        parts.append("beyond tolerance of the reference, which carries no signal here; the candidate's error against "
+                     "float64, relative to the output's largest magnitude, is within rtol (element by element, the "
+                     "rounding of large values puts the elements near 0 past atol)")
     elif verdict.passed_by == "float64":
         parts.append("beyond tolerance of the reference, which carries no signal here; the candidate agrees with float64 within tolerance")
     elif not verdict.passed:

@@ -46,9 +46,12 @@ def load_npz(path):
         raise BadInputError(path, f"not a readable .npz file ({type(e).__name__}: {e})") from None
     if not arrays:
         raise BadInputError(path, "holds no arrays")
-    for key, array in arrays.items():  # NaN or inf in would make every output NaN: nothing could be judged
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            raise BadInputError(path, f"array '{key}' holds NaN or inf; inputs must be finite numbers")
+    for key, array in arrays.items():  # NaN or +inf in would make every output NaN: nothing could be judged
+        # -inf is a number inputs hold: the masked positions of an additive attention mask (a causal mask fed to a
+        # stateful decoder, triu(full(-inf), 1)), which softmax turns into exact zeros
+        if array.dtype.kind in "fc" and (np.isnan(array).any() or np.isposinf(array).any()):
+            raise BadInputError(path, f"array '{key}' holds NaN or +inf; inputs must be numbers (-inf is accepted, "
+                                      "as an additive attention mask holds it)")
     return arrays
 
 

@@ -107,7 +107,8 @@ class Evaluator:
         return {t: env[t] for t in targets}
 
     def run(self, feeds, targets, after_op=None):
-        """Execute the whole function in program order; return `targets` (outputs, or any value). `after_op(op,
+        """Execute the whole function in program order; return `targets` (outputs, states, or any value: a state
+        input's value is the state after the run, not its feed). `after_op(op,
         env)`, if given, sees each op of the main block once it ran, and may replace its outputs as `steps` allows.
 
         Memory follows the working set, not the model: a weight (a const stored in weight.bin) is read, as an
@@ -118,7 +119,9 @@ class Evaluator:
             if after_op is not None:
                 after_op(op, env)
         weights = self._weights
-        return {t: env[t] if t in env or t not in weights else self._load(weights[t], env) for t in targets}
+        # a state input asked for is its value after the run: what the model's next prediction reads
+        return {t: self.states[t] if t in self.states else env[t] if t in env or t not in weights
+                else self._load(weights[t], env) for t in targets}
 
     def steps(self, feeds, keep=(), env=None):
         """`run`, one op at a time: yields (op, environment) after each op of the main block (weight-file

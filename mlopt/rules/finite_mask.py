@@ -331,6 +331,14 @@ class FiniteMaskRule(Rule):
         def body(trace):
             trace.take(op)
             readers = ", ".join(sorted({graph.op_type(u.op) for u in graph.consumers(value) if u.op is not None})) or "nothing"
+            if _triu_of_fill(graph, value):
+                trace.recognise("InfiniteConstant", f"infinite in fp16, read by {readers}: a fill cut by x - band_part(x) "
+                                                    "(coremltools' triu/tril of a tensor whose shape is known only at run "
+                                                    "time), which is -inf - -inf = NaN wherever the band keeps a position, "
+                                                    "in every precision: a mask built as triu(full(-inf), 1) makes every output "
+                                                    "NaN (mlopt audit shows where); build it with a finite fill such as "
+                                                    "-1e4, or pass it as an input")
+                return
             trace.recognise("InfiniteConstant", f"infinite in fp16, read by {readers}: not a mask before a softmax nor a "
                                                 f"clip/maximum/minimum bound, so its meaning there is the model's own")
 
@@ -468,6 +476,25 @@ def _through_casts(graph, value):
         x = graph.arg(op, "x")
         op = graph.producer(x) if x is not None else None
     return op, casts
+
+
+def _triu_of_fill(graph, value):
+    """Whether constant `value` fills a tensor that is then cut as `x - band_part(x)`: how coremltools converts
+    torch's triu/tril with a nonzero diagonal (frontend/torch/ops.py, `triu`) where the shape is only known at run
+    time, so that the cut is not folded at conversion. With an infinite fill the subtraction is NaN wherever the
+    band keeps a position."""
+    for use in graph.consumers(value):
+        if use.op is None or graph.op_type(use.op) != "fill":
+            continue
+        filled = graph.output(use.op)
+        for band in graph.consumers(filled):
+            if band.op is None or graph.op_type(band.op) != "band_part":
+                continue
+            kept = graph.output(band.op)
+            if any(u.op is not None and graph.op_type(u.op) == "sub" and graph.arg(u.op, "x") == filled
+                   and graph.arg(u.op, "y") == kept for u in graph.consumers(kept)):
+                return True
+    return False
 
 
 def _softmax_axis(graph, softmax):

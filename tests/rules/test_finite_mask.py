@@ -461,3 +461,28 @@ def test_a_computed_mask_shared_by_two_layers_is_made_finite_once(tmp_path):
     assert view.op_type(view.producer(mask)) == "select"
     assert float(view.const_value(view.arg(view.producer(mask), "a"))) == FILL
     assert audit_package(out).passed
+
+
+def triu_of_fill(x, f, sentinel=-np.inf):
+    """torch.triu(torch.full(x.shape, sentinel), 1) + x, then softmax, as coremltools converts it when the shape is
+    known only at run time (frontend/torch/ops.py `triu`: x - band_part(x, -1, diagonal - 1))."""
+    filled = mb.fill(shape=mb.shape(x=x), value=f(sentinel))
+    mask = mb.sub(x=filled, y=mb.band_part(x=filled, lower=-1, upper=0))
+    return mb.softmax(x=mb.add(x=x, y=mask), axis=-1)
+
+
+@pytest.mark.parametrize("sentinel", [-np.inf, F32_MIN])  # float32's minimum is -inf once stored in fp16
+def test_a_triu_of_an_infinite_fill_is_left_alone_naming_the_nan(tmp_path, sentinel):
+    """The fill constant of coremltools' runtime-shape triu is named for what it does (NaN wherever the band keeps
+    a position), not "its meaning there is the model's own"; the program computes NaN in every element."""
+    src = saved(tmp_path, lambda x, f: triu_of_fill(x, f, sentinel))
+    out = str(tmp_path / "out.mlpackage")
+    (chain,) = chains(optimize_package(src, out), rule="finite_mask")
+    assert (chain.status, chain.reason) == (
+        "left alone", "InfiniteConstant: infinite in fp16, read by fill: a fill cut by x - band_part(x) (coremltools' "
+        "triu/tril of a tensor whose shape is known only at run time), which is -inf - -inf = NaN wherever the band "
+        "keeps a position, in every precision: a mask built as triu(full(-inf), 1) makes every output NaN (mlopt audit shows "
+        "where); build it with a finite fill such as -1e4, or pass it as an input")
+    assert tree_digest(out) == tree_digest(src)
+    (result,) = run_package(src, {"x": np.zeros((2, 8), np.float16)}).values()
+    assert np.isnan(result).all()
