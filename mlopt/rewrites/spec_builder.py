@@ -69,6 +69,16 @@ class SpecBuilder:
         self._consts[out] = op
         return out
 
+    def _append_copy(self, op, base):
+        """Append `op` (a copy of a program op with some inputs or values changed) under a fresh name for its one
+        output, its `name` attribute to match; the new value's name."""
+        out = self.emitter.fresh(f"{self.base}_{base}")
+        op.outputs[0].name = out
+        op.attributes["name"].CopyFrom(string_value(out))
+        self.ops.append(op)
+        self._types[out] = op.outputs[0].type
+        return out
+
     def const(self, array, dtype):
         return self._literal("const", array, dtype)
 
@@ -223,13 +233,8 @@ class SpecBuilder:
         for where, name, sliced_axis, b, e in plan:
             held = op.attributes[name] if where == "attribute" else op.inputs[name].arguments[0].value
             held.CopyFrom(self._sliced_value(held, name, sliced_axis, b, e))
-        out = self.emitter.fresh(f"{self.base}_{producer.type}")
-        op.outputs[0].name = out
         op.outputs[0].type.CopyFrom(retyped(self._type(value), axis=axis, size=end - begin))
-        op.attributes["name"].CopyFrom(string_value(out))
-        self.ops.append(op)
-        self._types[out] = op.outputs[0].type
-        return out
+        return self._append_copy(op, producer.type)
 
     def _sliced_value(self, held, name, axis, begin, end):
         """A parameter `Value` of a constexpr op cut to [begin:end] along `axis`: a stored one by byte ranges."""
@@ -266,12 +271,7 @@ class SpecBuilder:
             argument = new.inputs[param]
             del argument.arguments[:]
             argument.arguments.add().name = bound
-        out = self.emitter.fresh(f"{self.base}_{op.type}")
-        new.outputs[0].name = out
-        new.attributes["name"].CopyFrom(string_value(out))
-        self.ops.append(new)
-        self._types[out] = new.outputs[0].type
-        return out
+        return self._append_copy(new, op.type)
 
     def scaled_constant(self, value, factor):
         op, stored = self._stored(value)
@@ -321,12 +321,7 @@ class SpecBuilder:
                 raise LoweringFailed(f"its {producer.type}'s '{name}' holds no float value the builder can read")
             with np.errstate(all="ignore"):
                 held.CopyFrom(literal((array.astype(np.float64) * factor).astype(array.dtype), dtype))
-        out = self.emitter.fresh(f"{self.base}_{producer.type}")
-        op.outputs[0].name = out
-        op.attributes["name"].CopyFrom(string_value(out))
-        self.ops.append(op)
-        self._types[out] = op.outputs[0].type
-        return out
+        return self._append_copy(op, producer.type)
 
     def _stored_const(self, file_name, offset, dtype, shape):
         stored = MIL_pb2.Value()
