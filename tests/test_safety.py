@@ -16,7 +16,6 @@ import pytest
 
 from conftest import fixture_path, op_types, run as cli
 from fuzz.runner import Child
-from mlopt.cli import main
 from mlopt.package import staging as staging_module
 from mlopt.package import writer as writer_module
 

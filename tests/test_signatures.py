@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 import coremltools as ct
 from coremltools.converters.mil import Builder as mb

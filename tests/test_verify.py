@@ -9,7 +9,6 @@ import pytest
 
 from conftest import cli_peak_rss_mb, fixture_path, run as cli
 from mlopt import optimize_package
-from mlopt.cli import main
 from mlopt.analyses.verify import verify_packages
 from mlopt.rules.rms_norm import RMSNormRule
 from conftest import concat_without_negation
@@ -368,7 +367,6 @@ def test_a_large_scale_output_passes_by_its_error_relative_to_its_scale(tmp_path
     the candidate's logits near 0 carry the fp16 rounding of the large products they sum (past atol 0.01), yet its
     error against float64 relative to the largest logit is ~1e-4, within rtol. It passes, and says why (it failed
     before with "the candidate departs from float64 past the tolerance")."""
-    from mlopt.numerics.compare import compare
 
     reference = _wide_scale_norm_head(tmp_path / "head.mlpackage")
     out = tmp_path / "o.mlpackage"

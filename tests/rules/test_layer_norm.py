@@ -11,7 +11,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 
 from conftest import FIXTURES, assert_epsilon, chains, file_digest, fixture_path, main_view, op_types

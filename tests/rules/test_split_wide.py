@@ -309,7 +309,7 @@ def test_the_exact_proof_rejects_chunks_off_by_one_row(tmp_path, monkeypatch):
 def test_a_large_stored_linear_weight_is_streamed_not_read_whole(monkeypatch):
     """The interpreter reads a linear's weight larger than STREAM_ELEMENTS a block of rows at a time (the proof
     and verify of a 32000 x 2048 head stay bounded); the result equals the whole read, in every dtype mode."""
-    from mlopt.numerics import interpreter, streamed
+    from mlopt.numerics import streamed
     from mlopt.package.weights import BlobReader
 
     src = fixture_path("llama_32000_fp16_ios17", FOLDER)
