@@ -320,7 +320,7 @@ def test_a_state_the_candidate_leaves_stale_fails(capsys, tmp_path):
     assert lines[1] == "  pass  main/var_48: max abs 0, max rel 0 (rtol 0.01, atol 0.01); against float64: reference 0.00081, candidate 0.00081"
     assert lines[2].startswith("  FAIL  main/acc: max abs ")
     assert "; state: its value after the prediction, what the next prediction reads; against float64: reference " in lines[2]
-    assert lines[-1] == "  outputs differ"
+    assert lines[-1] == "  outputs and states differ"
 
 
 def test_a_state_is_compared_with_its_value_after_the_run(tmp_path):
@@ -337,6 +337,7 @@ def test_a_state_is_compared_with_its_value_after_the_run(tmp_path):
     assert 0 < state.max_abs < 0.01  # the rewritten norm before the projection rounds differently: the state moved
     identical = verify_packages(fixture_path("stateful_fp16_ios18", "real"), fixture_path("stateful_fp16_ios18", "real"))
     assert [(c.output, c.passed_by) for c in identical.checks] == [("var_48", "identical"), ("acc", "identical")]
+    assert report.render().splitlines()[-1] == "  all outputs and states agree"
 
 
 def _wide_scale_norm_head(path):

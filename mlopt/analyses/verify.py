@@ -60,6 +60,7 @@ class VerifyReport:
     float64_factor: float = FLOAT64_FACTOR  # how much further from float64 than the reference the candidate may be
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # about the inputs: integer ranges, where --scale does not apply
+    has_states: bool = False  # a function holds states (iOS18): they are judged too, and the verdict says so
 
     @property
     def passed(self):
@@ -82,7 +83,8 @@ class VerifyReport:
                 detail = c.problem or f"max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g} (rtol {c.rtol:g}, atol {c.atol:g})"
                 detail += f"; {c.note}" if c.note else ""
             lines.append(f"  {verdict}  {c.function}/{c.output}: {detail}")
-        lines.append(f"  {'all outputs agree' if self.passed else 'outputs differ'}")
+        what = "outputs and states" if self.has_states else "outputs"
+        lines.append(f"  {f'all {what} agree' if self.passed else f'{what} differ'}")
         return lines_text(lines)
 
     def to_dict(self):
@@ -137,6 +139,7 @@ def _compare(report, ref, cand, ref_blobs, cand_blobs, given, inputs_path, rtol,
             report.notes += [f"function '{name}': {note}" for note in _accumulation_notes(ref_view)]
         states = _state_inputs(ref_fn)  # what a prediction leaves for the next one: compared as outputs are
         compared = list(ref_view.main.outputs) + states
+        report.has_states = report.has_states or bool(states)
         if identical_function(ref_fn, cand_fn, ref_blobs, cand_blobs):
             note = "identical program and weights: equal without running"
             report.checks += [OutputCheck(name, out, 0.0, 0.0, 0.0, 0.0, True, note=note, passed_by="identical") for out in compared]
