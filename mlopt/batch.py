@@ -162,7 +162,6 @@ def plan(inputs, out_dir, skip_existing=False):
 
 def _refuse_out_dir_inside_an_input(out_dir, items):
     """Every output would land inside that input package: refuse the batch before anything is written."""
-
     above = set(ancestors(deepest_existing(os.path.abspath(out_dir))))
     for item in items:
         if item.output is not None and _identity(item.input) in above:
@@ -176,8 +175,6 @@ CUT_SHORT = "stopped while being optimized; nothing was written"
 def optimize_one(input_path, output_path, options):
     """Worker: optimize one model; never raises for a bad model, nor for a signal that interrupts it in a worker
     process. Returns (status, error, seconds, report dict)."""
-
-
     start = time.perf_counter()
     if _stopping[0]:
         return "interrupted", NOT_STARTED, 0.0, None
@@ -191,7 +188,6 @@ def optimize_one(input_path, output_path, options):
     except MloptError as e:
         return "failed", e.cli_text, time.perf_counter() - start, None
     except KeyboardInterrupt:
-
         abort_all()  # a signal may have cut a writer's own cleanup short
         if not _is_worker():
             raise  # in the main process an interrupt stops the batch
@@ -203,14 +199,12 @@ def optimize_one(input_path, output_path, options):
 
 
 def _is_worker():
-
     return multiprocessing.parent_process() is not None
 
 
 def _worker_init():
     """Worker processes: a signal interrupts the model being optimized (its writer cleans up), and is ignored
     between models, where the parent is shutting the pool down anyway."""
-
 
     def handler(signum, frame):
         _stopping[0] = True
@@ -236,9 +230,7 @@ def run(items, jobs=1, progress=None, **options):
         else:
             _run_pool(pending, jobs, progress, options)
     except KeyboardInterrupt as e:
-    
         abort_all()
-
         for item in pending:
             if item.status == "pending":
                 item.status, item.error = "interrupted", CUT_SHORT if item is current else NOT_STARTED
@@ -282,7 +274,6 @@ def _run_pool(pending, jobs, progress, options):
 def _signal_workers(pool, signum):
     """Pass a signal only the parent got (`kill PID`) on to the workers, so they abort their models too.
     A Ctrl-C reached them already; a second one is ignored by their handler."""
-
     for process in list(getattr(pool, "_processes", {}).values()):
         try:
             os.kill(process.pid, signum or signal_module.SIGTERM)
